@@ -1,0 +1,11 @@
+// Command kars is the kars CLI: local development (`kars dev`), sandboxes,
+// models, credentials, audit and the operator views.
+package main
+
+import (
+	"os"
+
+	"github.com/kars-io/kars/internal/cli"
+)
+
+func main() { os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr)) }

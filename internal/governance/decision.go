@@ -1,0 +1,65 @@
+// Package governance decides whether an agent may perform an action.
+//
+// It owns the PolicyDecisionProvider seam (DecisionProvider) and the default
+// engine behind it. It is pure Go with no Kubernetes or network dependency so
+// that the router, the mesh and the A2A gateway can all embed it. It must not
+// import anything under internal/ that performs I/O.
+package governance
+
+// Verdict is the outcome of a policy decision. The zero value is Deny so that
+// an uninitialised decision fails closed.
+type Verdict uint8
+
+// The verdicts a DecisionProvider can return.
+const (
+	Deny Verdict = iota
+	Allow
+	RequireApproval
+	RateLimited
+)
+
+// String returns the verdict's wire name, as written to the audit log.
+func (v Verdict) String() string {
+	switch v {
+	case Allow:
+		return "allow"
+	case RequireApproval:
+		return "require_approval"
+	case RateLimited:
+		return "rate_limited"
+	default:
+		return "deny"
+	}
+}
+
+// Request is one action an agent wants to perform.
+type Request struct {
+	// Agent identifies the caller (the sandbox's agent id, or a mesh peer).
+	Agent string
+	// Action is a namespaced action string such as "inference:chat:gpt-4.1",
+	// "tool:web_search" or "egress:api.github.com:443".
+	Action string
+	// Args are the action's arguments, consulted only by rules that carry
+	// argument conditions. Nil on the hot path.
+	Args map[string]any
+}
+
+// Decision is a verdict with the rule that produced it and a reason a person
+// can read.
+type Decision struct {
+	Verdict Verdict
+	// Rule names the matched rule; empty when no rule matched.
+	Rule string
+	// Reason explains the verdict in words.
+	Reason string
+}
+
+// Allowed reports whether the decision lets the action proceed now.
+func (d Decision) Allowed() bool { return d.Verdict == Allow }
+
+// DecisionProvider is the PolicyDecisionProvider seam: anything that can
+// decide on a Request. Implementations must be safe for concurrent use and
+// must fail closed (Deny) on any internal error.
+type DecisionProvider interface {
+	Decide(req *Request) Decision
+}
