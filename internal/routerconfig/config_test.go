@@ -1,0 +1,218 @@
+package routerconfig
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func validConfig() *Config {
+	return &Config{
+		SchemaVersion: SchemaVersion,
+		Sandbox:       Sandbox{Namespace: "kars-research-bot", Name: "research-bot", AgentID: "kars-research-bot/research-bot"},
+		Models: Models{
+			Primary: Target{Provider: ProviderAzureOpenAI, Model: "gpt-4.1", Deployment: "gpt-41", Endpoint: "https://x.openai.azure.com",
+				Auth: &Auth{Mode: AuthWorkloadIdentity}},
+			Fallbacks: []Target{{Provider: ProviderOffline, Model: "kars-offline"}},
+		},
+		Budget:     &Budget{Daily: 100000},
+		Governance: json.RawMessage(`{ "rules" : [ ] }`),
+		Audit:      Audit{Dir: "/var/lib/kars/audit"},
+		Admin:      Admin{TokenFile: "/var/run/kars/admin/token"},
+		StateDir:   "/var/lib/kars/state",
+	}
+}
+
+func TestValidateAcceptsValid(t *testing.T) {
+	if err := validConfig().Validate(); err != nil {
+		t.Fatalf("valid config rejected: %v", err)
+	}
+}
+
+func TestValidateRejects(t *testing.T) {
+	cases := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"schema", func(c *Config) { c.SchemaVersion = 2 }, "schemaVersion"},
+		{"non-loopback listen", func(c *Config) { c.Listen = "0.0.0.0:8443" }, "loopback"},
+		{"azure without deployment", func(c *Config) { c.Models.Primary.Deployment = "" }, "models.primary.deployment"},
+		{"unknown provider", func(c *Config) { c.Models.Primary.Provider = "Bedrock" }, "not a known provider"},
+		{"api key without file", func(c *Config) { c.Models.Primary.Auth = &Auth{Mode: AuthAPIKey} }, "keyFile"},
+		{"entra on openai", func(c *Config) {
+			c.Models.Primary = Target{Provider: ProviderOpenAI, Model: "gpt-4.1", Auth: &Auth{Mode: AuthManagedIdentity}}
+		}, "only Azure"},
+		{"bad floor", func(c *Config) { c.ContentSafety = &ContentSafety{Hate: "Extreme"} }, "contentSafety.hate"},
+		{"shields with offline", func(c *Config) { c.ContentSafety = &ContentSafety{RequirePromptShields: true} }, "Prompt Shields"},
+		{"relative audit dir", func(c *Config) { c.Audit.Dir = "audit" }, "audit.dir"},
+		{"no admin token", func(c *Config) { c.Admin.TokenFile = "" }, "admin.tokenFile"},
+		{"too many fallbacks", func(c *Config) { c.Models.Fallbacks = make([]Target, 9) }, "at most 8"},
+		{"reserve above per-request", func(c *Config) { c.Budget = &Budget{PerRequest: 10, DefaultReserve: 20} }, "defaultReserve"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validConfig()
+			tc.mutate(c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDigestIgnoresLayout(t *testing.T) {
+	c := validConfig()
+	d1, err := Digest(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same config written by hand with other whitespace and key order
+	// in the governance section parses to the same digest.
+	pretty, err := Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Parse(pretty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Digest != d1 {
+		t.Fatalf("digest changed through Marshal/Parse: %s vs %s", s.Digest, d1)
+	}
+	if !strings.HasPrefix(d1, "sha256:") || len(d1) != len("sha256:")+64 {
+		t.Fatalf("digest %q is not sha256:<hex>", d1)
+	}
+	c.Budget.Daily++
+	d2, _ := Digest(c)
+	if d2 == d1 {
+		t.Fatal("digest did not change when the budget changed")
+	}
+}
+
+func TestParseRejectsUnknownFields(t *testing.T) {
+	b, _ := Marshal(validConfig())
+	b = []byte(strings.Replace(string(b), `"stateDir"`, `"stateDri": "/x", "stateDir"`, 1))
+	if _, err := Parse(b); err == nil || !strings.Contains(err.Error(), "stateDri") {
+		t.Fatalf("Parse accepted a misspelled field: %v", err)
+	}
+}
+
+// writeConfigMapGeneration mimics the kubelet's atomic writer: a new
+// timestamped directory, a ..data_tmp symlink renamed over ..data.
+func writeConfigMapGeneration(t *testing.T, dir string, gen int, c *Config) {
+	t.Helper()
+	b, err := Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	genDir := filepath.Join(dir, "..gen"+string(rune('a'+gen)))
+	if err := os.Mkdir(genDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(genDir, FileName), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(genDir), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, FileName)); os.IsNotExist(err) {
+		if err := os.Symlink(filepath.Join("..data", FileName), filepath.Join(dir, FileName)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestWatcherFollowsConfigMapSwap(t *testing.T) {
+	dir := t.TempDir()
+	c := validConfig()
+	writeConfigMapGeneration(t, dir, 0, c)
+	w, err := NewWatcher(filepath.Join(dir, FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.PollInterval = time.Hour // prove the inotify path, not the poll
+	changed := make(chan *Snapshot, 4)
+	errs := make(chan error, 4)
+	w.OnChange = func(_, cur *Snapshot) { changed <- cur }
+	w.OnError = func(err error) { errs <- err }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.Run(ctx)
+	time.Sleep(50 * time.Millisecond) // let Run register the watch
+
+	c.Models.Primary.Model = "gpt-4.1-mini"
+	writeConfigMapGeneration(t, dir, 1, c)
+	select {
+	case s := <-changed:
+		if s.Config.Models.Primary.Model != "gpt-4.1-mini" {
+			t.Fatalf("swapped to %q", s.Config.Models.Primary.Model)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watcher did not see the ..data swap")
+	}
+	want := w.Current().Digest
+
+	// An invalid generation is reported and the live config stays.
+	bad := validConfig()
+	bad.SchemaVersion = 99
+	writeConfigMapGeneration(t, dir, 2, bad)
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), "schemaVersion") {
+			t.Fatalf("unexpected error: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("invalid config was not reported")
+	}
+	if got := w.Current().Digest; got != want {
+		t.Fatal("an invalid config replaced the live one")
+	}
+}
+
+func TestWatcherFollowsRenamedFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName)
+	c := validConfig()
+	b, _ := Marshal(c)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWatcher(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.PollInterval = time.Hour
+	changed := make(chan *Snapshot, 1)
+	w.OnChange = func(_, cur *Snapshot) { changed <- cur }
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.Run(ctx)
+	time.Sleep(50 * time.Millisecond)
+
+	c.Budget.Daily = 5
+	b, _ = Marshal(c)
+	if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-changed:
+		if s.Config.Budget.Daily != 5 {
+			t.Fatalf("budget after swap = %d", s.Config.Budget.Daily)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watcher did not see the rename")
+	}
+}
