@@ -1,0 +1,130 @@
+package inference
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Event is one Server-Sent Event (WHATWG HTML §9.2.6 "Interpreting an event
+// stream"). Raw holds the event's bytes exactly as received, including the
+// terminating blank line, so the router can forward an event unchanged after
+// inspecting it.
+type Event struct {
+	// Name is the "event:" field, empty for the default "message" type.
+	Name string
+	// Data is the "data:" lines joined with "\n".
+	Data []byte
+	// Raw is the event as received.
+	Raw []byte
+}
+
+// MaxEventBytes bounds one event; a larger event is an upstream protocol
+// error, not a reason to buffer without limit.
+const MaxEventBytes = 8 << 20
+
+// ErrEventTooLarge is returned by SSEReader.Next for an event past
+// MaxEventBytes.
+var ErrEventTooLarge = errors.New("server-sent event exceeds size limit")
+
+// SSEReader splits a byte stream into events.
+type SSEReader struct {
+	br  *bufio.Reader
+	raw []byte
+}
+
+// NewSSEReader reads events from r.
+func NewSSEReader(r io.Reader) *SSEReader {
+	return &SSEReader{br: bufio.NewReaderSize(r, 16<<10)}
+}
+
+// Next returns the next event. At the end of the stream it returns io.EOF;
+// if the stream ends inside an event it returns that partial event's bytes
+// with io.ErrUnexpectedEOF so the caller can meter what arrived.
+//
+// The returned Event's slices are valid until the next call.
+func (s *SSEReader) Next() (Event, error) {
+	s.raw = s.raw[:0]
+	var ev Event
+	var data []byte
+	sawData := false
+	for {
+		line, err := s.readLine()
+		if err != nil {
+			if err == io.EOF {
+				if len(s.raw) == 0 {
+					return Event{}, io.EOF
+				}
+				ev.Raw = s.raw
+				return ev, io.ErrUnexpectedEOF
+			}
+			return Event{}, err
+		}
+		content := bytes.TrimRight(line, "\r\n")
+		if len(content) == 0 {
+			if len(s.raw) == len(line) {
+				// Blank lines between events: not an event.
+				s.raw = s.raw[:0]
+				continue
+			}
+			if sawData {
+				ev.Data = data
+			}
+			ev.Raw = s.raw
+			return ev, nil
+		}
+		if content[0] == ':' {
+			continue // comment
+		}
+		field, value, _ := bytes.Cut(content, []byte(":"))
+		value = bytes.TrimPrefix(value, []byte(" "))
+		switch string(field) {
+		case "event":
+			ev.Name = string(value)
+		case "data":
+			if sawData {
+				data = append(data, '\n')
+			}
+			data = append(data, value...)
+			sawData = true
+		}
+	}
+}
+
+// readLine appends one whole line (however long, up to MaxEventBytes for
+// the event) to s.raw and returns it.
+func (s *SSEReader) readLine() ([]byte, error) {
+	start := len(s.raw)
+	for {
+		chunk, err := s.br.ReadSlice('\n')
+		s.raw = append(s.raw, chunk...)
+		if len(s.raw) > MaxEventBytes {
+			return nil, ErrEventTooLarge
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		return s.raw[start:], err
+	}
+}
+
+// WriteEvent writes one event with the given name (omitted when empty) and
+// data, which must not contain a newline.
+func WriteEvent(w io.Writer, name string, data []byte) error {
+	if bytes.ContainsAny(data, "\r\n") {
+		return fmt.Errorf("event data contains a line break")
+	}
+	var buf bytes.Buffer
+	if name != "" {
+		buf.WriteString("event: ")
+		buf.WriteString(name)
+		buf.WriteByte('\n')
+	}
+	buf.WriteString("data: ")
+	buf.Write(data)
+	buf.WriteString("\n\n")
+	_, err := w.Write(buf.Bytes())
+	return err
+}
