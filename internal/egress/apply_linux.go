@@ -1,0 +1,137 @@
+package egress
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is the inet table the guard owns. Nothing else may put rules
+// in it: Apply replaces it whole.
+const TableName = "kars"
+
+// Apply replaces the guard table in the network namespace referred to by
+// netnsFD (or the caller's own namespace when netnsFD < 0) with rules. The
+// replacement is one netlink transaction: there is no moment in which the
+// old table is gone and the new one not yet in place.
+func Apply(netnsFD int, rules []Rule) error {
+	c := conn(netnsFD)
+	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	// add+delete+add makes the delete valid whether or not a previous
+	// version exists, all inside the same batch.
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	policy := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{
+		Name: "output", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &policy,
+	})
+	for i, r := range rules {
+		exprs, err := r.exprs()
+		if err != nil {
+			return fmt.Errorf("egress: rule %d (%s): %w", i, r, err)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs, UserData: userdata.AppendString(nil, userdata.TypeComment, r.Comment)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("egress: install table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// Remove deletes the guard table; a missing table is not an error.
+func Remove(netnsFD int) error {
+	c := conn(netnsFD)
+	c.DelTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
+	if err := c.Flush(); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("egress: remove table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+func conn(netnsFD int) *nftables.Conn {
+	var opts []nftables.ConnOption
+	if netnsFD >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(netnsFD))
+	}
+	c, _ := nftables.New(opts...) // cannot fail without AsLasting
+	return c
+}
+
+// exprs translates r into nftables expressions, matching in the order a
+// human would write the rule.
+func (r Rule) exprs() ([]expr.Any, error) {
+	e := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(r.UID)},
+	}
+	if r.Established {
+		e = append(e,
+			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+				Xor:  binaryutil.NativeEndian.PutUint32(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		)
+	}
+	if r.OutIface != "" {
+		if len(r.OutIface) >= unix.IFNAMSIZ {
+			return nil, fmt.Errorf("interface name %q too long", r.OutIface)
+		}
+		name := make([]byte, unix.IFNAMSIZ)
+		copy(name, r.OutIface)
+		e = append(e, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name})
+	}
+	switch r.Family {
+	case IPv4:
+		e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}})
+	case IPv6:
+		e = append(e, &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV6}})
+	}
+	if r.Daddr.IsValid() {
+		switch {
+		case r.Family == IPv4 && r.Daddr.Is4():
+			e = append(e, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4})
+		case r.Family == IPv6 && r.Daddr.Is6():
+			e = append(e, &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16})
+		default:
+			return nil, fmt.Errorf("destination %s needs a matching family", r.Daddr)
+		}
+		e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: r.Daddr.AsSlice()})
+	}
+	switch r.Proto {
+	case TCP:
+		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}})
+	case UDP:
+		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}})
+	}
+	if r.Dport != 0 {
+		if r.Proto == AnyProto {
+			return nil, fmt.Errorf("a destination port needs a protocol")
+		}
+		e = append(e,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(r.Dport)},
+		)
+	}
+	e = append(e, &expr.Counter{})
+	switch r.Verdict {
+	case Accept:
+		e = append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+	case RejectReset:
+		if r.Proto != TCP {
+			return nil, fmt.Errorf("a TCP reset needs a TCP match")
+		}
+		e = append(e, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
+	case RejectAdminProhibited:
+		e = append(e, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED})
+	}
+	return e, nil
+}
