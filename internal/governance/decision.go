@@ -6,6 +6,8 @@
 // import anything under internal/ that performs I/O.
 package governance
 
+import "time"
+
 // Verdict is the outcome of a policy decision. The zero value is Deny so that
 // an uninitialised decision fails closed.
 type Verdict uint8
@@ -52,6 +54,24 @@ type Decision struct {
 	Rule string
 	// Reason explains the verdict in words.
 	Reason string
+	// Approval says who must approve when Verdict is RequireApproval; nil
+	// otherwise. It is shared with the compiled policy: do not modify it.
+	Approval *ApprovalRequirement
+	// RetryAfter is how long a RateLimited caller should wait before trying
+	// again; zero otherwise.
+	RetryAfter time.Duration
+}
+
+// ApprovalRequirement describes the human approval a RequireApproval
+// decision asks for.
+type ApprovalRequirement struct {
+	// MinApprovals is how many distinct approvers must agree (at least 1).
+	MinApprovals int
+	// Approvers may approve; empty means any operator.
+	Approvers []string
+	// Timeout after which an unanswered request counts as denied; zero
+	// means the approval service's default.
+	Timeout time.Duration
 }
 
 // Allowed reports whether the decision lets the action proceed now.
