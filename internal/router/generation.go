@@ -1,0 +1,165 @@
+package router
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kars-io/kars/internal/credential"
+	"github.com/kars-io/kars/internal/governance"
+	"github.com/kars-io/kars/internal/inference"
+	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/safety"
+)
+
+// generation is everything derived from one config snapshot. A call holds
+// the generation it started with, so a reload never changes the rules, the
+// targets or the upstream client under an in-flight call; the old
+// generation is garbage once its last call ends.
+type generation struct {
+	snap      *routerconfig.Snapshot
+	upstreams []*upstream
+	safety    *safety.Policy
+	gov       governance.DecisionProvider
+	sandbox   string
+	agent     string
+}
+
+// upstream is a callable target with its HTTP client and health.
+type upstream struct {
+	inference.Upstream
+	client *http.Client
+	health *health
+}
+
+// health tracks a target's recent failures for failover ordering. It is
+// keyed by target ID and shared across generations, so a reload does not
+// forget that a deployment is throttled.
+type health struct {
+	mu       sync.Mutex
+	until    time.Time
+	failures int
+}
+
+// healthy reports whether the target is outside its cool-down.
+func (h *health) healthy(now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !now.Before(h.until)
+}
+
+// fail starts a cool-down: the upstream's Retry-After when given, else an
+// exponential back-off from one second, capped at a minute.
+func (h *health) fail(now time.Time, retryAfter time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.failures++
+	d := retryAfter
+	if d <= 0 {
+		d = time.Second << min(h.failures-1, 6)
+	}
+	h.until = now.Add(min(d, time.Minute))
+}
+
+func (h *health) succeed() {
+	h.mu.Lock()
+	h.failures = 0
+	h.until = time.Time{}
+	h.mu.Unlock()
+}
+
+// buildGeneration derives a generation from snap, reusing credential
+// sources (and so their cached tokens) and health records by key.
+func (r *Router) buildGeneration(snap *routerconfig.Snapshot) (*generation, error) {
+	c := snap.Config
+	g := &generation{
+		snap:    snap,
+		safety:  safety.NewPolicy(c.ContentSafety),
+		sandbox: c.Sandbox.Namespace + "/" + c.Sandbox.Name,
+		agent:   c.Sandbox.AgentID,
+	}
+	for i, t := range c.Targets() {
+		cred, err := r.credentialFor(t)
+		if err != nil {
+			return nil, fmt.Errorf("target %d (%s %s): %w", i, t.Provider, t.Model, err)
+		}
+		u := &upstream{Upstream: inference.Upstream{Target: t, Cred: cred}, client: r.upstreamClient}
+		if t.Provider == routerconfig.ProviderOffline {
+			u.client = offlineClient
+		}
+		u.health = r.healthFor(u.ID())
+		g.upstreams = append(g.upstreams, u)
+	}
+	compile := r.opts.CompilePolicy
+	if compile == nil {
+		compile = DefaultPolicy
+	}
+	gov, err := compile(c.Governance, c)
+	if err != nil {
+		return nil, fmt.Errorf("governance policy: %w", err)
+	}
+	g.gov = gov
+	return g, nil
+}
+
+var offlineClient = &http.Client{Transport: inference.OfflineTransport{}}
+
+func (r *Router) credentialFor(t routerconfig.Target) (credential.Source, error) {
+	key, _ := json.Marshal(struct {
+		P routerconfig.Provider
+		A *routerconfig.Auth
+	}{t.Provider, t.Auth})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s, ok := r.creds[string(key)]; ok {
+		return s, nil
+	}
+	s, err := credential.New(t.Auth, r.tokenClient)
+	if err != nil {
+		return nil, err
+	}
+	r.creds[string(key)] = s
+	return s, nil
+}
+
+func (r *Router) healthFor(id string) *health {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h, ok := r.health[id]
+	if !ok {
+		h = &health{}
+		r.health[id] = h
+	}
+	return h
+}
+
+// DefaultPolicy is the governance used when the config carries none: allow
+// inference to the configured models and nothing else. It exists so that a
+// router is never ungoverned, not as a substitute for a ToolPolicy.
+func DefaultPolicy(raw json.RawMessage, c *routerconfig.Config) (governance.DecisionProvider, error) {
+	if len(raw) > 0 && string(raw) != "null" {
+		return nil, fmt.Errorf("this router was built without a governance engine and cannot enforce the configured policy")
+	}
+	allowed := map[string]bool{}
+	for _, t := range c.Targets() {
+		allowed[t.Model] = true
+	}
+	return configuredModels(allowed), nil
+}
+
+type configuredModels map[string]bool
+
+func (m configuredModels) Decide(req *governance.Request) governance.Decision {
+	rest, ok := strings.CutPrefix(req.Action, "inference:")
+	if !ok {
+		return governance.Decision{Verdict: governance.Deny, Rule: "kars-default", Reason: "only inference is allowed by the default policy"}
+	}
+	_, model, _ := strings.Cut(rest, ":")
+	if !m[model] {
+		return governance.Decision{Verdict: governance.Deny, Rule: "kars-default", Reason: "model " + model + " is not in the sandbox's InferencePolicy"}
+	}
+	return governance.Decision{Verdict: governance.Allow, Rule: "kars-default", Reason: "configured model"}
+}

@@ -1,0 +1,112 @@
+package router
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/kars-io/kars/internal/audit"
+	"github.com/kars-io/kars/internal/budget"
+	"github.com/kars-io/kars/internal/inference/fakeprovider"
+	"github.com/kars-io/kars/internal/routerconfig"
+)
+
+// recordingSink keeps audit records in memory so tests can assert on them.
+type recordingSink struct {
+	mu   sync.Mutex
+	recs []audit.Record
+	fail error
+}
+
+func (s *recordingSink) Append(_ context.Context, r audit.Record) (audit.Receipt, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return audit.Receipt{}, s.fail
+	}
+	s.recs = append(s.recs, r)
+	return audit.Receipt{Seq: uint64(len(s.recs))}, nil
+}
+
+func (s *recordingSink) records() []audit.Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]audit.Record(nil), s.recs...)
+}
+
+// harness is a router in front of a fake upstream.
+type harness struct {
+	t       *testing.T
+	fake    *fakeprovider.Server
+	cfg     *routerconfig.Config
+	router  *Router
+	agent   *httptest.Server // the agent API
+	sink    *recordingSink
+	dir     string
+	keyFile string
+}
+
+// azureTarget is an Azure OpenAI target at the fake with an API key file.
+func (h *harness) azureTarget(model string) routerconfig.Target {
+	return routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: model, Deployment: model + "-dep",
+		Endpoint: h.fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: h.keyFile}}
+}
+
+func newHarness(t *testing.T, mutate func(h *harness, c *routerconfig.Config)) *harness {
+	t.Helper()
+	fake := fakeprovider.New()
+	fake.Start()
+	t.Cleanup(fake.Close)
+	dir := t.TempDir()
+	h := &harness{t: t, fake: fake, dir: dir, sink: &recordingSink{}}
+	h.keyFile = filepath.Join(dir, "upstream-key")
+	if err := os.WriteFile(h.keyFile, []byte(fake.APIKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "admin-token"), []byte("admin-secret-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &routerconfig.Config{
+		SchemaVersion: routerconfig.SchemaVersion,
+		Sandbox:       routerconfig.Sandbox{Namespace: "kars-test", Name: "bot", AgentID: "kars-test/bot"},
+		Models:        routerconfig.Models{Primary: h.azureTarget("gpt-4.1")},
+		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
+		Admin:         routerconfig.Admin{TokenFile: filepath.Join(dir, "admin-token")},
+		StateDir:      filepath.Join(dir, "state"),
+	}
+	if mutate != nil {
+		mutate(h, c)
+	}
+	h.cfg = c
+	snap := mustSnapshot(t, c)
+	led, err := budget.Open(c.StateDir, budget.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(snap, Options{Audit: h.sink, Ledger: led, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.router = r
+	h.agent = httptest.NewServer(r.AgentHandler())
+	t.Cleanup(h.agent.Close)
+	return h
+}
+
+func mustSnapshot(t *testing.T, c *routerconfig.Config) *routerconfig.Snapshot {
+	t.Helper()
+	b, err := routerconfig.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := routerconfig.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

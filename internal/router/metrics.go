@@ -1,0 +1,87 @@
+package router
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/kars-io/kars/internal/budget"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the router's Prometheus series, served on the admin
+// listener's /metrics.
+type metrics struct {
+	requests        *prometheus.CounterVec
+	tokens          *prometheus.CounterVec
+	duration        *prometheus.HistogramVec
+	upstreamLatency *prometheus.HistogramVec
+	upstreamErrors  *prometheus.CounterVec
+	decisions       *prometheus.CounterVec
+	safetyFindings  *prometheus.CounterVec
+	budgetRemaining *prometheus.GaugeVec
+	budgetUsed      *prometheus.GaugeVec
+	auditErrors     prometheus.Counter
+	reloads         prometheus.Counter
+	config          *prometheus.GaugeVec
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	const ns = "kars_router"
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
+			Help: "Agent inference calls by operation, model, HTTP status and governance decision."}, []string{"op", "model", "status", "decision"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "tokens_total",
+			Help: "Tokens settled against the budget, by model and kind (prompt, completion)."}, []string{"model", "kind"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
+			Help: "Time from receiving an agent call to its last byte.", Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 14)}, []string{"op"}),
+		upstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "upstream_latency_seconds",
+			Help: "Time to the upstream's response headers.", Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 14)}, []string{"upstream"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_errors_total",
+			Help: "Upstream failures that trigger failover, by target and reason (status code or transport)."}, []string{"upstream", "reason"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "decisions_total",
+			Help: "Governance decisions by verdict."}, []string{"verdict"}),
+		safetyFindings: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "safety_findings_total",
+			Help: "Content-safety findings by category and whether they blocked."}, []string{"category", "blocking"}),
+		budgetRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "budget_remaining_tokens",
+			Help: "Tokens left in the budget window, counting in-flight reservations; -1 when unlimited."}, []string{"window"}),
+		budgetUsed: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "budget_used_tokens",
+			Help: "Tokens settled in the budget window."}, []string{"window"}),
+		auditErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "audit_errors_total",
+			Help: "Audit appends that failed (the router refuses calls while the log fails)."}),
+		reloads: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "config_reloads_total",
+			Help: "Config generations applied, including the first."}),
+		config: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "config_info",
+			Help: "1 for the digest of the config in force."}, []string{"digest"}),
+	}
+	reg.MustRegister(m.requests, m.tokens, m.duration, m.upstreamLatency, m.upstreamErrors, m.decisions,
+		m.safetyFindings, m.budgetRemaining, m.budgetUsed, m.auditErrors, m.reloads, m.config,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) configInfo(digest string, old *generation) {
+	if old != nil {
+		m.config.DeleteLabelValues(old.snap.Digest)
+	}
+	m.config.WithLabelValues(digest).Set(1)
+}
+
+func (m *metrics) observe(c *Call, decision, model string, lat time.Duration) {
+	m.requests.WithLabelValues(string(c.Route.Op), model, strconv.Itoa(c.Status), decision).Inc()
+	m.duration.WithLabelValues(string(c.Route.Op)).Observe(lat.Seconds())
+	if c.Usage.Prompt > 0 {
+		m.tokens.WithLabelValues(model, "prompt").Add(float64(c.Usage.Prompt))
+	}
+	if c.Usage.Completion > 0 {
+		m.tokens.WithLabelValues(model, "completion").Add(float64(c.Usage.Completion))
+	}
+}
+
+func (m *metrics) budget(s budget.State) {
+	d, mo := s.Remaining()
+	m.budgetRemaining.WithLabelValues("daily").Set(float64(d))
+	m.budgetRemaining.WithLabelValues("monthly").Set(float64(mo))
+	m.budgetUsed.WithLabelValues("daily").Set(float64(s.DayUsed))
+	m.budgetUsed.WithLabelValues("monthly").Set(float64(s.MonthUsed))
+}

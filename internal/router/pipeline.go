@@ -1,0 +1,119 @@
+// Package router is kars-router's HTTP surface: the agent-facing inference
+// API on 127.0.0.1:8443, the admin API, and the request pipeline between
+// them and the upstream providers.
+//
+// A call moves through an ordered list of small stages (see Stages), each
+// with one job — parse, rate-limit, decide, reserve, check, forward — in the
+// manner of a Caddy handler chain or an Envoy filter chain. Later features
+// (the egress forward proxy, the MCP gateway, A2A ingress, the mesh bridge)
+// add routes to the agent mux or listeners to the Server, and reuse the
+// stages that apply to them.
+//
+// Security: the agent's own credentials are dropped at the first stage and
+// never forwarded; upstream credentials are injected only into the upstream
+// request and scrubbed from anything returned.
+package router
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/kars-io/kars/internal/budget"
+	"github.com/kars-io/kars/internal/governance"
+	"github.com/kars-io/kars/internal/inference"
+	"github.com/kars-io/kars/internal/safety"
+)
+
+// Call is one agent request on its way through the pipeline. Stages fill it
+// in; the observe stage turns it into an audit entry, metrics and a log line.
+type Call struct {
+	W     http.ResponseWriter
+	R     *http.Request
+	Start time.Time
+	// Gen is the config generation the call started with; it keeps it to
+	// the end even if the config is swapped meanwhile.
+	Gen *generation
+
+	Route inference.Route
+	Body  []byte
+	Req   inference.Request
+	// Candidates are the targets that serve this call and that policy
+	// allows, in failover order.
+	Candidates []*upstream
+	Action     string
+	Decision   governance.Decision
+
+	Reservation *budget.Reservation
+	// RateTokens is what the tpm limiter holds for this call.
+	RateTokens int64
+
+	// Upstream is the ID of the target that answered, if any.
+	Upstream string
+	Status   int
+	Usage    inference.Usage
+	// Findings are the content-safety findings seen on the response.
+	Findings []safety.Finding
+	// Refusal is set when the router itself answered with an error.
+	Refusal *inference.APIError
+	// UpstreamLatency is the time to the upstream's response headers.
+	UpstreamLatency time.Duration
+	// Attempts counts upstream tries, including failovers.
+	Attempts int
+
+	written bool
+}
+
+// Refuse answers the agent with err in its dialect. Stages call it and
+// return without calling next.
+func (c *Call) Refuse(err *inference.APIError) {
+	c.Refusal = err
+	c.Status = err.Status
+	if c.written {
+		return
+	}
+	c.written = true
+	d := c.Route.Dialect
+	if d == 0 {
+		d = inference.DialectOpenAI
+	}
+	err.Write(c.W, d)
+}
+
+// Stage is one step of the pipeline. Serve either calls next to pass the call
+// on, or answers (usually with Call.Refuse) and returns.
+type Stage interface {
+	Name() string
+	Serve(c *Call, next func(*Call))
+}
+
+// Chain runs stages in order. The closures linking them are built once, so
+// running a call allocates nothing for the chain itself.
+type Chain struct {
+	stages []Stage
+	entry  func(*Call)
+}
+
+// NewChain links stages; the last must answer every call it receives.
+func NewChain(stages ...Stage) *Chain {
+	next := func(c *Call) {
+		c.Refuse(&inference.APIError{Status: http.StatusInternalServerError, Type: "server_error",
+			Code: "kars_pipeline", Message: "kars-router: the pipeline ended without an answer"})
+	}
+	for i := len(stages) - 1; i >= 0; i-- {
+		st, n := stages[i], next
+		next = func(c *Call) { st.Serve(c, n) }
+	}
+	return &Chain{stages: stages, entry: next}
+}
+
+// Run sends c through the chain.
+func (ch *Chain) Run(c *Call) { ch.entry(c) }
+
+// Names lists the stages in order, for the admin API and docs.
+func (ch *Chain) Names() []string {
+	out := make([]string, len(ch.stages))
+	for i, s := range ch.stages {
+		out[i] = s.Name()
+	}
+	return out
+}

@@ -1,0 +1,188 @@
+package router
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kars-io/kars/internal/audit"
+	"github.com/kars-io/kars/internal/budget"
+	"github.com/kars-io/kars/internal/credential"
+	"github.com/kars-io/kars/internal/governance"
+	"github.com/kars-io/kars/internal/inference"
+	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/safety"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TrustReporter receives content-safety findings so that the trust store
+// can lower the agent's score. Implementations must not block.
+type TrustReporter interface {
+	ReportFinding(agent string, f safety.Finding)
+}
+
+// PolicyCompiler turns the config's governance section into a decision
+// provider. The router ships DefaultPolicy; kars-router wires the
+// governance engine.
+type PolicyCompiler func(raw json.RawMessage, c *routerconfig.Config) (governance.DecisionProvider, error)
+
+// Options are the router's collaborators. Audit and Ledger are required.
+type Options struct {
+	// Audit receives one record per call. An Append error fails the router
+	// closed until an append succeeds again.
+	Audit audit.Sink
+	// Ledger meters token budgets; its limits follow the config.
+	Ledger *budget.Ledger
+	// Trust receives safety findings; nil drops them.
+	Trust TrustReporter
+	// CompilePolicy builds the governance provider; nil means DefaultPolicy.
+	CompilePolicy PolicyCompiler
+	// Transport carries upstream requests; nil means a tuned default.
+	Transport http.RoundTripper
+	// TokenClient carries Entra and IMDS token requests; nil means a
+	// client with a 30 s timeout.
+	TokenClient *http.Client
+	// Registry receives the router's metrics; nil means a new registry.
+	Registry *prometheus.Registry
+	// Logger receives structured logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Router serves agents' inference calls under one sandbox's config.
+type Router struct {
+	opts           Options
+	log            *slog.Logger
+	gen            atomic.Pointer[generation]
+	ledger         *budget.Ledger
+	limiter        *budget.Limiter
+	metrics        *metrics
+	chain          *Chain
+	upstreamClient *http.Client
+	tokenClient    *http.Client
+	auditFailing   atomic.Bool
+
+	mu     sync.Mutex
+	creds  map[string]credential.Source
+	health map[string]*health
+}
+
+// New builds a router enforcing snap.
+func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
+	if opts.Audit == nil || opts.Ledger == nil {
+		return nil, fmt.Errorf("router: an audit sink and a budget ledger are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Transport == nil {
+		opts.Transport = DefaultTransport()
+	}
+	if opts.TokenClient == nil {
+		opts.TokenClient = &http.Client{Timeout: 30 * time.Second}
+	}
+	r := &Router{
+		opts:           opts,
+		log:            opts.Logger,
+		ledger:         opts.Ledger,
+		limiter:        budget.NewLimiter(0, 0),
+		metrics:        newMetrics(opts.Registry),
+		upstreamClient: &http.Client{Transport: opts.Transport},
+		tokenClient:    opts.TokenClient,
+		creds:          map[string]credential.Source{},
+		health:         map[string]*health{},
+	}
+	r.chain = NewChain(
+		observeStage{r},
+		parseStage{},
+		governStage{r},
+		rateLimitStage{r},
+		budgetStage{r},
+		forwardStage{r},
+	)
+	if err := r.Apply(snap); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// DefaultTransport is the upstream transport: keep-alive pools sized for a
+// busy agent, no overall timeout (streams may run for minutes; the agent's
+// request context bounds each call), and a bound on waiting for headers.
+func DefaultTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil, // the router is the egress; never chain to an env proxy
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Minute,
+	}
+}
+
+// Apply makes snap the live config. In-flight calls finish under the
+// generation they started with. On error nothing changes.
+func (r *Router) Apply(snap *routerconfig.Snapshot) error {
+	g, err := r.buildGeneration(snap)
+	if err != nil {
+		return err
+	}
+	c := snap.Config
+	var lim budget.Limits
+	if b := c.Budget; b != nil {
+		lim = budget.Limits{PerRequest: b.PerRequest, Daily: b.Daily, Monthly: b.Monthly}
+	}
+	r.ledger.SetLimits(lim)
+	if rl := c.RateLimit; rl != nil {
+		r.limiter.SetLimits(int64(rl.RPM), rl.TPM)
+	} else {
+		r.limiter.SetLimits(0, 0)
+	}
+	old := r.gen.Swap(g)
+	r.metrics.configInfo(snap.Digest, old)
+	r.metrics.reloads.Inc()
+	return nil
+}
+
+// Snapshot returns the live config snapshot.
+func (r *Router) Snapshot() *routerconfig.Snapshot { return r.gen.Load().snap }
+
+// Ledger returns the budget ledger.
+func (r *Router) Ledger() *budget.Ledger { return r.ledger }
+
+// Stages lists the pipeline's stages in order.
+func (r *Router) Stages() []string { return r.chain.Names() }
+
+// AgentHandler returns the agent-facing API. Later features add their
+// routes to the returned mux.
+func (r *Router) AgentHandler() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", http.HandlerFunc(r.serveInference))
+	mux.Handle("/openai/", http.HandlerFunc(r.serveInference))
+	mux.HandleFunc("/", notFound)
+	return mux
+}
+
+func notFound(w http.ResponseWriter, req *http.Request) {
+	(&inference.APIError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "kars_unknown_endpoint",
+		Message: fmt.Sprintf("kars-router does not serve %s %s; it serves the OpenAI (/v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, /v1/models), Azure OpenAI (/openai/deployments/{deployment}/...) and Anthropic (/v1/messages) APIs", req.Method, req.URL.Path)}).
+		Write(w, inference.DialectOpenAI)
+}
+
+func (r *Router) serveInference(w http.ResponseWriter, req *http.Request) {
+	route, ok := inference.Match(req.Method, req.URL.Path)
+	if !ok {
+		notFound(w, req)
+		return
+	}
+	r.chain.Run(&Call{W: w, R: req, Start: time.Now(), Gen: r.gen.Load(), Route: route})
+}

@@ -1,0 +1,49 @@
+package router
+
+import (
+	"net/http"
+
+	"github.com/kars-io/kars/internal/governance"
+	"github.com/kars-io/kars/internal/inference"
+)
+
+// governStage evaluates the action "inference:<op>:<model>" for each
+// candidate target and keeps only the allowed ones, so that a fallback the
+// policy forbids is never called. The call's decision is the first
+// candidate's (or, if that one is denied, the first allowed fallback's).
+type governStage struct{ r *Router }
+
+func (governStage) Name() string { return "govern" }
+
+func (s governStage) Serve(c *Call, next func(*Call)) {
+	allowed := c.Candidates[:0:0]
+	var first *governance.Decision
+	var firstAction string
+	for _, u := range c.Candidates {
+		action := "inference:" + string(c.Route.Op) + ":" + u.Target.Model
+		d := c.Gen.gov.Decide(&governance.Request{Agent: c.Gen.agent, Action: action})
+		s.r.metrics.decisions.WithLabelValues(d.Verdict.String()).Inc()
+		if first == nil || (!first.Allowed() && d.Allowed()) {
+			dd := d
+			first, firstAction = &dd, action
+		}
+		if d.Allowed() {
+			allowed = append(allowed, u)
+		}
+	}
+	c.Decision, c.Action = *first, firstAction
+	if len(allowed) == 0 {
+		status, typ, code := http.StatusForbidden, "permission_denied", "kars_policy_denied"
+		switch c.Decision.Verdict {
+		case governance.RateLimited:
+			status, typ, code = http.StatusTooManyRequests, "rate_limit_exceeded", "kars_policy_rate_limited"
+		case governance.RequireApproval:
+			code = "kars_policy_requires_approval"
+		}
+		c.Refuse(&inference.APIError{Status: status, Type: typ, Code: code, Retryable: status == http.StatusTooManyRequests,
+			Message: "kars policy: " + c.Action + " is " + c.Decision.Verdict.String() + " (rule " + c.Decision.Rule + "): " + c.Decision.Reason})
+		return
+	}
+	c.Candidates = allowed
+	next(c)
+}

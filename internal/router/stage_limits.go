@@ -1,0 +1,86 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+
+	"github.com/kars-io/kars/internal/budget"
+	"github.com/kars-io/kars/internal/inference"
+)
+
+// worstCase is the reservation for a call: the prompt estimate plus the
+// completion cap the agent set, or the budget's default reserve.
+func worstCase(c *Call) int64 {
+	switch c.Route.Op {
+	case inference.OpModels:
+		return 0
+	case inference.OpEmbeddings:
+		return c.Req.PromptEstimate
+	}
+	completion := c.Req.MaxTokens
+	if completion == 0 {
+		completion = c.Gen.snap.Config.Budget.Reserve()
+	}
+	return c.Req.PromptEstimate + completion
+}
+
+// refuseExceeded answers 429 naming the budget, with Retry-After.
+func refuseExceeded(c *Call, e *budget.ExceededError) {
+	typ, retryable := "insufficient_quota", false
+	if e.Budget == "rpm" || e.Budget == "tpm" {
+		typ, retryable = "rate_limit_exceeded", e.RetryAfter > 0
+	}
+	if e.RetryAfter > 0 {
+		c.W.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(e.RetryAfter.Seconds())), 10))
+	}
+	c.Refuse(&inference.APIError{Status: http.StatusTooManyRequests, Type: typ, Retryable: retryable,
+		Code:    "kars_budget_" + e.Budget,
+		Message: fmt.Sprintf("kars %s for sandbox %s", e.Error(), c.Gen.sandbox)})
+}
+
+// rateLimitStage enforces rpm and tpm. Tokens taken here are settled to the
+// call's usage afterwards.
+type rateLimitStage struct{ r *Router }
+
+func (rateLimitStage) Name() string { return "ratelimit" }
+
+func (s rateLimitStage) Serve(c *Call, next func(*Call)) {
+	n := worstCase(c)
+	if err := s.r.limiter.Allow(n); err != nil {
+		var e *budget.ExceededError
+		if errors.As(err, &e) {
+			refuseExceeded(c, e)
+			return
+		}
+	}
+	c.RateTokens = n
+	next(c)
+	s.r.limiter.Settle(n, c.Usage.Total())
+}
+
+// budgetStage reserves the worst case against the per-request, daily and
+// monthly budgets before forwarding, and settles to the upstream's usage
+// after. Every operation passes through it, streams included.
+type budgetStage struct{ r *Router }
+
+func (budgetStage) Name() string { return "budget" }
+
+func (s budgetStage) Serve(c *Call, next func(*Call)) {
+	res, err := s.r.ledger.Reserve(worstCase(c))
+	if err != nil {
+		var e *budget.ExceededError
+		if errors.As(err, &e) {
+			refuseExceeded(c, e)
+			return
+		}
+	}
+	c.Reservation = res
+	defer func() {
+		res.Settle(c.Usage.Total())
+		s.r.metrics.budget(s.r.ledger.State())
+	}()
+	next(c)
+}

@@ -1,0 +1,123 @@
+package router
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/kars-io/kars/internal/audit"
+	"github.com/kars-io/kars/internal/inference"
+)
+
+// observeStage is the outermost stage: it refuses calls while the audit log
+// is failing (decisions fail closed), and after every call writes one audit
+// record, updates metrics and logs one line. It records outcomes, so it runs
+// after the call: the record carries the tokens and latency the call
+// actually had.
+type observeStage struct{ r *Router }
+
+func (observeStage) Name() string { return "observe" }
+
+func (s observeStage) Serve(c *Call, next func(*Call)) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			s.r.log.Error("router panic", "panic", p, "path", c.R.URL.Path)
+			c.Refuse(&inference.APIError{Status: http.StatusInternalServerError, Type: "server_error", Code: "kars_internal", Message: "kars-router internal error"})
+		}
+		s.record(c)
+	}()
+	if s.r.auditFailing.Load() {
+		// Probe: if this refusal can be audited, the log is back.
+		c.Action = "inference:" + string(c.Route.Op)
+		c.Refuse(&inference.APIError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "kars_audit_unavailable",
+			Message: "kars-router cannot write its audit log, so it refuses calls until it can", Retryable: true})
+		return
+	}
+	next(c)
+}
+
+func (s observeStage) record(c *Call) {
+	r := s.r
+	lat := time.Since(c.Start)
+	decision := c.Decision.Verdict.String()
+	if c.Refusal != nil && c.Decision.Allowed() {
+		decision = "refused"
+	}
+	model := ""
+	if c.Upstream != "" {
+		model = c.Upstream
+	} else if len(c.Candidates) > 0 {
+		model = c.Candidates[0].ID()
+	}
+	attrs := map[string]string{
+		"op":     string(c.Route.Op),
+		"status": strconv.Itoa(c.Status),
+		"model":  model,
+	}
+	if c.Req.Stream {
+		attrs["stream"] = "true"
+	}
+	if c.Usage.Total() > 0 || c.Upstream != "" {
+		attrs["prompt_tokens"] = strconv.FormatInt(c.Usage.Prompt, 10)
+		attrs["completion_tokens"] = strconv.FormatInt(c.Usage.Completion, 10)
+		attrs["usage_reported"] = strconv.FormatBool(c.Usage.Reported)
+	}
+	if c.Refusal != nil {
+		attrs["refusal"] = c.Refusal.Code
+	}
+	for _, f := range c.Findings {
+		if f.Blocking {
+			attrs["safety_block"] = f.Where + ":" + f.Category
+			break
+		}
+	}
+	reason := c.Decision.Reason
+	if c.Refusal != nil {
+		reason = c.Refusal.Message
+	}
+	var payload string
+	if len(c.Body) > 0 {
+		sum := sha256.Sum256(c.Body)
+		payload = hex.EncodeToString(sum[:])
+	}
+	rec := audit.Record{
+		Sandbox: c.Gen.sandbox, Agent: c.Gen.agent, Action: c.Action, Decision: decision,
+		Rule: c.Decision.Rule, Reason: reason, PayloadSHA256: payload, Latency: lat, Attrs: attrs,
+	}
+	// The audit write must not be cut short by the agent hanging up.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.R.Context()), 10*time.Second)
+	_, err := r.opts.Audit.Append(ctx, rec)
+	cancel()
+	if err != nil {
+		if !r.auditFailing.Swap(true) {
+			r.log.Error("audit append failed; refusing calls until it recovers", "err", err)
+		}
+		r.metrics.auditErrors.Inc()
+	} else if r.auditFailing.Swap(false) {
+		r.log.Info("audit log recovered")
+	}
+	for _, f := range c.Findings {
+		if r.opts.Trust != nil {
+			r.opts.Trust.ReportFinding(c.Gen.agent, f)
+		}
+		r.metrics.safetyFindings.WithLabelValues(f.Category, strconv.FormatBool(f.Blocking)).Inc()
+	}
+	r.metrics.observe(c, decision, model, lat)
+	level := slog.LevelInfo
+	if c.Status >= 500 {
+		level = slog.LevelWarn
+	}
+	r.log.LogAttrs(c.R.Context(), level, "inference",
+		slog.String("action", c.Action), slog.String("decision", decision), slog.String("model", model),
+		slog.Int("status", c.Status), slog.Int64("prompt_tokens", c.Usage.Prompt),
+		slog.Int64("completion_tokens", c.Usage.Completion), slog.Duration("latency", lat),
+		slog.Duration("upstream_latency", c.UpstreamLatency), slog.Int("attempts", c.Attempts),
+		slog.String("payload_sha256", payload))
+}
