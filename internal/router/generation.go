@@ -93,15 +93,17 @@ func (r *Router) buildGeneration(snap *routerconfig.Snapshot) (*generation, erro
 		u.health = r.healthFor(u.ID())
 		g.upstreams = append(g.upstreams, u)
 	}
-	compile := r.opts.CompilePolicy
-	if compile == nil {
-		compile = DefaultPolicy
+	if c.Governance == nil {
+		g.gov = DefaultPolicy(c)
+		return g, nil
 	}
-	gov, err := compile(c.Governance, c)
-	if err != nil {
+	// One engine for the router's life: Load swaps the compiled profile
+	// atomically and carries rule rate-limit state across reloads. An
+	// invalid policy is rejected whole and the engine keeps the old one.
+	if err := r.engine.LoadFrom(routerconfig.FileName, c.Governance); err != nil {
 		return nil, fmt.Errorf("governance policy: %w", err)
 	}
-	g.gov = gov
+	g.gov = r.engine
 	return g, nil
 }
 
@@ -139,15 +141,12 @@ func (r *Router) healthFor(id string) *health {
 // DefaultPolicy is the governance used when the config carries none: allow
 // inference to the configured models and nothing else. It exists so that a
 // router is never ungoverned, not as a substitute for a ToolPolicy.
-func DefaultPolicy(raw json.RawMessage, c *routerconfig.Config) (governance.DecisionProvider, error) {
-	if len(raw) > 0 && string(raw) != "null" {
-		return nil, fmt.Errorf("this router was built without a governance engine and cannot enforce the configured policy")
-	}
-	allowed := map[string]bool{}
+func DefaultPolicy(c *routerconfig.Config) governance.DecisionProvider {
+	allowed := configuredModels{}
 	for _, t := range c.Targets() {
 		allowed[t.Model] = true
 	}
-	return configuredModels(allowed), nil
+	return allowed
 }
 
 type configuredModels map[string]bool

@@ -1,13 +1,11 @@
 package router
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/kars-io/kars/internal/audit"
@@ -16,27 +14,21 @@ import (
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
-// recordingSink keeps audit records in memory so tests can assert on them.
-type recordingSink struct {
-	mu   sync.Mutex
-	recs []audit.Record
-	fail error
-}
-
-func (s *recordingSink) Append(_ context.Context, r audit.Record) (audit.Receipt, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.fail != nil {
-		return audit.Receipt{}, s.fail
+// auditRecords reads back the inference entries the real audit writer
+// made durable (skipping the log's own audit:open entry).
+func (h *harness) auditRecords() []audit.Entry {
+	h.t.Helper()
+	all, err := AuditTail(h.cfg.Audit.Dir, 1<<20)
+	if err != nil {
+		h.t.Fatal(err)
 	}
-	s.recs = append(s.recs, r)
-	return audit.Receipt{Seq: uint64(len(s.recs))}, nil
-}
-
-func (s *recordingSink) records() []audit.Record {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]audit.Record(nil), s.recs...)
+	var out []audit.Entry
+	for _, e := range all {
+		if e.Action != audit.ActionOpen {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // harness is a router in front of a fake upstream.
@@ -46,7 +38,7 @@ type harness struct {
 	cfg     *routerconfig.Config
 	router  *Router
 	agent   *httptest.Server // the agent API
-	sink    *recordingSink
+	sink    *audit.Writer
 	dir     string
 	keyFile string
 }
@@ -63,7 +55,7 @@ func newHarness(t *testing.T, mutate func(h *harness, c *routerconfig.Config)) *
 	fake.Start()
 	t.Cleanup(fake.Close)
 	dir := t.TempDir()
-	h := &harness{t: t, fake: fake, dir: dir, sink: &recordingSink{}}
+	h := &harness{t: t, fake: fake, dir: dir}
 	h.keyFile = filepath.Join(dir, "upstream-key")
 	if err := os.WriteFile(h.keyFile, []byte(fake.APIKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -88,6 +80,12 @@ func newHarness(t *testing.T, mutate func(h *harness, c *routerconfig.Config)) *
 	if err != nil {
 		t.Fatal(err)
 	}
+	sink, err := audit.Open(audit.Options{Dir: c.Audit.Dir, Sandbox: c.Sandbox.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	h.sink = sink
 	r, err := New(snap, Options{Audit: h.sink, Ledger: led, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,11 +25,6 @@ type TrustReporter interface {
 	ReportFinding(agent string, f safety.Finding)
 }
 
-// PolicyCompiler turns the config's governance section into a decision
-// provider. The router ships DefaultPolicy; kars-router wires the
-// governance engine.
-type PolicyCompiler func(raw json.RawMessage, c *routerconfig.Config) (governance.DecisionProvider, error)
-
 // Options are the router's collaborators. Audit and Ledger are required.
 type Options struct {
 	// Audit receives one record per call. An Append error fails the router
@@ -40,8 +34,6 @@ type Options struct {
 	Ledger *budget.Ledger
 	// Trust receives safety findings; nil drops them.
 	Trust TrustReporter
-	// CompilePolicy builds the governance provider; nil means DefaultPolicy.
-	CompilePolicy PolicyCompiler
 	// Transport carries upstream requests; nil means a tuned default.
 	Transport http.RoundTripper
 	// TokenClient carries Entra and IMDS token requests; nil means a
@@ -65,6 +57,7 @@ type Router struct {
 	upstreamClient *http.Client
 	tokenClient    *http.Client
 	auditFailing   atomic.Bool
+	engine         *governance.Engine
 
 	mu     sync.Mutex
 	creds  map[string]credential.Source
@@ -98,6 +91,7 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 		tokenClient:    opts.TokenClient,
 		creds:          map[string]credential.Source{},
 		health:         map[string]*health{},
+		engine:         governance.NewEngine(),
 	}
 	r.chain = NewChain(
 		observeStage{r},

@@ -80,7 +80,7 @@ func TestSDKChatNonStreaming(t *testing.T) {
 	if st.DayUsed != resp.Usage.TotalTokens || st.DayReserved != 0 {
 		t.Fatalf("ledger %+v, want used %d and nothing reserved", st, resp.Usage.TotalTokens)
 	}
-	recs := h.sink.records()
+	recs := h.auditRecords()
 	if len(recs) != 1 || recs[0].Action != "inference:chat:gpt-4.1" || recs[0].Decision != "allow" || recs[0].PayloadSHA256 == "" {
 		t.Fatalf("audit records: %+v", recs)
 	}
@@ -183,7 +183,7 @@ func TestSDKAzureClientEmbeddingsCompletionsResponses(t *testing.T) {
 		t.Fatalf("every endpoint is metered: ledger %d, upstream reported %d", got, want)
 	}
 	ops := map[string]bool{}
-	for _, r := range h.sink.records() {
+	for _, r := range h.auditRecords() {
 		ops[r.Action] = true
 	}
 	for _, a := range []string{"inference:chat:gpt-4.1", "inference:embeddings:gpt-4.1", "inference:completions:gpt-4.1", "inference:responses:gpt-4.1"} {

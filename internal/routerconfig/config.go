@@ -15,8 +15,9 @@
 package routerconfig
 
 import (
-	"encoding/json"
 	"time"
+
+	"github.com/kars-io/kars/internal/governance"
 )
 
 // SchemaVersion is the version of the Config layout this package reads and
@@ -51,11 +52,11 @@ type Config struct {
 	// applies the defaults described on ContentSafety.
 	ContentSafety *ContentSafety `json:"contentSafety,omitempty"`
 	// Governance is the policy the router's governance engine evaluates for
-	// every call (action "inference:<op>:<model>"). It is the governance
-	// engine's own JSON input, kept opaque here so that this package does not
-	// fix the engine's schema; an empty value means the built-in default
-	// policy (allow inference to the configured models only).
-	Governance json.RawMessage `json:"governance,omitempty"`
+	// every call (action "inference:<op>:<model>"): the engine's own input
+	// type, which the controller converts from the sandbox's ToolPolicy. Nil
+	// means the router's built-in default (allow inference to the
+	// configured models, deny everything else).
+	Governance *governance.Policy `json:"governance,omitempty"`
 	// Audit says where the hash-chained audit log lives.
 	Audit Audit `json:"audit"`
 	// Admin configures the controller-facing admin API.

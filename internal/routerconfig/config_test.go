@@ -2,12 +2,13 @@ package routerconfig
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kars-io/kars/internal/governance"
 )
 
 func validConfig() *Config {
@@ -20,7 +21,9 @@ func validConfig() *Config {
 			Fallbacks: []Target{{Provider: ProviderOffline, Model: "kars-offline"}},
 		},
 		Budget:     &Budget{Daily: 100000},
-		Governance: json.RawMessage(`{ "rules" : [ ] }`),
+		Governance: &governance.Policy{Name: "research-bot", Rules: []governance.Rule{
+			{Name: "models", Effect: governance.EffectAllow, Actions: []string{"inference:*:gpt-4.1*"}},
+		}},
 		Audit:      Audit{Dir: "/var/lib/kars/audit"},
 		Admin:      Admin{TokenFile: "/var/run/kars/admin/token"},
 		StateDir:   "/var/lib/kars/state",
@@ -52,6 +55,7 @@ func TestValidateRejects(t *testing.T) {
 		{"relative audit dir", func(c *Config) { c.Audit.Dir = "audit" }, "audit.dir"},
 		{"no admin token", func(c *Config) { c.Admin.TokenFile = "" }, "admin.tokenFile"},
 		{"too many fallbacks", func(c *Config) { c.Models.Fallbacks = make([]Target, 9) }, "at most 8"},
+		{"invalid governance", func(c *Config) { c.Governance.Rules[0].Effect = "maybe" }, "governance"},
 		{"reserve above per-request", func(c *Config) { c.Budget = &Budget{PerRequest: 10, DefaultReserve: 20} }, "defaultReserve"},
 	}
 	for _, tc := range cases {

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+
+	"github.com/kars-io/kars/internal/governance"
 )
 
 // Validate reports every problem with c at once, each naming the field, so
@@ -57,6 +59,11 @@ func (c *Config) Validate() error {
 			if sev != "" && sev.Rank() < 0 {
 				bad("contentSafety."+name, "%q is not one of Safe, Low, Medium, High", sev)
 			}
+		}
+	}
+	if c.Governance != nil {
+		if _, err := governance.Compile(c.Governance); err != nil {
+			bad("governance", "%v", err)
 		}
 	}
 	if c.Audit.Dir == "" {
