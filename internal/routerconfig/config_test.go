@@ -20,13 +20,13 @@ func validConfig() *Config {
 				Auth: &Auth{Mode: AuthWorkloadIdentity}},
 			Fallbacks: []Target{{Provider: ProviderOffline, Model: "kars-offline"}},
 		},
-		Budget:     &Budget{Daily: 100000},
+		Budget: &Budget{Daily: 100000},
 		Governance: &governance.Policy{Name: "research-bot", Rules: []governance.Rule{
 			{Name: "models", Effect: governance.EffectAllow, Actions: []string{"inference:*:gpt-4.1*"}},
 		}},
-		Audit:      Audit{Dir: "/var/lib/kars/audit"},
-		Admin:      Admin{TokenFile: "/var/run/kars/admin/token"},
-		StateDir:   "/var/lib/kars/state",
+		Audit:    Audit{Dir: "/var/lib/kars/audit"},
+		Admin:    Admin{TokenFile: "/var/run/kars/admin/token"},
+		StateDir: "/var/lib/kars/state",
 	}
 }
 

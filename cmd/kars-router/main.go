@@ -1,0 +1,45 @@
+// Command kars-router is the per-sandbox router that runs as UID 1001 beside
+// every agent: the agent's only way out for inference, with brokered
+// credentials, token budgets, content safety, governance and audit on every
+// call. See docs/router.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/kars-io/kars/internal/router"
+	"github.com/kars-io/kars/internal/version"
+)
+
+func main() {
+	defaultConfig := os.Getenv("KARS_ROUTER_CONFIG")
+	if defaultConfig == "" {
+		defaultConfig = "/etc/kars/router/router.json"
+	}
+	configPath := flag.String("config", defaultConfig, "path of the compiled router config (env KARS_ROUTER_CONFIG)")
+	level := flag.String("log-level", "info", "log level: debug, info, warn or error")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println(version.Get().String())
+		return
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "kars-router: -log-level %q: %v\n", *level, err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := router.Serve(ctx, router.ServeOptions{ConfigPath: *configPath, Logger: log}); err != nil {
+		log.Error("kars-router stopped", "err", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,198 @@
+package router
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/kars-io/kars/internal/audit"
+	"github.com/kars-io/kars/internal/budget"
+	"github.com/kars-io/kars/internal/routerconfig"
+)
+
+// Listener is one address the router serves. kars-router starts with the
+// agent API and the admin API; later features (A2A ingress on 8445, the
+// egress forward proxy) append their own.
+type Listener struct {
+	Name    string
+	Addr    string
+	Handler http.Handler
+	// TLS, when set, serves HTTPS.
+	TLS *tls.Config
+	// Listener, when set, is used instead of listening on Addr (the
+	// rootless local substrate hands over a socket bound inside the
+	// agent's network namespace).
+	Listener net.Listener
+}
+
+// ServeOptions configure Serve.
+type ServeOptions struct {
+	// ConfigPath is the mounted router.json.
+	ConfigPath string
+	Logger     *slog.Logger
+	// AgentListener optionally replaces listening on the config's address.
+	AgentListener net.Listener
+	// Ready, if set, is called with the bound addresses once serving.
+	Ready func(addrs map[string]string)
+}
+
+// Serve runs kars-router until ctx is done: it loads and watches the
+// config, opens the budget ledger and the audit log, and serves the agent
+// and admin APIs. On shutdown it stops accepting, lets in-flight calls
+// (streams included) finish for up to 30 s, then flushes the ledger and
+// closes the audit log.
+func Serve(ctx context.Context, o ServeOptions) error {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	watcher, err := routerconfig.NewWatcher(o.ConfigPath)
+	if err != nil {
+		return err
+	}
+	snap := watcher.Current()
+	cfg := snap.Config
+	ledger, err := budget.Open(cfg.StateDir, budget.Limits{})
+	if err != nil {
+		return err
+	}
+	var key ed25519.PrivateKey
+	if cfg.Audit.CheckpointKeyFile != "" {
+		if key, err = loadSigningKey(cfg.Audit.CheckpointKeyFile); err != nil {
+			return err
+		}
+	}
+	sink, err := audit.Open(audit.Options{Dir: cfg.Audit.Dir, Sandbox: cfg.Sandbox.Namespace + "/" + cfg.Sandbox.Name, SigningKey: key})
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	r, err := New(snap, Options{Audit: sink, Ledger: ledger, Logger: log})
+	if err != nil {
+		return err
+	}
+	watcher.OnChange = func(_, cur *routerconfig.Snapshot) {
+		if err := r.Apply(cur); err != nil {
+			log.Error("config reload rejected; the previous config stays in force", "digest", cur.Digest, "err", err)
+			return
+		}
+		if cur.Config.AgentListen() != cfg.AgentListen() || cur.Config.AdminListen() != cfg.AdminListen() {
+			log.Warn("listen addresses changed in the config; they take effect on restart")
+		}
+		log.Info("config reloaded", "digest", cur.Digest)
+	}
+	watcher.OnError = func(err error) { log.Error("config reload failed; the previous config stays in force", "err", err) }
+
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { watcher.Run(bg) })
+	wg.Go(func() {
+		ledger.Run(bg, time.Second, func(err error) { log.Error("budget ledger write failed", "err", err) })
+	})
+	defer func() {
+		stopBG()
+		wg.Wait() // the ledger's final flush happens here
+	}()
+
+	admin := Listener{Name: "admin", Addr: cfg.AdminListen(), Handler: r.AdminHandler(cfg.Admin.TokenFile, AdminBackends{
+		AuditTail: func(_ context.Context, n int) (any, error) { return AuditTail(cfg.Audit.Dir, n) },
+		AuditVerify: func(context.Context) (any, error) {
+			return audit.Verify(cfg.Audit.Dir, audit.VerifyOptions{})
+		},
+		Reload: watcher.Reload,
+	})}
+	if cfg.Admin.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("admin TLS: %w", err)
+		}
+		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	listeners := []Listener{
+		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler(), Listener: o.AgentListener},
+		admin,
+	}
+	log.Info("kars-router starting", "sandbox", cfg.Sandbox.Namespace+"/"+cfg.Sandbox.Name, "digest", snap.Digest,
+		"agent", cfg.AgentListen(), "admin", cfg.AdminListen(), "stages", r.Stages())
+	return ServeListeners(ctx, log, listeners, o.Ready)
+}
+
+// ServeListeners serves every listener until ctx is done or one fails, then
+// shuts all down gracefully.
+func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready func(map[string]string)) error {
+	servers := make([]*http.Server, len(ls))
+	errc := make(chan error, len(ls))
+	addrs := map[string]string{}
+	for i, l := range ls {
+		ln := l.Listener
+		if ln == nil {
+			var err error
+			if ln, err = net.Listen("tcp", l.Addr); err != nil {
+				for _, s := range servers[:i] {
+					s.Close()
+				}
+				return fmt.Errorf("%s listener: %w", l.Name, err)
+			}
+		}
+		if l.TLS != nil {
+			ln = tls.NewListener(ln, l.TLS)
+		}
+		addrs[l.Name] = ln.Addr().String()
+		srv := &http.Server{Handler: l.Handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		servers[i] = srv
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s listener: %w", l.Name, err)
+			}
+		}()
+	}
+	if ready != nil {
+		ready(addrs)
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		wg.Go(func() { s.Shutdown(shutdown) })
+	}
+	wg.Wait()
+	return err
+}
+
+// loadSigningKey reads a PKCS#8 PEM Ed25519 private key (openssl genpkey
+// -algorithm ed25519).
+func loadSigningKey(path string) (ed25519.PrivateKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit checkpoint key: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("audit checkpoint key %s: not PEM", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("audit checkpoint key %s: %w", path, err)
+	}
+	ek, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("audit checkpoint key %s: not an Ed25519 key", path)
+	}
+	return ek, nil
+}
