@@ -31,6 +31,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,8 +64,9 @@ type Server struct {
 	// Requests counts data-plane requests.
 	Requests atomic.Int64
 
-	mu      sync.Mutex
-	headers []http.Header
+	mu          sync.Mutex
+	headers     []http.Header
+	failDeploys map[string]int
 
 	srv *httptest.Server
 }
@@ -94,6 +96,18 @@ func (s *Server) Close() {
 
 // URL is the base URL of a started server.
 func (s *Server) URL() string { return s.srv.URL }
+
+// FailDeployment makes every call to an Azure deployment answer status
+// (429 with Retry-After: 1, or a 5xx), to exercise failover.
+func (s *Server) FailDeployment(deployment string, status string) {
+	code, _ := strconv.Atoi(status)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failDeploys == nil {
+		s.failDeploys = map[string]int{}
+	}
+	s.failDeploys[deployment] = code
+}
 
 // Headers returns the headers of every data-plane request received.
 func (s *Server) Headers() []http.Header {
@@ -135,6 +149,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		op := "responses"
 		if m := deploymentPath.FindStringSubmatch(p); m != nil {
 			op = m[2]
+			s.mu.Lock()
+			code := s.failDeploys[m[1]]
+			s.mu.Unlock()
+			if code != 0 {
+				azureError(w, code, strconv.Itoa(code), "fake failing deployment", nil)
+				return
+			}
 		}
 		s.openAI(w, r, op, true)
 	case p == "/v1/messages":
