@@ -36,7 +36,7 @@ func appendCheckpointCanonical(dst []byte, cp *Checkpoint) []byte {
 	dst = append(dst, `,"hash":"`...)
 	dst = append(dst, cp.Hash...)
 	dst = append(dst, `","ts":"`...)
-	dst = cp.Time.UTC().AppendFormat(dst, TimeLayout)
+	dst = appendTime(dst, cp.Time)
 	dst = append(dst, `","key":"`...)
 	dst = base64.StdEncoding.AppendEncode(dst, cp.Key)
 	return append(dst, `"}`...)

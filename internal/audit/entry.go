@@ -57,7 +57,7 @@ func appendCanonical(dst []byte, e *Entry) []byte {
 	dst = append(dst, `{"seq":`...)
 	dst = strconv.AppendUint(dst, e.Seq, 10)
 	dst = append(dst, `,"ts":"`...)
-	dst = e.Time.UTC().AppendFormat(dst, TimeLayout)
+	dst = appendTime(dst, e.Time)
 	dst = append(dst, `","sandbox":`...)
 	dst = appendString(dst, e.Sandbox)
 	dst = append(dst, `,"agent":`...)
@@ -75,7 +75,8 @@ func appendCanonical(dst []byte, e *Entry) []byte {
 	dst = append(dst, `,"latency_ns":`...)
 	dst = strconv.AppendInt(dst, int64(e.Latency), 10)
 	dst = append(dst, `,"attrs":{`...)
-	keys := make([]string, 0, len(e.Attrs))
+	var stack [16]string
+	keys := stack[:0]
 	for k := range e.Attrs {
 		keys = append(keys, k)
 	}
@@ -91,6 +92,45 @@ func appendCanonical(dst []byte, e *Entry) []byte {
 	dst = append(dst, `},"prev":"`...)
 	dst = append(dst, e.Prev...)
 	return append(dst, `"}`...)
+}
+
+// appendTime appends t in TimeLayout. It is the hand-written equivalent of
+// t.UTC().AppendFormat(dst, TimeLayout), which parses the layout on every
+// call; TestAppendTimeMatchesLayout keeps the two identical.
+func appendTime(dst []byte, t time.Time) []byte {
+	t = t.UTC()
+	y, mo, d := t.Date()
+	h, mi, sec := t.Clock()
+	dst = appendDigits(dst, y, 4)
+	dst = append(dst, '-')
+	dst = appendDigits(dst, int(mo), 2)
+	dst = append(dst, '-')
+	dst = appendDigits(dst, d, 2)
+	dst = append(dst, 'T')
+	dst = appendDigits(dst, h, 2)
+	dst = append(dst, ':')
+	dst = appendDigits(dst, mi, 2)
+	dst = append(dst, ':')
+	dst = appendDigits(dst, sec, 2)
+	dst = append(dst, '.')
+	dst = appendDigits(dst, t.Nanosecond(), 9)
+	return append(dst, 'Z')
+}
+
+// appendDigits appends v zero-padded to width digits (v >= 0; wider values
+// keep all their digits, as AppendFormat does for years past 9999).
+func appendDigits(dst []byte, v, width int) []byte {
+	var buf [20]byte
+	i := len(buf)
+	for v >= 10 || width > 1 {
+		i--
+		buf[i] = byte('0' + v%10)
+		v /= 10
+		width--
+	}
+	i--
+	buf[i] = byte('0' + v)
+	return append(dst, buf[i:]...)
 }
 
 // appendString appends s as a JSON string: '"' and '\' are escaped with a
@@ -156,20 +196,38 @@ func entryFromRecord(r *Record) Entry {
 		Latency:       r.Latency,
 	}
 	if len(r.Attrs) > 0 {
-		e.Attrs = make(map[string]string, min(len(r.Attrs), maxAttrs))
-		keys := make([]string, 0, len(r.Attrs))
-		for k := range r.Attrs {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for _, k := range keys[:min(len(keys), maxAttrs)] {
-			e.Attrs[sanitize(k)] = sanitize(r.Attrs[k])
-		}
-		if len(keys) > maxAttrs {
-			e.Attrs["kars.attrs_dropped"] = strconv.Itoa(len(keys) - maxAttrs)
-		}
+		e.Attrs = sanitizeAttrs(r.Attrs)
 	}
 	return e
+}
+
+// sanitizeAttrs returns attrs itself when it is already within bounds (the
+// common case: Append seals the entry before it returns, so the caller's map
+// is not retained), or a bounded, sanitised copy.
+func sanitizeAttrs(attrs map[string]string) map[string]string {
+	clean := len(attrs) <= maxAttrs
+	for k, v := range attrs {
+		if !clean {
+			break
+		}
+		clean = sanitize(k) == k && sanitize(v) == v
+	}
+	if clean {
+		return attrs
+	}
+	keys := make([]string, 0, len(attrs))
+	for k := range attrs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make(map[string]string, min(len(keys), maxAttrs)+1)
+	for _, k := range keys[:min(len(keys), maxAttrs)] {
+		out[sanitize(k)] = sanitize(attrs[k])
+	}
+	if len(keys) > maxAttrs {
+		out["kars.attrs_dropped"] = strconv.Itoa(len(keys) - maxAttrs)
+	}
+	return out
 }
 
 // sealer computes entry hashes and renders lines, reusing its buffers.
@@ -188,7 +246,9 @@ func (s *sealer) seal(dst []byte, e *Entry) []byte {
 	s.h.Reset()
 	s.h.Write(dst[start:])
 	s.h.Sum(s.sum[:0])
-	e.Hash = hex.EncodeToString(s.sum[:])
+	var hx [2 * sha256.Size]byte
+	hex.Encode(hx[:], s.sum[:])
+	e.Hash = string(hx[:])
 	dst = dst[:len(dst)-1] // drop the closing brace
 	dst = append(dst, `,"hash":"`...)
 	dst = append(dst, e.Hash...)
