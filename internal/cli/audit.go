@@ -1,0 +1,154 @@
+package cli
+
+import (
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kars-io/kars/internal/audit"
+)
+
+// newAuditCmd builds "kars audit": commands over tamper-evident audit logs.
+func newAuditCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Inspect and verify tamper-evident audit logs",
+	}
+	cmd.AddCommand(newAuditVerifyCmd())
+	return cmd
+}
+
+func newAuditVerifyCmd() *cobra.Command {
+	var keys []string
+	var allowPruned, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "verify DIR",
+		Short: "Check an audit log directory offline",
+		Long: "Verify walks every entry of the audit log in DIR: each line must be a canonical\n" +
+			"entry whose SHA-256 matches, sequence numbers must run without gaps, each entry\n" +
+			"must record its predecessor's hash (across daily files), and every checkpoint\n" +
+			"must be signed by the key in force and match the entry it names. It reports the\n" +
+			"first entry that was modified, deleted, inserted or reordered, or the checkpoint\n" +
+			"that does not match, and exits non-zero.\n\n" +
+			"Without --key the checkpoint keys the log announces are believed; pin the\n" +
+			"sandbox's key with --key to also catch a rewrite of the whole log.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := audit.VerifyOptions{AllowPruned: allowPruned}
+			for _, k := range keys {
+				pub, err := readPublicKey(k)
+				if err != nil {
+					return fmt.Errorf("--key %s: %w", k, err)
+				}
+				opts.TrustedKeys = append(opts.TrustedKeys, pub)
+			}
+			dir := args[0]
+			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+				return fmt.Errorf("%s is not a directory: give the audit log directory of a sandbox", dir)
+			}
+			rep, err := audit.Verify(dir, opts)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				if err := writeVerifyJSON(out, dir, rep); err != nil {
+					return err
+				}
+			} else {
+				writeVerifyText(out, dir, rep)
+			}
+			if rep.Problem != nil {
+				return fmt.Errorf("audit log %s failed verification: %s at %s", dir, rep.Problem.Kind, rep.Problem.At)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVar(&keys, "key", nil, "trusted checkpoint public key: base64, or a file holding base64 or a PEM public key (repeatable)")
+	cmd.Flags().BoolVar(&allowPruned, "allow-pruned", false, "accept a log whose oldest files were removed by retention")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func writeVerifyText(w io.Writer, dir string, rep *audit.Report) {
+	if rep.Problem != nil {
+		p := rep.Problem
+		fmt.Fprintf(w, "FAILED %s\n  %s: entry %d at %s\n  %s\n", dir, p.Kind, p.Seq, p.At, p.Detail)
+	} else {
+		fmt.Fprintf(w, "OK %s\n", dir)
+	}
+	fmt.Fprintf(w, "  %d entries (%d..%d) in %d files; %d checkpoints, signed through entry %d\n",
+		rep.Entries, rep.FirstSeq, rep.LastSeq, rep.Files, rep.Checkpoints, rep.SignedSeq)
+	if rep.HeadHash != "" {
+		fmt.Fprintf(w, "  head %s\n", rep.HeadHash)
+	}
+	for _, warn := range rep.Warnings {
+		fmt.Fprintf(w, "  warning: %s\n", warn)
+	}
+}
+
+func writeVerifyJSON(w io.Writer, dir string, rep *audit.Report) error {
+	type problem struct {
+		Kind   string `json:"kind"`
+		Seq    uint64 `json:"seq"`
+		File   string `json:"file"`
+		Line   int    `json:"line"`
+		Detail string `json:"detail"`
+	}
+	v := struct {
+		Dir         string   `json:"dir"`
+		OK          bool     `json:"ok"`
+		Entries     uint64   `json:"entries"`
+		FirstSeq    uint64   `json:"firstSeq"`
+		LastSeq     uint64   `json:"lastSeq"`
+		HeadHash    string   `json:"headHash"`
+		Files       int      `json:"files"`
+		Checkpoints int      `json:"checkpoints"`
+		SignedSeq   uint64   `json:"signedSeq"`
+		Warnings    []string `json:"warnings,omitempty"`
+		Problem     *problem `json:"problem,omitempty"`
+	}{Dir: dir, OK: rep.OK(), Entries: rep.Entries, FirstSeq: rep.FirstSeq, LastSeq: rep.LastSeq, HeadHash: rep.HeadHash,
+		Files: rep.Files, Checkpoints: rep.Checkpoints, SignedSeq: rep.SignedSeq, Warnings: rep.Warnings}
+	if p := rep.Problem; p != nil {
+		v.Problem = &problem{Kind: string(p.Kind), Seq: p.Seq, File: p.At.File, Line: p.At.Line, Detail: p.Detail}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// readPublicKey accepts a base64 Ed25519 public key (as audit:open entries
+// carry it), or a file holding one or a PEM "PUBLIC KEY".
+func readPublicKey(arg string) (ed25519.PublicKey, error) {
+	text := arg
+	if data, err := os.ReadFile(arg); err == nil {
+		text = string(data)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if block, _ := pem.Decode([]byte(text)); block != nil {
+		k, err := x509.ParsePKIXPublicKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("PEM public key: %w", err)
+		}
+		pub, ok := k.(ed25519.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("PEM public key is %T, want Ed25519", k)
+		}
+		return pub, nil
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(text))
+	if err != nil || len(raw) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("not a base64 Ed25519 public key (32 bytes), a file holding one, or a PEM public key")
+	}
+	return ed25519.PublicKey(raw), nil
+}
