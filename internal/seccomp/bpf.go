@@ -28,16 +28,20 @@ func (p Profile) BPFPolicy() (bpfseccomp.Policy, error) {
 			continue
 		}
 		g := bpfseccomp.SyscallGroup{Action: bpfAction(r.Action)}
-		if r.WhenZero == nil {
+		if r.When == nil {
 			g.Names = names
 			pol.Syscalls = append(pol.Syscalls, g)
 			continue
+		}
+		op := bpfseccomp.BitsNotSet
+		if r.When.Op == NotEqual {
+			op = bpfseccomp.NotEqual
 		}
 		for _, n := range names {
 			g.NamesWithCondtions = append(g.NamesWithCondtions, bpfseccomp.NameWithConditions{
 				Name: n,
 				Conditions: bpfseccomp.ArgumentConditions{{
-					Argument: uint32(r.WhenZero.Index), Operation: bpfseccomp.BitsNotSet, Value: r.WhenZero.Mask,
+					Argument: uint32(r.When.Index), Operation: op, Value: r.When.Value,
 				}},
 			})
 		}

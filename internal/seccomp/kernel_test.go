@@ -80,6 +80,16 @@ func probeChild() {
 	res("clone_newuser", e)
 	_, _, e = unix.RawSyscall(unix.SYS_GETPID, 0, 0, 0)
 	res("getpid", e)
+	fd, _, e := unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, ipprotoMPTCP)
+	res("socket_mptcp", e)
+	if e == 0 {
+		unix.Close(int(fd))
+	}
+	fd, _, e = unix.RawSyscall(unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_STREAM, 0)
+	res("socket_tcp", e)
+	if e == 0 {
+		unix.Close(int(fd))
+	}
 }
 
 func errName(e syscall.Errno) string {
@@ -113,6 +123,7 @@ func TestKernelDeniesDangerousCalls(t *testing.T) {
 	want := map[string]string{
 		"ptrace": "EPERM", "unshare": "EPERM", "setns": "EPERM", "mount": "EPERM", "bpf": "EPERM",
 		"keyctl": "EPERM", "clone3": "ENOSYS", "clone_newuser": "EPERM", "getpid": "ok",
+		"socket_mptcp": "EPERM", "socket_tcp": "ok",
 	}
 	got := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {

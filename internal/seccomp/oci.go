@@ -62,9 +62,14 @@ func (p Profile) OCI() OCIProfile {
 			s.Action = "SCMP_ACT_ERRNO"
 			s.ErrnoRet = &enosys
 		}
-		if r.WhenZero != nil {
-			// SCMP_CMP_MASKED_EQ compares (arg & value) with valueTwo.
-			s.Args = []OCIArg{{Index: r.WhenZero.Index, Value: r.WhenZero.Mask, ValueTwo: 0, Op: "SCMP_CMP_MASKED_EQ"}}
+		if c := r.When; c != nil {
+			switch c.Op {
+			case MaskedZero:
+				// SCMP_CMP_MASKED_EQ compares (arg & value) with valueTwo.
+				s.Args = []OCIArg{{Index: c.Index, Value: c.Value, ValueTwo: 0, Op: "SCMP_CMP_MASKED_EQ"}}
+			case NotEqual:
+				s.Args = []OCIArg{{Index: c.Index, Value: c.Value, Op: "SCMP_CMP_NE"}}
+			}
 		}
 		out.Syscalls = append(out.Syscalls, s)
 	}

@@ -31,11 +31,22 @@ const (
 	NotImplemented
 )
 
-// ArgMask restricts a rule to calls whose argument Index, masked with Mask,
-// is zero. It is the only argument condition kars-strict needs.
-type ArgMask struct {
+// CondOp is how an argument condition compares.
+type CondOp int
+
+const (
+	// MaskedZero holds when (argument & Value) == 0.
+	MaskedZero CondOp = iota
+	// NotEqual holds when argument != Value.
+	NotEqual
+)
+
+// ArgCond restricts a rule to calls whose argument Index satisfies Op
+// against Value.
+type ArgCond struct {
 	Index uint
-	Mask  uint64
+	Op    CondOp
+	Value uint64
 }
 
 // Rule is one line of the policy: these names get this action, optionally
@@ -47,9 +58,9 @@ type Rule struct {
 	Names []string
 	// Action is taken when a call matches.
 	Action Action
-	// WhenZero, if set, makes the rule match only when the masked argument
-	// is zero; other calls fall through to later rules and the default.
-	WhenZero *ArgMask
+	// When, if set, makes the rule match only when the argument condition
+	// holds; other calls fall through to later rules and the default.
+	When *ArgCond
 }
 
 // Profile is a complete seccomp policy. Calls no rule matches are denied
@@ -103,6 +114,9 @@ func (p Profile) Allowed(name string) bool {
 const namespaceCloneFlags = 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 |
 	0x20000000 | 0x40000000 | 0x00020000
 
+// ipprotoMPTCP is IPPROTO_MPTCP from include/uapi/linux/in.h.
+const ipprotoMPTCP = 262
+
 // Strict returns the kars-strict profile. It allows what Go programs,
 // CPython and Node.js need to run an agent (files, memory, threads, timers,
 // sockets, SysV/POSIX IPC inside the pod's own IPC namespace) and denies
@@ -118,13 +132,22 @@ func Strict() Profile {
 			{Why: "processes, threads, identity and scheduling", Action: Allow, Names: processCalls},
 			{Why: "signals and time", Action: Allow, Names: signalTimeCalls},
 			{Why: "sockets (reachability is the egress guard's job)", Action: Allow, Names: socketCalls},
+			{
+				// Landlock's TCP bind/connect rules do not cover Multipath
+				// TCP sockets; refusing IPPROTO_MPTCP keeps them in force.
+				// Go's net package falls back to plain TCP on any error.
+				Why:    "sockets, except Multipath TCP",
+				Action: Allow,
+				Names:  []string{"socket"},
+				When:   &ArgCond{Index: 2, Op: NotEqual, Value: ipprotoMPTCP},
+			},
 			{Why: "IPC inside the pod's own IPC namespace", Action: Allow, Names: ipcCalls},
 			{Why: "self-restriction: an agent may tighten, never loosen", Action: Allow, Names: selfRestrictCalls},
 			{
 				Why:      "threads and fork, but no new namespaces",
 				Action:   Allow,
 				Names:    []string{"clone"},
-				WhenZero: &ArgMask{Index: 0, Mask: namespaceCloneFlags},
+				When:     &ArgCond{Index: 0, Op: MaskedZero, Value: namespaceCloneFlags},
 			},
 			{Why: "clone3 hides its flags from BPF: make libc fall back to clone", Action: NotImplemented, Names: []string{"clone3"}},
 			{Why: "escape, tamper and kernel-surface calls", Action: Deny, Names: deniedCalls},
@@ -187,7 +210,7 @@ var signalTimeCalls = []string{
 }
 
 var socketCalls = []string{
-	"socket", "socketpair", "connect", "accept", "accept4", "bind", "listen",
+	"socketpair", "connect", "accept", "accept4", "bind", "listen",
 	"getsockname", "getpeername", "setsockopt", "getsockopt", "sendto", "recvfrom",
 	"sendmsg", "recvmsg", "sendmmsg", "recvmmsg", "shutdown",
 }

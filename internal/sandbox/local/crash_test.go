@@ -1,0 +1,4 @@
+package local
+
+func crashingParent() {}
+func rootlessRunner() {}

@@ -1,0 +1,77 @@
+package local
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/landlock-lsm/go-landlock/landlock"
+	llsyscall "github.com/landlock-lsm/go-landlock/landlock/syscall"
+)
+
+const (
+	accessRead  = landlock.AccessFSSet(llsyscall.AccessFSExecute | llsyscall.AccessFSReadFile | llsyscall.AccessFSReadDir)
+	accessFileR = landlock.AccessFSSet(llsyscall.AccessFSExecute | llsyscall.AccessFSReadFile)
+)
+
+// landlockABI returns the kernel's Landlock ABI version, 0 if none.
+func landlockABI() int {
+	v, err := llsyscall.LandlockGetABIVersion()
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+// landlockRules is the agent's Landlock policy, evaluated inside the new
+// root: read and execute everywhere except the hidden paths (the state
+// root with the router's files), write only to the workspace, /tmp and
+// /dev/shm and the harmless devices; bind only the agent's ports, connect
+// only to the router.
+func landlockRules(hidden []string, agentPorts []uint16) []landlock.Rule {
+	rules := readAllBut("/", hidden)
+	rules = append(rules,
+		// Listing directories (not reading files) is allowed everywhere
+		// so that tools that enumerate / keep working.
+		landlock.PathAccess(landlock.AccessFSSet(llsyscall.AccessFSReadDir), "/"),
+		landlock.RWDirs("/sandbox", "/tmp", "/dev/shm").WithRefer(),
+		landlock.RWFiles("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty").IgnoreIfMissing().WithIoctlDev(),
+		landlock.ConnectTCP(RouterPort),
+	)
+	for _, p := range agentPorts {
+		rules = append(rules, landlock.BindTCP(p))
+	}
+	return rules
+}
+
+// readAllBut grants read and execute on everything under dir except the
+// hidden paths. Landlock rules only add access, and access granted on a
+// directory covers everything beneath it, so "all but X" is built by
+// granting every sibling along the path from dir down to X, never an
+// ancestor of X itself.
+func readAllBut(dir string, hidden []string) []landlock.Rule {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var rules []landlock.Rule
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		switch {
+		case slices.Contains(hidden, p):
+			continue
+		case slices.ContainsFunc(hidden, func(h string) bool { return strings.HasPrefix(h, p+"/") }):
+			rules = append(rules, readAllBut(p, hidden)...)
+		case e.Type()&os.ModeSymlink != 0:
+			// The target is covered under its own path; granting through
+			// the link could reach a hidden path.
+			continue
+		case e.IsDir():
+			rules = append(rules, landlock.PathAccess(accessRead, p))
+		default:
+			rules = append(rules, landlock.PathAccess(accessFileR, p))
+		}
+	}
+	return rules
+}

@@ -1,0 +1,186 @@
+package local
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// devices bound from the host into the agent's minimal /dev.
+var devices = []string{"null", "zero", "full", "random", "urandom", "tty"}
+
+// replacedTop are top-level host directories the agent gets fresh
+// instances of instead of the host's: private /proc, minimal /dev, tmpfs
+// /tmp and /run (a read-only bind would still expose host Unix sockets
+// there, and Landlock cannot stop connect(2) on them), and the workspace.
+var replacedTop = map[string]bool{"proc": true, "sys": true, "dev": true, "tmp": true, "run": true, "sandbox": true}
+
+// buildRoot assembles the agent's filesystem under rootDir and pivots into
+// it. It runs in the pod init, inside its fresh mount namespace, before the
+// agent exists:
+//
+//	/            tmpfs, read-only at the end
+//	/<each host top-level dir>  recursive bind of the host's, read-only, nosuid, nodev
+//	/proc        new procfs of the pod's PID namespace
+//	/sys         new sysfs (read-only), showing only the pod's network devices
+//	/dev         tmpfs with null, zero, full, random, urandom, tty and a tmpfs /dev/shm
+//	/tmp, /run   empty tmpfs
+//	/sandbox     the workspace, read-write
+//	hidden paths (the state root) are covered by an empty read-only tmpfs
+func buildRoot(rootDir, workspace string, hide []string) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	if err := unix.Mount("tmpfs", rootDir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m"); err != nil {
+		return fmt.Errorf("root tmpfs: %w", err)
+	}
+	// Unbindable: when the host directory that contains rootDir is bound
+	// into the new root below, the kernel prunes this mount instead of
+	// copying the half-built root into itself.
+	if err := unix.Mount("", rootDir, "", unix.MS_UNBINDABLE, ""); err != nil {
+		return fmt.Errorf("root tmpfs unbindable: %w", err)
+	}
+	entries, err := os.ReadDir("/")
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name := e.Name()
+		src, dst := "/"+name, filepath.Join(rootDir, name)
+		switch {
+		case replacedTop[name]:
+			continue
+		case e.Type()&os.ModeSymlink != 0:
+			target, err := os.Readlink(src)
+			if err == nil {
+				err = os.Symlink(target, dst)
+			}
+			if err != nil {
+				return err
+			}
+		case e.IsDir():
+			if err := bindReadOnly(src, dst, true); err != nil {
+				return err
+			}
+		case e.Type().IsRegular():
+			if err := bindReadOnly(src, dst, false); err != nil {
+				return err
+			}
+		}
+	}
+	for _, d := range []string{"proc", "sys", "dev", "tmp", "run", "sandbox"} {
+		if err := os.Mkdir(filepath.Join(rootDir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	const nosuidNodevNoexec = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	if err := unix.Mount("proc", filepath.Join(rootDir, "proc"), "proc", nosuidNodevNoexec, ""); err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	// A fresh sysfs needs a network namespace owned by our user namespace;
+	// without one /sys stays an empty directory, which agents tolerate.
+	_ = unix.Mount("sysfs", filepath.Join(rootDir, "sys"), "sysfs", nosuidNodevNoexec|unix.MS_RDONLY, "")
+	if err := unix.Mount("tmpfs", filepath.Join(rootDir, "tmp"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		return fmt.Errorf("mount /tmp: %w", err)
+	}
+	if err := unix.Mount("tmpfs", filepath.Join(rootDir, "run"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+		return fmt.Errorf("mount /run: %w", err)
+	}
+	if err := buildDev(filepath.Join(rootDir, "dev")); err != nil {
+		return err
+	}
+	if err := unix.Mount(workspace, filepath.Join(rootDir, "sandbox"), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind workspace %s: %w", workspace, err)
+	}
+	if err := unix.MountSetattr(-1, filepath.Join(rootDir, "sandbox"), unix.AT_RECURSIVE,
+		&unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}); err != nil {
+		return fmt.Errorf("workspace mount flags: %w", err)
+	}
+	for _, h := range hide {
+		p := filepath.Join(rootDir, h)
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		if err := unix.Mount("tmpfs", p, "tmpfs", nosuidNodevNoexec|unix.MS_RDONLY, "mode=0000,size=4k"); err != nil {
+			return fmt.Errorf("hide %s: %w", h, err)
+		}
+	}
+	if err := unix.Mount("", rootDir, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("read-only root: %w", err)
+	}
+	return pivot(rootDir)
+}
+
+// bindReadOnly bind-mounts src (recursively for directories) onto a new
+// dst and makes the whole subtree read-only, nosuid and nodev in one
+// mount_setattr(2) call, submounts included.
+func bindReadOnly(src, dst string, dir bool) error {
+	var err error
+	if dir {
+		err = os.Mkdir(dst, 0o755)
+	} else {
+		var f *os.File
+		if f, err = os.Create(dst); err == nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", src, err)
+	}
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	if err := unix.MountSetattr(-1, dst, unix.AT_RECURSIVE, attr); err != nil {
+		return fmt.Errorf("read-only %s: %w", src, err)
+	}
+	return nil
+}
+
+func buildDev(dev string) error {
+	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
+		return fmt.Errorf("mount /dev: %w", err)
+	}
+	for _, d := range devices {
+		dst := filepath.Join(dev, d)
+		f, err := os.Create(dst)
+		if err != nil {
+			return err
+		}
+		f.Close()
+		if err := unix.Mount("/dev/"+d, dst, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /dev/%s: %w", d, err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dev, "shm"), 0o1777); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		return fmt.Errorf("mount /dev/shm: %w", err)
+	}
+	for link, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+		if err := os.Symlink(target, filepath.Join(dev, link)); err != nil {
+			return err
+		}
+	}
+	return unix.Mount("", dev, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NOEXEC, "")
+}
+
+// pivot makes rootDir the root and detaches the old one, so no path leads
+// back to the host's tree.
+func pivot(rootDir string) error {
+	if err := unix.Chdir(rootDir); err != nil {
+		return err
+	}
+	// pivot_root(".", ".") stacks the old root on top of the new one;
+	// detaching "." then removes it without needing a directory for it.
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach old root: %w", err)
+	}
+	return unix.Chdir("/")
+}

@@ -1,0 +1,215 @@
+package local
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"slices"
+)
+
+// Contract UIDs of a sandbox pod (DESIGN.md): the agent never shares a UID
+// with the router, whose files hold credentials.
+const (
+	AgentUID  = 1000
+	RouterUID = 1001
+	// RouterPort is where the router listens on 127.0.0.1 inside the pod
+	// and the only place the agent may connect to.
+	RouterPort = 8443
+)
+
+// Isolation levels, as in the KarsSandbox spec.
+const (
+	// Standard applies every layer the kernel offers and falls back (to
+	// rootless, or without Landlock network rules on old kernels), saying
+	// so in Pod.Guarantees.
+	Standard = "standard"
+	// Enhanced refuses to start unless every layer is in force: root mode,
+	// network namespace with the egress guard, Landlock with network
+	// rules, seccomp and cgroup limits.
+	Enhanced = "enhanced"
+	// Confidential needs confidential-computing nodes; the local substrate
+	// cannot provide it and says so.
+	Confidential = "confidential"
+)
+
+// ErrConfidentialUnsupported is returned for Isolation "confidential".
+var ErrConfidentialUnsupported = errors.New("isolation \"confidential\" needs confidential-computing nodes (a Kubernetes cluster with confidential VMs); the local substrate cannot provide it: use \"standard\" or \"enhanced\" locally")
+
+// Process describes one program of the pod.
+type Process struct {
+	// Path is the executable, an absolute host path. The agent sees the
+	// host's root read-only, so host binaries run unchanged.
+	Path string
+	// Args are the arguments after argv[0].
+	Args []string
+	// Env is the complete environment (KEY=value). Nothing is inherited.
+	Env []string
+	// Dir is the working directory; defaults to /sandbox for the agent
+	// and to the router's private directory for the router.
+	Dir string
+	// Files are placed before the process starts, keyed by a relative
+	// path: for the agent inside its workspace (owner 1000, mode 0600), for
+	// the router inside its private directory (owner 1001, mode 0600).
+	Files map[string][]byte
+}
+
+// Limits are the agent's cgroup limits. Zero means unlimited.
+type Limits struct {
+	MemoryBytes int64
+	// CPUMillis is CPU time per second of wall time, in thousandths of a
+	// core (1000 = one core), like a Kubernetes CPU limit of "1".
+	CPUMillis int64
+	// PIDs caps tasks (processes and threads) in the agent's cgroup,
+	// including the pod init's few threads.
+	PIDs int64
+}
+
+// Spec is everything needed to realise one sandbox as a local pod.
+type Spec struct {
+	// ID names the pod: lowercase letters, digits and '-', at most 40
+	// characters (it appears in nftables table and cgroup names).
+	ID string
+	// StateRoot is the directory holding one subdirectory per pod (its
+	// state record, logs and the router's private files). It is hidden
+	// from every agent. Pass the same root to CleanupStale.
+	StateRoot string
+	// Workspace is the host directory mounted read-write at /sandbox. It
+	// defaults to <StateRoot>/<ID>/workspace.
+	Workspace string
+	// Isolation is Standard (default), Enhanced or Confidential.
+	Isolation string
+	// Router and Agent are the two programs of the pod.
+	Router, Agent Process
+	// RouterPorts are bound on 127.0.0.1 inside the pod before the router
+	// starts and handed to it with the systemd socket-activation protocol
+	// (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES set to the port numbers).
+	// RouterPort is always first; add e.g. the admin port here.
+	RouterPorts []uint16
+	// AgentPorts are the TCP ports the agent may listen on (its chat
+	// endpoint, e.g. 18789). Landlock denies binding any other port.
+	AgentPorts []uint16
+	// Limits apply to the agent.
+	Limits Limits
+	// AddressPool is the private range pod links are carved from (one /30
+	// per pod); default 10.213.0.0/16.
+	AddressPool netip.Prefix
+}
+
+var idPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)
+
+// DefaultAddressPool is the range pod links are carved from by default.
+var DefaultAddressPool = netip.MustParsePrefix("10.213.0.0/16")
+
+// normalize validates s and fills defaults. Bad input changes nothing.
+func (s Spec) normalize() (Spec, error) {
+	if !idPattern.MatchString(s.ID) {
+		return s, fmt.Errorf("local: pod ID %q: want lowercase letters, digits and '-', at most 40 characters", s.ID)
+	}
+	switch s.Isolation {
+	case "":
+		s.Isolation = Standard
+	case Standard, Enhanced:
+	case Confidential:
+		return s, fmt.Errorf("local: pod %s: %w", s.ID, ErrConfidentialUnsupported)
+	default:
+		return s, fmt.Errorf("local: pod %s: unknown isolation %q (want standard, enhanced or confidential)", s.ID, s.Isolation)
+	}
+	if !filepath.IsAbs(s.StateRoot) {
+		return s, fmt.Errorf("local: pod %s: StateRoot %q must be an absolute path", s.ID, s.StateRoot)
+	}
+	s.StateRoot = filepath.Clean(s.StateRoot)
+	if s.Workspace == "" {
+		s.Workspace = filepath.Join(s.StateRoot, s.ID, "workspace")
+	} else if !filepath.IsAbs(s.Workspace) {
+		return s, fmt.Errorf("local: pod %s: Workspace %q must be an absolute path", s.ID, s.Workspace)
+	}
+	for name, p := range map[string]Process{"router": s.Router, "agent": s.Agent} {
+		if !filepath.IsAbs(p.Path) {
+			return s, fmt.Errorf("local: pod %s: %s path %q must be absolute", s.ID, name, p.Path)
+		}
+		for rel := range p.Files {
+			if !filepath.IsLocal(rel) {
+				return s, fmt.Errorf("local: pod %s: %s file %q must be a relative path inside its directory", s.ID, name, rel)
+			}
+		}
+	}
+	if s.Agent.Dir == "" {
+		s.Agent.Dir = "/sandbox"
+	}
+	ports := []uint16{RouterPort}
+	for _, p := range s.RouterPorts {
+		if p == 0 {
+			return s, fmt.Errorf("local: pod %s: router port 0", s.ID)
+		}
+		if p != RouterPort {
+			ports = append(ports, p)
+		}
+	}
+	s.RouterPorts = ports
+	if !s.AddressPool.IsValid() {
+		s.AddressPool = DefaultAddressPool
+	}
+	if !s.AddressPool.Addr().Is4() || s.AddressPool.Bits() > 29 {
+		return s, fmt.Errorf("local: pod %s: address pool %s must be IPv4 and hold at least two /30s", s.ID, s.AddressPool)
+	}
+	if s.Limits.MemoryBytes < 0 || s.Limits.CPUMillis < 0 || s.Limits.PIDs < 0 {
+		return s, fmt.Errorf("local: pod %s: negative limit %+v", s.ID, s.Limits)
+	}
+	return s, nil
+}
+
+// Guarantees says which isolation layers a pod actually has. The rootless
+// fallback keeps some and loses others; callers surface this (kars status,
+// the KarsSandbox conditions) instead of implying the full set.
+type Guarantees struct {
+	// Rootless is true when the pod runs in an unprivileged user namespace.
+	Rootless bool
+	// SeparateUIDs: agent and router run as different host UIDs (1000 and
+	// 1001), so file modes alone keep the router's files from the agent.
+	SeparateUIDs bool
+	// NetworkNamespace: the agent has its own network stack.
+	NetworkNamespace bool
+	// EgressGuard: nftables owner rules confine the agent's UID to the
+	// router port (and reject IPv6, UDP and instance metadata).
+	EgressGuard bool
+	// RouterEgressViaPodLink: the router's upstream traffic leaves through
+	// the pod's veth and the host's NAT (false: it uses the host's stack).
+	RouterEgressViaPodLink bool
+	// Seccomp: the kars-strict filter is installed on the agent.
+	Seccomp bool
+	// LandlockFS / LandlockNet: Landlock filesystem rules, and TCP
+	// bind/connect rules, are enforced on the agent.
+	LandlockFS, LandlockNet bool
+	// LandlockABI is the kernel's Landlock ABI version (0: unavailable).
+	LandlockABI int
+	// ReadOnlyRoot: the agent's root is read-only with tmpfs /tmp, /run.
+	ReadOnlyRoot bool
+	// PIDNamespace: the agent cannot see host processes.
+	PIDNamespace bool
+	// CgroupLimits: Limits are enforced by cgroups (v1 or v2).
+	CgroupLimits bool
+	// NoNewPrivsNoCaps: no_new_privs set and every capability dropped,
+	// bounding set included, for agent and router.
+	NoNewPrivsNoCaps bool
+	// Notes explain every guarantee that is not kept.
+	Notes []string
+}
+
+// Missing lists the names of guarantees not kept.
+func (g Guarantees) Missing() []string {
+	var out []string
+	for name, ok := range map[string]bool{
+		"separate-uids": g.SeparateUIDs, "network-namespace": g.NetworkNamespace, "egress-guard": g.EgressGuard,
+		"seccomp": g.Seccomp, "landlock-fs": g.LandlockFS, "landlock-net": g.LandlockNet,
+		"read-only-root": g.ReadOnlyRoot, "pid-namespace": g.PIDNamespace, "cgroup-limits": g.CgroupLimits,
+		"no-new-privs-no-caps": g.NoNewPrivsNoCaps,
+	} {
+		if !ok {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
