@@ -308,15 +308,18 @@ func TestVerifyPrunedLog(t *testing.T) {
 	}
 }
 
-// The hash documented in docs/audit.md: SHA-256 over the line with its
-// ,"hash":"…" member removed.
+// The hash documented in docs/audit.md: SHA-256 over the line with the 74
+// bytes of its ,"hash":"<64 hex>" member removed.
 func TestDocumentedCanonicalBytes(t *testing.T) {
 	dir := tamperLog(t)
 	for _, l := range logLines(t, dir) {
-		i := bytes.LastIndex(l.text, []byte(`,"hash":"`))
-		canon := append(append([]byte{}, l.text[:i]...), '}')
+		n := len(l.text)
+		if !bytes.HasPrefix(l.text[n-75:], []byte(`,"hash":"`)) {
+			t.Fatalf("line does not end with the hash member: %s", l.text)
+		}
+		canon := append(append([]byte{}, l.text[:n-75]...), '}')
 		sum := sha256.Sum256(canon)
-		if got := string(l.text[i+9 : len(l.text)-2]); got != hex.EncodeToString(sum[:]) {
+		if got := string(l.text[n-66 : n-2]); got != hex.EncodeToString(sum[:]) {
 			t.Fatalf("hash %s is not SHA-256 of the documented canonical bytes", got)
 		}
 	}

@@ -1,9 +1,29 @@
 // Package governance decides whether an agent may perform an action.
 //
 // It owns the PolicyDecisionProvider seam (DecisionProvider) and the default
-// engine behind it. It is pure Go with no Kubernetes or network dependency so
-// that the router, the mesh and the A2A gateway can all embed it. It must not
-// import anything under internal/ that performs I/O.
+// engine behind it (Engine). Actions are namespaced strings — inference:,
+// tool:, mcp:, shell:, egress:, a2a:, mesh:, memory:, spawn: — of at most 256
+// bytes; CheckAction states their grammar, and a malformed action is denied
+// with the reason.
+//
+// A Policy (plain JSON-serialisable values mirroring the ToolPolicy CRD, or
+// converted from an Agent Governance Toolkit YAML profile by ParseAGT) is
+// compiled once: globs are classified and indexed by namespace, CEL
+// conditions are built, and every decision with its reason is rendered in
+// advance. Deciding then walks the candidate rules of the action's
+// namespace in evaluation order — higher priority first, and at equal
+// priority deny before require-approval before allow — and the first rule
+// that matches decides. No matching rule denies. Rate limits, the policy's
+// approval mode and commerce caps apply to what a rule allows. Loading a new
+// policy swaps the compiled profile atomically; a policy with any error is
+// rejected whole, with every problem located, and the last good one stays.
+//
+// The hot path (no CEL condition on the deciding rule, no amount argument)
+// takes no lock and allocates nothing.
+//
+// The package is pure Go. It must not import Kubernetes packages (the CRD
+// converter lives in governance/toolpolicy), network packages, or anything
+// under internal/ that performs I/O; TestGovernanceStackImports checks this.
 package governance
 
 import "time"
