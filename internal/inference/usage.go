@@ -6,6 +6,10 @@ import (
 	"github.com/tidwall/gjson"
 )
 
+// maxTokens bounds a believable token count; anything larger is a broken
+// or hostile upstream, and accepting it could overflow the ledger.
+const maxTokens = 1 << 40
+
 // Usage is the token count of one call.
 type Usage struct {
 	Prompt     int64
@@ -49,7 +53,7 @@ func usageFrom(d Dialect, op Op, u gjson.Result) Usage {
 			out.Prompt = u.Get("total_tokens").Int()
 		}
 	}
-	if out.Prompt < 0 || out.Completion < 0 {
+	if out.Prompt < 0 || out.Completion < 0 || out.Prompt > maxTokens || out.Completion > maxTokens {
 		return Usage{}
 	}
 	out.Reported = true
@@ -92,8 +96,8 @@ func (m *StreamMeter) Observe(ev Event) (usageOnly bool) {
 			m.reported.Completion = max(m.reported.Completion, u.Completion)
 		case "message_delta":
 			// output_tokens in message_delta is cumulative.
-			if u := data.Get("usage"); u.IsObject() {
-				m.reported.Completion = u.Get("output_tokens").Int()
+			if n := data.Get("usage.output_tokens").Int(); n >= 0 && n <= maxTokens {
+				m.reported.Completion = n
 				m.reported.Reported, m.final = true, true
 			}
 		case "content_block_delta":

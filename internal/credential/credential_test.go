@@ -1,0 +1,139 @@
+package credential
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kars-io/kars/internal/inference/fakeprovider"
+)
+
+type countingFetcher struct {
+	n     atomic.Int64
+	ttl   time.Duration
+	now   func() time.Time
+	fail  atomic.Bool
+	delay time.Duration
+}
+
+func (f *countingFetcher) Fetch(context.Context) (Credential, error) {
+	time.Sleep(f.delay)
+	n := f.n.Add(1)
+	if f.fail.Load() {
+		return Credential{}, errors.New("token endpoint down")
+	}
+	return Credential{Secret: "tok" + string(rune('0'+n)), Entra: true, ExpiresAt: f.now().Add(f.ttl)}, nil
+}
+
+func TestCacheSingleFlightAndRefresh(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1_700_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	f := &countingFetcher{ttl: time.Hour, now: clock, delay: 20 * time.Millisecond}
+	c := NewCache(f)
+	c.now = clock
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() {
+			if cred, err := c.Credential(context.Background()); err != nil || cred.Secret != "tok1" {
+				t.Errorf("got %+v %v", cred, err)
+			}
+		})
+	}
+	wg.Wait()
+	if f.n.Load() != 1 {
+		t.Fatalf("%d fetches for 100 concurrent callers", f.n.Load())
+	}
+	// Inside the refresh window the caller still gets the valid token and
+	// one background refresh runs.
+	mu.Lock()
+	now = now.Add(57 * time.Minute)
+	mu.Unlock()
+	if cred, _ := c.Credential(context.Background()); cred.Secret != "tok1" {
+		t.Fatalf("in refresh window got %q", cred.Secret)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if cred, _ := c.Credential(context.Background()); cred.Secret == "tok2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("token was not refreshed before expiry")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Expired and the endpoint failing: the error surfaces.
+	f.fail.Store(true)
+	mu.Lock()
+	now = now.Add(2 * time.Hour)
+	mu.Unlock()
+	if _, err := c.Credential(context.Background()); err == nil || !strings.Contains(err.Error(), "down") {
+		t.Fatalf("want the fetch error, got %v", err)
+	}
+}
+
+func TestWorkloadIdentityAgainstFake(t *testing.T) {
+	fake := fakeprovider.New()
+	fake.Start()
+	defer fake.Close()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte(fake.FederatedToken+"\n"), 0o600)
+	w := &WorkloadIdentity{AuthorityHost: fake.URL(), TenantID: fake.TenantID, ClientID: fake.ClientID,
+		TokenFile: tokenFile, Scope: "https://cognitiveservices.azure.com/.default"}
+	cred, err := w.Fetch(context.Background())
+	if err != nil || cred.Secret != fake.EntraToken || time.Until(cred.ExpiresAt) < 59*time.Minute {
+		t.Fatalf("%+v %v", cred, err)
+	}
+	// The kubelet rotated the projected token to one Entra does not trust.
+	os.WriteFile(tokenFile, []byte("eyJ.stale.token"), 0o600)
+	if _, err := w.Fetch(context.Background()); err == nil || !strings.Contains(err.Error(), "AADSTS700213") {
+		t.Fatalf("want Entra's error surfaced, got %v", err)
+	}
+}
+
+func TestWorkloadIdentityFromEnvNamesMissing(t *testing.T) {
+	t.Setenv(EnvTenantID, "")
+	t.Setenv(EnvClientID, "x")
+	t.Setenv(EnvFederatedTokenFile, "")
+	_, err := WorkloadIdentityFromEnv(WorkloadIdentity{})
+	if err == nil || !strings.Contains(err.Error(), EnvTenantID) || !strings.Contains(err.Error(), EnvFederatedTokenFile) {
+		t.Fatalf("%v", err)
+	}
+}
+
+func TestManagedIdentityAgainstFake(t *testing.T) {
+	fake := fakeprovider.New()
+	fake.Start()
+	defer fake.Close()
+	m := &ManagedIdentity{Endpoint: fake.URL(), Scope: "https://cognitiveservices.azure.com/.default"}
+	cred, err := m.Fetch(context.Background())
+	if err != nil || cred.Secret != fake.EntraToken || cred.ExpiresAt.IsZero() {
+		t.Fatalf("%+v %v", cred, err)
+	}
+}
+
+func TestKeyFileRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(path, []byte("key-one\n"), 0o600)
+	k := &KeyFile{Path: path}
+	if c, _ := k.Credential(context.Background()); c.Secret != "key-one" {
+		t.Fatalf("%q", c.Secret)
+	}
+	os.WriteFile(path, []byte("key-two-rotated"), 0o600)
+	k.checked = time.Time{} // skip the once-a-second stat throttle
+	if c, _ := k.Credential(context.Background()); c.Secret != "key-two-rotated" {
+		t.Fatalf("rotation not picked up: %q", c.Secret)
+	}
+	os.WriteFile(path, nil, 0o600)
+	k.checked = time.Time{}
+	if _, err := k.Credential(context.Background()); err == nil {
+		t.Fatal("empty key file accepted")
+	}
+}
