@@ -1,0 +1,147 @@
+package render
+
+import (
+	"path"
+
+	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/routerconfig"
+)
+
+// AgentID is the governance identity of a sandbox's agent: every decision
+// and audit entry of its router names it.
+func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Name }
+
+// RouterConfig compiles the sandbox's InferencePolicy and (when governance is
+// on and a ToolPolicy is referenced) its ToolPolicy into the router's
+// configuration, and validates it exactly as the router will. tp may be nil:
+// the router then enforces its built-in default (inference to the
+// configured models only, every other action denied).
+//
+// Credentials appear only as file paths inside the router container; the
+// paths are the ones PodSpec mounts.
+func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (*routerconfig.Config, error) {
+	c := &routerconfig.Config{
+		SchemaVersion: routerconfig.SchemaVersion,
+		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
+		Audit:         routerconfig.Audit{Dir: RouterAuditDir},
+		StateDir:      RouterStateDir,
+		Admin: routerconfig.Admin{
+			TokenFile:   path.Join(RouterAdminDir, AdminTokenKey),
+			TLSCertFile: path.Join(RouterAdminDir, AdminCertKey),
+			TLSKeyFile:  path.Join(RouterAdminDir, AdminKeyKey),
+		},
+	}
+	spec := ip.Spec
+	c.Models.Primary = target(spec.ModelPreference.Primary)
+	for _, f := range spec.ModelPreference.Fallbacks {
+		c.Models.Fallbacks = append(c.Models.Fallbacks, target(f))
+	}
+	if b := spec.TokenBudget; b != nil {
+		c.Budget = &routerconfig.Budget{PerRequest: b.PerRequest, Daily: b.Daily, Monthly: b.Monthly, DefaultReserve: b.DefaultReserve}
+	}
+	if r := spec.RateLimit; r != nil && (r.RPM > 0 || r.TPM > 0) {
+		c.RateLimit = &routerconfig.RateLimit{RPM: r.RPM, TPM: r.TPM}
+	}
+	if s := spec.ContentSafety; s != nil {
+		c.ContentSafety = &routerconfig.ContentSafety{
+			Hate:                 routerconfig.Severity(s.Hate),
+			SelfHarm:             routerconfig.Severity(s.SelfHarm),
+			Sexual:               routerconfig.Severity(s.Sexual),
+			Violence:             routerconfig.Severity(s.Violence),
+			RequirePromptShields: s.RequirePromptShields,
+			BlockJailbreak:       s.BlockJailbreak,
+			BlockIndirectAttack:  s.BlockIndirectAttack,
+		}
+	}
+	if tp != nil {
+		ok, err := ToolPolicyApplies(tp, sb)
+		if err != nil {
+			return nil, fail(ReasonPolicyInvalid, "ToolPolicy %s: appliesTo.selector: %v", tp.Name, err)
+		}
+		if !ok {
+			return nil, fail(ReasonToolPolicyNotApplicable, "ToolPolicy %s does not apply to sandbox %s (see its spec.appliesTo)", tp.Name, sb.Name)
+		}
+		c.Governance = GovernancePolicy(tp)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fail(ReasonPolicyInvalid, "InferencePolicy %s / ToolPolicy %s compile to a config the router refuses: %v", ip.Name, nameOf(tp), err)
+	}
+	return c, nil
+}
+
+func nameOf(tp *karsv1.ToolPolicy) string {
+	if tp == nil {
+		return "(none)"
+	}
+	return tp.Name
+}
+
+// target converts one model target. Azure AI Foundry deployments are
+// usually named after their model, so a Foundry target without a deployment
+// uses the model name (the router needs one to build the URL).
+func target(t karsv1.ModelTarget) routerconfig.Target {
+	out := routerconfig.Target{
+		Provider:   routerconfig.Provider(t.Provider),
+		Model:      t.Model,
+		Deployment: t.Deployment,
+		Endpoint:   t.Endpoint,
+		APIVersion: t.APIVersion,
+	}
+	if out.Provider == routerconfig.ProviderAzureAIFoundry && out.Deployment == "" {
+		out.Deployment = t.Model
+	}
+	a := t.Auth
+	if a == nil {
+		return out
+	}
+	ra := &routerconfig.Auth{Mode: routerconfig.AuthMode(a.Mode), ClientID: a.ClientID, TenantID: a.TenantID, Scope: a.Scope}
+	switch a.Mode {
+	case karsv1.AuthAPIKey:
+		if a.SecretRef != nil {
+			ra.KeyFile = providerKeyFile(*a.SecretRef)
+		}
+	case karsv1.AuthWorkloadIdentity:
+		ra.FederatedTokenFile = WorkloadIdentityTokenFile
+	}
+	out.Auth = ra
+	return out
+}
+
+func providerKeyFile(ref karsv1.SecretKeyReference) string {
+	return path.Join(RouterProviderDir, ref.Name, ref.Key)
+}
+
+// needsWorkloadIdentity reports whether any target authenticates with the
+// projected ServiceAccount token.
+func needsWorkloadIdentity(ip *karsv1.InferencePolicy) bool {
+	return usesAuth(ip, karsv1.AuthWorkloadIdentity)
+}
+
+func usesAuth(ip *karsv1.InferencePolicy, mode karsv1.AuthMode) bool {
+	for _, t := range targets(ip) {
+		if t.Auth != nil && t.Auth.Mode == mode {
+			return true
+		}
+	}
+	return false
+}
+
+func targets(ip *karsv1.InferencePolicy) []karsv1.ModelTarget {
+	out := []karsv1.ModelTarget{ip.Spec.ModelPreference.Primary}
+	return append(out, ip.Spec.ModelPreference.Fallbacks...)
+}
+
+// providerSecrets lists the API-key Secrets the router must mount, in
+// first-use order, without duplicates.
+func providerSecrets(ip *karsv1.InferencePolicy) []karsv1.SecretKeyReference {
+	var out []karsv1.SecretKeyReference
+	seen := map[karsv1.SecretKeyReference]bool{}
+	for _, t := range targets(ip) {
+		if t.Auth == nil || t.Auth.Mode != karsv1.AuthAPIKey || t.Auth.SecretRef == nil || seen[*t.Auth.SecretRef] {
+			continue
+		}
+		seen[*t.Auth.SecretRef] = true
+		out = append(out, *t.Auth.SecretRef)
+	}
+	return out
+}
