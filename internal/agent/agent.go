@@ -83,7 +83,9 @@ type UpstreamError struct {
 	Message string
 }
 
-func (e *UpstreamError) Error() string { return fmt.Sprintf("router refused (%d): %s", e.Status, e.Message) }
+func (e *UpstreamError) Error() string {
+	return fmt.Sprintf("router refused (%d): %s", e.Status, e.Message)
+}
 
 // Chat runs one turn of session: the user's message, any tool calls the
 // model asks for (each decided by the router's policy first), and the reply.
