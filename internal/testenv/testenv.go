@@ -12,11 +12,10 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/controlplane"
+	"github.com/kars-io/kars/internal/scheme"
 )
 
 // Env is a running control plane with a client for it.
@@ -30,16 +29,7 @@ type Env struct {
 type Options = controlplane.Options
 
 // Scheme returns a scheme with the built-in kinds and the kars kinds.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := karsv1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
+func Scheme() *runtime.Scheme { return scheme.New() }
 
 // Start runs a control plane for the test and stops it when the test ends.
 func Start(t testing.TB, opts Options) *Env {
