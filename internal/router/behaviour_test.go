@@ -59,7 +59,7 @@ func TestConcurrentBudgetNeverOverspends(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
-	st := h.router.Ledger().State()
+	st := h.ledgerState()
 	reported := h.fake.PromptTokensSum.Load() + h.fake.CompletionTokensSum.Load()
 	t.Logf("codes %v, ledger %d of %d, upstream reported %d", codes, st.DayUsed, st.Limits.Daily, reported)
 	if codes[200]+codes[429] != 500 || codes[200] == 0 || codes[429] == 0 {
@@ -102,7 +102,7 @@ func TestSafetyFloors(t *testing.T) {
 		}
 	}
 	// Blocked calls still spent tokens upstream: they are metered.
-	if got, want := h.router.Ledger().State().DayUsed, h.fake.PromptTokensSum.Load()+h.fake.CompletionTokensSum.Load(); got != want {
+	if got, want := h.ledgerState().DayUsed, h.fake.PromptTokensSum.Load()+h.fake.CompletionTokensSum.Load(); got != want {
 		t.Fatalf("ledger %d, upstream %d", got, want)
 	}
 }
@@ -252,7 +252,7 @@ func TestAnthropicMessagesStreamingAndNot(t *testing.T) {
 		t.Fatalf("messages stream: %d %s", resp.StatusCode, body)
 	}
 	h.assertNoLeaks(resp.Header, body)
-	if got, want := h.router.Ledger().State().DayUsed, h.fake.PromptTokensSum.Load()+h.fake.CompletionTokensSum.Load(); got != want {
+	if got, want := h.ledgerState().DayUsed, h.fake.PromptTokensSum.Load()+h.fake.CompletionTokensSum.Load(); got != want {
 		t.Fatalf("ledger %d, upstream %d", got, want)
 	}
 	// An OpenAI call cannot be served by an Anthropic-only sandbox.
@@ -279,7 +279,7 @@ func TestBrokenStreamIsMetered(t *testing.T) {
 	if !strings.Contains(string(b), "kars_upstream_stream_broken") {
 		t.Fatalf("agent was not told the stream broke: %s", b)
 	}
-	st := h.router.Ledger().State()
+	st := h.ledgerState()
 	if st.DayUsed == 0 || st.DayReserved != 0 {
 		t.Fatalf("broken stream not metered: %+v", st)
 	}

@@ -106,7 +106,7 @@ func TestOfflineToolLoop(t *testing.T) {
 	}
 	// The stream's usage (which the router requested and withheld, as the
 	// agent did not ask for it) equals the non-streamed call's.
-	st := h.router.Ledger().State()
+	st := h.ledgerState()
 	if want := first.Usage.TotalTokens + 2*second.Usage.TotalTokens; st.DayUsed != want || second.Usage.TotalTokens == 0 {
 		t.Fatalf("offline usage not metered: ledger %d, want %d", st.DayUsed, want)
 	}

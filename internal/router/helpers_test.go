@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/budget"
@@ -14,10 +15,24 @@ import (
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
+// quiesce waits until no call is in progress: a call's settlement and
+// audit entry follow its last byte, so a client can finish first.
+func (h *harness) quiesce() {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for h.router.InFlight() != 0 {
+		if time.Now().After(deadline) {
+			h.t.Fatal("calls still in flight after 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // auditRecords reads back the inference entries the real audit writer
 // made durable (skipping the log's own audit:open entry).
 func (h *harness) auditRecords() []audit.Entry {
 	h.t.Helper()
+	h.quiesce()
 	all, err := AuditTail(h.cfg.Audit.Dir, 1<<20)
 	if err != nil {
 		h.t.Fatal(err)
@@ -107,4 +122,10 @@ func mustSnapshot(t *testing.T, c *routerconfig.Config) *routerconfig.Snapshot {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// ledgerState is the ledger once every call has settled.
+func (h *harness) ledgerState() budget.State {
+	h.quiesce()
+	return h.router.Ledger().State()
 }

@@ -23,6 +23,7 @@ type metrics struct {
 	budgetUsed      *prometheus.GaugeVec
 	auditErrors     prometheus.Counter
 	reloads         prometheus.Counter
+	inflight        prometheus.Gauge
 	config          *prometheus.GaugeVec
 }
 
@@ -51,11 +52,13 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Help: "Audit appends that failed (the router refuses calls while the log fails)."}),
 		reloads: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "config_reloads_total",
 			Help: "Config generations applied, including the first."}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "in_flight_requests",
+			Help: "Agent calls in progress."}),
 		config: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "config_info",
 			Help: "1 for the digest of the config in force."}, []string{"digest"}),
 	}
 	reg.MustRegister(m.requests, m.tokens, m.duration, m.upstreamLatency, m.upstreamErrors, m.decisions,
-		m.safetyFindings, m.budgetRemaining, m.budgetUsed, m.auditErrors, m.reloads, m.config,
+		m.safetyFindings, m.budgetRemaining, m.budgetUsed, m.auditErrors, m.reloads, m.inflight, m.config,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

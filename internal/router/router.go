@@ -57,6 +57,7 @@ type Router struct {
 	upstreamClient *http.Client
 	tokenClient    *http.Client
 	auditFailing   atomic.Bool
+	inflight       atomic.Int64
 	engine         *governance.Engine
 
 	mu     sync.Mutex
@@ -178,5 +179,15 @@ func (r *Router) serveInference(w http.ResponseWriter, req *http.Request) {
 		notFound(w, req)
 		return
 	}
+	r.inflight.Add(1)
+	r.metrics.inflight.Inc()
+	defer func() {
+		r.metrics.inflight.Dec()
+		r.inflight.Add(-1)
+	}()
 	r.chain.Run(&Call{W: w, R: req, Start: time.Now(), Gen: r.gen.Load(), Route: route})
 }
+
+// InFlight returns the number of agent calls in progress, including the
+// bookkeeping (settlement, audit) that follows a call's last byte.
+func (r *Router) InFlight() int64 { return r.inflight.Load() }

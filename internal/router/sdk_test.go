@@ -76,7 +76,7 @@ func TestSDKChatNonStreaming(t *testing.T) {
 	if raw.Header.Get("X-Echo-Auth") != "" {
 		t.Fatal("an upstream header outside the allowlist reached the agent")
 	}
-	st := h.router.Ledger().State()
+	st := h.ledgerState()
 	if st.DayUsed != resp.Usage.TotalTokens || st.DayReserved != 0 {
 		t.Fatalf("ledger %+v, want used %d and nothing reserved", st, resp.Usage.TotalTokens)
 	}
@@ -110,7 +110,7 @@ func TestSDKChatStreamingSettlesToUpstreamUsage(t *testing.T) {
 	}
 	h.assertNoLeaks(raw.Header, text.String())
 	want := h.fake.PromptTokensSum.Load() + h.fake.CompletionTokensSum.Load()
-	if got := h.router.Ledger().State().DayUsed; got != want || want == 0 {
+	if got := h.ledgerState().DayUsed; got != want || want == 0 {
 		t.Fatalf("ledger after stream = %d, upstream reported %d", got, want)
 	}
 	// The router asked upstream for the usage chunk on the agent's behalf.
@@ -134,8 +134,8 @@ func TestSDKStreamingUsageWhenAgentAsks(t *testing.T) {
 	if err := stream.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if usage == 0 || usage != h.router.Ledger().State().DayUsed {
-		t.Fatalf("agent saw usage %d, ledger %d", usage, h.router.Ledger().State().DayUsed)
+	if usage == 0 || usage != h.ledgerState().DayUsed {
+		t.Fatalf("agent saw usage %d, ledger %d", usage, h.ledgerState().DayUsed)
 	}
 }
 
@@ -179,7 +179,7 @@ func TestSDKAzureClientEmbeddingsCompletionsResponses(t *testing.T) {
 		t.Fatalf("responses stream: done=%v err=%v", done, err)
 	}
 	want := h.fake.PromptTokensSum.Load() + h.fake.CompletionTokensSum.Load()
-	if got := h.router.Ledger().State().DayUsed; got != want {
+	if got := h.ledgerState().DayUsed; got != want {
 		t.Fatalf("every endpoint is metered: ledger %d, upstream reported %d", got, want)
 	}
 	ops := map[string]bool{}
