@@ -22,7 +22,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(stderr, "kars:", err)
-		return 1
+		return exitCode(err)
 	}
 	return 0
 }
@@ -37,7 +37,9 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd())
-	root.AddCommand(newAuditCmd())
+	var c cluster
+	c.register(root)
+	root.AddCommand(newVersionCmd(), newAuditCmd(), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
+		newModelCmd(&c), newCredentialsCmd(&c))
 	return root
 }

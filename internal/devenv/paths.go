@@ -1,0 +1,66 @@
+// Package devenv is `kars dev`: the governed stack on one machine. It runs
+// the persistent control plane (internal/devcluster), the controller with the
+// local sandbox substrate, and the default sandbox, in a background daemon
+// whose state lives under one folder (~/.kars/dev).
+//
+// This file holds the folder layout, which the CLI shares with the daemon.
+package devenv
+
+import (
+	"os"
+	"path/filepath"
+)
+
+// Home is the kars state root: $KARS_HOME, else ~/.kars.
+func Home() string {
+	if h := os.Getenv("KARS_HOME"); h != "" {
+		return h
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".kars")
+	}
+	return filepath.Join(os.TempDir(), "kars")
+}
+
+// Paths locates everything of one dev environment.
+type Paths struct{ Dir string }
+
+// DefaultPaths is the dev environment under Home().
+func DefaultPaths() Paths { return Paths{Dir: filepath.Join(Home(), "dev")} }
+
+// Cluster is the control plane's state folder (etcd, pki, logs).
+func (p Paths) Cluster() string { return filepath.Join(p.Dir, "cluster") }
+
+// Kubeconfig is the kubeconfig of the dev cluster.
+func (p Paths) Kubeconfig() string { return filepath.Join(p.Cluster(), "kubeconfig") }
+
+// PIDFile holds the daemon's process id while it runs.
+func (p Paths) PIDFile() string { return filepath.Join(p.Dir, "daemon.pid") }
+
+// Progress is the file the daemon reports its start-up steps to.
+func (p Paths) Progress() string { return filepath.Join(p.Dir, "progress.log") }
+
+// Log is the daemon's log.
+func (p Paths) Log() string { return filepath.Join(p.Dir, "logs", "daemon.log") }
+
+// Sandboxes is the root of the local pods' state (one folder per pod).
+func (p Paths) Sandboxes() string { return filepath.Join(p.Dir, "sandboxes") }
+
+// Workspaces holds each sandbox's /sandbox, kept across restarts.
+func (p Paths) Workspaces() string { return filepath.Join(p.Dir, "workspaces") }
+
+// Sockets is where the daemon exposes each sandbox's agent and router admin
+// ports as Unix sockets (root-only), for `kars connect` and friends.
+func (p Paths) Sockets(namespace, name string) string {
+	return filepath.Join(p.Dir, "sockets", namespace, name)
+}
+
+// AgentSocket reaches the agent's chat endpoint of a sandbox.
+func (p Paths) AgentSocket(namespace, name string) string {
+	return filepath.Join(p.Sockets(namespace, name), "agent.sock")
+}
+
+// AdminSocket reaches the router's admin API of a sandbox.
+func (p Paths) AdminSocket(namespace, name string) string {
+	return filepath.Join(p.Sockets(namespace, name), "admin.sock")
+}
