@@ -89,6 +89,10 @@ const (
 	// AnnotationVerifiedImage on the pod template records the BYO image
 	// reference whose contract label was verified.
 	AnnotationVerifiedImage = "kars.io/verified-image"
+	// AnnotationAdminCert on the pod template is the digest of the
+	// router's admin certificate: the router loads it at start, so a
+	// renewed certificate must roll the pod.
+	AnnotationAdminCert = "kars.io/admin-cert-digest"
 )
 
 // Names are the names of the objects rendered for one sandbox, all in the

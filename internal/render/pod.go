@@ -75,6 +75,7 @@ func podTemplate(in Input, names Names, rt *Runtime, a2a bool) (corev1.PodTempla
 			Labels: Labels(sb, "workload"),
 			Annotations: map[string]string{
 				"kubectl.kubernetes.io/default-container": agent.Name,
+				AnnotationAdminCert:                       sha256Hex(in.Admin.CertPEM),
 			},
 		},
 		Spec: spec,

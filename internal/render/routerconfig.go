@@ -20,6 +20,29 @@ func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Nam
 // Credentials appear only as file paths inside the router container; the
 // paths are the ones PodSpec mounts.
 func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (*routerconfig.Config, error) {
+	c, err := compile(sb, ip, tp)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fail(ReasonPolicyInvalid, "InferencePolicy %s / ToolPolicy %s compile to a config the router refuses: %v", ip.Name, nameOf(tp), err)
+	}
+	return c, nil
+}
+
+// RouterConfigDigest is the digest of the config RouterConfig would compile,
+// without validating it (which compiles CEL and is the expensive part). The
+// policy reconcilers use it to tell whether a router enforces the current
+// generation of a policy.
+func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (string, error) {
+	c, err := compile(sb, ip, tp)
+	if err != nil {
+		return "", err
+	}
+	return routerconfig.Digest(c)
+}
+
+func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (*routerconfig.Config, error) {
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
@@ -62,9 +85,6 @@ func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1
 			return nil, fail(ReasonToolPolicyNotApplicable, "ToolPolicy %s does not apply to sandbox %s (see its spec.appliesTo)", tp.Name, sb.Name)
 		}
 		c.Governance = GovernancePolicy(tp)
-	}
-	if err := c.Validate(); err != nil {
-		return nil, fail(ReasonPolicyInvalid, "InferencePolicy %s / ToolPolicy %s compile to a config the router refuses: %v", ip.Name, nameOf(tp), err)
 	}
 	return c, nil
 }

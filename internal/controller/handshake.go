@@ -1,0 +1,99 @@
+package controller
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// DigestPath is the router admin endpoint that reports the digest of the
+// config the router enforces (internal/router, GET /admin/v1/policy/digest).
+const DigestPath = "/admin/v1/policy/digest"
+
+// RouterTarget is how to reach and authenticate one router's admin API.
+type RouterTarget struct {
+	// Endpoint is the admin API's base URL, "https://host:port".
+	Endpoint string
+	// ServerName is the name the router's certificate is issued for.
+	ServerName string
+	// CertPEM is the router's self-signed admin certificate: the only
+	// certificate trusted for this router.
+	CertPEM []byte
+	// Token is the admin bearer token.
+	Token []byte
+}
+
+// RouterProber asks a router which config digest it enforces. It is the
+// controller's half of the RouterEnforcing handshake: the controller
+// compiles a config and records its digest, the router loads the mounted
+// ConfigMap and reports the digest it computed; they agree only when the
+// router runs exactly what was compiled.
+type RouterProber interface {
+	EnforcedDigest(ctx context.Context, t RouterTarget) (string, error)
+}
+
+// HTTPSProber reads the digest over the admin API with the router's pinned
+// certificate and bearer token.
+type HTTPSProber struct {
+	// DialContext, when set, dials instead of the default dialer. Tests
+	// and the local substrate map the router's Service name to where the
+	// router really listens.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Timeout bounds one probe; zero means 5 seconds.
+	Timeout time.Duration
+}
+
+// EnforcedDigest implements RouterProber.
+func (p *HTTPSProber) EnforcedDigest(ctx context.Context, t RouterTarget) (string, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(t.CertPEM) {
+		return "", errors.New("no admin certificate to trust")
+	}
+	timeout := p.Timeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool, ServerName: t.ServerName, MinVersion: tls.VersionTLS12},
+		DisableKeepAlives: true,
+		Proxy:             nil,
+	}
+	if p.DialContext != nil {
+		tr.DialContext = p.DialContext
+	}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(t.Endpoint, "/")+DigestPath, nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+string(t.Token))
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("router admin API answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	var out struct {
+		Digest string `json:"digest"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil || !strings.HasPrefix(out.Digest, "sha256:") {
+		return "", fmt.Errorf("router admin API returned no digest: %.200s", body)
+	}
+	return out.Digest, nil
+}
