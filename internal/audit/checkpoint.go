@@ -98,3 +98,59 @@ func ParseCheckpoint(line []byte) (Checkpoint, error) {
 
 // KeyString renders a public key the way entries and checkpoints carry it.
 func KeyString(pub ed25519.PublicKey) string { return base64.StdEncoding.EncodeToString(pub) }
+
+// Why a checkpoint is considered.
+const (
+	cpAfterBatch = iota // only if CheckpointEvery entries accumulated
+	cpOnTimer           // if CheckpointInterval passed since the last one
+	cpOnClose           // if anything is unsigned
+)
+
+// checkpointer signs the durable head in its own goroutine, so that signing
+// and syncing checkpoints.jsonl never delay an acknowledgement.
+func (w *Writer) checkpointer() {
+	defer close(w.cpDone)
+	tick := time.NewTicker(w.opts.CheckpointInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-w.cpKick:
+			w.checkpointIfDue(cpAfterBatch)
+		case <-tick.C:
+			w.checkpointIfDue(cpOnTimer)
+		case <-w.cpStop:
+			w.checkpointIfDue(cpOnClose)
+			return
+		}
+	}
+}
+
+// checkpointIfDue signs the durable head when it is due.
+func (w *Writer) checkpointIfDue(why int) {
+	head := w.Head()
+	if w.cpFile == nil || head.Seq <= w.cpSeq {
+		return
+	}
+	now := w.opts.Now()
+	switch why {
+	case cpAfterBatch:
+		if head.Seq-w.cpSeq < w.opts.CheckpointEvery {
+			return
+		}
+	case cpOnTimer:
+		if now.Sub(w.cpTime) < w.opts.CheckpointInterval*9/10 {
+			return
+		}
+	}
+	cp := Checkpoint{Seq: head.Seq, Hash: head.Hash, Time: now}
+	line := signCheckpoint(w.opts.SigningKey, &cp)
+	if _, err := w.cpFile.Write(line); err != nil {
+		w.poison(fmt.Errorf("audit: writing checkpoint: %w", err))
+		return
+	}
+	if err := syncData(w.cpFile); err != nil {
+		w.poison(fmt.Errorf("audit: syncing checkpoint: %w", err))
+		return
+	}
+	w.cpSeq, w.cpTime = cp.Seq, now
+}

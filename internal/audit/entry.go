@@ -16,17 +16,9 @@ import (
 
 // Entry is one line of the audit log: a Record plus the fields the log adds.
 type Entry struct {
-	Seq           uint64
-	Time          time.Time
-	Sandbox       string
-	Agent         string
-	Action        string
-	Decision      string
-	Rule          string
-	Reason        string
-	PayloadSHA256 string
-	Latency       time.Duration
-	Attrs         map[string]string
+	Seq  uint64
+	Time time.Time
+	Record
 	// Prev is the hex hash of the previous entry (GenesisHash for the
 	// first entry of a log).
 	Prev string
@@ -52,13 +44,28 @@ const (
 
 // appendCanonical appends the entry's canonical bytes (see the package
 // documentation) to dst: the JSON object with every field except "hash",
-// in fixed order, with the fixed string escaping of appendString.
+// in fixed order, with the fixed string escaping of appendString. It is
+// appendHead, appendBody and appendTail in a row; the Writer calls those
+// separately so that the body is encoded outside its lock.
 func appendCanonical(dst []byte, e *Entry) []byte {
+	dst = appendHead(dst, e.Seq, e.Time)
+	dst = appendBody(dst, e)
+	return appendTail(dst, e.Prev)
+}
+
+// appendHead appends {"seq":N,"ts":"…" — the members the log assigns.
+func appendHead(dst []byte, seq uint64, ts time.Time) []byte {
 	dst = append(dst, `{"seq":`...)
-	dst = strconv.AppendUint(dst, e.Seq, 10)
+	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"ts":"`...)
-	dst = appendTime(dst, e.Time)
-	dst = append(dst, `","sandbox":`...)
+	dst = appendTime(dst, ts)
+	return append(dst, '"')
+}
+
+// appendBody appends the members that come from the Record, from
+// ,"sandbox" through the attrs object.
+func appendBody(dst []byte, e *Entry) []byte {
+	dst = append(dst, `,"sandbox":`...)
 	dst = appendString(dst, e.Sandbox)
 	dst = append(dst, `,"agent":`...)
 	dst = appendString(dst, e.Agent)
@@ -89,8 +96,13 @@ func appendCanonical(dst []byte, e *Entry) []byte {
 		dst = append(dst, ':')
 		dst = appendString(dst, e.Attrs[k])
 	}
-	dst = append(dst, `},"prev":"`...)
-	dst = append(dst, e.Prev...)
+	return append(dst, '}')
+}
+
+// appendTail closes the canonical bytes with the chain link.
+func appendTail(dst []byte, prev string) []byte {
+	dst = append(dst, `,"prev":"`...)
+	dst = append(dst, prev...)
 	return append(dst, `"}`...)
 }
 
@@ -185,7 +197,7 @@ func sanitize(s string) string {
 
 // entryFromRecord builds the log's view of r, sanitised.
 func entryFromRecord(r *Record) Entry {
-	e := Entry{
+	e := Entry{Record: Record{
 		Sandbox:       sanitize(r.Sandbox),
 		Agent:         sanitize(r.Agent),
 		Action:        sanitize(r.Action),
@@ -194,7 +206,7 @@ func entryFromRecord(r *Record) Entry {
 		Reason:        sanitize(r.Reason),
 		PayloadSHA256: sanitize(r.PayloadSHA256),
 		Latency:       r.Latency,
-	}
+	}}
 	if len(r.Attrs) > 0 {
 		e.Attrs = sanitizeAttrs(r.Attrs)
 	}
@@ -243,16 +255,22 @@ func newSealer() *sealer { return &sealer{h: sha256.New()} }
 func (s *sealer) seal(dst []byte, e *Entry) []byte {
 	start := len(dst)
 	dst = appendCanonical(dst, e)
+	dst, e.Hash = s.finish(dst, start)
+	return dst
+}
+
+// finish hashes the canonical bytes dst[start:], splices the hash member in
+// before the closing brace and ends the line.
+func (s *sealer) finish(dst []byte, start int) ([]byte, string) {
 	s.h.Reset()
 	s.h.Write(dst[start:])
 	s.h.Sum(s.sum[:0])
 	var hx [2 * sha256.Size]byte
 	hex.Encode(hx[:], s.sum[:])
-	e.Hash = string(hx[:])
 	dst = dst[:len(dst)-1] // drop the closing brace
 	dst = append(dst, `,"hash":"`...)
-	dst = append(dst, e.Hash...)
-	return append(dst, "\"}\n"...)
+	dst = append(dst, hx[:]...)
+	return append(dst, "\"}\n"...), string(hx[:])
 }
 
 // wireEntry is the JSON shape of a line, for strict decoding.
@@ -304,9 +322,9 @@ func ParseLine(line []byte) (Entry, error) {
 	if !isHex64(w.Prev) || !isHex64(w.Hash) {
 		return Entry{}, fmt.Errorf("not a valid entry: prev and hash must be 64 lowercase hex digits")
 	}
-	e := Entry{Seq: *w.Seq, Time: ts, Sandbox: w.Sandbox, Agent: w.Agent, Action: w.Action,
-		Decision: w.Decision, Rule: w.Rule, Reason: w.Reason, PayloadSHA256: w.PayloadSHA256,
-		Latency: time.Duration(w.LatencyNS), Attrs: w.Attrs, Prev: w.Prev}
+	e := Entry{Seq: *w.Seq, Time: ts, Prev: w.Prev, Record: Record{Sandbox: w.Sandbox, Agent: w.Agent,
+		Action: w.Action, Decision: w.Decision, Rule: w.Rule, Reason: w.Reason, PayloadSHA256: w.PayloadSHA256,
+		Latency: time.Duration(w.LatencyNS), Attrs: w.Attrs}}
 	if len(e.Attrs) == 0 {
 		e.Attrs = nil
 	}

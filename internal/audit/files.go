@@ -24,8 +24,6 @@ const (
 
 func logFileName(day string) string { return logPrefix + day + logSuffix }
 
-func dayOf(t time.Time) string { return t.UTC().Format(dayLayout) }
-
 // dayOfFile returns the day a log file name stands for, or false if the
 // name is not a log file's.
 func dayOfFile(name string) (string, bool) {

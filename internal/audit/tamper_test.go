@@ -89,7 +89,8 @@ func lineOfSeq(t *testing.T, lines []logLine, seq uint64) int {
 
 // forge builds a line with a valid hash of its own.
 func forge(seq uint64, prev string, action string) []byte {
-	e := Entry{Seq: seq, Time: time.Date(2026, 5, 2, 1, 0, 0, 0, time.UTC), Agent: "agent-1", Action: action, Decision: "allow", Prev: prev}
+	e := Entry{Seq: seq, Time: time.Date(2026, 5, 2, 1, 0, 0, 0, time.UTC), Prev: prev,
+		Record: Record{Agent: "agent-1", Action: action, Decision: "allow"}}
 	line := newSealer().seal(nil, &e)
 	return line[:len(line)-1]
 }

@@ -34,11 +34,14 @@ var ErrClosed = errors.New("audit: log is closed")
 
 // Writer appends entries to a log directory. It implements Sink.
 //
-// Append assigns the sequence number and chain hash under a mutex, adds the
-// line to the current batch and waits; one committer goroutine writes each
-// batch and calls fdatasync once for all of it (group commit), then wakes
-// the batch's callers. While one batch syncs the next one fills, so the cost
-// of a sync is shared by everything that arrived during the previous one.
+// Append encodes the record on the caller's goroutine, then, under a mutex
+// held only to take a sequence number and a timestamp, stages the bytes in
+// the current batch and waits. Two goroutines commit batches in a pipeline:
+// the sealer links each entry of a batch to its predecessor, hashes it and
+// writes the batch; the syncer calls fdatasync once for the whole batch
+// (group commit), wakes its callers and writes checkpoints. While batch k
+// syncs, batch k+1 is sealed and written and batch k+2 fills, so the cost of
+// a sync is shared by everything that arrived during the previous one.
 //
 // A failed write or sync poisons the Writer: after fsync fails the kernel's
 // page cache no longer says what is on disk, so every later Append fails and
@@ -48,43 +51,66 @@ type Writer struct {
 
 	mu      sync.Mutex
 	next    uint64 // sequence number of the next entry
-	prev    string // hash of the last entry handed out
-	sealer  *sealer
 	cur     *batch
-	spare   []byte
-	lastDay string // day of the file the last entry went to
+	spare   *batch // a committed batch whose buffers can be reused
 	err     error  // sticky failure
 	closed  bool
+	headSeq uint64 // last durable entry, for Head
+	headHex string
 
-	kick   chan struct{}
-	exited chan struct{}
+	kick     chan struct{}
+	exited   chan struct{}
+	syncQ    chan *batch // sealed, written batches
+	inflight sync.WaitGroup
 
-	// Owned by the committer goroutine.
-	f          *os.File
-	fDay       string
-	cpFile     *os.File
-	cpSeq      uint64
-	cpTime     time.Time
-	durableSeq uint64
-	durableHex string
+	// Owned by the sealing goroutine (run).
+	sealer *sealer
+	prev   string // hash of the last sealed entry
+	f      *os.File
+	fDay   int64 // UTC day of f, in days since the Unix epoch; -1 for none
+
+	// Owned by the checkpointing goroutine; nil cpFile when unsigned.
+	cpFile *os.File
+	cpSeq  uint64
+	cpTime time.Time
+	cpKick chan struct{} // a batch became durable
+	cpStop chan struct{}
+	cpDone chan struct{}
 }
 
+// batch is a group of entries committed with one sync.
 type batch struct {
-	buf      []byte
-	cuts     []cut // where the batch crosses into a new day's file
-	n        int
-	lastSeq  uint64
-	lastHash string
-	done     chan struct{}
-	err      error
+	staged []byte // head and body of each entry, back to back
+	spans  []span
+	out    []byte   // sealed lines, built by the sealer
+	file   *os.File // the file the batch ends in, for the syncer
+	// hashes[i] is the hash of spans[i], set before done is closed. Each
+	// batch gets a fresh slice: waiters read it after done.
+	hashes []string
+	done   chan struct{}
+	err    error
 }
 
-type cut struct {
-	off int
-	day string
+type span struct {
+	end int // offset in staged just past this entry's body
+	seq uint64
+	day int64 // UTC day of the entry's timestamp
 }
 
-func newBatch(buf []byte) *batch { return &batch{buf: buf[:0], done: make(chan struct{})} }
+func newBatch(reuse *batch) *batch {
+	b := &batch{done: make(chan struct{})}
+	if reuse != nil {
+		b.staged, b.spans, b.out = reuse.staged[:0], reuse.spans[:0], reuse.out[:0]
+	}
+	return b
+}
+
+// bodies pools the buffers Append encodes record bodies into.
+var bodies = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+func epochDay(t time.Time) int64 { return t.Unix() / 86400 }
+
+func dayName(day int64) string { return time.Unix(day*86400, 0).UTC().Format(dayLayout) }
 
 // Open opens (or creates) the log in opts.Dir, recovers it after a crash and
 // starts the committer. Recovery cuts a torn last line, continues the chain
@@ -111,15 +137,18 @@ func Open(opts Options) (*Writer, error) {
 		return nil, err
 	}
 	w := &Writer{
-		opts: opts, next: rec.head.Seq + 1, prev: rec.head.Hash, sealer: newSealer(),
-		cur: newBatch(nil), lastDay: rec.headDay, kick: make(chan struct{}, 1), exited: make(chan struct{}),
-		cpSeq: rec.checkpoint.Seq, cpTime: opts.Now(), durableSeq: rec.head.Seq, durableHex: rec.head.Hash,
+		opts: opts, next: rec.head.Seq + 1, cur: newBatch(nil), headSeq: rec.head.Seq, headHex: rec.head.Hash,
+		kick: make(chan struct{}, 1), exited: make(chan struct{}), syncQ: make(chan *batch),
+		sealer: newSealer(), prev: rec.head.Hash, fDay: -1,
+		cpSeq: rec.checkpoint.Seq, cpTime: opts.Now(),
+		cpKick: make(chan struct{}, 1), cpStop: make(chan struct{}), cpDone: make(chan struct{}),
 	}
 	if rec.headDay != "" {
+		t, _ := time.Parse(dayLayout, rec.headDay)
 		if w.f, err = openLogFile(opts.Dir, rec.headDay); err != nil {
 			return nil, err
 		}
-		w.fDay = rec.headDay
+		w.fDay = epochDay(t)
 	}
 	if opts.SigningKey != nil {
 		w.cpFile, err = os.OpenFile(joinDir(opts.Dir, checkpointName), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
@@ -129,6 +158,7 @@ func Open(opts Options) (*Writer, error) {
 		}
 	}
 	go w.run()
+	go w.checkpointer()
 	attrs := map[string]string{
 		"previous_seq":    strconv.FormatUint(rec.head.Seq, 10),
 		"recovered_bytes": strconv.FormatInt(rec.cutBytes, 10),
@@ -163,35 +193,37 @@ func openLogFile(dir, day string) (*os.File, error) {
 }
 
 // Append implements Sink. It returns once the entry is on stable storage.
-// If ctx ends first Append returns its error, but the entry, already part of
-// the chain, is still written.
+// It does not retain r. If ctx ends first Append returns its error, but the
+// entry, already part of the chain, is still written.
 func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 	if err := ctx.Err(); err != nil {
 		return Receipt{}, err
 	}
 	e := entryFromRecord(&r)
+	bp := bodies.Get().(*[]byte)
+	body := appendBody((*bp)[:0], &e)
+
 	w.mu.Lock()
-	if w.err != nil {
+	if w.err != nil || w.closed {
 		err := w.err
 		w.mu.Unlock()
+		*bp = body
+		bodies.Put(bp)
+		if err == nil {
+			err = ErrClosed
+		}
 		return Receipt{}, err
 	}
-	if w.closed {
-		w.mu.Unlock()
-		return Receipt{}, ErrClosed
-	}
 	b := w.cur
-	e.Seq, e.Prev, e.Time = w.next, w.prev, w.opts.Now()
-	if day := dayOf(e.Time); day > w.lastDay {
-		b.cuts = append(b.cuts, cut{off: len(b.buf), day: day})
-		w.lastDay = day
-	}
-	b.buf = w.sealer.seal(b.buf, &e)
+	seq, ts := w.next, w.opts.Now()
 	w.next++
-	w.prev = e.Hash
-	b.n++
-	b.lastSeq, b.lastHash = e.Seq, e.Hash
+	b.staged = appendHead(b.staged, seq, ts)
+	b.staged = append(b.staged, body...)
+	b.spans = append(b.spans, span{end: len(b.staged), seq: seq, day: epochDay(ts)})
+	idx := len(b.spans) - 1
 	w.mu.Unlock()
+	*bp = body
+	bodies.Put(bp)
 
 	select {
 	case w.kick <- struct{}{}:
@@ -200,19 +232,19 @@ func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 	select {
 	case <-b.done:
 	case <-ctx.Done():
-		return Receipt{}, fmt.Errorf("audit: entry %d not yet durable: %w", e.Seq, ctx.Err())
+		return Receipt{}, fmt.Errorf("audit: entry %d not yet durable: %w", seq, ctx.Err())
 	}
 	if b.err != nil {
 		return Receipt{}, b.err
 	}
-	return Receipt{Seq: e.Seq, Hash: e.Hash}, nil
+	return Receipt{Seq: seq, Hash: b.hashes[idx]}, nil
 }
 
-// Head returns the sequence number and hash of the last entry handed out.
+// Head returns the sequence number and hash of the last durable entry.
 func (w *Writer) Head() Receipt {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return Receipt{Seq: w.next - 1, Hash: w.prev}
+	return Receipt{Seq: w.headSeq, Hash: w.headHex}
 }
 
 // Close flushes pending entries, writes a final checkpoint and closes the
@@ -234,26 +266,29 @@ func (w *Writer) Close() error {
 	return w.err
 }
 
-// run is the committer loop.
+// run is the sealing stage: it takes the current batch, seals and writes
+// it, and hands it to the syncing stage, so that batch k+1 is sealed and
+// written while batch k is being synced. Sealing is one goroutine, so the
+// chain order is the sequence order.
 func (w *Writer) run() {
 	defer close(w.exited)
-	defer w.closeFiles()
-	tick := time.NewTicker(w.opts.CheckpointInterval)
-	defer tick.Stop()
+	syncerDone := make(chan struct{})
+	go w.syncer(syncerDone)
+	defer func() {
+		close(w.syncQ)
+		<-syncerDone
+		close(w.cpStop)
+		<-w.cpDone
+		w.closeFiles()
+	}()
 	for {
-		select {
-		case <-w.kick:
-		case <-tick.C:
-			w.checkpointIfDue(cpOnTimer)
-			continue
-		}
+		<-w.kick
 		for {
 			w.mu.Lock()
-			b, closing := w.cur, w.closed
-			if b.n == 0 {
+			b, closing, failed := w.cur, w.closed, w.err
+			if len(b.spans) == 0 {
 				w.mu.Unlock()
 				if closing {
-					w.checkpointIfDue(cpOnClose)
 					return
 				}
 				break
@@ -261,58 +296,94 @@ func (w *Writer) run() {
 			w.cur = newBatch(w.spare)
 			w.spare = nil
 			w.mu.Unlock()
-
-			err := w.commit(b)
-			w.mu.Lock()
-			if err != nil && w.err == nil {
-				w.err = err
+			if failed == nil {
+				if failed = w.seal(b); failed != nil {
+					w.poison(failed)
+				}
 			}
-			b.err = w.err
-			w.spare = b.buf
-			w.mu.Unlock()
-			close(b.done)
-			if b.err != nil {
-				w.failPending()
-				return
+			if failed != nil {
+				b.err = failed
+				close(b.done)
+				continue
 			}
-			w.durableSeq, w.durableHex = b.lastSeq, b.lastHash
-			w.checkpointIfDue(cpAfterBatch)
+			w.inflight.Add(1)
+			w.syncQ <- b
 		}
 	}
 }
 
-// failPending wakes every caller still waiting after the log was poisoned.
-func (w *Writer) failPending() {
-	w.mu.Lock()
-	b := w.cur
-	w.cur = newBatch(nil)
-	w.closed = true
-	b.err = w.err
-	w.mu.Unlock()
-	close(b.done)
+// syncer is the syncing stage: it makes each written batch durable and
+// wakes its callers.
+func (w *Writer) syncer(done chan struct{}) {
+	defer close(done)
+	for b := range w.syncQ {
+		w.mu.Lock()
+		err := w.err
+		w.mu.Unlock()
+		if err == nil {
+			if serr := syncData(b.file); serr != nil {
+				err = fmt.Errorf("audit: syncing %s: %w", b.file.Name(), serr)
+				w.poison(err)
+			}
+		}
+		w.mu.Lock()
+		b.err = err
+		if err == nil {
+			w.headSeq, w.headHex = b.spans[len(b.spans)-1].seq, b.hashes[len(b.hashes)-1]
+		}
+		w.spare = b
+		w.mu.Unlock()
+		close(b.done)
+		w.inflight.Done()
+		if err == nil {
+			select {
+			case w.cpKick <- struct{}{}:
+			default:
+			}
+		}
+	}
 }
 
-// commit writes a batch, rotating files where it crosses a day, and syncs.
-func (w *Writer) commit(b *batch) error {
-	off := 0
-	for _, c := range b.cuts {
-		if c.off > off {
-			if err := w.write(b.buf[off:c.off]); err != nil {
+// poison records the first failure and stops accepting entries.
+func (w *Writer) poison(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.closed = true
+	w.mu.Unlock()
+}
+
+// seal links and hashes a batch's entries in order and writes them,
+// rotating files where the batch crosses into a new UTC day. Syncing is the
+// syncer's.
+func (w *Writer) seal(b *batch) error {
+	out := b.out[:0]
+	b.hashes = make([]string, len(b.spans))
+	from := 0
+	for i, sp := range b.spans {
+		if sp.day > w.fDay {
+			if err := w.write(out); err != nil {
+				return err
+			}
+			out = out[:0]
+			// The syncer may still be syncing the old file; let it
+			// finish before the file is closed.
+			w.inflight.Wait()
+			if err := w.rotate(sp.day); err != nil {
 				return err
 			}
 		}
-		off = c.off
-		if err := w.rotate(c.day); err != nil {
-			return err
-		}
+		line := len(out)
+		out = append(out, b.staged[from:sp.end]...)
+		out = appendTail(out, w.prev)
+		out, w.prev = w.sealer.finish(out, line)
+		b.hashes[i] = w.prev
+		from = sp.end
 	}
-	if err := w.write(b.buf[off:]); err != nil {
-		return err
-	}
-	if err := syncData(w.f); err != nil {
-		return fmt.Errorf("audit: syncing %s: %w", w.f.Name(), err)
-	}
-	return nil
+	b.out = out
+	b.file = w.f
+	return w.write(out)
 }
 
 func (w *Writer) write(p []byte) error {
@@ -328,7 +399,7 @@ func (w *Writer) write(p []byte) error {
 // rotate finishes the current day's file and starts day's. The old file is
 // synced before the new one exists, and the directory after, so that after
 // a crash the chain's order on disk is the order of the file names.
-func (w *Writer) rotate(day string) error {
+func (w *Writer) rotate(day int64) error {
 	if w.f != nil {
 		if err := syncData(w.f); err != nil {
 			return fmt.Errorf("audit: syncing %s before rotation: %w", w.f.Name(), err)
@@ -336,8 +407,9 @@ func (w *Writer) rotate(day string) error {
 		if err := w.f.Close(); err != nil {
 			return fmt.Errorf("audit: closing %s: %w", w.f.Name(), err)
 		}
+		w.f = nil
 	}
-	f, err := openLogFile(w.opts.Dir, day)
+	f, err := openLogFile(w.opts.Dir, dayName(day))
 	if err != nil {
 		return err
 	}
@@ -346,48 +418,6 @@ func (w *Writer) rotate(day string) error {
 		return fmt.Errorf("audit: syncing directory after rotation: %w", err)
 	}
 	return nil
-}
-
-// Why a checkpoint is considered.
-const (
-	cpAfterBatch = iota // only if CheckpointEvery entries accumulated
-	cpOnTimer           // if CheckpointInterval passed since the last one
-	cpOnClose           // if anything is unsigned
-)
-
-// checkpointIfDue signs the durable head when it is due.
-func (w *Writer) checkpointIfDue(why int) {
-	if w.cpFile == nil || w.durableSeq <= w.cpSeq {
-		return
-	}
-	now := w.opts.Now()
-	switch why {
-	case cpAfterBatch:
-		if w.durableSeq-w.cpSeq < w.opts.CheckpointEvery {
-			return
-		}
-	case cpOnTimer:
-		if now.Sub(w.cpTime) < w.opts.CheckpointInterval*9/10 {
-			return
-		}
-	}
-	cp := Checkpoint{Seq: w.durableSeq, Hash: w.durableHex, Time: now}
-	line := signCheckpoint(w.opts.SigningKey, &cp)
-	err := func() error {
-		if _, err := w.cpFile.Write(line); err != nil {
-			return err
-		}
-		return syncData(w.cpFile)
-	}()
-	if err != nil {
-		w.mu.Lock()
-		if w.err == nil {
-			w.err = fmt.Errorf("audit: writing checkpoint: %w", err)
-		}
-		w.mu.Unlock()
-		return
-	}
-	w.cpSeq, w.cpTime = cp.Seq, now
 }
 
 func (w *Writer) closeFiles() {

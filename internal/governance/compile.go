@@ -256,23 +256,22 @@ func compileCommerce(el *errList, p *Profile, c *Commerce) {
 	if c.Currency != "" {
 		unit = " " + c.Currency
 	}
-	if c.MaxPerTransaction != "" {
-		v, err := parseDecimal(c.MaxPerTransaction)
-		if err != nil {
-			el.add("commerce.maxPerTransaction", "%v", err)
-		}
-		cl.perTx = v
-		cl.perTxDec = Decision{Rule: "commerce", Reason: fmt.Sprintf("commerce: the amount exceeds the per-transaction cap of %s%s", formatAmount(v), unit)}
-	}
-	if c.MaxDaily != "" {
-		v, err := parseDecimal(c.MaxDaily)
-		if err != nil {
-			el.add("commerce.maxDaily", "%v", err)
-		}
-		cl.daily = v
-		cl.dailyDec = Decision{Rule: "commerce", Reason: fmt.Sprintf("commerce: the amount would exceed the daily cap of %s%s", formatAmount(v), unit)}
-	}
+	cl.perTx, cl.perTxDec = compileCap(el, "commerce.maxPerTransaction", c.MaxPerTransaction, "exceeds the per-transaction cap of", unit)
+	cl.daily, cl.dailyDec = compileCap(el, "commerce.maxDaily", c.MaxDaily, "would exceed the daily cap of", unit)
 	p.commerce = cl
+}
+
+// compileCap parses one commerce cap ("" means none) and renders the
+// denial it produces.
+func compileCap(el *errList, field, value, says, unit string) (int64, Decision) {
+	if value == "" {
+		return 0, Decision{}
+	}
+	v, err := parseDecimal(value)
+	if err != nil {
+		el.add(field, "%v", err)
+	}
+	return v, Decision{Rule: "commerce", Reason: fmt.Sprintf("commerce: the amount %s %s%s", says, formatAmount(v), unit)}
 }
 
 func isCurrencyCode(s string) bool {

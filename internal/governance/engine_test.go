@@ -3,6 +3,7 @@ package governance
 import (
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -392,4 +393,44 @@ func TestDecideHotPathDoesNotAllocate(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("Decide allocates %.2f times per call on the hot path", allocs)
 	}
+}
+
+// Decisions racing a stream of reloads each see one whole profile: never a
+// mix, never a missing one.
+func TestDecideDuringHotReload(t *testing.T) {
+	allowV1 := &Policy{Name: "v1", Rules: []Rule{{Name: "v1-allow", Effect: EffectAllow, Actions: []string{"tool:*"}}}}
+	denyV2 := &Policy{Name: "v2", Rules: []Rule{
+		{Name: "v2-deny", Effect: EffectDeny, Actions: []string{"tool:*"}},
+		{Name: "v2-allow", Effect: EffectAllow, Actions: []string{"tool:*"}},
+	}}
+	e := mustEngine(t, allowV1)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := e.Decide(&Request{Agent: "a", Action: "tool:x"})
+				if !(d.Verdict == Allow && d.Rule == "v1-allow") && !(d.Verdict == Deny && d.Rule == "v2-deny") {
+					t.Errorf("decision from no single profile: %+v", d)
+					return
+				}
+			}
+		})
+	}
+	for i := range 200 {
+		pol := allowV1
+		if i%2 == 0 {
+			pol = denyV2
+		}
+		if err := e.Load(pol); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
 }
