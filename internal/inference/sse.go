@@ -37,8 +37,14 @@ type SSEReader struct {
 
 // NewSSEReader reads events from r.
 func NewSSEReader(r io.Reader) *SSEReader {
-	return &SSEReader{br: bufio.NewReaderSize(r, 16<<10)}
+	// 4 KiB holds typical chunks; longer lines are accumulated. A router
+	// holds one reader per open stream, so this is multiplied by thousands.
+	return &SSEReader{br: bufio.NewReaderSize(r, 4<<10)}
 }
+
+// Buffered reports whether bytes of the next event have already arrived, in
+// which case a relay can write the next event before flushing.
+func (s *SSEReader) Buffered() bool { return s.br.Buffered() > 0 }
 
 // Next returns the next event. At the end of the stream it returns io.EOF;
 // if the stream ends inside an event it returns that partial event's bytes

@@ -296,6 +296,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	if _, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-4.1", Messages: userMsg("one")}); err != nil {
 		t.Fatalf("first call: %v", err)
 	}
+	h.quiesce() // the first call's audit append has failed by now
 	before := h.fake.Requests.Load()
 	_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-4.1", Messages: userMsg("two")})
 	var apiErr *openai.Error

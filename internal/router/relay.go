@@ -58,6 +58,9 @@ func (s forwardStage) relay(c *Call, u *upstream, resp *http.Response) {
 	c.Status = resp.StatusCode
 	c.W.WriteHeader(resp.StatusCode)
 	c.W.Write(body)
+	// Push the answer out now: settlement and audit follow, and the agent
+	// need not wait for them.
+	http.NewResponseController(c.W).Flush()
 }
 
 func safetyRefusal(reason string) *inference.APIError {
@@ -130,9 +133,13 @@ func (s forwardStage) relayStream(c *Call, resp *http.Response, secret []byte) {
 			c.Status = 499
 			return
 		}
-		if err := rc.Flush(); err != nil {
-			c.Status = 499
-			return
+		// Flush once the events that arrived together are written: one
+		// syscall per upstream read, not per event.
+		if !events.Buffered() {
+			if err := rc.Flush(); err != nil {
+				c.Status = 499
+				return
+			}
 		}
 	}
 }

@@ -58,6 +58,7 @@ type Router struct {
 	tokenClient    *http.Client
 	auditFailing   atomic.Bool
 	inflight       atomic.Int64
+	pending        sync.WaitGroup // audit appends still running
 	engine         *governance.Engine
 
 	mu     sync.Mutex
@@ -187,6 +188,10 @@ func (r *Router) serveInference(w http.ResponseWriter, req *http.Request) {
 	}()
 	r.chain.Run(&Call{W: w, R: req, Start: time.Now(), Gen: r.gen.Load(), Route: route})
 }
+
+// Wait blocks until every audit append started so far has finished. Call
+// it after the listeners have stopped and before closing the audit sink.
+func (r *Router) Wait() { r.pending.Wait() }
 
 // InFlight returns the number of agent calls in progress, including the
 // bookkeeping (settlement, audit) that follows a call's last byte.

@@ -17,7 +17,8 @@ import (
 // is failing (decisions fail closed), and after every call writes one audit
 // record, updates metrics and logs one line. It records outcomes, so it runs
 // after the call: the record carries the tokens and latency the call
-// actually had.
+// actually had. A call refused because the log is failing is itself
+// audited; when that append succeeds the log is back.
 type observeStage struct{ r *Router }
 
 func (observeStage) Name() string { return "observe" }
@@ -91,18 +92,30 @@ func (s observeStage) record(c *Call) {
 		Sandbox: c.Gen.sandbox, Agent: c.Gen.agent, Action: c.Action, Decision: decision,
 		Rule: c.Decision.Rule, Reason: reason, PayloadSHA256: payload, Latency: lat, Attrs: attrs,
 	}
-	// The audit write must not be cut short by the agent hanging up.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.R.Context()), 10*time.Second)
-	_, err := r.opts.Audit.Append(ctx, rec)
-	cancel()
-	if err != nil {
-		if !r.auditFailing.Swap(true) {
-			r.log.Error("audit append failed; refusing calls until it recovers", "err", err)
+	// The entry is appended after the answer has gone out, off the
+	// agent's path: Append waits for the log's group commit (an fdatasync),
+	// and the connection should not sit idle for it. Durability is the same
+	// as appending before returning — either way the answer was already
+	// sent — and a failing log still fails the router closed for the next
+	// call. The router's in-flight count covers the append, and Wait blocks
+	// on it at shutdown, so no entry is dropped by stopping.
+	r.inflight.Add(1)
+	r.pending.Add(1)
+	go func() {
+		defer r.pending.Done()
+		defer r.inflight.Add(-1)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := r.opts.Audit.Append(ctx, rec)
+		cancel()
+		if err != nil {
+			if !r.auditFailing.Swap(true) {
+				r.log.Error("audit append failed; refusing calls until it recovers", "err", err)
+			}
+			r.metrics.auditErrors.Inc()
+		} else if r.auditFailing.Swap(false) {
+			r.log.Info("audit log recovered")
 		}
-		r.metrics.auditErrors.Inc()
-	} else if r.auditFailing.Swap(false) {
-		r.log.Info("audit log recovered")
-	}
+	}()
 	for _, f := range c.Findings {
 		if r.opts.Trust != nil {
 			r.opts.Trust.ReportFinding(c.Gen.agent, f)

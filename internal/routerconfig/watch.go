@@ -89,6 +89,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 	tick := time.NewTicker(poll)
 	defer tick.Stop()
+	base := filepath.Base(w.path)
 	reload := func() {
 		if _, err := w.Reload(); err != nil && w.OnError != nil {
 			w.OnError(err)
@@ -98,11 +99,15 @@ func (w *Watcher) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case _, ok := <-fw.Events:
+		case ev, ok := <-fw.Events:
 			if !ok {
 				return nil
 			}
-			reload()
+			// Only the config file itself or the ConfigMap's ..data
+			// symlink matter; other files in the directory do not.
+			if name := filepath.Base(ev.Name); name == base || name == "..data" {
+				reload()
+			}
 		case err, ok := <-fw.Errors:
 			if !ok {
 				return nil

@@ -1,0 +1,256 @@
+// Command router is kars-router's load harness. In one run it measures, at
+// fixed open-loop rates, three paths to the same fake upstream (Azure OpenAI
+// wire format, content-filter annotations included):
+//
+//	direct  load generator → upstream
+//	bare    load generator → httputil.ReverseProxy → upstream   (the floor)
+//	kars    load generator → kars-router → upstream             (policy, budget, audit on)
+//
+// then the maximum closed-loop throughput of bare and kars, kars-router's
+// RSS while it holds 1,000 concurrent streams, and failures while its config
+// is swapped 20 times under 1,000 rps. The load generator and the upstream
+// are pinned to CPU 0 and the proxies to CPU 1 with taskset.
+//
+//	go run ./bench/router -duration 5s
+//
+// Every process is started by this harness on loopback and stopped by it.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+func main() {
+	role := flag.String("role", "", "internal: upstream, bare, kars or load")
+	duration := flag.Duration("duration", 5*time.Second, "length of each fixed-rate step")
+	rates := flag.String("rates", "500,1000,2000", "open-loop request rates to measure")
+	flag.Parse()
+	switch *role {
+	case "upstream":
+		runUpstream()
+	case "bare":
+		runBare(flag.Arg(0))
+	case "kars":
+		runKars(flag.Arg(0))
+	case "load":
+		runLoad(flag.Args())
+	case "":
+		orchestrate(*duration, *rates)
+	default:
+		log.Fatalf("unknown role %q", *role)
+	}
+}
+
+// child is a process the harness started.
+type child struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+// pinned runs this binary in a role, on cpu when taskset is available.
+func pinned(cpu string, args ...string) *exec.Cmd {
+	self, err := os.Executable()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := exec.LookPath("taskset"); err == nil && cpu != "" {
+		return exec.Command("taskset", append([]string{"-c", cpu, self}, args...)...)
+	}
+	return exec.Command(self, args...)
+}
+
+// start runs a server role and waits for the address it prints.
+func start(cpu string, args ...string) *child {
+	cmd := pinned(cpu, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		log.Fatalf("%v did not report its address: %v", args, err)
+	}
+	go io.Copy(io.Discard, out)
+	return &child{cmd: cmd, addr: strings.TrimSpace(line)}
+}
+
+func (c *child) stop() {
+	c.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(35 * time.Second):
+		c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// load runs the load generator role pinned to CPU 0 and decodes its result.
+func load(args ...string) result {
+	cmd := pinned("0", append([]string{"-role", "load"}, args...)...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		log.Fatalf("load %v: %v", args, err)
+	}
+	var r result
+	if err := json.Unmarshal(out, &r); err != nil {
+		log.Fatalf("load %v: %v: %s", args, err, out)
+	}
+	return r
+}
+
+func orchestrate(duration time.Duration, rates string) {
+	work, err := os.MkdirTemp("", "kars-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	upstream := start("0", "-role", "upstream")
+	defer upstream.stop()
+	bare := start("1", "-role", "bare", upstream.addr)
+	defer bare.stop()
+	cfgPath := writeKarsConfig(work, upstream.addr, 0)
+	kars := start("1", "-role", "kars", cfgPath)
+	defer kars.stop()
+
+	pinnedNote := "load generator and upstream on CPU 0, proxies on CPU 1 (taskset)"
+	if _, err := exec.LookPath("taskset"); err != nil {
+		pinnedNote = "UNPINNED: taskset not found"
+	}
+	fmt.Printf("# kars-router load harness — %s, %d CPUs, %s per step, %s\n\n", time.Now().UTC().Format(time.RFC3339), numCPU(), duration, pinnedNote)
+	paths := []struct{ name, base, mode string }{
+		{"direct", upstream.addr, "azure"},
+		{"bare", bare.addr, "azure"},
+		{"kars", kars.addr, "openai"},
+	}
+	warm := (duration / 5).String()
+	fmt.Println("## Fixed-rate latency (open loop, latency from the scheduled send time)")
+	fmt.Println()
+	fmt.Println("| rate | path | ok | errors | achieved rps | p50 µs | p90 µs | p99 µs | max µs | added p50 vs direct µs | added p99 vs direct µs |")
+	fmt.Println("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	type key struct{ rate, path string }
+	res := map[key]result{}
+	for _, rate := range strings.Split(rates, ",") {
+		for _, p := range paths {
+			r := load("rate", p.base, p.mode, rate, duration.String(), warm)
+			res[key{rate, p.name}] = r
+			d := res[key{rate, "direct"}]
+			fmt.Printf("| %s | %s | %d | %d | %.0f | %d | %d | %d | %d | %d | %d |\n", rate, p.name, r.OK, r.Errors, r.RPS,
+				r.P50, r.P90, r.P99, r.Max, r.P50-d.P50, r.P99-d.P99)
+		}
+	}
+	fmt.Println()
+	fmt.Println("## kars-router overhead above the bare reverse proxy (goal: < 50 µs p50, < 300 µs p99)")
+	fmt.Println()
+	fmt.Println("| rate | kars − bare p50 µs | kars − bare p99 µs | p50 goal | p99 goal |")
+	fmt.Println("|---:|---:|---:|---|---|")
+	for _, rate := range strings.Split(rates, ",") {
+		k, b := res[key{rate, "kars"}], res[key{rate, "bare"}]
+		fmt.Printf("| %s | %d | %d | %s | %s |\n", rate, k.P50-b.P50, k.P99-b.P99, verdict(k.P50-b.P50 < 50), verdict(k.P99-b.P99 < 300))
+	}
+
+	fmt.Println()
+	fmt.Println("## Maximum throughput (closed loop, 64 connections)")
+	fmt.Println()
+	fmt.Println("| path | rps | errors | p50 µs | p99 µs |")
+	fmt.Println("|---|---:|---:|---:|---:|")
+	tb := load("max", bare.addr, "azure", "64", duration.String(), warm)
+	tk := load("max", kars.addr, "openai", "64", duration.String(), warm)
+	fmt.Printf("| bare | %.0f | %d | %d | %d |\n| kars | %.0f | %d | %d | %d |\n", tb.RPS, tb.Errors, tb.P50, tb.P99, tk.RPS, tk.Errors, tk.P50, tk.P99)
+	fmt.Printf("\nkars / bare throughput: %.1f%% (goal ≥ 90%%: %s)\n", 100*tk.RPS/tb.RPS, verdict(tk.RPS >= 0.9*tb.RPS))
+
+	fmt.Println()
+	fmt.Println("## RSS with 1,000 concurrent streams")
+	fmt.Println()
+	idle := rssKB(kars.cmd.Process.Pid)
+	peak := make(chan int64)
+	stopSampling := make(chan struct{})
+	go func() {
+		var max int64
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopSampling:
+				peak <- max
+				return
+			case <-t.C:
+				max = maxInt(max, rssKB(kars.cmd.Process.Pid))
+			}
+		}
+	}()
+	st := load("streams", kars.addr, "openai", "1000")
+	close(stopSampling)
+	p := <-peak
+	fmt.Printf("kars-router RSS idle %.1f MB, peak %.1f MB while %d/%d streams were open at once (%d completed, %d errors); goal < 60 MB: %s\n",
+		float64(idle)/1024, float64(p)/1024, st.Concurrent, 1000, st.OK, st.Errors, verdict(p < 60*1024))
+
+	fmt.Println()
+	fmt.Println("## Config reload under load")
+	fmt.Println()
+	swaps := make(chan int)
+	go func() {
+		n := 0
+		for i := 1; i <= 20; i++ {
+			time.Sleep(duration / 21)
+			writeKarsConfig(work, upstream.addr, int64(i))
+			n++
+		}
+		swaps <- n
+	}()
+	rl := load("rate", kars.addr, "openai", "1000", duration.String(), "0s")
+	n := <-swaps
+	fmt.Printf("1,000 rps for %s while the config was replaced %d times (rename over router.json): %d ok, %d failed, p99 %d µs: %s\n",
+		duration, n, rl.OK, rl.Errors, rl.P99, verdict(rl.Errors == 0))
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "processor\t:")
+}
+
+// rssKB reads VmRSS of pid.
+func rssKB(pid int) int64 {
+	b, err := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "status"))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb
+		}
+	}
+	return 0
+}
+
+func maxInt(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/kars-io/kars/internal/governance"
+	"github.com/kars-io/kars/internal/inference/fakeprovider"
+	"github.com/kars-io/kars/internal/router"
+	"github.com/kars-io/kars/internal/routerconfig"
+)
+
+func signalled() context.Context {
+	ctx, _ := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	return ctx
+}
+
+// serve prints the address then serves h until interrupted.
+func serve(h http.Handler) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("http://%s\n", ln.Addr())
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	<-signalled().Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(ctx)
+}
+
+func runUpstream() { serve(fakeprovider.New()) }
+
+// runBare is the floor: the standard library's reverse proxy with the same
+// connection pooling as kars-router, doing nothing but forwarding.
+func runBare(upstream string) {
+	u, err := url.Parse(upstream)
+	if err != nil {
+		log.Fatal(err)
+	}
+	p := httputil.NewSingleHostReverseProxy(u)
+	p.Transport = router.DefaultTransport()
+	serve(p)
+}
+
+// runKars runs the real router (router.Serve, as cmd/kars-router does),
+// logging to a file as it would log to the container's stdout.
+func runKars(cfgPath string) {
+	logf, err := os.Create(filepath.Join(filepath.Dir(cfgPath), "router.log"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer logf.Close()
+	if path := os.Getenv("KARS_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	err = router.Serve(signalled(), router.ServeOptions{
+		ConfigPath: cfgPath,
+		Logger:     slog.New(slog.NewJSONHandler(logf, nil)),
+		Ready:      func(addrs map[string]string) { fmt.Printf("http://%s\n", addrs["agent"]) },
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+// writeKarsConfig writes (or atomically replaces) the router config: an
+// Azure OpenAI target at the fake upstream, a governance policy, a budget
+// (gen makes each generation's digest distinct) and the audit log.
+func writeKarsConfig(dir, upstream string, gen int64) string {
+	key := filepath.Join(dir, "upstream-key")
+	os.WriteFile(key, []byte(fakeprovider.New().APIKey), 0o600)
+	os.WriteFile(filepath.Join(dir, "admin-token"), []byte("bench-admin-token"), 0o600)
+	c := &routerconfig.Config{
+		SchemaVersion: routerconfig.SchemaVersion,
+		Sandbox:       routerconfig.Sandbox{Namespace: "kars-bench", Name: "bench", AgentID: "kars-bench/bench"},
+		Listen:        "127.0.0.1:0",
+		Models: routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1",
+			Deployment: "gpt-41", Endpoint: upstream, Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: key}}},
+		Budget:        &routerconfig.Budget{PerRequest: 100_000, Daily: 1 << 50, Monthly: 1<<50 + gen},
+		ContentSafety: &routerconfig.ContentSafety{Hate: "Low", SelfHarm: "Low", Sexual: "Low", Violence: "Low"},
+		Governance: &governance.Policy{Name: "bench", Rules: []governance.Rule{
+			{Name: "no-shell", Effect: governance.EffectDeny, Actions: []string{"shell:*"}, Priority: 100},
+			{Name: "no-preview-models", Effect: governance.EffectDeny, Actions: []string{"inference:*:*-preview"}, Priority: 50},
+			{Name: "inference", Effect: governance.EffectAllow, Actions: []string{"inference:*:gpt-4.1*"}},
+		}},
+		Audit:    routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
+		Admin:    routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "admin-token")},
+		StateDir: filepath.Join(dir, "state"),
+	}
+	b, err := routerconfig.Marshal(c)
+	if err != nil {
+		log.Fatal(err)
+	}
+	path := filepath.Join(dir, routerconfig.FileName)
+	if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
+		log.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		log.Fatal(err)
+	}
+	return path
+}
+
+// result is one load step's outcome; latencies in microseconds.
+type result struct {
+	OK, Errors         int64
+	RPS                float64
+	P50, P90, P99, Max int64
+	Concurrent         int64 // streams mode: most streams open at once
+}
+
+const prompt = `{"model":"gpt-4.1","max_tokens":16,"messages":[{"role":"system","content":"You are a benchmark."},{"role":"user","content":"Summarise the kars trust boundary in one sentence.%s"}]%s}`
+
+func newRequest(base, mode string, stream bool, extra string) *http.Request {
+	streamField := ""
+	if stream {
+		streamField = `,"stream":true`
+	}
+	body := fmt.Sprintf(prompt, extra, streamField)
+	var req *http.Request
+	if mode == "azure" {
+		req, _ = http.NewRequest("POST", base+"/openai/deployments/gpt-41/chat/completions?api-version=2024-10-21", strings.NewReader(body))
+		req.Header.Set("Api-Key", fakeprovider.New().APIKey)
+	} else {
+		req, _ = http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer sk-agent-key")
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return req
+}
+
+// runLoad is the load generator. Modes:
+//
+//	rate <base> <mode> <rps> <duration> <warmup>   open loop at a fixed rate
+//	max <base> <mode> <connections> <duration> <warmup>   closed loop
+//	streams <base> <mode> <n>   n concurrent slow streams
+func runLoad(args []string) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 4096, IdleConnTimeout: time.Minute}}
+	do := func(req *http.Request) bool {
+		resp, err := client.Do(req)
+		if err != nil {
+			return false
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return err == nil && resp.StatusCode == http.StatusOK
+	}
+	var res result
+	switch args[0] {
+	case "rate":
+		base, mode := args[1], args[2]
+		rate, _ := strconv.Atoi(args[3])
+		dur, _ := time.ParseDuration(args[4])
+		warm, _ := time.ParseDuration(args[5])
+		interval := time.Second / time.Duration(rate)
+		total := int((dur + warm) / interval)
+		lat := make([]int64, total)
+		ok := make([]bool, total)
+		var wg sync.WaitGroup
+		start := time.Now().Add(20 * time.Millisecond)
+		for i := range total {
+			at := start.Add(time.Duration(i) * interval)
+			if d := time.Until(at); d > 0 {
+				time.Sleep(d)
+			}
+			wg.Go(func() {
+				ok[i] = do(newRequest(base, mode, false, ""))
+				lat[i] = time.Since(at).Microseconds()
+			})
+		}
+		wg.Wait()
+		first := int(warm / interval)
+		res = summarize(lat[first:], ok[first:])
+		res.RPS = float64(res.OK+res.Errors) / dur.Seconds()
+	case "max":
+		base, mode := args[1], args[2]
+		conns, _ := strconv.Atoi(args[3])
+		dur, _ := time.ParseDuration(args[4])
+		warm, _ := time.ParseDuration(args[5])
+		var mu sync.Mutex
+		var lat []int64
+		var ok []bool
+		measureFrom := time.Now().Add(warm)
+		end := measureFrom.Add(dur)
+		var wg sync.WaitGroup
+		for range conns {
+			wg.Go(func() {
+				var l []int64
+				var o []bool
+				for time.Now().Before(end) {
+					t0 := time.Now()
+					good := do(newRequest(base, mode, false, ""))
+					if t0.After(measureFrom) {
+						l = append(l, time.Since(t0).Microseconds())
+						o = append(o, good)
+					}
+				}
+				mu.Lock()
+				lat, ok = append(lat, l...), append(ok, o...)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		res = summarize(lat, ok)
+		res.RPS = float64(res.OK) / dur.Seconds()
+	case "streams":
+		base, mode := args[1], args[2]
+		n, _ := strconv.Atoi(args[3])
+		var open, peak, okN, errN atomic.Int64
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				cur := open.Add(1)
+				for {
+					p := peak.Load()
+					if cur <= p || peak.CompareAndSwap(p, cur) {
+						break
+					}
+				}
+				// 12 chunks, 300 ms apart: each stream stays open ~3.6 s.
+				if do(newRequest(base, mode, true, " #fake:slow=300ms")) {
+					okN.Add(1)
+				} else {
+					errN.Add(1)
+				}
+				open.Add(-1)
+			})
+		}
+		wg.Wait()
+		res = result{OK: okN.Load(), Errors: errN.Load(), Concurrent: peak.Load()}
+	}
+	json.NewEncoder(os.Stdout).Encode(res)
+}
+
+func summarize(lat []int64, ok []bool) result {
+	var r result
+	var good []int64
+	for i, l := range lat {
+		if ok[i] {
+			r.OK++
+			good = append(good, l)
+		} else {
+			r.Errors++
+		}
+	}
+	if len(good) == 0 {
+		return r
+	}
+	sort.Slice(good, func(i, j int) bool { return good[i] < good[j] })
+	q := func(p float64) int64 { return good[min(len(good)-1, int(p*float64(len(good))))] }
+	r.P50, r.P90, r.P99, r.Max = q(0.50), q(0.90), q(0.99), good[len(good)-1]
+	return r
+}
