@@ -134,6 +134,9 @@ func orchestrate(duration time.Duration, rates string) {
 		pinnedNote = "UNPINNED: taskset not found"
 	}
 	fmt.Printf("# kars-router load harness — %s, %d CPUs, %s per step, %s\n\n", time.Now().UTC().Format(time.RFC3339), numCPU(), duration, pinnedNote)
+	// Other work on the machine skews every number; say how busy it was.
+	fmt.Printf("load average before the run: %s\n\n", loadavg())
+	defer func() { fmt.Printf("\nload average after the run: %s\n", loadavg()) }()
 	paths := []struct{ name, base, mode string }{
 		{"direct", upstream.addr, "azure"},
 		{"bare", bare.addr, "azure"},
@@ -225,6 +228,15 @@ func verdict(ok bool) string {
 		return "met"
 	}
 	return "MISSED"
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func numCPU() int {

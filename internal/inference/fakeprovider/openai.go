@@ -2,6 +2,7 @@ package fakeprovider
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -27,7 +28,7 @@ func readRequest(r *http.Request) (request, error) {
 		return request{}, err
 	}
 	if !gjson.ValidBytes(body) {
-		return request{}, fmt.Errorf("We could not parse the JSON body of your request.")
+		return request{}, errors.New("we could not parse the JSON body of your request")
 	}
 	g := gjson.ParseBytes(body)
 	req := request{body: body, model: g.Get("model").Str, stream: g.Get("stream").Bool(), dirs: parseDirectives(body)}
