@@ -93,6 +93,11 @@ func runKars(cfgPath string) {
 // Azure OpenAI target at the fake upstream, a governance policy, a budget
 // (gen makes each generation's digest distinct) and the audit log.
 func writeKarsConfig(dir, upstream string, gen int64) string {
+	return writeKarsConfigAudit(dir, upstream, gen, filepath.Join(dir, "audit"))
+}
+
+// writeKarsConfigAudit is writeKarsConfig with the audit log in auditDir.
+func writeKarsConfigAudit(dir, upstream string, gen int64, auditDir string) string {
 	key := filepath.Join(dir, "upstream-key")
 	os.WriteFile(key, []byte(fakeprovider.New().APIKey), 0o600)
 	os.WriteFile(filepath.Join(dir, "admin-token"), []byte("bench-admin-token"), 0o600)
@@ -109,7 +114,7 @@ func writeKarsConfig(dir, upstream string, gen int64) string {
 			{Name: "no-preview-models", Effect: governance.EffectDeny, Actions: []string{"inference:*:*-preview"}, Priority: 50},
 			{Name: "inference", Effect: governance.EffectAllow, Actions: []string{"inference:*:gpt-4.1*"}},
 		}},
-		Audit:    routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
+		Audit:    routerconfig.Audit{Dir: auditDir},
 		Admin:    routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "admin-token")},
 		StateDir: filepath.Join(dir, "state"),
 	}
