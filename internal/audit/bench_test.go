@@ -46,7 +46,7 @@ func benchGroupCommit(b *testing.B, inflight int) {
 	b.ReportAllocs()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {
-		local := make([]time.Duration, 0, 1024)
+		local := make([]time.Duration, 0, b.N/inflight+1024)
 		for pb.Next() {
 			t0 := time.Now()
 			if _, err := w.Append(context.Background(), benchRecord); err != nil {

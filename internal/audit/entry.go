@@ -129,6 +129,29 @@ func appendTime(dst []byte, t time.Time) []byte {
 	return append(dst, 'Z')
 }
 
+// clockCache remembers the formatted date and time of one second, so that
+// the writer formats only the nanoseconds of most timestamps (it appends
+// under its mutex, one entry after another).
+type clockCache struct {
+	sec    int64
+	prefix []byte // "YYYY-MM-DDTHH:MM:SS." for sec
+}
+
+// appendHead is appendHead with the second's prefix cached.
+func (c *clockCache) appendHead(dst []byte, seq uint64, ts time.Time) []byte {
+	ts = ts.UTC()
+	if sec := ts.Unix(); sec != c.sec || c.prefix == nil {
+		full := appendTime(c.prefix[:0], ts)
+		c.sec, c.prefix = sec, full[:len(full)-10] // drop "nnnnnnnnnZ"
+	}
+	dst = append(dst, `{"seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	dst = append(dst, `,"ts":"`...)
+	dst = append(dst, c.prefix...)
+	dst = appendDigits(dst, ts.Nanosecond(), 9)
+	return append(dst, `Z"`...)
+}
+
 // appendDigits appends v zero-padded to width digits (v >= 0; wider values
 // keep all their digits, as AppendFormat does for years past 9999).
 func appendDigits(dst []byte, v, width int) []byte {

@@ -51,8 +51,9 @@ type Writer struct {
 
 	mu      sync.Mutex
 	next    uint64 // sequence number of the next entry
+	clock   clockCache
 	cur     *batch
-	spare   *batch // a committed batch whose buffers can be reused
+	spare   []*batch // committed batches whose buffers can be reused
 	err     error  // sticky failure
 	closed  bool
 	headSeq uint64 // last durable entry, for Head
@@ -217,7 +218,7 @@ func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 	b := w.cur
 	seq, ts := w.next, w.opts.Now()
 	w.next++
-	b.staged = appendHead(b.staged, seq, ts)
+	b.staged = w.clock.appendHead(b.staged, seq, ts)
 	b.staged = append(b.staged, body...)
 	b.spans = append(b.spans, span{end: len(b.staged), seq: seq, day: epochDay(ts)})
 	idx := len(b.spans) - 1
@@ -293,8 +294,11 @@ func (w *Writer) run() {
 				}
 				break
 			}
-			w.cur = newBatch(w.spare)
-			w.spare = nil
+			var reuse *batch
+			if n := len(w.spare); n > 0 {
+				reuse, w.spare = w.spare[n-1], w.spare[:n-1]
+			}
+			w.cur = newBatch(reuse)
 			w.mu.Unlock()
 			if failed == nil {
 				if failed = w.seal(b); failed != nil {
@@ -331,7 +335,9 @@ func (w *Writer) syncer(done chan struct{}) {
 		if err == nil {
 			w.headSeq, w.headHex = b.spans[len(b.spans)-1].seq, b.hashes[len(b.hashes)-1]
 		}
-		w.spare = b
+		if len(w.spare) < 4 { // one per pipeline stage is enough
+			w.spare = append(w.spare, b)
+		}
 		w.mu.Unlock()
 		close(b.done)
 		w.inflight.Done()

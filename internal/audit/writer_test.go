@@ -390,3 +390,14 @@ func TestAppendTimeMatchesLayout(t *testing.T) {
 		}
 	}
 }
+
+func TestClockCacheMatchesAppendHead(t *testing.T) {
+	var c clockCache
+	base := time.Date(2026, 12, 31, 23, 59, 58, 0, time.UTC)
+	for i, d := range []time.Duration{0, 1, 999_999_999, time.Second, time.Second + 5, 2 * time.Second, -time.Hour} {
+		ts := base.Add(d)
+		if got, want := string(c.appendHead(nil, uint64(i), ts)), string(appendHead(nil, uint64(i), ts)); got != want {
+			t.Fatalf("%v: cached %s, want %s", ts, got, want)
+		}
+	}
+}
