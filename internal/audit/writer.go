@@ -54,7 +54,7 @@ type Writer struct {
 	clock   clockCache
 	cur     *batch
 	spare   []*batch // committed batches whose buffers can be reused
-	err     error  // sticky failure
+	err     error    // sticky failure
 	closed  bool
 	headSeq uint64 // last durable entry, for Head
 	headHex string
