@@ -92,11 +92,65 @@ func unescapeMount(s string) string {
 	return r.Replace(s)
 }
 
+// cgroupRoles are the children of a pod's cgroup. "init" holds the pod
+// init on v1 hierarchies, outside the agent's limits: under memory
+// pressure the kernel may fault the init too, and it must survive to
+// report the agent's end. On v2 a process's threads cannot be split
+// across cgroups, so there the init shares the agent's cgroup.
+var cgroupRoles = []string{"agent", "router", "init"}
+
 // cgroups is the set of cgroup directories of one pod: <mount>/kars/<id>
-// with "agent" and "router" children in every hierarchy used.
+// with one child per role in every hierarchy used.
 type cgroups struct {
 	Hierarchies []hierarchy `json:"hierarchies"`
 	Rel         string      `json:"rel"` // kars/<id>
+}
+
+func (c *cgroups) dirsIn(h hierarchy) []string {
+	var out []string
+	for _, role := range cgroupRoles {
+		out = append(out, filepath.Join(h.Mount, c.Rel, role))
+	}
+	return out
+}
+
+// joinInit places the pod init: in "init" on v1 hierarchies (the agent
+// thread moves itself into "agent" before it forks, see agentTaskFiles),
+// in "agent" on v2.
+func (c *cgroups) joinInit(pid int) error {
+	for _, h := range c.Hierarchies {
+		role := "init"
+		if h.V2 {
+			role = "agent"
+		}
+		f := filepath.Join(h.Mount, c.Rel, role, "cgroup.procs")
+		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
+			return fmt.Errorf("cgroups: join %s: %w", f, err)
+		}
+	}
+	return nil
+}
+
+// agentTaskFiles opens the v1 "tasks" files of the agent's cgroups. The
+// pod init's agent thread writes "0" to them, moving only itself, right
+// before it forks the agent, which inherits the placement: the agent never
+// runs outside its limits, and the init never runs inside them.
+func (c *cgroups) agentTaskFiles() ([]*os.File, error) {
+	var out []*os.File
+	for _, h := range c.Hierarchies {
+		if h.V2 {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(h.Mount, c.Rel, "agent", "tasks"), os.O_WRONLY, 0)
+		if err != nil {
+			for _, o := range out {
+				o.Close()
+			}
+			return nil, fmt.Errorf("cgroups: %w", err)
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 func (c *cgroups) dirs(role string) []string {
@@ -138,7 +192,7 @@ func newCgroups(id string, l Limits) (*cgroups, error) {
 				}
 			}
 		}
-		for _, role := range []string{"agent", "router"} {
+		for _, role := range cgroupRoles {
 			if err := os.MkdirAll(filepath.Join(h.Mount, cg.Rel, role), 0o755); err != nil {
 				return cg, fmt.Errorf("cgroups: %w", err)
 			}
@@ -192,7 +246,7 @@ func (c *cgroups) join(role string, pid int) error {
 // procs lists the processes left in the pod's cgroups.
 func (c *cgroups) procs() []int {
 	var out []int
-	for _, role := range []string{"agent", "router"} {
+	for _, role := range cgroupRoles {
 		for _, d := range c.dirs(role) {
 			data, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
 			for _, f := range strings.Fields(string(data)) {
@@ -223,11 +277,14 @@ func (c *cgroups) remove(timeout time.Duration) error {
 	}
 	var errs []error
 	for _, h := range c.Hierarchies {
-		for _, d := range []string{filepath.Join(h.Mount, c.Rel, "agent"), filepath.Join(h.Mount, c.Rel, "router"), filepath.Join(h.Mount, c.Rel)} {
+		for _, d := range append(c.dirsIn(h), filepath.Join(h.Mount, c.Rel)) {
 			if err := rmdirRetry(d, deadline); err != nil {
 				errs = append(errs, err)
 			}
 		}
+		// The shared "kars" parent goes with its last pod; while other
+		// pods use it the kernel refuses (EBUSY), which is fine.
+		syscall.Rmdir(filepath.Join(h.Mount, filepath.Dir(c.Rel)))
 	}
 	return errors.Join(errs...)
 }
@@ -247,24 +304,37 @@ func rmdirRetry(d string, deadline time.Time) error {
 	}
 }
 
-// oomKills reports how many times the kernel's OOM killer fired in the
-// agent's memory cgroup.
-func (c *cgroups) oomKills() int {
+// memoryKilled reports whether the agent's end is the memory limit's
+// doing: the OOM killer fired in its memory cgroup, or the cgroup hit its
+// limit (under memcg pressure the kernel may fail to write a signal frame
+// and kill with SIGSEGV instead of choosing an OOM victim).
+func (c *cgroups) memoryKilled(signaled bool) bool {
 	for _, h := range c.Hierarchies {
 		if !slices.Contains(h.Controllers, "memory") {
 			continue
 		}
-		file := "memory.oom_control"
+		dir := filepath.Join(h.Mount, c.Rel, "agent")
 		if h.V2 {
-			file = "memory.events"
+			ev := readKeyed(filepath.Join(dir, "memory.events"))
+			return ev["oom_kill"] > 0 || signaled && ev["max"] > 0
 		}
-		data, _ := os.ReadFile(filepath.Join(h.Mount, c.Rel, "agent", file))
-		for _, line := range strings.Split(string(data), "\n") {
-			if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-				n, _ := strconv.Atoi(strings.TrimSpace(v))
-				return n
-			}
+		oc := readKeyed(filepath.Join(dir, "memory.oom_control"))
+		fail, _ := os.ReadFile(filepath.Join(dir, "memory.failcnt"))
+		n, _ := strconv.Atoi(strings.TrimSpace(string(fail)))
+		return oc["oom_kill"] > 0 || signaled && n > 0
+	}
+	return false
+}
+
+// readKeyed parses a cgroup "key value" file.
+func readKeyed(path string) map[string]int {
+	out := map[string]int{}
+	data, _ := os.ReadFile(path)
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			out[k] = n
 		}
 	}
-	return 0
+	return out
 }

@@ -33,6 +33,8 @@ type confinement struct {
 	UID, GID int
 	// Securebits are set while CAP_SETPCAP is still held.
 	Securebits bool
+	// CgroupTaskFDs are v1 "tasks" files the thread moves itself into.
+	CgroupTaskFDs []int
 	// LandlockFD is a ruleset to enforce, or -1.
 	LandlockFD    int
 	LandlockFlags uint32
@@ -44,6 +46,12 @@ type confinement struct {
 // per-thread, which is exactly what lets the rest of the Go process (the
 // pod init, still privileged) keep running unconfined.
 func (c confinement) apply() error {
+	for _, fd := range c.CgroupTaskFDs {
+		// "0" means the writing thread (not its whole process).
+		if _, err := unix.Write(fd, []byte("0")); err != nil {
+			return fmt.Errorf("join agent cgroup: %w", err)
+		}
+	}
 	if c.Securebits {
 		bits := secbitNoRoot | secbitNoRootLocked | secbitNoCapAmbientRaise | secbitNoCapAmbientRaiseLocked
 		if err := unix.Prctl(unix.PR_SET_SECUREBITS, uintptr(bits), 0, 0, 0); err != nil {

@@ -122,29 +122,34 @@ func startPod(t testing.TB, s Spec) *Pod {
 // probeResult waits for the probe's JSON line in the agent log.
 func probeResult(t testing.TB, p *Pod) map[string]string {
 	t.Helper()
+	res, err := readProbe(p, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func readProbe(p *Pod, timeout time.Duration) (map[string]string, error) {
 	agentLog, _ := p.Logs()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		data, _ := os.ReadFile(agentLog)
 		for _, line := range strings.Split(string(data), "\n") {
 			if js, ok := strings.CutPrefix(line, "PROBE "); ok {
 				var res map[string]string
-				if err := json.Unmarshal([]byte(js), &res); err != nil {
-					t.Fatalf("probe output: %v", err)
-				}
-				return res
+				err := json.Unmarshal([]byte(js), &res)
+				return res, err
 			}
 		}
 		select {
 		case <-p.Done():
 			data, _ := os.ReadFile(agentLog)
-			t.Fatalf("agent exited without a probe result: %+v\n%s", p.Status(), data)
+			return nil, fmt.Errorf("agent exited without a probe result: %+v\n%s", p.Status(), data)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	data, _ := os.ReadFile(agentLog)
-	t.Fatalf("no probe result in time:\n%s", data)
-	return nil
+	return nil, fmt.Errorf("no probe result in time:\n%s", data)
 }
 
 // upstream is a stand-in for an upstream on the host: TCP and UDP

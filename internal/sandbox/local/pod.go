@@ -68,8 +68,9 @@ type ProcessStatus struct {
 	ExitCode int
 	// Signal ended the process (0 if it exited normally).
 	Signal syscall.Signal
-	// OOMKilled: the kernel's OOM killer fired in the agent's memory
-	// cgroup (agent only).
+	// OOMKilled: the agent ended at its memory limit — the OOM killer
+	// fired in its memory cgroup, or a signal killed it while the cgroup
+	// was at its limit (agent only).
 	OOMKilled bool
 }
 

@@ -39,6 +39,9 @@ type podConfig struct {
 	// RouterPorts are bound here and sent to the parent in rootless mode,
 	// where the router lives outside the pod's network namespace.
 	RouterPorts []uint16 `json:"routerPorts"`
+	// CgroupTaskFDs are the agent's v1 cgroup "tasks" files, inherited as
+	// descriptors because cgroupfs is not mounted in the agent's root.
+	CgroupTaskFDs []int `json:"cgroupTaskFDs"`
 	// RequireLandlockNet makes a kernel without Landlock TCP rules fatal
 	// (isolation "enhanced").
 	RequireLandlockNet bool `json:"requireLandlockNet"`
@@ -57,6 +60,13 @@ func podInitMain() int {
 		fmt.Fprintln(os.Stderr, "kars-pod-init: close_range:", err)
 		return 125
 	}
+	// Catch termination signals before anything else: the Go runtime's
+	// default handling of SIGTERM re-raises it, which PID 1 of a PID
+	// namespace ignores, and the runtime then exits with status 2 instead
+	// of letting the agent stop. Signals that arrive during set-up wait in
+	// the channel and are forwarded once the agent runs.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGCHLD)
 	fail := func(err error) int {
 		sendMsg(podCtlFD, ctlMsg{Op: opReady, Err: err.Error()})
 		fmt.Fprintln(os.Stderr, "kars-pod-init:", err)
@@ -108,7 +118,7 @@ func podInitMain() int {
 			return 125
 		}
 	}
-	return superviseAgent(agentPID)
+	return superviseAgent(agentPID, sigs)
 }
 
 // rootlessNetwork brings up loopback in the pod's own network namespace
@@ -134,7 +144,8 @@ func rootlessNetwork(ports []uint16) ([]*os.File, error) {
 }
 
 func agentConfinement(cfg *podConfig, ready *ctlMsg) (confinement, error) {
-	c := confinement{SetIDs: !cfg.Rootless, UID: AgentUID, GID: AgentUID, Securebits: true, LandlockFD: -1}
+	c := confinement{SetIDs: !cfg.Rootless, UID: AgentUID, GID: AgentUID, Securebits: true, LandlockFD: -1,
+		CgroupTaskFDs: cfg.CgroupTaskFDs}
 	prog, err := seccomp.Strict().Compile()
 	if err != nil {
 		return c, err
@@ -163,16 +174,22 @@ func agentConfinement(cfg *podConfig, ready *ctlMsg) (confinement, error) {
 // confinement; the child inherits it through fork and keeps it across
 // exec. The thread is never unlocked, so the runtime destroys it when the
 // goroutine ends instead of reusing a confined thread for the init.
+//
+// startConfined returns only once that thread is gone: a later all-thread
+// credential change (dropInitPrivileges; glibc's setxid broadcast when cgo
+// is linked) would otherwise reach a thread whose credentials differ, and
+// glibc aborts the process when the threads' results disagree.
 func startConfined(p Process, c confinement) (int, error) {
 	type result struct {
-		pid int
-		err error
+		pid, tid int
+		err      error
 	}
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		tid := unix.Gettid()
 		if err := c.apply(); err != nil {
-			ch <- result{err: err}
+			ch <- result{tid: tid, err: err}
 			return
 		}
 		cmd := exec.Command(p.Path, p.Args...)
@@ -185,12 +202,24 @@ func startConfined(p Process, c confinement) (int, error) {
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
-			ch <- result{err: err}
+			ch <- result{tid: tid, err: err}
 			return
 		}
-		ch <- result{pid: cmd.Process.Pid}
+		ch <- result{pid: cmd.Process.Pid, tid: tid}
 	}()
 	r := <-ch
+	task := fmt.Sprintf("/proc/self/task/%d", r.tid)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if _, err := os.Stat(task); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			if r.pid > 0 {
+				syscall.Kill(r.pid, syscall.SIGKILL)
+			}
+			return 0, fmt.Errorf("confined thread %d did not exit", r.tid)
+		}
+	}
 	return r.pid, r.err
 }
 
@@ -216,9 +245,7 @@ func dropInitPrivileges() error {
 }
 
 // superviseAgent runs the init loop until the agent exits.
-func superviseAgent(agentPID int) int {
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGCHLD)
+func superviseAgent(agentPID int, sigs <-chan os.Signal) int {
 	parentGone := make(chan struct{})
 	go serveControl(parentGone)
 	for {

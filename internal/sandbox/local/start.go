@@ -91,6 +91,12 @@ func (p *Pod) startAll(ctx context.Context) error {
 		if p.netns, err = newNetns(); err != nil {
 			return err
 		}
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(p.netns.Fd()), &st); err == nil {
+			p.mu.Lock()
+			p.rec.NetnsInode = st.Ino
+			p.mu.Unlock()
+		}
 		if err := setupLink(p.netns, *p.rec.Link); err != nil {
 			return err
 		}
@@ -209,8 +215,27 @@ func (p *Pod) startInit(ctx context.Context, rootDir string, log *os.File) (ctlM
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}}
 		attr.GidMappingsEnableSetgroups = false
 	}
+	extra := []*os.File{cfgR, ctlChild}
+	var taskFDs []int
+	if cg := p.rec.Cgroups; cg != nil && len(cg.Hierarchies) > 0 {
+		files, err := cg.agentTaskFiles()
+		if err != nil {
+			cfgR.Close()
+			ctlChild.Close()
+			return ctlMsg{}, nil, err
+		}
+		defer func() {
+			for _, f := range files {
+				f.Close()
+			}
+		}()
+		for i, f := range files {
+			taskFDs = append(taskFDs, podCtlFD+1+i)
+			extra = append(extra, f)
+		}
+	}
 	cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{podInitArgv0}, Env: []string{initEnv + "=" + stagePod},
-		ExtraFiles: []*os.File{cfgR, ctlChild}, Stdout: log, Stderr: log, SysProcAttr: attr}
+		ExtraFiles: extra, Stdout: log, Stderr: log, SysProcAttr: attr}
 	if p.netns != nil {
 		err = inNetns(p.netns, cmd.Start)
 	} else {
@@ -237,14 +262,14 @@ func (p *Pod) startInit(ctx context.Context, rootDir string, log *os.File) (ctlM
 	}()
 	go p.watchInit(ctlDone)
 	if cg := p.rec.Cgroups; cg != nil && len(cg.Hierarchies) > 0 {
-		if err := cg.join("agent", cmd.Process.Pid); err != nil && s.Isolation == Enhanced {
+		if err := cg.joinInit(cmd.Process.Pid); err != nil && s.Isolation == Enhanced {
 			return ctlMsg{}, nil, err
 		}
 	}
 	cfg := podConfig{
 		Rootless: p.rec.Rootless, Hostname: s.ID, RootDir: rootDir, Workspace: s.Workspace,
 		Hide: []string{s.StateRoot}, Agent: s.Agent, AgentPort: s.AgentPorts, RouterPorts: s.RouterPorts,
-		RequireLandlockNet: s.Isolation == Enhanced,
+		RequireLandlockNet: s.Isolation == Enhanced, CgroupTaskFDs: taskFDs,
 	}
 	if _, err := cfgW.WriteString(marshal(cfg)); err != nil {
 		return ctlMsg{}, nil, fmt.Errorf("configure pod init: %w", err)
@@ -283,7 +308,7 @@ func (p *Pod) watchInit(ctlDone <-chan struct{}) {
 		a.ExitCode = -1
 	}
 	if cg := p.rec.Cgroups; cg != nil {
-		a.OOMKilled = cg.oomKills() > 0
+		a.OOMKilled = cg.memoryKilled(a.Signal != 0)
 	}
 	p.mu.Unlock()
 	close(p.agentDone)

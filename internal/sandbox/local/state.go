@@ -23,6 +23,9 @@ type record struct {
 	Owner     procRef   `json:"owner"`
 	Rootless  bool      `json:"rootless"`
 	Link      *link     `json:"link,omitempty"`
+	// NetnsInode identifies the pod's network namespace (root mode), so
+	// tests and operators can confirm it is gone.
+	NetnsInode uint64 `json:"netnsInode,omitempty"`
 	Cgroups   *cgroups  `json:"cgroups,omitempty"`
 	Procs     []procRef `json:"procs,omitempty"`
 	Workspace string    `json:"workspace"`
