@@ -86,6 +86,12 @@ func (r *SandboxReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	if serr := r.writeStatus(ctx, &sb, o); serr != nil {
 		err = errors.Join(err, serr)
 	}
+	if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
+		// The namespace is being deleted and takes the sandbox with it;
+		// recreating what it just removed would only fight it.
+		log.FromContext(ctx).V(1).Info("namespace terminating; not recreating objects", "err", err)
+		return ctrl.Result{}, nil
+	}
 	if err != nil {
 		return ctrl.Result{}, err
 	}
