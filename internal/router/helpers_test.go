@@ -48,7 +48,7 @@ func (h *harness) auditRecords() []audit.Entry {
 
 // harness is a router in front of a fake upstream.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	fake    *fakeprovider.Server
 	cfg     *routerconfig.Config
 	router  *Router
@@ -64,7 +64,7 @@ func (h *harness) azureTarget(model string) routerconfig.Target {
 		Endpoint: h.fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: h.keyFile}}
 }
 
-func newHarness(t *testing.T, mutate func(h *harness, c *routerconfig.Config)) *harness {
+func newHarness(t testing.TB, mutate func(h *harness, c *routerconfig.Config)) *harness {
 	t.Helper()
 	fake := fakeprovider.New()
 	fake.Start()
@@ -111,7 +111,7 @@ func newHarness(t *testing.T, mutate func(h *harness, c *routerconfig.Config)) *
 	return h
 }
 
-func mustSnapshot(t *testing.T, c *routerconfig.Config) *routerconfig.Snapshot {
+func mustSnapshot(t testing.TB, c *routerconfig.Config) *routerconfig.Snapshot {
 	t.Helper()
 	b, err := routerconfig.Marshal(c)
 	if err != nil {
