@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,10 +18,14 @@ const (
 	logSuffix      = ".jsonl"
 	dayLayout      = "2006-01-02"
 	checkpointName = "checkpoints.jsonl"
+	lockName       = ".lock"
 	// tornSuffix marks bytes cut from a log's tail at recovery, kept for
 	// inspection instead of deleted.
 	tornSuffix = ".torn"
 )
+
+// errLocked reports that another writer holds the log directory.
+var errLocked = errors.New("another process is writing this audit log")
 
 func logFileName(day string) string { return logPrefix + day + logSuffix }
 

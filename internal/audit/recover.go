@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 )
@@ -40,7 +41,7 @@ func recoverDir(dir string) (recovery, error) {
 		}
 		rec.cutBytes += cut
 		if torn != "" {
-			rec.tornFile = torn
+			rec.tornFile = filepath.Base(torn)
 		}
 		if found {
 			rec.head, rec.headDay = last, day

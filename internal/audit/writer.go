@@ -48,6 +48,7 @@ var ErrClosed = errors.New("audit: log is closed")
 // callers fail their actions closed until the process restarts and recovers.
 type Writer struct {
 	opts Options
+	lock *os.File // held for the Writer's life; nil off Linux
 
 	mu      sync.Mutex
 	next    uint64 // sequence number of the next entry
@@ -133,12 +134,19 @@ func Open(opts Options) (*Writer, error) {
 	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("audit: creating log directory: %w", err)
 	}
+	lock, err := lockDir(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: locking %s: %w", opts.Dir, err)
+	}
 	rec, err := recoverDir(opts.Dir)
 	if err != nil {
+		if lock != nil {
+			lock.Close()
+		}
 		return nil, err
 	}
 	w := &Writer{
-		opts: opts, next: rec.head.Seq + 1, cur: newBatch(nil), headSeq: rec.head.Seq, headHex: rec.head.Hash,
+		opts: opts, lock: lock, next: rec.head.Seq + 1, cur: newBatch(nil), headSeq: rec.head.Seq, headHex: rec.head.Hash,
 		kick: make(chan struct{}, 1), exited: make(chan struct{}), syncQ: make(chan *batch),
 		sealer: newSealer(), prev: rec.head.Hash, fDay: -1,
 		cpSeq: rec.checkpoint.Seq, cpTime: opts.Now(),
@@ -147,6 +155,7 @@ func Open(opts Options) (*Writer, error) {
 	if rec.headDay != "" {
 		t, _ := time.Parse(dayLayout, rec.headDay)
 		if w.f, err = openLogFile(opts.Dir, rec.headDay); err != nil {
+			w.closeFiles()
 			return nil, err
 		}
 		w.fDay = epochDay(t)
@@ -427,12 +436,10 @@ func (w *Writer) rotate(day int64) error {
 }
 
 func (w *Writer) closeFiles() {
-	if w.f != nil {
-		w.f.Close()
-		w.f = nil
-	}
-	if w.cpFile != nil {
-		w.cpFile.Close()
-		w.cpFile = nil
+	for _, f := range []**os.File{&w.f, &w.cpFile, &w.lock} {
+		if *f != nil {
+			(*f).Close()
+			*f = nil
+		}
 	}
 }

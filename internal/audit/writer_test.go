@@ -401,3 +401,21 @@ func TestClockCacheMatchesAppendHead(t *testing.T) {
 		}
 	}
 }
+
+func TestSecondWriterIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	w, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w2, err := Open(Options{Dir: dir}); err == nil {
+		w2.Close()
+		t.Fatal("a second writer opened a log that is in use")
+	}
+	w.Close()
+	w3, err := Open(Options{Dir: dir})
+	if err != nil {
+		t.Fatalf("log still locked after Close: %v", err)
+	}
+	w3.Close()
+}
