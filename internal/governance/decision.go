@@ -19,7 +19,9 @@
 // rejected whole, with every problem located, and the last good one stays.
 //
 // The hot path (no CEL condition on the deciding rule, no amount argument)
-// takes no lock and allocates nothing.
+// takes no lock and allocates nothing. Providers compose: Throttle adds
+// per-agent, per-tool and global token buckets (internal/ratelimit) that
+// can be retuned at run time, and behavior.Guard adds quarantine.
 //
 // The package is pure Go. It must not import Kubernetes packages (the CRD
 // converter lives in governance/toolpolicy), network packages, or anything
