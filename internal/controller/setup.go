@@ -9,7 +9,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -24,6 +27,15 @@ import (
 	"github.com/kars-io/kars/internal/ociimage"
 	"github.com/kars-io/kars/internal/render"
 )
+
+// Scheme returns a scheme with the built-in kinds and the kars kinds, which
+// is what the manager passed to Setup needs.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(karsv1.AddToScheme(s))
+	return s
+}
 
 // Options configure Setup. Only Env is required.
 type Options struct {
