@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
@@ -49,7 +50,33 @@ func serve(h http.Handler) {
 	srv.Shutdown(ctx)
 }
 
-func runUpstream() { serve(fakeprovider.New()) }
+// runUpstream serves the fake provider. Non-streamed chat completions, the
+// bulk of the load, get a response rendered once by the fake (real Azure
+// wire format: content-filter annotations, usage) instead of being rendered
+// per call, so the upstream's own cost on the shared core stays small and
+// the harness measures the proxies rather than the fake.
+func runUpstream() {
+	fake := fakeprovider.New()
+	rec := httptest.NewRecorder()
+	sample := newRequest("", "azure", false, "")
+	sample.URL.Scheme, sample.URL.Host = "", ""
+	fake.ServeHTTP(rec, sample)
+	if rec.Code != http.StatusOK {
+		log.Fatalf("fake upstream: %d %s", rec.Code, rec.Body)
+	}
+	canned := rec.Body.Bytes()
+	serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if strings.HasSuffix(r.URL.Path, "/chat/completions") && !strings.Contains(string(body), `"stream":true`) &&
+			r.Header.Get("Api-Key") == fake.APIKey {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(canned)
+			return
+		}
+		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		fake.ServeHTTP(w, r)
+	}))
+}
 
 // runBare is the floor: the standard library's reverse proxy with the same
 // connection pooling as kars-router, doing nothing but forwarding.
