@@ -27,9 +27,10 @@ $(BIN)/staticcheck: $(GEN)/go.mod $(GEN)/go.sum
 	@mkdir -p $(BIN)
 	cd $(GEN) && go build -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 
-generate: $(BIN)/controller-gen ## regenerate deepcopy code and CRD YAML from api/
+generate: $(BIN)/controller-gen ## regenerate deepcopy code and CRD YAML from api/, RBAC from internal/controller
 	$(BIN)/controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/...
 	$(BIN)/controller-gen crd:maxDescLen=400 paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(BIN)/controller-gen rbac:roleName=kars-controller paths=./internal/controller/... output:rbac:artifacts:config=config/rbac
 
 verify-generated: generate ## fail when generated files differ from what is committed
 	@if [ -n "$$(git status --porcelain -- api config)" ]; then \

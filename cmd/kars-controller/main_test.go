@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +17,10 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/testenv"
@@ -49,21 +54,65 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// The binary's wiring, end to end against a real API server: it wins the
-// leader Lease, serves health, readiness and metrics, logs JSON, reconciles
-// a sandbox, and stops cleanly (releasing the Lease) on cancel.
+// applyManifests creates every object of the YAML files (multi-document).
+func applyManifests(t *testing.T, c client.Client, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(raw), "\n---\n") {
+			var u unstructured.Unstructured
+			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if len(u.Object) == 0 {
+				continue
+			}
+			if err := c.Create(context.Background(), &u); err != nil {
+				t.Fatalf("%s: create %s %s: %v", f, u.GetKind(), u.GetName(), err)
+			}
+		}
+	}
+}
+
+// kubeconfigAs writes a kubeconfig that impersonates user with the
+// credentials of base, so the command runs with exactly user's permissions.
+func kubeconfigAs(t *testing.T, base, user string) string {
+	t.Helper()
+	cfg, err := clientcmd.LoadFromFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range cfg.AuthInfos {
+		a.Impersonate = user
+	}
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// The binary's wiring, end to end against a real API server and with only
+// the permissions config/rbac grants: it wins the leader Lease, serves
+// health, readiness and metrics, logs JSON, reconciles a sandbox, and stops
+// cleanly on cancel.
 func TestControllerCommand(t *testing.T) {
 	env := testenv.Start(t, testenv.Options{})
 	ctx := context.Background()
 	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kars-system"}}); err != nil {
 		t.Fatal(err)
 	}
+	applyManifests(t, env.Client, "../../config/rbac/role.yaml", "../../config/rbac/service_account.yaml", "../../config/rbac/role_binding.yaml")
+	kubeconfig := kubeconfigAs(t, env.Kubeconfig, "system:serviceaccount:kars-system:kars-controller")
 	metrics, probes := freeAddr(t), freeAddr(t)
 	logs := &syncBuffer{}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(runCtx, []string{"--kubeconfig=" + env.Kubeconfig, "--metrics-bind-address=" + metrics,
+		done <- run(runCtx, []string{"--kubeconfig=" + kubeconfig, "--metrics-bind-address=" + metrics,
 			"--health-probe-bind-address=" + probes, "--cluster-dns=10.96.0.10", "--image-registry=registry.example/kars"},
 			func(string) string { return "" }, logs)
 	}()
