@@ -1,0 +1,123 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kars-io/kars/internal/audit"
+	"github.com/kars-io/kars/internal/budget"
+	"github.com/kars-io/kars/internal/routerconfig"
+)
+
+// TestServeLifecycle runs the router as kars-router does: from a config
+// file, with the Offline model, then reloads it by rename, and stops it.
+// Stopping must leave a verifiable audit log with every call in it and a
+// ledger file that a restart reads back.
+func TestServeLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
+	c := &routerconfig.Config{
+		SchemaVersion: routerconfig.SchemaVersion,
+		Sandbox:       routerconfig.Sandbox{Namespace: "kars-dev", Name: "demo", AgentID: "kars-dev/demo"},
+		Listen:        "127.0.0.1:0",
+		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
+		Budget:        &routerconfig.Budget{Daily: 100000},
+		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
+		Admin:         routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
+		StateDir:      filepath.Join(dir, "state"),
+	}
+	path := filepath.Join(dir, routerconfig.FileName)
+	write := func(c *routerconfig.Config) {
+		b, _ := routerconfig.Marshal(c)
+		os.WriteFile(path+".tmp", b, 0o600)
+		if err := os.Rename(path+".tmp", path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(c)
+	ctx, cancel := context.WithCancel(context.Background())
+	addrs := make(chan map[string]string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, ServeOptions{ConfigPath: path, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+			Ready: func(a map[string]string) { addrs <- a }})
+	}()
+	var a map[string]string
+	select {
+	case a = <-addrs:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	agent, admin := "http://"+a["agent"], "http://"+a["admin"]
+	digest := func() string {
+		req, _ := http.NewRequest("GET", admin+"/admin/v1/policy/digest", nil)
+		req.Header.Set("Authorization", "Bearer admin-token")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var v struct{ Digest string }
+		json.NewDecoder(resp.Body).Decode(&v)
+		return v.Digest
+	}
+	if want, _ := routerconfig.Digest(c); digest() != want {
+		t.Fatalf("admin digest %s, want %s", digest(), want)
+	}
+	for range 3 {
+		resp, err := http.Post(agent+"/v1/chat/completions", "application/json", strings.NewReader(`{"messages":[{"role":"user","content":"hi"}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), "[kars-offline]") {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+	}
+	// `kars model set`: the controller rewrites the config; the router
+	// picks it up without a restart.
+	c.Models.Primary.Model = "kars-offline-2"
+	write(c)
+	want, _ := routerconfig.Digest(c)
+	deadline := time.Now().Add(10 * time.Second)
+	for digest() != want {
+		if time.Now().After(deadline) {
+			t.Fatal("reload not reflected in the admin digest")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.Verify(c.Audit.Dir, audit.VerifyOptions{})
+	if err != nil || !rep.OK() {
+		t.Fatalf("audit verify: %+v %v", rep, err)
+	}
+	entries, _ := AuditTail(c.Audit.Dir, 100)
+	calls := 0
+	for _, e := range entries {
+		if strings.HasPrefix(e.Action, "inference:chat:") {
+			calls++
+		}
+	}
+	if calls != 3 {
+		t.Fatalf("%d chat entries in the audit log, want 3", calls)
+	}
+	led, err := budget.Open(c.StateDir, budget.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if led.State().DayUsed == 0 {
+		t.Fatal("the ledger was not written at shutdown")
+	}
+}
