@@ -23,11 +23,9 @@ const TableName = "kars"
 func Apply(netnsFD int, rules []Rule) error {
 	c := conn(netnsFD)
 	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
-	// add+delete+add makes the delete valid whether or not a previous
-	// version exists, all inside the same batch.
-	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
+	if err := replaceTable(c, t); err != nil {
+		return fmt.Errorf("egress: %w", err)
+	}
 	policy := nftables.ChainPolicyAccept
 	ch := c.AddChain(&nftables.Chain{
 		Name: "output", Table: t, Type: nftables.ChainTypeFilter,
@@ -45,6 +43,30 @@ func Apply(netnsFD int, rules []Rule) error {
 	}
 	return nil
 }
+
+// replaceTable queues the creation of t in c's batch, preceded by the
+// deletion of an existing table of that name. Deleting waits for an RCU
+// grace period in the kernel (tens of milliseconds on a busy machine), so
+// it is queued only when there is something to delete; either way the
+// batch commits as one transaction.
+func replaceTable(c *nftables.Conn, t *nftables.Table) error {
+	tables, err := c.ListTablesOfFamily(t.Family)
+	if err != nil {
+		return fmt.Errorf("list tables: %w", err)
+	}
+	for _, old := range tables {
+		if old.Name == t.Name {
+			c.DelTable(t)
+			break
+		}
+	}
+	c.AddTable(t)
+	return nil
+}
+
+// ReplaceTable exposes replaceTable to other kars packages that own their
+// own nftables tables (the local substrate's host NAT table).
+func ReplaceTable(c *nftables.Conn, t *nftables.Table) error { return replaceTable(c, t) }
 
 // Remove deletes the guard table; a missing table is not an error.
 func Remove(netnsFD int) error {

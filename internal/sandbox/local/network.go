@@ -221,9 +221,9 @@ func ipnet(a netip.Addr, bits int) *net.IPNet {
 func installHostTable(l link) error {
 	c, _ := nftables.New()
 	t := &nftables.Table{Name: l.Table, Family: nftables.TableFamilyIPv4}
-	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
+	if err := egress.ReplaceTable(c, t); err != nil {
+		return fmt.Errorf("host table ip %s: %w", l.Table, err)
+	}
 	accept := nftables.ChainPolicyAccept
 	nat := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})

@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -243,6 +244,9 @@ func (p *Pod) startInit(ctx context.Context, rootDir string, log *os.File) (ctlM
 	}
 	cfgR.Close()
 	ctlChild.Close()
+	if err != nil && p.rec.Rootless && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOSPC)) {
+		return ctlMsg{}, nil, fmt.Errorf("start pod init: unprivileged user namespaces are not allowed on this host (see user.max_user_namespaces, kernel.apparmor_restrict_unprivileged_userns): run kars as root: %w", err)
+	}
 	if err != nil {
 		return ctlMsg{}, nil, fmt.Errorf("start pod init: %w", err)
 	}

@@ -19,17 +19,17 @@ import (
 // before each resource exists, so that a later CleanupStale can undo a pod
 // whose parent died without stopping it.
 type record struct {
-	ID        string    `json:"id"`
-	Owner     procRef   `json:"owner"`
-	Rootless  bool      `json:"rootless"`
-	Link      *link     `json:"link,omitempty"`
+	ID       string  `json:"id"`
+	Owner    procRef `json:"owner"`
+	Rootless bool    `json:"rootless"`
+	Link     *link   `json:"link,omitempty"`
 	// NetnsInode identifies the pod's network namespace (root mode), so
 	// tests and operators can confirm it is gone.
-	NetnsInode uint64 `json:"netnsInode,omitempty"`
-	Cgroups   *cgroups  `json:"cgroups,omitempty"`
-	Procs     []procRef `json:"procs,omitempty"`
-	Workspace string    `json:"workspace"`
-	Created   time.Time `json:"created"`
+	NetnsInode uint64    `json:"netnsInode,omitempty"`
+	Cgroups    *cgroups  `json:"cgroups,omitempty"`
+	Procs      []procRef `json:"procs,omitempty"`
+	Workspace  string    `json:"workspace"`
+	Created    time.Time `json:"created"`
 }
 
 // procRef names a process robustly against PID reuse: the PID plus the
