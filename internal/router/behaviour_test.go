@@ -18,6 +18,7 @@ import (
 
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/trust"
 	"github.com/openai/openai-go/v3"
 )
 
@@ -130,6 +131,10 @@ func TestSafetyJailbreakMidStreamCutsStream(t *testing.T) {
 	recs := h.auditRecords()
 	if last := recs[len(recs)-1]; last.Attrs["safety_block"] != "prompt:jailbreak" || last.Attrs["refusal"] != "content_filter" {
 		t.Fatalf("audit record does not show the safety block: %+v", last.Attrs)
+	}
+	// The finding lowered the agent's trust score.
+	if score := h.trust.Score(h.cfg.Sandbox.AgentID); score >= trust.DefaultConfig().Initial {
+		t.Fatalf("trust score %d after a jailbreak, want below the initial %d", score, trust.DefaultConfig().Initial)
 	}
 }
 
@@ -352,5 +357,9 @@ func TestAdminAPI(t *testing.T) {
 	}
 	if code, _ := get("/admin/v1/trust", "rotated-token-value"); code != 501 {
 		t.Fatalf("trust without a backend: %d", code)
+	}
+	srv = h.router.AdminHandler(h.cfg.Admin.TokenFile, AdminBackends{Trust: TrustStore{Store: h.trust}.View})
+	if code, v := get("/admin/v1/trust", "rotated-token-value"); code != 200 || v["score"] != float64(500) || v["tier"] == "" {
+		t.Fatalf("trust view: %d %v", code, v)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/kars-io/kars/internal/budget"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/trust"
 )
 
 // quiesce waits until no call is in progress: a call's settlement and
@@ -54,6 +55,7 @@ type harness struct {
 	router  *Router
 	agent   *httptest.Server // the agent API
 	sink    *audit.Writer
+	trust   *trust.Store
 	dir     string
 	keyFile string
 }
@@ -101,7 +103,14 @@ func newHarness(t testing.TB, mutate func(h *harness, c *routerconfig.Config)) *
 	}
 	t.Cleanup(func() { sink.Close() })
 	h.sink = sink
-	r, err := New(snap, Options{Audit: h.sink, Ledger: led, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	ts, err := trust.Open(filepath.Join(dir, "trust.json"), trust.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ts.Close() })
+	h.trust = ts
+	r, err := New(snap, Options{Audit: h.sink, Ledger: led, Trust: TrustStore{Store: ts},
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,12 +12,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/budget"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/trust"
 )
 
 // Listener is one address the router serves. kars-router starts with the
@@ -77,7 +79,13 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer sink.Close()
-	r, err := New(snap, Options{Audit: sink, Ledger: ledger, Logger: log})
+	ts, err := trust.Open(filepath.Join(cfg.StateDir, "trust.json"), trust.DefaultConfig())
+	if err != nil {
+		return err
+	}
+	defer ts.Close()
+	trustStore := TrustStore{Store: ts, Log: log}
+	r, err := New(snap, Options{Audit: sink, Ledger: ledger, Logger: log, Trust: trustStore})
 	if err != nil {
 		return err
 	}
@@ -110,6 +118,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		AuditVerify: func(context.Context) (any, error) {
 			return audit.Verify(cfg.Audit.Dir, audit.VerifyOptions{})
 		},
+		Trust:  trustStore.View,
 		Reload: watcher.Reload,
 	})}
 	if cfg.Admin.TLSCertFile != "" {

@@ -115,11 +115,15 @@ func (s observeStage) record(c *Call) {
 		} else if r.auditFailing.Swap(false) {
 			r.log.Info("audit log recovered")
 		}
+		// Findings lower the agent's trust score; the store writes the
+		// penalty durably, so this too stays off the agent's path.
+		if r.opts.Trust != nil {
+			for _, f := range c.Findings {
+				r.opts.Trust.ReportFinding(c.Gen.agent, f)
+			}
+		}
 	}()
 	for _, f := range c.Findings {
-		if r.opts.Trust != nil {
-			r.opts.Trust.ReportFinding(c.Gen.agent, f)
-		}
 		r.metrics.safetyFindings.WithLabelValues(f.Category, strconv.FormatBool(f.Blocking)).Inc()
 	}
 	r.metrics.observe(c, decision, model, lat)
