@@ -95,6 +95,11 @@ func TestServeLifecycle(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	resp, err := http.Post(agent+"/v1/chat/completions", "application/json", strings.NewReader(`{"messages":[{"role":"user","content":"after"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -104,14 +109,12 @@ func TestServeLifecycle(t *testing.T) {
 		t.Fatalf("audit verify: %+v %v", rep, err)
 	}
 	entries, _ := AuditTail(c.Audit.Dir, 100)
-	calls := 0
+	calls := map[string]int{}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Action, "inference:chat:") {
-			calls++
-		}
+		calls[e.Action]++
 	}
-	if calls != 3 {
-		t.Fatalf("%d chat entries in the audit log, want 3", calls)
+	if calls["inference:chat:kars-offline"] != 3 || calls["inference:chat:kars-offline-2"] != 1 {
+		t.Fatalf("audit actions %v: want 3 calls to the first model and 1 to the model set by the reload", calls)
 	}
 	led, err := budget.Open(c.StateDir, budget.Limits{})
 	if err != nil {

@@ -129,13 +129,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.Requests.Add(1)
-	if r.Header.Get("X-Fake-Record") != "off" {
-		s.mu.Lock()
-		if len(s.headers) < 10000 {
-			s.headers = append(s.headers, r.Header.Clone())
-		}
-		s.mu.Unlock()
+	s.mu.Lock()
+	if len(s.headers) < 10000 {
+		s.headers = append(s.headers, r.Header.Clone())
 	}
+	s.mu.Unlock()
 	switch p := r.URL.Path; {
 	case deploymentPath.MatchString(p), p == "/openai/responses":
 		if r.URL.Query().Get("api-version") == "" {
