@@ -41,24 +41,17 @@ func socketPair() (parent, child *os.File, err error) {
 	return os.NewFile(uintptr(fds[0]), "ctl-parent"), os.NewFile(uintptr(fds[1]), "ctl-child"), nil
 }
 
+// sendMsg sends one message on a raw descriptor (the pod init's side).
 func sendMsg(fd int, m ctlMsg, files ...*os.File) error {
-	data, err := json.Marshal(m)
+	data, oob, err := encodeMsg(m, files...)
 	if err != nil {
 		return err
-	}
-	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
-		oob = unix.UnixRights(fds...)
 	}
 	return unix.Sendmsg(fd, data, oob, nil, 0)
 }
 
-// recvMsg blocks for one message. io.EOF-like closure is reported as
-// errClosed.
+// recvMsg blocks for one message on a raw descriptor (the pod init's
+// side). Closure by the peer is reported as errClosed.
 func recvMsg(fd int) (ctlMsg, []*os.File, error) {
 	buf := make([]byte, 64<<10)
 	oob := make([]byte, unix.CmsgSpace(16*4))
@@ -70,31 +63,53 @@ func recvMsg(fd int) (ctlMsg, []*os.File, error) {
 		if err != nil {
 			return ctlMsg{}, nil, err
 		}
-		if n == 0 && oobn == 0 {
-			return ctlMsg{}, nil, errClosed
-		}
-		var files []*os.File
-		if oobn > 0 {
-			cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-			if err != nil {
-				return ctlMsg{}, nil, err
-			}
-			for _, c := range cmsgs {
-				fds, err := unix.ParseUnixRights(&c)
-				if err != nil {
-					return ctlMsg{}, nil, err
-				}
-				for _, fd := range fds {
-					files = append(files, os.NewFile(uintptr(fd), "passed"))
-				}
-			}
-		}
-		var m ctlMsg
-		if err := json.Unmarshal(buf[:n], &m); err != nil {
-			return ctlMsg{}, files, fmt.Errorf("control message: %w", err)
-		}
-		return m, files, nil
+		return parseMsg(buf[:n], oob[:oobn])
 	}
+}
+
+// parseMsg decodes one packet and the descriptors attached to it.
+func parseMsg(data, oob []byte) (ctlMsg, []*os.File, error) {
+	if len(data) == 0 && len(oob) == 0 {
+		return ctlMsg{}, nil, errClosed
+	}
+	var files []*os.File
+	if len(oob) > 0 {
+		cmsgs, err := unix.ParseSocketControlMessage(oob)
+		if err != nil {
+			return ctlMsg{}, nil, err
+		}
+		for _, c := range cmsgs {
+			fds, err := unix.ParseUnixRights(&c)
+			if err != nil {
+				return ctlMsg{}, files, err
+			}
+			for _, fd := range fds {
+				unix.CloseOnExec(fd)
+				files = append(files, os.NewFile(uintptr(fd), "passed"))
+			}
+		}
+	}
+	var m ctlMsg
+	if err := json.Unmarshal(data, &m); err != nil {
+		return ctlMsg{}, files, fmt.Errorf("control message: %w", err)
+	}
+	return m, files, nil
+}
+
+// encodeMsg marshals m and the rights message for files.
+func encodeMsg(m ctlMsg, files ...*os.File) (data, oob []byte, err error) {
+	data, err = json.Marshal(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	return data, oob, nil
 }
 
 type closedError struct{}

@@ -268,7 +268,9 @@ func concat(parts ...[]expr.Any) []expr.Any {
 func teardownLink(l link) error {
 	var errs []error
 	if h, err := netlink.LinkByName(l.HostIf); err == nil {
-		if err := netlink.LinkDel(h); err != nil {
+		// The link also disappears on its own once the pod's namespace is
+		// destroyed; losing that race is not an error.
+		if err := netlink.LinkDel(h); err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("delete %s: %w", l.HostIf, err))
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Pod is a running local sandbox. Its methods are safe for concurrent use.
@@ -26,8 +28,8 @@ type Pod struct {
 
 	spec   Spec
 	rec    *record
-	netns  *os.File // root mode only
-	ctl    *os.File
+	netns  *os.File      // root mode only
+	ctl    *net.UnixConn // the parent's end of the control socket
 	init   *exec.Cmd
 	router *exec.Cmd
 
@@ -288,7 +290,11 @@ func (p *Pod) DialContext(ctx context.Context, network, addr string) (net.Conn, 
 		return nil, fmt.Errorf("local: pod %s: dial %s: pod has exited", p.ID, addr)
 	default:
 	}
-	if err := sendMsg(int(p.ctl.Fd()), ctlMsg{Op: opDial, Network: network, Addr: addr}); err != nil {
+	data, _, err := encodeMsg(ctlMsg{Op: opDial, Network: network, Addr: addr})
+	if err == nil {
+		_, _, err = p.ctl.WriteMsgUnix(data, nil, nil)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("local: pod %s: dial %s: %w", p.ID, addr, err)
 	}
 	select {
@@ -307,8 +313,15 @@ func (p *Pod) DialContext(ctx context.Context, network, addr string) (net.Conn, 
 
 // readControl dispatches the pod init's messages until its socket closes.
 func (p *Pod) readControl() {
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(16*4))
 	for {
-		m, files, err := recvMsg(int(p.ctl.Fd()))
+		n, oobn, _, _, err := p.ctl.ReadMsgUnix(buf, oob)
+		var m ctlMsg
+		var files []*os.File
+		if err == nil {
+			m, files, err = parseMsg(buf[:n], oob[:oobn])
+		}
 		if err != nil {
 			select {
 			case p.readyc <- readyResult{err: fmt.Errorf("pod init exited before the agent started (see %s)", filepath.Join(p.Dir, "logs", "agent.log"))}:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,7 +206,14 @@ func (p *Pod) startInit(ctx context.Context, rootDir string, log *os.File) (ctlM
 		cfgR.Close()
 		return ctlMsg{}, nil, err
 	}
-	p.ctl = ctlParent
+	conn, err := net.FileConn(ctlParent)
+	ctlParent.Close()
+	if err != nil {
+		cfgR.Close()
+		ctlChild.Close()
+		return ctlMsg{}, nil, fmt.Errorf("control socket: %w", err)
+	}
+	p.ctl = conn.(*net.UnixConn)
 	attr := &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
 		Pdeathsig:  syscall.SIGKILL,
