@@ -44,7 +44,7 @@ func benchGroupCommit(b *testing.B, inflight int) {
 	var failed atomic.Bool
 	b.SetParallelism(max(1, inflight/runtime.GOMAXPROCS(0)))
 	b.ReportAllocs()
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	b.RunParallel(func(pb *testing.PB) {
 		local := make([]time.Duration, 0, b.N/inflight+1024)
 		for pb.Next() {
@@ -59,7 +59,7 @@ func benchGroupCommit(b *testing.B, inflight int) {
 		lat = append(lat, local...)
 		mu.Unlock()
 	})
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
 	b.StopTimer()
 	if failed.Load() {
 		b.Fatal("append failed")
@@ -68,6 +68,9 @@ func benchGroupCommit(b *testing.B, inflight int) {
 		b.Fatal(err)
 	}
 	reportLatency(b, lat, elapsed)
+	if cpu > 0 {
+		b.ReportMetric(float64(cpu)/float64(len(lat))/1e3, "cpu-µs/entry")
+	}
 }
 
 // BenchmarkAppendWriteSyncBaseline is the baseline: the same lines written
@@ -85,7 +88,7 @@ func BenchmarkAppendWriteSyncBaseline(b *testing.B) {
 	var buf []byte
 	var lat []time.Duration
 	b.ReportAllocs()
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	for i := 0; b.Loop(); i++ {
 		t0 := time.Now()
 		e.Seq, e.Time = uint64(i+1), time.Now()
@@ -99,7 +102,11 @@ func BenchmarkAppendWriteSyncBaseline(b *testing.B) {
 		}
 		lat = append(lat, time.Since(t0))
 	}
-	reportLatency(b, lat, time.Since(start))
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
+	reportLatency(b, lat, elapsed)
+	if cpu > 0 {
+		b.ReportMetric(float64(cpu)/float64(len(lat))/1e3, "cpu-µs/entry")
+	}
 }
 
 func reportLatency(b *testing.B, lat []time.Duration, elapsed time.Duration) {

@@ -32,6 +32,7 @@ type Location struct {
 	Line int
 }
 
+// String renders the location as file:line.
 func (l Location) String() string { return fmt.Sprintf("%s:%d", l.File, l.Line) }
 
 // Problem is the first defect Verify found.
@@ -46,6 +47,7 @@ type Problem struct {
 	Detail string
 }
 
+// Error renders the problem on one line, so a Problem can travel as an error.
 func (p *Problem) Error() string {
 	return fmt.Sprintf("%s: entry %d at %s: %s", p.Kind, p.Seq, p.At, p.Detail)
 }

@@ -93,6 +93,7 @@ var noArgs = map[string]any{}
 // activation exposes a Request to CEL without building a map per call.
 type activation struct{ req *Request }
 
+// ResolveName implements interpreter.Activation over the request.
 func (a *activation) ResolveName(name string) (any, bool) {
 	switch name {
 	case "args":
@@ -108,4 +109,5 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	return nil, false
 }
 
+// Parent implements interpreter.Activation; there is no enclosing scope.
 func (a *activation) Parent() interpreter.Activation { return nil }

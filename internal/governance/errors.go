@@ -16,6 +16,7 @@ type FieldError struct {
 	Msg string
 }
 
+// Error renders "line N: field: message", leaving out what is unknown.
 func (e FieldError) Error() string {
 	var b strings.Builder
 	if e.Line > 0 {
@@ -39,6 +40,7 @@ type PolicyError struct {
 	Errs   []FieldError
 }
 
+// Error lists every problem, one per line.
 func (e *PolicyError) Error() string {
 	var b strings.Builder
 	b.WriteString("invalid policy")
