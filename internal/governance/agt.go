@@ -41,6 +41,9 @@ import (
 // condition key becomes a CEL condition that the argument is present and
 // equal to the value (or one of the listed values).
 //
+// The profile's agent, unless empty or "*", becomes Policy.Agents: requests
+// from any other agent id are denied with a reason saying so.
+//
 // Two semantics differ from the toolkit's own engine, on purpose: AGT takes
 // the first matching entry in file order and allows when nothing matches,
 // while kars orders by priority, lets deny override allow at equal priority,
