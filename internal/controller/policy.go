@@ -15,6 +15,7 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/governance"
+	"github.com/kars-io/kars/internal/governance/toolpolicy"
 	"github.com/kars-io/kars/internal/render"
 )
 
@@ -56,7 +57,8 @@ var toolPolicyKind = policyKind{
 	newObj: func() client.Object { return &karsv1.ToolPolicy{} },
 	status: func(o client.Object) *karsv1.PolicyStatus { return &o.(*karsv1.ToolPolicy).Status },
 	check: func(o client.Object) error {
-		_, err := governance.Compile(render.GovernancePolicy(o.(*karsv1.ToolPolicy)))
+		tp := o.(*karsv1.ToolPolicy)
+		_, err := governance.Compile(toolpolicy.FromSpec(tp.Namespace+"/"+tp.Name, &tp.Spec))
 		return err
 	},
 }

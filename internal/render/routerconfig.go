@@ -4,6 +4,7 @@ import (
 	"path"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/governance/toolpolicy"
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
@@ -12,7 +13,8 @@ import (
 func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Name }
 
 // RouterConfig compiles the sandbox's InferencePolicy and (when governance is
-// on and a ToolPolicy is referenced) its ToolPolicy into the router's
+// on and a ToolPolicy is referenced) its ToolPolicy (converted by
+// governance/toolpolicy, after checking its appliesTo) into the router's
 // configuration, and validates it exactly as the router will. tp may be nil:
 // the router then enforces its built-in default (inference to the
 // configured models only, every other action denied).
@@ -84,7 +86,7 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 		if !ok {
 			return nil, fail(ReasonToolPolicyNotApplicable, "ToolPolicy %s does not apply to sandbox %s (see its spec.appliesTo)", tp.Name, sb.Name)
 		}
-		c.Governance = GovernancePolicy(tp)
+		c.Governance = toolpolicy.FromSpec(tp.Namespace+"/"+tp.Name, &tp.Spec)
 	}
 	return c, nil
 }
