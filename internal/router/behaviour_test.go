@@ -363,3 +363,20 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("trust view: %d %v", code, v)
 	}
 }
+
+func TestMalformedRequestIsRefusedAndAudited(t *testing.T) {
+	h := newHarness(t, nil)
+	resp, err := http.Post(h.agent.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":7}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(b), "kars_bad_request") {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	recs := h.auditRecords()
+	if len(recs) != 1 || recs[0].Action != "inference:chat" || recs[0].Decision != "refused" || h.fake.Requests.Load() != 0 {
+		t.Fatalf("audit %+v, upstream calls %d", recs, h.fake.Requests.Load())
+	}
+}

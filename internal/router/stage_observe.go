@@ -36,7 +36,6 @@ func (s observeStage) Serve(c *Call, next func(*Call)) {
 	}()
 	if s.r.auditFailing.Load() {
 		// Probe: if this refusal can be audited, the log is back.
-		c.Action = "inference:" + string(c.Route.Op)
 		c.Refuse(&inference.APIError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "kars_audit_unavailable",
 			Message: "kars-router cannot write its audit log, so it refuses calls until it can", Retryable: true})
 		return
@@ -48,7 +47,12 @@ func (s observeStage) record(c *Call) {
 	r := s.r
 	lat := time.Since(c.Start)
 	decision := c.Decision.Verdict.String()
-	if c.Refusal != nil && c.Decision.Allowed() {
+	if c.Action == "" {
+		// Refused before governance ran (a malformed request, no target,
+		// the audit log failing): name the operation, not a policy verdict.
+		c.Action = "inference:" + string(c.Route.Op)
+		decision = "refused"
+	} else if c.Refusal != nil && c.Decision.Allowed() {
 		decision = "refused"
 	}
 	model := ""
