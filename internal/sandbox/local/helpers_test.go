@@ -26,6 +26,15 @@ func requireRoot(t testing.TB) {
 	}
 }
 
+// requireLandlockNet skips tests that assert Landlock's TCP rules and
+// signal scoping on kernels that lack them (ABI < 6).
+func requireLandlockNet(t testing.TB) {
+	t.Helper()
+	if abi := landlockABI(); abi < 6 {
+		t.Skipf("kernel Landlock ABI %d; these checks need ABI 6 (TCP rules, scoping)", abi)
+	}
+}
+
 var (
 	binOnce sync.Once
 	binPath string

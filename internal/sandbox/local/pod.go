@@ -90,6 +90,19 @@ func Start(ctx context.Context, s Spec) (_ *Pod, err error) {
 	if s, err = s.normalize(); err != nil {
 		return nil, err
 	}
+	// The state root is hidden from the agent by path (mount and Landlock),
+	// so it must be the real path, not one through a symlink.
+	if err := os.MkdirAll(s.StateRoot, 0o711); err != nil {
+		return nil, fmt.Errorf("local: pod %s: state root: %w", s.ID, err)
+	}
+	real, err := filepath.EvalSymlinks(s.StateRoot)
+	if err != nil {
+		return nil, fmt.Errorf("local: pod %s: state root: %w", s.ID, err)
+	}
+	if s.Workspace == filepath.Join(s.StateRoot, s.ID, "workspace") {
+		s.Workspace = filepath.Join(real, s.ID, "workspace")
+	}
+	s.StateRoot = real
 	rootless := os.Geteuid() != 0
 	if rootless && s.Isolation == Enhanced {
 		return nil, fmt.Errorf("local: pod %s: isolation \"enhanced\" needs root (network namespace with egress guard, separate UIDs, cgroups); run kars as root or use \"standard\"", s.ID)

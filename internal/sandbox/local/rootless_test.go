@@ -81,6 +81,7 @@ func rootlessRunner() {
 // user-namespace fallback keeps, from inside the agent.
 func TestRootless(t *testing.T) {
 	requireRoot(t)
+	requireLandlockNet(t)
 	up := startUpstream(t)
 	root, err := os.MkdirTemp("", "kars-local-rootless-")
 	if err != nil {

@@ -21,6 +21,7 @@ func controlAttr() *syscall.SysProcAttr {
 // controls showing the blocked targets exist and answer.
 func TestAgentCannotEscape(t *testing.T) {
 	requireRoot(t)
+	requireLandlockNet(t)
 	up := startUpstream(t)
 	s := baseSpec(t, "sec", "probe", append(up.env(), "PROBE_SERVE=1")...)
 	routerDir := filepath.Join(s.StateRoot, s.ID, "router")
