@@ -8,7 +8,7 @@ CMDS       := $(notdir $(wildcard cmd/*))
 GOFLAGS    ?=
 export GOFLAGS
 
-.PHONY: help build generate verify-generated lint test test-unit controlplane dev bench tools clean
+.PHONY: help build generate verify-generated lint test test-unit controlplane dev bench tools clean interop-clients
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -45,11 +45,16 @@ lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck
 controlplane: ## build kube-apiserver, kube-controller-manager and etcd (skipped when present)
 	@tools/kube/build.sh >/dev/null
 
-test-unit: ## unit tests only (no control plane)
-	go test ./...
+test-unit: ## unit tests only (integration tests skip under -short)
+	go test -short ./...
 
-test: controlplane verify-generated lint ## everything CI runs: generated code, lint, unit and integration tests
-	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) go test -count=1 -timeout 40m ./...
+interop-clients: test/interop/.venv/bin/python test/interop/node_modules/openai ## install the official OpenAI Python and npm clients the interop tests drive
+
+test/interop/.venv/bin/python test/interop/node_modules/openai: test/interop/setup.sh test/interop/package-lock.json
+	test/interop/setup.sh
+
+test: controlplane verify-generated lint interop-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
+	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_REQUIRE_INTEROP=1 go test -count=1 -timeout 45m ./...
 
 dev: build controlplane ## run kars dev: the governed stack on this machine
 	$(BIN)/kars dev
