@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/landlock-lsm/go-landlock/landlock"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,6 +71,11 @@ type routerConfig struct {
 	SetIDs bool `json:"setIDs"`
 	UID    int  `json:"uid"`
 	GID    int  `json:"gid"`
+	// Hide are paths the router may not read (the state root: other pods'
+	// router directories belong to the same UID 1001); Writable are the
+	// paths it may write (its own directory first).
+	Hide     []string `json:"hide"`
+	Writable []string `json:"writable"`
 }
 
 // routerInitMain confines the main thread (bounding set, UID 1001,
@@ -86,6 +92,16 @@ func routerInitMain() error {
 		return fmt.Errorf("close_range: %w", err)
 	}
 	c := confinement{SetIDs: cfg.SetIDs, UID: cfg.UID, GID: cfg.GID, LandlockFD: -1}
+	if landlockABI() > 0 {
+		// Filesystem only: the router's network is the open side of the
+		// pod, governed by its own policy.
+		llc := landlock.Config{HandledAccessFS: landlock.V7.HandledAccessFS}
+		fd, flags, err := llc.BestEffort().NewRulesetFD(routerLandlockRules(cfg.Hide, cfg.Writable)...)
+		if err != nil {
+			return fmt.Errorf("landlock ruleset: %w", err)
+		}
+		c.LandlockFD, c.LandlockFlags = fd, flags
+	}
 	if err := c.apply(); err != nil {
 		return err
 	}

@@ -75,3 +75,17 @@ func readAllBut(dir string, hidden []string) []landlock.Rule {
 	}
 	return rules
 }
+
+// routerLandlockRules confines the router's filesystem access: read and
+// execute everywhere but the hidden paths, write only to its own
+// directory (TMPDIR points inside it) and the harmless devices. Not the
+// host's /tmp: the state root may live there. Every router runs as UID 1001,
+// so without this one pod's router could read another pod's credentials.
+func routerLandlockRules(hidden, writable []string) []landlock.Rule {
+	rules := readAllBut("/", hidden)
+	return append(rules,
+		landlock.PathAccess(landlock.AccessFSSet(llsyscall.AccessFSReadDir), "/"),
+		landlock.RWDirs(writable...).WithRefer(),
+		landlock.RWFiles("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty").IgnoreIfMissing().WithIoctlDev(),
+	)
+}

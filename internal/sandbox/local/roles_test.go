@@ -3,6 +3,7 @@ package local
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -38,6 +39,11 @@ func TestMain(m *testing.M) {
 		probe()
 	case "alloc":
 		alloc()
+	case "readfile":
+		if _, err := os.ReadFile(os.Getenv("READ_PATH")); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
 	case "sleep":
 		time.Sleep(time.Hour)
 	case "parent":
@@ -96,6 +102,12 @@ func serveRouter(l net.Listener, name string) {
 					fmt.Fprintln(c, "PONG")
 				case "WHOAMI":
 					fmt.Fprintln(c, os.Getuid())
+				case "READ":
+					if _, err := os.ReadFile(arg); err != nil {
+						fmt.Fprintln(c, "ERR", err)
+					} else {
+						fmt.Fprintln(c, "ok")
+					}
 				case "TCP", "UDP":
 					reply, err := exchange(strings.ToLower(cmd), arg)
 					if err != nil {
@@ -165,6 +177,15 @@ func probe() {
 	}())
 	check("router-upstream-tcp", viaRouter("TCP "+upTCP))
 	check("router-upstream-udp", viaRouter("UDP "+upUDP))
+	for _, f := range strings.Split(env("PROBE_ROUTER_READS"), ",") {
+		if f != "" {
+			got, err := routerSays("READ " + f)
+			if err == nil && got != "ok" {
+				err = errors.New(got)
+			}
+			check("router-read-"+f, err)
+		}
+	}
 	check("tcp-host", dialOnly("tcp", upTCP))
 	check("udp-host-dns", udpExchange(upUDP))
 	check("tcp-metadata", dialOnly("tcp", "169.254.169.254:80"))

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -26,7 +27,22 @@ func TestAgentCannotEscape(t *testing.T) {
 	s := baseSpec(t, "sec", "probe", append(up.env(), "PROBE_SERVE=1")...)
 	routerDir := filepath.Join(s.StateRoot, s.ID, "router")
 	cred, token := filepath.Join(routerDir, "credential.json"), filepath.Join(routerDir, "admin-token")
-	s.Agent.Env = append(s.Agent.Env, "PROBE_SECRETS="+cred+","+token)
+	// Another pod's router directory under the same state root: readable
+	// for UID 1001 by file modes, so only Landlock keeps this router out.
+	decoy := filepath.Join(s.StateRoot, "other-pod", "router", "credential.json")
+	if err := os.MkdirAll(filepath.Dir(decoy), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Dir(filepath.Dir(decoy)), 0o711)
+	for _, p := range []string{filepath.Dir(decoy), decoy} {
+		if p == decoy {
+			os.WriteFile(decoy, []byte("other pod's key"), 0o600)
+		}
+		if err := os.Chown(p, RouterUID, RouterUID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Agent.Env = append(s.Agent.Env, "PROBE_SECRETS="+cred+","+token, "PROBE_ROUTER_READS="+cred+","+decoy)
 	p := startPod(t, s)
 	res := probeResult(t, p)
 
@@ -40,6 +56,9 @@ func TestAgentCannotEscape(t *testing.T) {
 		"router":              "ok",
 		"router-upstream-tcp": "ok",
 		"router-upstream-udp": "ok",
+		// The router reads its own credential, not another pod's.
+		"router-read-" + cred:  "ok",
+		"router-read-" + decoy: denied,
 		// Everything else the agent tries on the network.
 		"tcp-host":                blocked,
 		"udp-host-dns":            "",
@@ -110,6 +129,13 @@ func TestAgentCannotEscape(t *testing.T) {
 		if fi.Mode().Perm() != 0o600 || st.Uid != RouterUID {
 			t.Errorf("%s: mode %v owner %d, want 0600 owned by %d", f, fi.Mode().Perm(), st.Uid, RouterUID)
 		}
+	}
+	// Control: by file modes alone UID 1001 could read the other pod's key.
+	rd := exec.Command(testBinary(t))
+	rd.Env = []string{roleEnv + "=readfile", "READ_PATH=" + decoy}
+	rd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: RouterUID, Gid: RouterUID}}
+	if out, err := rd.CombinedOutput(); err != nil {
+		t.Errorf("control: uid %d outside Landlock cannot read %s: %v %s", RouterUID, decoy, err, out)
 	}
 	// Outside a sandbox the same system-call probes do not fail with EPERM.
 	control := runControl(t)

@@ -90,6 +90,11 @@ type Spec struct {
 	// AgentPorts are the TCP ports the agent may listen on (its chat
 	// endpoint, e.g. 18789). Landlock denies binding any other port.
 	AgentPorts []uint16
+	// RouterWritable are further host paths the router may write (e.g. an
+	// audit log directory outside the state root). It may always write its
+	// private directory and /tmp; Landlock denies every other write, and
+	// every read under the state root except its own directory.
+	RouterWritable []string
 	// Limits apply to the agent.
 	Limits Limits
 	// AddressPool is the private range pod links are carved from (one /30
@@ -133,6 +138,11 @@ func (s Spec) normalize() (Spec, error) {
 			if !filepath.IsLocal(rel) {
 				return s, fmt.Errorf("local: pod %s: %s file %q must be a relative path inside its directory", s.ID, name, rel)
 			}
+		}
+	}
+	for _, w := range s.RouterWritable {
+		if !filepath.IsAbs(w) {
+			return s, fmt.Errorf("local: pod %s: router writable path %q must be absolute", s.ID, w)
 		}
 	}
 	if s.Agent.Dir == "" {
@@ -182,6 +192,10 @@ type Guarantees struct {
 	// LandlockFS / LandlockNet: Landlock filesystem rules, and TCP
 	// bind/connect rules, are enforced on the agent.
 	LandlockFS, LandlockNet bool
+	// RouterLandlockFS: the router may read nothing under the state root
+	// but its own directory and write only there (and RouterWritable);
+	// all routers share UID 1001, so this keeps pods' credentials apart.
+	RouterLandlockFS bool
 	// LandlockABI is the kernel's Landlock ABI version (0: unavailable).
 	LandlockABI int
 	// ReadOnlyRoot: the agent's root is read-only with tmpfs /tmp, /run.
@@ -203,7 +217,8 @@ func (g Guarantees) Missing() []string {
 	for name, ok := range map[string]bool{
 		"separate-uids": g.SeparateUIDs, "network-namespace": g.NetworkNamespace, "egress-guard": g.EgressGuard,
 		"seccomp": g.Seccomp, "landlock-fs": g.LandlockFS, "landlock-net": g.LandlockNet,
-		"read-only-root": g.ReadOnlyRoot, "pid-namespace": g.PIDNamespace, "cgroup-limits": g.CgroupLimits,
+		"router-landlock-fs": g.RouterLandlockFS,
+		"read-only-root":     g.ReadOnlyRoot, "pid-namespace": g.PIDNamespace, "cgroup-limits": g.CgroupLimits,
 		"no-new-privs-no-caps": g.NoNewPrivsNoCaps,
 	} {
 		if !ok {

@@ -139,6 +139,7 @@ func (p *Pod) startAll(ctx context.Context) error {
 	} else if !g.LandlockNet {
 		g.Notes = append(g.Notes, fmt.Sprintf("Landlock ABI %d has no TCP rules", g.LandlockABI))
 	}
+	g.RouterLandlockFS = g.LandlockABI > 0
 	p.Guarantees = g
 	if err := p.startRouter(routerDir, routerLog, listeners); err != nil {
 		return err
@@ -334,9 +335,19 @@ func (p *Pod) startRouter(routerDir string, log *os.File, listeners []*os.File) 
 	if dir == "" {
 		dir = routerDir
 	}
-	env := append([]string{"KARS_ROUTER_DIR=" + routerDir}, s.Router.Env...)
+	tmp := filepath.Join(routerDir, "tmp")
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return err
+	}
+	if !p.rec.Rootless {
+		if err := os.Chown(tmp, RouterUID, RouterUID); err != nil {
+			return err
+		}
+	}
+	env := append([]string{"KARS_ROUTER_DIR=" + routerDir, "TMPDIR=" + tmp}, s.Router.Env...)
 	rc := routerConfig{Path: s.Router.Path, Args: s.Router.Args, Env: env, Dir: dir, Ports: s.RouterPorts,
-		SetIDs: !p.rec.Rootless, UID: RouterUID, GID: RouterUID}
+		SetIDs: !p.rec.Rootless, UID: RouterUID, GID: RouterUID,
+		Hide: []string{s.StateRoot}, Writable: append([]string{routerDir}, s.RouterWritable...)}
 	cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{routerInitArg},
 		Env:        []string{initEnv + "=" + stageRouter, routerCfgEnv + "=" + marshal(rc)},
 		ExtraFiles: listeners, Stdout: log, Stderr: log,
