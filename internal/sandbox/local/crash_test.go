@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -191,4 +192,38 @@ func TestCleanupStaleSparesLivePods(t *testing.T) {
 	}
 	data, _ := json.Marshal(p.Guarantees)
 	t.Logf("guarantees: %s", data)
+}
+
+// TestConcurrentPodsGetDistinctLinks starts pods of different state roots
+// at once: the host-wide link lock must hand each its own /30.
+func TestConcurrentPodsGetDistinctLinks(t *testing.T) {
+	requireRoot(t)
+	const n = 4
+	pods := make([]*Pod, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		s := baseSpec(t, "conc", "sleep")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pods[i], errs[i] = Start(context.Background(), s)
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i, p := range pods {
+		if errs[i] != nil {
+			t.Errorf("pod %d: %v", i, errs[i])
+			continue
+		}
+		defer p.Stop(context.Background())
+		l := p.rec.Link
+		for _, k := range []string{l.HostIf, l.HostAddr.String(), l.PodAddr.String()} {
+			if seen[k] {
+				t.Errorf("pod %d reuses %s", i, k)
+			}
+			seen[k] = true
+		}
+	}
 }

@@ -6,7 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -41,6 +44,54 @@ func linkFor(pool netip.Prefix, index int, id string) link {
 
 // poolSize is the number of /30 links the pool holds.
 func poolSize(pool netip.Prefix) int { return 1 << (30 - pool.Bits()) }
+
+// hostLinkLock serialises link allocation and creation among all kars
+// processes on the host, whatever their state roots: the host's interfaces
+// are the record of which /30s are taken.
+const hostLinkLock = "/run/kars/local-links.lock"
+
+func lockHostLinks() (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(hostLinkLock), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(hostLinkLock, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return sync.OnceFunc(func() { f.Close() }), nil
+}
+
+// allocateLink picks the lowest /30 of the pool whose interface name is
+// free and whose addresses no host interface uses. The caller holds the
+// host link lock until the link exists.
+func allocateLink(pool netip.Prefix, id string) (link, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return link{}, err
+	}
+	names := map[string]bool{}
+	for _, l := range links {
+		names[l.Attrs().Name] = true
+	}
+	inUse, err := hostAddrsInUse()
+	if err != nil {
+		return link{}, err
+	}
+	for i := 0; i < poolSize(pool); i++ {
+		l := linkFor(pool, i, id)
+		if names[l.HostIf] || slices.ContainsFunc(inUse, func(p netip.Prefix) bool {
+			return p.Contains(l.HostAddr) || p.Contains(l.PodAddr)
+		}) {
+			continue
+		}
+		return l, nil
+	}
+	return link{}, fmt.Errorf("address pool %s exhausted", pool)
+}
 
 // hostAddrsInUse lists every address configured on the host, so that a
 // pod link never shadows a network some other tool (or another kars state

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,8 +123,7 @@ func Start(ctx context.Context, s Spec) (_ *Pod, err error) {
 	return p, nil
 }
 
-// prepare claims the state directory and the address under the state
-// root's lock, recording each resource before it is created.
+// prepare claims the state directory under the state root's lock.
 func (p *Pod) prepare(rootless bool) error {
 	s := p.spec
 	unlock, err := lockRoot(s.StateRoot)
@@ -145,52 +143,11 @@ func (p *Pod) prepare(rootless bool) error {
 		return fmt.Errorf("local: pod %s: %w", s.ID, err)
 	}
 	p.rec = &record{ID: s.ID, Owner: refOf(os.Getpid()), Rootless: rootless, Workspace: s.Workspace, Created: time.Now()}
-	if !rootless {
-		l, err := allocateLink(s.StateRoot, s.AddressPool, s.ID)
-		if err != nil {
-			os.RemoveAll(p.Dir)
-			return fmt.Errorf("local: pod %s: %w", s.ID, err)
-		}
-		p.rec.Link = &l
-	}
 	if err := p.rec.save(p.Dir); err != nil {
 		os.RemoveAll(p.Dir)
 		return fmt.Errorf("local: pod %s: %w", s.ID, err)
 	}
 	return nil
-}
-
-// allocateLink picks the lowest /30 of the pool that no pod under the
-// state root holds and no host interface overlaps. The caller holds the
-// state root's lock.
-func allocateLink(root string, pool netip.Prefix, id string) (link, error) {
-	used := map[int]bool{}
-	entries, _ := os.ReadDir(root)
-	for _, e := range entries {
-		if r, err := loadRecord(filepath.Join(root, e.Name())); err == nil && r.Link != nil {
-			used[r.Link.Index] = true
-		}
-	}
-	inUse, err := hostAddrsInUse()
-	if err != nil {
-		return link{}, err
-	}
-	for i := 0; i < poolSize(pool); i++ {
-		if used[i] {
-			continue
-		}
-		l := linkFor(pool, i, id)
-		clash := false
-		for _, p := range inUse {
-			if p.Contains(l.HostAddr) || p.Contains(l.PodAddr) {
-				clash = true
-			}
-		}
-		if !clash {
-			return l, nil
-		}
-	}
-	return link{}, fmt.Errorf("address pool %s exhausted", pool)
 }
 
 func (p *Pod) save() error {

@@ -90,6 +90,21 @@ func (p *Pod) startAll(ctx context.Context) error {
 		default:
 			g.Notes = append(g.Notes, "cgroup limits unavailable: "+err.Error())
 		}
+		unlock, err := lockHostLinks()
+		if err != nil {
+			return fmt.Errorf("host link lock: %w", err)
+		}
+		defer unlock()
+		l, err := allocateLink(s.AddressPool, s.ID)
+		if err != nil {
+			return err
+		}
+		p.mu.Lock()
+		p.rec.Link = &l
+		p.mu.Unlock()
+		if err := p.save(); err != nil {
+			return err
+		}
 		if p.netns, err = newNetns(); err != nil {
 			return err
 		}
@@ -99,9 +114,10 @@ func (p *Pod) startAll(ctx context.Context) error {
 			p.rec.NetnsInode = st.Ino
 			p.mu.Unlock()
 		}
-		if err := setupLink(p.netns, *p.rec.Link); err != nil {
+		if err := setupLink(p.netns, l); err != nil {
 			return err
 		}
+		unlock()
 		g.SeparateUIDs, g.EgressGuard, g.RouterEgressViaPodLink = true, true, true
 		err = inNetns(p.netns, func() error {
 			for _, port := range s.RouterPorts {
