@@ -193,7 +193,7 @@ func newCgroups(id string, l Limits) (*cgroups, error) {
 			}
 		}
 		for _, role := range cgroupRoles {
-			if err := os.MkdirAll(filepath.Join(h.Mount, cg.Rel, role), 0o755); err != nil {
+			if err := mkdirCgroup(filepath.Join(h.Mount, cg.Rel, role)); err != nil {
 				return cg, fmt.Errorf("cgroups: %w", err)
 			}
 		}
@@ -202,6 +202,19 @@ func newCgroups(id string, l Limits) (*cgroups, error) {
 		}
 	}
 	return cg, nil
+}
+
+// mkdirCgroup creates dir and its parents. Another pod's teardown may
+// remove the shared "kars" parent between MkdirAll's steps; that shows as
+// ENOENT and is retried.
+func mkdirCgroup(dir string) error {
+	var err error
+	for range 5 {
+		if err = os.MkdirAll(dir, 0o755); !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return err
 }
 
 func applyLimits(h hierarchy, dir string, l Limits) error {
