@@ -13,10 +13,12 @@ import (
 // in force; Load swaps in a new one atomically, so a reload never blocks or
 // tears a decision in flight. The zero Engine is not usable; use NewEngine.
 //
-// Deciding takes no locks and, for requests whose matching rule carries no
-// CEL condition and that carry no amount argument, allocates nothing.
+// Deciding takes no locks and allocates nothing, unless the deciding rule
+// carries a CEL condition or the call carries an amount argument (commerce
+// caps keep the day's total under a mutex).
 type Engine struct {
-	cur   atomic.Pointer[Profile]
+	cur    atomic.Pointer[Profile]
+	loadMu sync.Mutex // orders reloads, so each compiles against the last
 	clock ratelimit.Clock
 	now   func() time.Time
 
@@ -53,6 +55,8 @@ func (e *Engine) Load(pol *Policy) error { return e.LoadFrom("", pol) }
 
 // LoadFrom is Load with a source name (a file, an object) for errors.
 func (e *Engine) LoadFrom(source string, pol *Policy) error {
+	e.loadMu.Lock()
+	defer e.loadMu.Unlock()
 	p, err := compile(pol, source, nil, e.cur.Load())
 	if err != nil {
 		return err
@@ -68,6 +72,8 @@ func (e *Engine) LoadAGT(source string, yamlDoc []byte) error {
 	if err != nil {
 		return err
 	}
+	e.loadMu.Lock()
+	defer e.loadMu.Unlock()
 	p, err := compile(pol, source, locate, e.cur.Load())
 	if err != nil {
 		return err
