@@ -19,8 +19,8 @@ import (
 type Engine struct {
 	cur    atomic.Pointer[Profile]
 	loadMu sync.Mutex // orders reloads, so each compiles against the last
-	clock ratelimit.Clock
-	now   func() time.Time
+	clock  ratelimit.Clock
+	now    func() time.Time
 
 	// spend tracks commerce amounts allowed today. It is only touched by
 	// calls that carry an amount, so a mutex here stays off the hot path.
