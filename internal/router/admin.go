@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kars-io/kars/internal/behavior"
 	"github.com/kars-io/kars/internal/credential"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -97,6 +98,24 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 	}))
 	mux.Handle("GET /admin/v1/trust", auth(func(w http.ResponseWriter, req *http.Request) {
 		call(w, b.Trust != nil, func() (any, error) { return b.Trust(req.Context(), r.gen.Load().agent) })
+	}))
+	mux.Handle("GET /admin/v1/quarantine", auth(func(w http.ResponseWriter, _ *http.Request) {
+		g := r.gen.Load()
+		q := g.monitor.Quarantines()
+		if q == nil {
+			q = []behavior.Alert{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"agent": g.agent, "quarantines": q})
+	}))
+	mux.Handle("DELETE /admin/v1/quarantine", auth(func(w http.ResponseWriter, _ *http.Request) {
+		g := r.gen.Load()
+		call(w, true, func() (any, error) {
+			cleared, err := g.monitor.Clear(g.agent)
+			if cleared {
+				r.log.Info("quarantine cleared by an operator", "agent", g.agent)
+			}
+			return map[string]any{"agent": g.agent, "cleared": cleared}, err
+		})
 	}))
 	mux.Handle("GET /admin/v1/audit/tail", auth(func(w http.ResponseWriter, req *http.Request) {
 		n, err := strconv.Atoi(req.URL.Query().Get("n"))

@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/kars-io/kars/internal/behavior"
 	"github.com/kars-io/kars/internal/credential"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/inference"
@@ -23,9 +25,14 @@ type generation struct {
 	snap      *routerconfig.Snapshot
 	upstreams []*upstream
 	safety    *safety.Policy
-	gov       governance.DecisionProvider
-	sandbox   string
-	agent     string
+	// gov decides every action: the behaviour monitor's Guard in front of
+	// the governance engine (or DefaultPolicy).
+	gov     governance.DecisionProvider
+	monitor *behavior.Monitor
+	// behavior is the monitor's config, to reuse it across reloads.
+	behavior routerconfig.Behavior
+	sandbox  string
+	agent    string
 }
 
 // upstream is a callable target with its HTTP client and health.
@@ -93,18 +100,52 @@ func (r *Router) buildGeneration(snap *routerconfig.Snapshot) (*generation, erro
 		u.health = r.healthFor(u.ID())
 		g.upstreams = append(g.upstreams, u)
 	}
-	if c.Governance == nil {
-		g.gov = DefaultPolicy(c)
-		return g, nil
+	if c.Behavior != nil {
+		g.behavior = *c.Behavior
 	}
-	// One engine for the router's life: Load swaps the compiled profile
-	// atomically and carries rule rate-limit state across reloads. An
-	// invalid policy is rejected whole and the engine keeps the old one.
-	if err := r.engine.LoadFrom(routerconfig.FileName, c.Governance); err != nil {
+	mon, err := r.monitorFor(g.behavior, c.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	g.monitor = mon
+	var base governance.DecisionProvider = r.engine
+	if c.Governance == nil {
+		base = DefaultPolicy(c)
+	} else if err := r.engine.LoadFrom(routerconfig.FileName, c.Governance); err != nil {
+		// One engine for the router's life: Load swaps the compiled
+		// profile atomically and carries rule rate-limit state across
+		// reloads. An invalid policy is rejected whole and the engine
+		// keeps the old one.
 		return nil, fmt.Errorf("governance policy: %w", err)
 	}
-	g.gov = r.engine
+	g.gov = &behavior.Guard{Next: base, Monitor: mon}
 	return g, nil
+}
+
+// QuarantineFile is the behaviour monitor's state file in the state
+// directory: quarantines survive restarts.
+const QuarantineFile = "quarantine.json"
+
+// monitorFor returns the live generation's behaviour monitor when its
+// config is unchanged, so that counters and quarantines carry across
+// reloads; otherwise a new monitor, which reloads the persisted quarantines.
+func (r *Router) monitorFor(b routerconfig.Behavior, stateDir string) (*behavior.Monitor, error) {
+	path := filepath.Join(stateDir, QuarantineFile)
+	if old := r.gen.Load(); old != nil && old.behavior == b && old.snap.Config.StateDir == stateDir {
+		return old.monitor, nil
+	}
+	m, err := behavior.New(behavior.Config{
+		MaxCalls: b.MaxCallsPerMinute, CallWindow: time.Minute,
+		MaxDenials: b.MaxDenialsPerMinute, DenialWindow: time.Minute,
+		Quarantine: b.Quarantine, StatePath: path,
+		OnAlert: func(a behavior.Alert) {
+			r.log.Warn("behaviour monitor alert", "agent", a.Agent, "kind", string(a.Kind), "detail", a.Detail, "quarantined", a.Quarantined)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("behaviour monitor: %w", err)
+	}
+	return m, nil
 }
 
 var offlineClient = &http.Client{Transport: inference.OfflineTransport{}}

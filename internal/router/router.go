@@ -164,13 +164,14 @@ func (r *Router) AgentHandler() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", http.HandlerFunc(r.serveInference))
 	mux.Handle("/openai/", http.HandlerFunc(r.serveInference))
+	mux.Handle(DecidePath, http.HandlerFunc(r.serveDecide))
 	mux.HandleFunc("/", notFound)
 	return mux
 }
 
 func notFound(w http.ResponseWriter, req *http.Request) {
 	(&inference.APIError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "kars_unknown_endpoint",
-		Message: fmt.Sprintf("kars-router does not serve %s %s; it serves the OpenAI (/v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, /v1/models), Azure OpenAI (/openai/deployments/{deployment}/...) and Anthropic (/v1/messages) APIs", req.Method, req.URL.Path)}).
+		Message: fmt.Sprintf("kars-router does not serve %s %s; it serves the OpenAI (/v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, /v1/models), Azure OpenAI (/openai/deployments/{deployment}/...) and Anthropic (/v1/messages) APIs, and POST "+DecidePath, req.Method, req.URL.Path)}).
 		Write(w, inference.DialectOpenAI)
 }
 

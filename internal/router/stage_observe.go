@@ -108,17 +108,7 @@ func (s observeStage) record(c *Call) {
 	go func() {
 		defer r.pending.Done()
 		defer r.inflight.Add(-1)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := r.opts.Audit.Append(ctx, rec)
-		cancel()
-		if err != nil {
-			if !r.auditFailing.Swap(true) {
-				r.log.Error("audit append failed; refusing calls until it recovers", "err", err)
-			}
-			r.metrics.auditErrors.Inc()
-		} else if r.auditFailing.Swap(false) {
-			r.log.Info("audit log recovered")
-		}
+		r.appendAudit(context.Background(), rec)
 		// Findings lower the agent's trust score; the store writes the
 		// penalty durably, so this too stays off the agent's path.
 		if r.opts.Trust != nil {
@@ -141,4 +131,29 @@ func (s observeStage) record(c *Call) {
 		slog.Int64("completion_tokens", c.Usage.Completion), slog.Duration("latency", lat),
 		slog.Duration("upstream_latency", c.UpstreamLatency), slog.Int("attempts", c.Attempts),
 		slog.String("payload_sha256", payload))
+}
+
+// auditTimeout bounds one append: a log that cannot commit in this long is
+// treated as failing.
+const auditTimeout = 10 * time.Second
+
+// appendAudit appends rec and waits until it is durable. A failure puts the
+// router in the failing state, in which calls are refused until an append
+// succeeds again; a success after failures leaves it. The append is not
+// tied to ctx's cancellation: an entry is written even if its caller left.
+func (r *Router) appendAudit(ctx context.Context, rec audit.Record) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	_, err := r.opts.Audit.Append(ctx, rec)
+	cancel()
+	if err != nil {
+		if !r.auditFailing.Swap(true) {
+			r.log.Error("audit append failed; refusing calls until it recovers", "err", err)
+		}
+		r.metrics.auditErrors.Inc()
+		return err
+	}
+	if r.auditFailing.Swap(false) {
+		r.log.Info("audit log recovered")
+	}
+	return nil
 }

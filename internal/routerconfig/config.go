@@ -57,6 +57,10 @@ type Config struct {
 	// means the router's built-in default (allow inference to the
 	// configured models, deny everything else).
 	Governance *governance.Policy `json:"governance,omitempty"`
+	// Behavior configures the behaviour monitor in front of the governance
+	// engine. Nil runs the monitor with every pattern off, so only
+	// quarantines persisted in StateDir are enforced.
+	Behavior *Behavior `json:"behavior,omitempty"`
 	// Audit says where the hash-chained audit log lives.
 	Audit Audit `json:"audit"`
 	// Admin configures the controller-facing admin API.
@@ -186,6 +190,21 @@ type RateLimit struct {
 	// TPM is tokens per minute, reserved like the budget and settled to
 	// the upstream's reported usage.
 	TPM int64 `json:"tpm,omitempty"`
+}
+
+// Behavior sets the thresholds of the behaviour monitor (internal/behavior),
+// which watches the agent's decisions over time — inference and the agent's
+// tool decisions alike — for patterns no single decision sees. Zero
+// disables a pattern.
+type Behavior struct {
+	// MaxCallsPerMinute decisions a minute are normal; one more is a burst.
+	MaxCallsPerMinute int `json:"maxCallsPerMinute,omitempty"`
+	// MaxDenialsPerMinute denials a minute are tolerated; one more alerts.
+	MaxDenialsPerMinute int `json:"maxDenialsPerMinute,omitempty"`
+	// Quarantine makes an alert quarantine the agent: every further
+	// decision is denied until an operator clears it on the admin API.
+	// Without it alerts are only logged.
+	Quarantine bool `json:"quarantine,omitempty"`
 }
 
 // Severity is a content-safety severity level, in Azure's order.

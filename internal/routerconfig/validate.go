@@ -54,6 +54,9 @@ func (c *Config) Validate() error {
 	if r := c.RateLimit; r != nil && (r.RPM < 0 || r.TPM < 0) {
 		bad("rateLimit", "limits must not be negative")
 	}
+	if b := c.Behavior; b != nil && (b.MaxCallsPerMinute < 0 || b.MaxDenialsPerMinute < 0) {
+		bad("behavior", "thresholds must not be negative")
+	}
 	if s := c.ContentSafety; s != nil {
 		for name, sev := range map[string]Severity{"hate": s.Hate, "selfHarm": s.SelfHarm, "sexual": s.Sexual, "violence": s.Violence} {
 			if sev != "" && sev.Rank() < 0 {
