@@ -38,7 +38,7 @@ func (r *SandboxReconciler) verifyBYO(ctx context.Context, sb *karsv1.KarsSandbo
 	switch {
 	case errors.As(err, &ue):
 		r.metrics.byo.WithLabelValues("unreachable").Inc()
-		return "", &block{reason: ReasonBYOImageUnreachable, message: ue.Error(), transient: true, runtime: true,
+		return "", &block{reason: ReasonBYOImageUnreachable, message: ue.Error(), transient: true, runtime: true, keepWorkload: true,
 			retryAfter: r.registryBackoff.next(client.ObjectKeyFromObject(sb))}
 	case err != nil:
 		r.metrics.byo.WithLabelValues("invalid").Inc()

@@ -36,9 +36,17 @@ const (
 // adminCredentials returns the router admin credentials stored in the
 // sandbox's admin Secret, or new ones when there are none yet, they belong
 // to another object, or the certificate no longer fits.
-func adminCredentials(ctx context.Context, c client.Reader, sb *karsv1.KarsSandbox, names render.Names, now time.Time) (render.AdminCredentials, error) {
+//
+// cache is consulted first; on a miss the API server is asked (live), so
+// that a Secret created a moment ago and not yet in the cache is not
+// replaced by new credentials (which would roll the pod for nothing).
+func adminCredentials(ctx context.Context, cache, live client.Reader, sb *karsv1.KarsSandbox, names render.Names, now time.Time) (render.AdminCredentials, error) {
 	var s corev1.Secret
-	err := c.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin}, &s)
+	key := client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin}
+	err := cache.Get(ctx, key, &s)
+	if apierrors.IsNotFound(err) {
+		err = live.Get(ctx, key, &s)
+	}
 	switch {
 	case apierrors.IsNotFound(err):
 	case err != nil:

@@ -77,10 +77,12 @@ func (r *SandboxReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	}
 
 	o, requeue, err := r.realize(ctx, &sb)
-	if o.block != nil {
+	if o.block != nil && !o.block.keepWorkload {
 		if serr := r.substrate.Stop(ctx, &sb); serr != nil {
 			err = errors.Join(err, fmt.Errorf("stop workload: %w", serr))
 		}
+	}
+	if o.block != nil {
 		requeue = o.block.retryAfter
 	}
 	if serr := r.writeStatus(ctx, &sb, o); serr != nil {
@@ -145,7 +147,7 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 		}
 	}
 	now := r.now()
-	admin, err := adminCredentials(ctx, r.client, sb, names, now)
+	admin, err := adminCredentials(ctx, r.client, r.apiReader, sb, names, now)
 	if err != nil {
 		return o, 0, err
 	}
@@ -190,7 +192,7 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if d.A2AExposed {
 		// Close the exposure when its window ends, without waiting for an
 		// unrelated event.
-		requeue = time.Until(sb.Spec.A2A.ExpiresAt.Time) + time.Second
+		requeue = sb.Spec.A2A.ExpiresAt.Sub(now) + time.Second
 	}
 	if obs.Ready && !sb.Spec.Suspended {
 		o.enforcedDigest, o.probeErr = r.prober.EnforcedDigest(ctx, RouterTarget{

@@ -296,6 +296,21 @@ func TestBYOContract(t *testing.T) {
 			t.Errorf("%d registry attempts in ~7 s, want 2-4 (backoff 2 s doubling)", n)
 		}
 	})
+	t.Run("unverifiable change keeps the verified workload", func(t *testing.T) {
+		sb := run("steady", pushImage(t, "byo/steady", "v1", map[string]string{ociimage.ContractLabel: "v1"}))
+		r := waitRendered(t, sb)
+		verified := r.deploy.Spec.Template.Spec.Containers[0].Image
+		cur := sandboxNow(t, sb)
+		cur.Spec.Runtime.BYO.Image = "127.0.0.1:1/byo/steady:v2"
+		if err := k8s.Update(context.Background(), cur); err != nil {
+			t.Fatal(err)
+		}
+		waitCondition(t, sb, karsv1.ConditionRuntimeReady, metav1.ConditionFalse, ReasonBYOImageUnreachable)
+		time.Sleep(time.Second)
+		if r := observe(t, sb); !r.present["Deployment"] || r.deploy.Spec.Template.Spec.Containers[0].Image != verified {
+			t.Fatalf("a registry outage removed or changed the verified workload: %v", r.present)
+		}
+	})
 	t.Run("private registry with pull secret", func(t *testing.T) {
 		reg := startAuthRegistry(t, "robot", "s3cret")
 		ref := pushTo(t, reg.host, "private/agent", "v1", map[string]string{ociimage.ContractLabel: "v1"}, reg.basic())

@@ -48,7 +48,7 @@ type Options struct {
 	Prober RouterProber
 	// Images reads BYO image labels; nil means an ociimage.Checker.
 	Images ImageInspector
-	// MaxConcurrentReconciles of the sandbox controller; zero means 4.
+	// MaxConcurrentReconciles of each controller; zero means 4.
 	// Reconciles mostly wait on the API server, so a few in parallel
 	// keep a 2-core control plane busy.
 	MaxConcurrentReconciles int
@@ -143,6 +143,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 			For(k.newObj(), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 			Watches(&karsv1.KarsSandbox{}, handler.EnqueueRequestsFromMapFunc(policiesOf(k)),
 				builder.WithPredicates(enforcementChanged{})).
+			WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles}).
 			Complete(pr)
 		if err != nil {
 			return err

@@ -41,6 +41,10 @@ type block struct {
 	runtime bool
 	// retryAfter requeues the sandbox; zero waits for a watch event.
 	retryAfter time.Duration
+	// keepWorkload leaves a workload that already runs alone: the block
+	// says kars cannot verify a change right now (an unreachable
+	// registry), not that what runs became unsafe.
+	keepWorkload bool
 }
 
 // outcome is everything one reconcile observed about a sandbox.
@@ -80,10 +84,9 @@ func sandboxStatus(sb *karsv1.KarsSandbox, o outcome, now time.Time) karsv1.Kars
 	st.RuntimeImage = o.runtimeImage
 	st.Model = o.model
 	st.A2AExpiresAt = o.a2aExpiresAt
-	st.RouterEndpoint = ""
+	st.RouterEndpoint = o.obs.RouterAdmin
 	st.EnforcedDigest = ""
 	if o.obs.Ready && !suspended {
-		st.RouterEndpoint = o.obs.RouterAdmin
 		st.EnforcedDigest = o.enforcedDigest
 	}
 	enforcing := o.obs.Ready && o.configDigest != "" && o.enforcedDigest == o.configDigest
