@@ -6,6 +6,11 @@ import (
 	"os"
 
 	"github.com/kars-io/kars/internal/cli"
+	"github.com/kars-io/kars/internal/sandbox/local"
 )
 
-func main() { os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	// A sandbox stage re-executes this binary; it branches off here.
+	local.InitMain()
+	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr))
+}

@@ -40,6 +40,6 @@ func NewRoot() *cobra.Command {
 	var c cluster
 	c.register(root)
 	root.AddCommand(newVersionCmd(), newAuditCmd(), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
-		newModelCmd(&c), newCredentialsCmd(&c))
+		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd())
 	return root
 }

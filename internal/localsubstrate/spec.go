@@ -1,0 +1,301 @@
+// Package localsubstrate is the controller's local Substrate for `kars dev`:
+// it realises each rendered sandbox pod (the Deployment's PodSpec) as a local
+// pod of internal/sandbox/local — the router as UID 1001 and the agent as UID
+// 1000 in their own namespaces, behind the egress guard — instead of handing
+// it to a kubelet. The rendered objects are the same as on a cluster; only
+// the realisation differs.
+//
+// Like a kubelet, it materialises the router container's volumes (router
+// config, admin Secret, provider Secrets, state) as files, here under the
+// router's private directory, and the router resolves its configured paths
+// under that directory (KARS_ROUTER_ROOT), so the compiled config and its
+// digest are identical on both substrates.
+package localsubstrate
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"path"
+	"path/filepath"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+
+	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/sandbox/local"
+)
+
+// podID names a sandbox's local pod: readable, unique per namespace/name,
+// and within the 40 characters local.Spec allows.
+func podID(sb *karsv1.KarsSandbox) string {
+	sum := sha256.Sum256([]byte(sb.Namespace + "/" + sb.Name))
+	name := strings.Trim(sb.Name, "-")
+	if len(name) > 28 {
+		name = strings.Trim(name[:28], "-")
+	}
+	return name + "-" + hex.EncodeToString(sum[:5])
+}
+
+// buildInput is everything buildSpec needs besides the rendered sandbox.
+type buildInput struct {
+	sb        *karsv1.KarsSandbox
+	desired   *render.Sandbox
+	stateRoot string
+	workspace string
+	binDir    string
+	// secret returns a Secret of the sandbox's namespace by name.
+	secret func(name string) (*corev1.Secret, error)
+	// configMap returns a ConfigMap of the sandbox's namespace by name.
+	configMap func(name string) (*corev1.ConfigMap, error)
+}
+
+// builtSpec is a local pod spec with the parts that may change without a
+// restart kept apart.
+type builtSpec struct {
+	spec local.Spec
+	// hash identifies everything that needs a restart when it changes:
+	// the pod template and the files other than the router config.
+	hash string
+	// routerConfig is router.json, which the router hot-reloads; relPath
+	// is its place under the router's directory.
+	routerConfig        []byte
+	routerConfigRelPath string
+	routerDir           string
+	agentPort           uint16
+}
+
+func buildSpec(in buildInput) (*builtSpec, error) {
+	dep := in.desired.Deployment
+	if dep == nil {
+		return nil, fmt.Errorf("nothing to run: the rendered sandbox has no Deployment")
+	}
+	pod := dep.Spec.Template.Spec
+	var agentC, routerC *corev1.Container
+	for i := range pod.Containers {
+		c := &pod.Containers[i]
+		if c.Name == render.ContainerRouter {
+			routerC = c
+		} else if agentC == nil {
+			agentC = c
+		}
+	}
+	if agentC == nil || routerC == nil {
+		return nil, fmt.Errorf("the rendered pod lacks the agent or the %s container", render.ContainerRouter)
+	}
+	for _, ic := range pod.InitContainers {
+		if ic.Name != render.ContainerEgressGuard {
+			return nil, fmt.Errorf("init container %s (%s) cannot run locally: kars dev runs agent code from images only for kars's own images", ic.Name, ic.Image)
+		}
+	}
+	id := podID(in.sb)
+	b := &builtSpec{routerDir: filepath.Join(in.stateRoot, id, "router")}
+	agentPath, err := localBinary(in.binDir, agentC)
+	if err != nil {
+		return nil, err
+	}
+	routerPath, err := localBinary(in.binDir, routerC)
+	if err != nil {
+		return nil, err
+	}
+	volumes := map[string]corev1.Volume{}
+	for _, v := range pod.Volumes {
+		volumes[v.Name] = v
+	}
+	routerFiles := map[string][]byte{}
+	for _, m := range routerC.VolumeMounts {
+		v, ok := volumes[m.Name]
+		if !ok {
+			return nil, fmt.Errorf("router mount %s names no volume", m.Name)
+		}
+		files, err := volumeFiles(in, v)
+		if err != nil {
+			return nil, fmt.Errorf("router volume %s: %w", v.Name, err)
+		}
+		for rel, data := range files {
+			p := strings.TrimPrefix(path.Join(m.MountPath, rel), "/")
+			if v.ConfigMap != nil && v.ConfigMap.Name == in.desired.Names.RouterConfig {
+				// router.json is hot-reloaded: kept out of the restart hash.
+				b.routerConfig, b.routerConfigRelPath = data, p
+				continue
+			}
+			routerFiles[p] = data
+		}
+	}
+	if b.routerConfig == nil {
+		return nil, fmt.Errorf("the router container mounts no router config")
+	}
+	for _, m := range agentC.VolumeMounts {
+		if m.MountPath != render.Workspace && m.MountPath != "/tmp" {
+			return nil, fmt.Errorf("agent mount %s at %s cannot be provided locally (only %s and /tmp are)", m.Name, m.MountPath, render.Workspace)
+		}
+	}
+	for _, p := range agentC.Ports {
+		b.agentPort = uint16(p.ContainerPort)
+	}
+	if b.agentPort == 0 {
+		b.agentPort = uint16(render.DefaultAgentPort)
+	}
+	isolation := local.Standard
+	switch in.sb.Spec.IsolationLevel() {
+	case karsv1.IsolationEnhanced:
+		isolation = local.Enhanced
+	case karsv1.IsolationConfidential:
+		isolation = local.Confidential
+	}
+	routerEnv := envList(routerC.Env)
+	routerEnv = append(routerEnv, "KARS_ROUTER_ROOT="+b.routerDir)
+	b.spec = local.Spec{
+		ID:        id,
+		StateRoot: in.stateRoot,
+		Workspace: in.workspace,
+		Isolation: isolation,
+		Router: local.Process{Path: routerPath, Args: containerArgs(routerC), Env: routerEnv,
+			Files: withPlaceholders(routerFiles, b.routerConfigRelPath, b.routerConfig)},
+		Agent:       local.Process{Path: agentPath, Args: containerArgs(agentC), Env: envList(agentC.Env)},
+		RouterPorts: []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)},
+		AgentPorts:  []uint16{b.agentPort},
+		Limits:      limits(agentC.Resources),
+	}
+	h := sha256.New()
+	_ = json.NewEncoder(h).Encode(struct {
+		Pod   corev1.PodSpec
+		Files map[string][]byte
+		Iso   string
+		WS    string
+	}{pod, routerFiles, isolation, in.workspace})
+	b.hash = hex.EncodeToString(h.Sum(nil))
+	return b, nil
+}
+
+// withPlaceholders adds router.json and the directories the router writes
+// to, so that they exist, owned by the router, before it starts.
+func withPlaceholders(files map[string][]byte, configRel string, config []byte) map[string][]byte {
+	out := make(map[string][]byte, len(files)+3)
+	for k, v := range files {
+		out[k] = v
+	}
+	out[configRel] = config
+	for _, dir := range []string{render.RouterAuditDir, render.RouterStateDir} {
+		out[strings.TrimPrefix(dir, "/")+"/.kars-local"] = nil
+	}
+	return out
+}
+
+// localBinary maps a kars image to the host program built from the same
+// source: kars dev runs kars's own binaries, not image filesystems.
+func localBinary(binDir string, c *corev1.Container) (string, error) {
+	repo := c.Image
+	if i := strings.IndexByte(repo, '@'); i >= 0 {
+		repo = repo[:i]
+	}
+	if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
+		repo = repo[:i]
+	}
+	base := path.Base(repo)
+	switch base {
+	case "kars-agent", "kars-router":
+		return filepath.Join(binDir, base), nil
+	}
+	return "", fmt.Errorf("container %s runs image %s, which kars dev cannot run locally (it runs kars's own kars-agent and kars-router); use a Kubernetes cluster for this runtime", c.Name, c.Image)
+}
+
+// containerArgs drops an entrypoint that only names the image's own binary.
+func containerArgs(c *corev1.Container) []string {
+	args := append([]string(nil), c.Args...)
+	if len(c.Command) > 1 {
+		args = append(append([]string(nil), c.Command[1:]...), args...)
+	}
+	return args
+}
+
+func envList(env []corev1.EnvVar) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, e := range env {
+		if e.ValueFrom != nil {
+			continue // field and resource references have no local meaning
+		}
+		out = append(out, e.Name+"="+e.Value)
+	}
+	return append(out, "PATH=/usr/local/bin:/usr/bin:/bin")
+}
+
+// volumeFiles returns a volume's files relative to its mount point.
+func volumeFiles(in buildInput, v corev1.Volume) (map[string][]byte, error) {
+	switch {
+	case v.EmptyDir != nil:
+		return map[string][]byte{".kars-local": nil}, nil
+	case v.ConfigMap != nil:
+		data := map[string][]byte{}
+		cm := in.desired.RouterConfig
+		if v.ConfigMap.Name != cm.Name {
+			var err error
+			if cm, err = in.configMap(v.ConfigMap.Name); err != nil {
+				return nil, err
+			}
+		}
+		for k, val := range cm.Data {
+			data[k] = []byte(val)
+		}
+		for k, val := range cm.BinaryData {
+			data[k] = val
+		}
+		return pick(data, v.ConfigMap.Items)
+	case v.Secret != nil:
+		sec := in.desired.AdminSecret
+		if v.Secret.SecretName != sec.Name {
+			var err error
+			if sec, err = in.secret(v.Secret.SecretName); err != nil {
+				return nil, err
+			}
+		}
+		data := map[string][]byte{}
+		for k, val := range sec.Data {
+			data[k] = val
+		}
+		for k, val := range sec.StringData {
+			data[k] = []byte(val)
+		}
+		return pick(data, v.Secret.Items)
+	case v.Projected != nil:
+		// A projected ServiceAccount token is the workload-identity
+		// credential; no Entra federation trusts a laptop's API server, so
+		// locally it is simply absent.
+		return map[string][]byte{}, nil
+	}
+	return nil, fmt.Errorf("volume kind not supported locally")
+}
+
+func pick(data map[string][]byte, items []corev1.KeyToPath) (map[string][]byte, error) {
+	if len(items) == 0 {
+		return data, nil
+	}
+	out := map[string][]byte{}
+	for _, it := range items {
+		val, ok := data[it.Key]
+		if !ok {
+			return nil, fmt.Errorf("key %q is missing", it.Key)
+		}
+		out[it.Path] = val
+	}
+	return out, nil
+}
+
+func limits(r corev1.ResourceRequirements) local.Limits {
+	l := local.Limits{PIDs: 1024}
+	if q, ok := r.Limits[corev1.ResourceMemory]; ok {
+		l.MemoryBytes = q.Value()
+	}
+	if q, ok := r.Limits[corev1.ResourceCPU]; ok {
+		l.CPUMillis = q.MilliValue()
+	}
+	return l
+}
+
+// suspended reports whether the Deployment asks for no pod.
+func suspended(d *appsv1.Deployment) bool {
+	return d.Spec.Replicas != nil && *d.Spec.Replicas == 0
+}
