@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -103,6 +102,3 @@ func repoBase(repo string) string {
 	}
 	return repo
 }
-
-// errNotRunning reports that no dev daemon runs.
-var errNotRunning = errors.New("kars dev is not running")
