@@ -131,3 +131,14 @@ func newAdminCredentials(host string, now time.Time) (render.AdminCredentials, e
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 	}, nil
 }
+
+// renewalDue returns when the admin certificate in creds enters its renewal
+// window. A converged sandbox is not reconciled by any event, so the
+// reconciler requeues it for that moment.
+func renewalDue(creds render.AdminCredentials) (time.Time, bool) {
+	cert, err := parseCert(creds.CertPEM)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return cert.NotAfter.Add(-adminCertRenewBefore), true
+}

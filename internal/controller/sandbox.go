@@ -189,10 +189,13 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	o.obs = obs
 
 	var requeue time.Duration
+	if due, ok := renewalDue(admin); ok {
+		requeue = max(due.Sub(now), time.Second)
+	}
 	if d.A2AExposed {
 		// Close the exposure when its window ends, without waiting for an
 		// unrelated event.
-		requeue = sb.Spec.A2A.ExpiresAt.Sub(now) + time.Second
+		requeue = minPositive(requeue, sb.Spec.A2A.ExpiresAt.Sub(now)+time.Second)
 	}
 	if obs.Ready && !sb.Spec.Suspended {
 		o.enforcedDigest, o.probeErr = r.prober.EnforcedDigest(ctx, RouterTarget{

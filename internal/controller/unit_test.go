@@ -85,6 +85,9 @@ func TestAdminCredentials(t *testing.T) {
 	if usable(a, host, now.Add(adminCertValidity-adminCertRenewBefore+time.Hour)) {
 		t.Error("certificate inside its renewal window still used")
 	}
+	if due, ok := renewalDue(a); !ok || !due.Equal(now.Add(adminCertValidity-adminCertRenewBefore)) {
+		t.Errorf("renewal due %v", due)
+	}
 	b, _ := newAdminCredentials(host, now)
 	if string(a.Token) == string(b.Token) {
 		t.Error("two sandboxes got the same admin token")
