@@ -38,7 +38,14 @@ func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := router.Serve(ctx, router.ServeOptions{ConfigPath: *configPath, Logger: log}); err != nil {
+	// The local substrate binds the router's ports inside the pod and
+	// passes them with the systemd socket-activation protocol.
+	passed, err := router.ActivatedListeners()
+	if err != nil {
+		log.Error("kars-router cannot start", "err", err)
+		os.Exit(1)
+	}
+	if err := router.Serve(ctx, router.ServeOptions{ConfigPath: *configPath, Logger: log, Listeners: passed}); err != nil {
 		log.Error("kars-router stopped", "err", err)
 		os.Exit(1)
 	}

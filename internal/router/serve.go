@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -42,8 +43,11 @@ type ServeOptions struct {
 	// ConfigPath is the mounted router.json.
 	ConfigPath string
 	Logger     *slog.Logger
-	// AgentListener optionally replaces listening on the config's address.
-	AgentListener net.Listener
+	// Listeners are sockets bound by the launcher, keyed by port number as
+	// socket activation names them (ActivatedListeners). The agent and
+	// admin APIs serve on the one named for their configured port instead
+	// of binding; Serve closes the others. Serve owns them all.
+	Listeners map[string]net.Listener
 	// Ready, if set, is called with the bound addresses once serving.
 	Ready func(addrs map[string]string)
 }
@@ -58,6 +62,13 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	if log == nil {
 		log = slog.Default()
 	}
+	// Whatever happens, no passed socket outlives Serve unserved.
+	passed := maps.Clone(o.Listeners)
+	defer func() {
+		for _, l := range passed {
+			l.Close()
+		}
+	}()
 	watcher, err := routerconfig.NewWatcher(o.ConfigPath)
 	if err != nil {
 		return err
@@ -129,11 +140,28 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	listeners := []Listener{
-		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler(), Listener: o.AgentListener},
+		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler()},
 		admin,
 	}
+	// Take the passed sockets named for the configured ports; close the
+	// rest, as a socket-activated service does with sockets it has no use
+	// for.
+	var activated []string
+	for i := range listeners {
+		port := portOf(listeners[i].Addr)
+		if l, ok := passed[port]; ok && port != "" {
+			listeners[i].Listener = l
+			delete(passed, port)
+			activated = append(activated, listeners[i].Name+"="+port)
+		}
+	}
+	for name, l := range passed {
+		log.Info("closing a passed socket no listener is configured for", "name", name)
+		l.Close()
+	}
+	passed = nil
 	log.Info("kars-router starting", "sandbox", cfg.Sandbox.Namespace+"/"+cfg.Sandbox.Name, "digest", snap.Digest,
-		"agent", cfg.AgentListen(), "admin", cfg.AdminListen(), "stages", r.Stages())
+		"agent", cfg.AgentListen(), "admin", cfg.AdminListen(), "activated", activated, "stages", r.Stages())
 	return ServeListeners(ctx, log, listeners, o.Ready)
 }
 
