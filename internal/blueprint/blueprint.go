@@ -118,7 +118,10 @@ func Build(o Options) ([]client.Object, error) {
 		ModelPreference: karsv1.ModelPreference{Primary: target},
 	}}
 	if o.TokenBudgetDaily > 0 {
-		ip.Spec.TokenBudget = &karsv1.TokenBudget{Daily: o.TokenBudgetDaily}
+		// The router reserves DefaultReserve for a request that states no
+		// output cap; with a small daily budget the schema default (4096)
+		// would refuse every call, so reserve an eighth of the day instead.
+		ip.Spec.TokenBudget = &karsv1.TokenBudget{Daily: o.TokenBudgetDaily, DefaultReserve: min(4096, max(16, o.TokenBudgetDaily/8))}
 	}
 	objs = append(objs, ip, DefaultToolPolicy(meta(ToolPolicyName(o.Name))))
 

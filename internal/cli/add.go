@@ -33,6 +33,13 @@ func newAddCmd(c *cluster) *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Name, o.Namespace, o.Isolation = args[0], c.namespace, karsv1.IsolationLevel(isolation)
+			if o.Runtime == "kars-agent" {
+				// The reference agent, as the dev daemon publishes it.
+				o.Runtime = "byo"
+				if o.BYOImage == "" {
+					o.BYOImage = devenv.AgentImage()
+				}
+			}
 			switch {
 			case provider != "":
 				o.Target = karsv1.ModelTarget{Provider: karsv1.ModelProvider(provider), Endpoint: endpoint, Deployment: deployment}
@@ -58,7 +65,7 @@ func newAddCmd(c *cluster) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Runtime, "runtime", "openclaw", "agent runtime: "+blueprint.RuntimeNames())
+	f.StringVar(&o.Runtime, "runtime", "openclaw", "agent runtime: "+blueprint.RuntimeNames()+", or kars-agent (the reference agent of kars dev)")
 	f.StringVar(&o.Model, "model", "", "model the sandbox may use (e.g. gpt-4.1)")
 	f.Int64Var(&o.TokenBudgetDaily, "token-budget-daily", 0, "tokens per UTC day (0: no daily budget)")
 	f.StringVar(&isolation, "isolation", "enhanced", "isolation: standard, enhanced or confidential")

@@ -19,10 +19,19 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/kars-io/kars/internal/version"
 )
 
 // ContractLabel is the image label a BYO runtime must carry.
 const ContractLabel = "org.kars.runtime.contract"
+
+// RegistryAddr is where the dev daemon's OCI registry listens.
+const RegistryAddr = "127.0.0.1:16500"
+
+// AgentImage is the reference of the kars-agent image the dev daemon
+// publishes in its registry, for `kars add NAME --runtime kars-agent`.
+func AgentImage() string { return RegistryAddr + "/kars/kars-agent:" + version.Version }
 
 // localRegistry is a real OCI registry on loopback that holds the images of
 // the dev environment, so the controller verifies the kars-agent image's

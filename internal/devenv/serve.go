@@ -50,7 +50,7 @@ type ServeOptions struct {
 // until ctx ends, then tears every sandbox and the control plane down.
 func Serve(ctx context.Context, o ServeOptions) (err error) {
 	if o.RegistryAddr == "" {
-		o.RegistryAddr = "127.0.0.1:16500"
+		o.RegistryAddr = RegistryAddr
 	}
 	if o.Getenv == nil {
 		o.Getenv = os.Getenv
