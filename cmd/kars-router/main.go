@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/kars-io/kars/internal/router"
+	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/version"
 )
 
@@ -22,7 +23,7 @@ func main() {
 	if defaultConfig == "" {
 		defaultConfig = "/etc/kars/router/router.json"
 	}
-	configPath := flag.String("config", defaultConfig, "path of the compiled router config (env KARS_ROUTER_CONFIG)")
+	configPath := flag.String("config", defaultConfig, "path of the compiled router config (env KARS_ROUTER_CONFIG), under $KARS_ROUTER_ROOT when that is set")
 	level := flag.String("log-level", "info", "log level: debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
@@ -45,7 +46,10 @@ func main() {
 		log.Error("kars-router cannot start", "err", err)
 		os.Exit(1)
 	}
-	if err := router.Serve(ctx, router.ServeOptions{ConfigPath: *configPath, Logger: log, Listeners: passed}); err != nil {
+	// The local substrate keeps the router's files under one directory;
+	// on Kubernetes they are mounted where the config says.
+	root := os.Getenv(routerconfig.EnvRoot)
+	if err := router.Serve(ctx, router.ServeOptions{ConfigPath: *configPath, Root: root, Logger: log, Listeners: passed}); err != nil {
 		log.Error("kars-router stopped", "err", err)
 		os.Exit(1)
 	}

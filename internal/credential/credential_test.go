@@ -108,6 +108,27 @@ func TestWorkloadIdentityFromEnvNamesMissing(t *testing.T) {
 	}
 }
 
+// TestWorkloadIdentityTokenFileUnderRoot: the environment's token path is
+// the pod's (the webhook injects it), so a router under a root reads it
+// there; a path from the config arrives already resolved and is kept.
+func TestWorkloadIdentityTokenFileUnderRoot(t *testing.T) {
+	t.Setenv(EnvTenantID, "tenant")
+	t.Setenv(EnvClientID, "client")
+	t.Setenv(EnvFederatedTokenFile, "/var/run/secrets/azure/tokens/azure-identity-token")
+	w, err := WorkloadIdentityFromEnv(WorkloadIdentity{Root: "/srv/pod"})
+	if err != nil || w.TokenFile != "/srv/pod/var/run/secrets/azure/tokens/azure-identity-token" {
+		t.Fatalf("%+v %v", w, err)
+	}
+	w, err = WorkloadIdentityFromEnv(WorkloadIdentity{Root: "/srv/pod", TokenFile: "/srv/pod/token"})
+	if err != nil || w.TokenFile != "/srv/pod/token" {
+		t.Fatalf("config path: %+v %v", w, err)
+	}
+	w, err = WorkloadIdentityFromEnv(WorkloadIdentity{})
+	if err != nil || w.TokenFile != "/var/run/secrets/azure/tokens/azure-identity-token" {
+		t.Fatalf("no root: %+v %v", w, err)
+	}
+}
+
 func TestManagedIdentityAgainstFake(t *testing.T) {
 	fake := fakeprovider.New()
 	fake.Start()

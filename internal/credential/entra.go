@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kars-io/kars/internal/routerconfig"
 )
 
 // The environment the Azure Workload Identity webhook injects, read the way
@@ -41,6 +43,11 @@ type WorkloadIdentity struct {
 	TokenFile string
 	Scope     string
 	Client    *http.Client
+	// Root, when set, prefixes a TokenFile taken from
+	// AZURE_FEDERATED_TOKEN_FILE (routerconfig.EnvRoot): the local
+	// substrate materialises the projected token under the router's
+	// directory.
+	Root string
 }
 
 // WorkloadIdentityFromEnv fills empty fields from the AZURE_* environment.
@@ -58,7 +65,7 @@ func WorkloadIdentityFromEnv(w WorkloadIdentity) (*WorkloadIdentity, error) {
 		w.ClientID = os.Getenv(EnvClientID)
 	}
 	if w.TokenFile == "" {
-		w.TokenFile = os.Getenv(EnvFederatedTokenFile)
+		w.TokenFile = routerconfig.UnderRoot(w.Root, os.Getenv(EnvFederatedTokenFile))
 	}
 	var missing []string
 	for name, v := range map[string]string{EnvTenantID: w.TenantID, EnvClientID: w.ClientID, EnvFederatedTokenFile: w.TokenFile} {

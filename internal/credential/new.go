@@ -8,8 +8,11 @@ import (
 )
 
 // New returns the Source that a target's auth section describes. Entra
-// sources are wrapped in a Cache. client is used for token requests.
-func New(auth *routerconfig.Auth, client *http.Client) (Source, error) {
+// sources are wrapped in a Cache. client is used for token requests. root
+// (routerconfig.EnvRoot) prefixes a federated token file taken from
+// AZURE_FEDERATED_TOKEN_FILE; paths in auth are expected already resolved
+// (routerconfig.Snapshot.Under).
+func New(auth *routerconfig.Auth, client *http.Client, root string) (Source, error) {
 	if auth == nil {
 		return None{}, nil
 	}
@@ -25,7 +28,7 @@ func New(auth *routerconfig.Auth, client *http.Client) (Source, error) {
 	case routerconfig.AuthWorkloadIdentity:
 		w, err := WorkloadIdentityFromEnv(WorkloadIdentity{
 			AuthorityHost: auth.AuthorityHost, TenantID: auth.TenantID, ClientID: auth.ClientID,
-			TokenFile: auth.FederatedTokenFile, Scope: scope, Client: client,
+			TokenFile: auth.FederatedTokenFile, Scope: scope, Client: client, Root: root,
 		})
 		if err != nil {
 			return nil, err

@@ -160,7 +160,7 @@ func (r *Router) credentialFor(t routerconfig.Target) (credential.Source, error)
 	if s, ok := r.creds[string(key)]; ok {
 		return s, nil
 	}
-	s, err := credential.New(t.Auth, r.tokenClient)
+	s, err := credential.New(t.Auth, r.tokenClient, r.opts.Root)
 	if err != nil {
 		return nil, err
 	}

@@ -64,7 +64,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	swapConfigMap(t, cmDir, 0, h.cfg)
-	w, err := routerconfig.NewWatcher(filepath.Join(cmDir, routerconfig.FileName))
+	w, err := routerconfig.NewWatcher(filepath.Join(cmDir, routerconfig.FileName), "")
 	if err != nil {
 		t.Fatal(err)
 	}

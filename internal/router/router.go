@@ -43,6 +43,10 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Logger receives structured logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Root prefixes file paths the router takes from its environment
+	// (AZURE_FEDERATED_TOKEN_FILE), as routerconfig.Snapshot.Under does
+	// for the config's own paths.
+	Root string
 }
 
 // Router serves agents' inference calls under one sandbox's config.

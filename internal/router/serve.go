@@ -42,7 +42,10 @@ type Listener struct {
 type ServeOptions struct {
 	// ConfigPath is the mounted router.json.
 	ConfigPath string
-	Logger     *slog.Logger
+	// Root, when set, prefixes ConfigPath, every file path in the config
+	// and AZURE_FEDERATED_TOKEN_FILE (routerconfig.EnvRoot).
+	Root   string
+	Logger *slog.Logger
 	// Listeners are sockets bound by the launcher, keyed by port number as
 	// socket activation names them (ActivatedListeners). The agent and
 	// admin APIs serve on the one named for their configured port instead
@@ -69,7 +72,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			l.Close()
 		}
 	}()
-	watcher, err := routerconfig.NewWatcher(o.ConfigPath)
+	watcher, err := routerconfig.NewWatcher(o.ConfigPath, o.Root)
 	if err != nil {
 		return err
 	}
@@ -96,7 +99,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 	defer ts.Close()
 	trustStore := TrustStore{Store: ts, Log: log}
-	r, err := New(snap, Options{Audit: sink, Ledger: ledger, Logger: log, Trust: trustStore})
+	r, err := New(snap, Options{Audit: sink, Ledger: ledger, Logger: log, Trust: trustStore, Root: o.Root})
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/budget"
+	"github.com/kars-io/kars/internal/credential"
+	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
@@ -122,5 +124,131 @@ func TestServeLifecycle(t *testing.T) {
 	}
 	if led.State().DayUsed == 0 {
 		t.Fatal("the ledger was not written at shutdown")
+	}
+}
+
+// TestServeUnderRoot runs the router as the local substrate does: the
+// config as the controller compiled it for Kubernetes (mount paths under
+// /etc, /var/run/secrets and /var/lib), its files materialised under one
+// directory, and KARS_ROUTER_ROOT naming that directory. Every file —
+// config, admin token, provider key, projected token, audit log, state —
+// must resolve under the root, and the admin digest must stay the compiled
+// config's.
+func TestServeUnderRoot(t *testing.T) {
+	fake := fakeprovider.New()
+	fake.Start()
+	t.Cleanup(fake.Close)
+	root := t.TempDir()
+	put := func(p, content string) {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full+".tmp", []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(full+".tmp", full); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const (
+		configPath = "/etc/kars/router/router.json"
+		tokenFile  = "/var/run/secrets/kars/admin/token"
+		keyFile    = "/var/run/secrets/kars/providers/aoai/key"
+		federated  = "/var/run/secrets/azure/tokens/azure-identity-token"
+	)
+	put(tokenFile, "admin-token")
+	put(keyFile, fake.APIKey)
+	put(federated, fake.FederatedToken)
+	t.Setenv(credential.EnvAuthorityHost, fake.URL()+"/")
+	t.Setenv(credential.EnvTenantID, fake.TenantID)
+	t.Setenv(credential.EnvClientID, fake.ClientID)
+	t.Setenv(credential.EnvFederatedTokenFile, federated) // as the webhook injects it: not under the root
+	c := &routerconfig.Config{
+		SchemaVersion: routerconfig.SchemaVersion,
+		Sandbox:       routerconfig.Sandbox{Namespace: "kars-dev", Name: "demo", AgentID: "kars-dev/demo"},
+		Listen:        "127.0.0.1:0",
+		Models: routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1",
+			Deployment: "gpt-41", Endpoint: fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: keyFile}}},
+		Audit:    routerconfig.Audit{Dir: "/var/lib/kars/audit"},
+		Admin:    routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: tokenFile},
+		StateDir: "/var/lib/kars/state",
+	}
+	write := func() {
+		b, err := routerconfig.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		put(configPath, string(b))
+	}
+	write()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrs := make(chan map[string]string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, ServeOptions{ConfigPath: configPath, Root: root, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+			Ready: func(a map[string]string) { addrs <- a }})
+	}()
+	var a map[string]string
+	select {
+	case a = <-addrs:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	digest := func() string {
+		req, _ := http.NewRequest("GET", "http://"+a["admin"]+"/admin/v1/policy/digest", nil)
+		req.Header.Set("Authorization", "Bearer admin-token")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var v struct{ Digest string }
+		json.NewDecoder(resp.Body).Decode(&v)
+		return v.Digest
+	}
+	chat := func() {
+		t.Helper()
+		resp, err := http.Post("http://"+a["agent"]+"/v1/chat/completions", "application/json", strings.NewReader(`{"messages":[{"role":"user","content":"hi"}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("chat: %d %s", resp.StatusCode, b)
+		}
+	}
+	if want, _ := routerconfig.Digest(c); digest() != want {
+		t.Fatalf("admin digest %s, want the compiled config's %s", digest(), want)
+	}
+	chat() // the API key file resolved under the root
+
+	// Switch to workload identity by a reload: the projected token named
+	// by AZURE_FEDERATED_TOKEN_FILE is read under the root as well.
+	c.Models.Primary.Auth = &routerconfig.Auth{Mode: routerconfig.AuthWorkloadIdentity}
+	write()
+	want, _ := routerconfig.Digest(c)
+	deadline := time.Now().Add(10 * time.Second)
+	for digest() != want {
+		if time.Now().After(deadline) {
+			t.Fatal("the reload under the root was not applied")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	chat()
+	if fake.TokenRequests.Load() != 1 {
+		t.Fatalf("%d token exchanges, want 1", fake.TokenRequests.Load())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	rep, err := audit.Verify(filepath.Join(root, "var/lib/kars/audit"), audit.VerifyOptions{})
+	if err != nil || !rep.OK() || rep.Entries < 3 {
+		t.Fatalf("audit log under the root: %+v %v", rep, err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "var/lib/kars/state/budget-ledger.json")); err != nil {
+		t.Errorf("state under the root: %v", err)
 	}
 }

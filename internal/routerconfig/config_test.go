@@ -140,7 +140,7 @@ func TestWatcherFollowsConfigMapSwap(t *testing.T) {
 	dir := t.TempDir()
 	c := validConfig()
 	writeConfigMapGeneration(t, dir, 0, c)
-	w, err := NewWatcher(filepath.Join(dir, FileName))
+	w, err := NewWatcher(filepath.Join(dir, FileName), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestWatcherFollowsRenamedFile(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w, err := NewWatcher(path)
+	w, err := NewWatcher(path, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 // call.
 type Watcher struct {
 	path string
+	root string
 	cur  atomic.Pointer[Snapshot]
 	mu   sync.Mutex // serialises reloads
 
@@ -38,15 +39,25 @@ type Watcher struct {
 }
 
 // NewWatcher loads path once and fails if the initial config is invalid: a
-// router never starts without a policy.
-func NewWatcher(path string) (*Watcher, error) {
-	s, err := Load(path)
+// router never starts without a policy. With a root (EnvRoot), path and
+// every file path in the config resolve under it (Snapshot.Under); the
+// digests stay those of the config as compiled.
+func NewWatcher(path, root string) (*Watcher, error) {
+	w := &Watcher{path: UnderRoot(root, path), root: root}
+	s, err := w.load()
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{path: path}
 	w.cur.Store(s)
 	return w, nil
+}
+
+func (w *Watcher) load() (*Snapshot, error) {
+	s, err := Load(w.path)
+	if err != nil {
+		return nil, err
+	}
+	return s.Under(w.root), nil
 }
 
 // Current returns the live snapshot.
@@ -57,7 +68,7 @@ func (w *Watcher) Current() *Snapshot { return w.cur.Load() }
 func (w *Watcher) Reload() (bool, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s, err := Load(w.path)
+	s, err := w.load()
 	if err != nil {
 		return false, err
 	}
