@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
+	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // FuzzParseRequest: agent bodies are untrusted. Parsing must not panic, and
@@ -31,14 +34,79 @@ func FuzzParseRequest(f *testing.F) {
 	})
 }
 
+// referenceEvents parses an event stream by the WHATWG algorithm, written
+// for clarity: split into lines at CRLF, LF or CR, then dispatch at each
+// blank line that follows a non-blank one. Each event is "name|data:<data>",
+// or "name|" when its data is empty (which the WHATWG algorithm does not
+// dispatch; the reader returns it with no Data, and the relay forwards it).
+func referenceEvents(in []byte) []string {
+	s := strings.ReplaceAll(strings.ReplaceAll(string(in), "\r\n", "\n"), "\r", "\n")
+	lines := strings.Split(s, "\n")
+	lines = lines[:len(lines)-1] // the last piece is unterminated: no event
+	var out []string
+	var name, data string
+	inEvent, sawData := false, false
+	for _, l := range lines {
+		if l == "" {
+			if inEvent {
+				ev := name + "|"
+				if data != "" {
+					ev += "data:" + data
+				}
+				out = append(out, ev)
+			}
+			name, data, inEvent, sawData = "", "", false, false
+			continue
+		}
+		inEvent = true
+		if l[0] == ':' {
+			continue
+		}
+		field, value, _ := strings.Cut(l, ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "event":
+			name = value
+		case "data":
+			if sawData {
+				data += "\n"
+			}
+			data += value
+			sawData = true
+		}
+	}
+	return out
+}
+
 // FuzzSSE: upstream streams are untrusted. The reader must not panic, must
-// return events whose raw bytes are exactly the input in order, and the
-// meter must never report negative usage.
+// return events whose raw bytes are exactly the input in order, must agree
+// with the reference parser whether the bytes arrive at once or one by one,
+// and the meter must never report negative usage.
 func FuzzSSE(f *testing.F) {
 	f.Add([]byte("data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n"))
 	f.Add([]byte("event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":3}}\r\n\r\n"))
 	f.Add([]byte(": comment\n\n\n\ndata:x\rdata: y\n\n"))
+	f.Add([]byte("data: a\r\rdata: b\r\n\r\n\r\revent: e\rdata\r\r"))
 	f.Fuzz(func(t *testing.T, in []byte) {
+		want := referenceEvents(in)
+		for _, r := range []io.Reader{bytes.NewReader(in), iotest.OneByteReader(bytes.NewReader(in))} {
+			var got []string
+			sr := NewSSEReader(r)
+			for {
+				ev, err := sr.Next()
+				if err != nil {
+					break
+				}
+				e := ev.Name + "|"
+				if len(ev.Data) > 0 {
+					e += "data:" + string(ev.Data)
+				}
+				got = append(got, e)
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("events %q, reference %q", got, want)
+			}
+		}
 		r := NewSSEReader(bytes.NewReader(in))
 		m := NewStreamMeter(DialectAnthropic, OpMessages)
 		o := NewStreamMeter(DialectOpenAI, OpChat)

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
+	"time"
 
 	"github.com/tidwall/gjson"
 )
@@ -97,6 +99,75 @@ func TestSSEReader(t *testing.T) {
 	}
 	if _, err := r.Next(); err != io.EOF {
 		t.Fatalf("after end: %v", err)
+	}
+}
+
+// TestSSEReaderLineEndings: CRLF, LF and a bare CR all end a line
+// (WHATWG HTML §9.2.5), including a CRLF split across two reads.
+func TestSSEReaderLineEndings(t *testing.T) {
+	for name, in := range map[string]string{
+		"LF":    "event: delta\ndata: a\ndata: b\n\ndata: [DONE]\n\n",
+		"CRLF":  "event: delta\r\ndata: a\r\ndata: b\r\n\r\ndata: [DONE]\r\n\r\n",
+		"CR":    "event: delta\rdata: a\rdata: b\r\rdata: [DONE]\r\r",
+		"mixed": "event: delta\rdata: a\r\ndata: b\n\rdata: [DONE]\r\n\n",
+	} {
+		for _, split := range []bool{false, true} {
+			var r io.Reader = strings.NewReader(in)
+			if split {
+				r = iotest.OneByteReader(r) // every CRLF straddles two reads
+			}
+			sr := NewSSEReader(r)
+			var got []string
+			var raw strings.Builder
+			for {
+				ev, err := sr.Next()
+				raw.Write(ev.Raw)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				got = append(got, ev.Name+"|"+string(ev.Data))
+			}
+			if strings.Join(got, ",") != "delta|a\nb,|[DONE]" {
+				t.Fatalf("%s (one byte per read: %v): events %q", name, split, got)
+			}
+			// The events' raw bytes are the input, except that the LF of
+			// a final CRLF that arrives after its CR ends no event.
+			want := in
+			if split && strings.HasSuffix(in, "\r\n") {
+				want = strings.TrimSuffix(in, "\n")
+			}
+			if raw.String() != want {
+				t.Fatalf("%s (one byte per read: %v): raw %q, want %q", name, split, raw.String(), want)
+			}
+		}
+	}
+}
+
+// TestSSEReaderBareCRDoesNotWait: an event ended by CR CR is delivered at
+// once; the reader does not hold it back waiting for a possible LF.
+func TestSSEReaderBareCRDoesNotWait(t *testing.T) {
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	got := make(chan string, 1)
+	go func() {
+		ev, err := NewSSEReader(pr).Next()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(ev.Data)
+	}()
+	pw.Write([]byte("data: now\r\r"))
+	select {
+	case d := <-got:
+		if d != "now" {
+			t.Fatalf("got %q", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the event was held back waiting for more bytes")
 	}
 }
 

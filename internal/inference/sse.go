@@ -29,10 +29,15 @@ const MaxEventBytes = 8 << 20
 // MaxEventBytes.
 var ErrEventTooLarge = errors.New("server-sent event exceeds size limit")
 
-// SSEReader splits a byte stream into events.
+// SSEReader splits a byte stream into events. Lines end with CRLF, LF or
+// a bare CR, as the WHATWG grammar allows (end-of-line = CRLF / LF / CR).
 type SSEReader struct {
 	br  *bufio.Reader
 	raw []byte
+	// skipLF is set when the last line ended with a CR that was the last
+	// byte buffered: an LF arriving next completes that CRLF rather than
+	// ending an empty line.
+	skipLF bool
 }
 
 // NewSSEReader reads events from r.
@@ -50,17 +55,22 @@ func (s *SSEReader) Buffered() bool { return s.br.Buffered() > 0 }
 // if the stream ends inside an event it returns that partial event's bytes
 // with io.ErrUnexpectedEOF so the caller can meter what arrived.
 //
+// Raw is every byte consumed for the event, so that the concatenation of
+// the events' Raw is the stream minus the blank lines between events: an
+// LF completing the previous event's final CR leads the next event's Raw
+// (at the end of the stream it belongs to no event).
+//
 // The returned Event's slices are valid until the next call.
 func (s *SSEReader) Next() (Event, error) {
 	s.raw = s.raw[:0]
 	var ev Event
 	var data []byte
-	sawData := false
+	sawData, inEvent := false, false
 	for {
 		line, err := s.readLine()
 		if err != nil {
 			if err == io.EOF {
-				if len(s.raw) == 0 {
+				if !inEvent && len(bytes.Trim(s.raw, "\r\n")) == 0 {
 					return Event{}, io.EOF
 				}
 				ev.Raw = s.raw
@@ -70,7 +80,7 @@ func (s *SSEReader) Next() (Event, error) {
 		}
 		content := bytes.TrimRight(line, "\r\n")
 		if len(content) == 0 {
-			if len(s.raw) == len(line) {
+			if !inEvent {
 				// Blank lines between events: not an event.
 				s.raw = s.raw[:0]
 				continue
@@ -81,6 +91,7 @@ func (s *SSEReader) Next() (Event, error) {
 			ev.Raw = s.raw
 			return ev, nil
 		}
+		inEvent = true
 		if content[0] == ':' {
 			continue // comment
 		}
@@ -100,20 +111,67 @@ func (s *SSEReader) Next() (Event, error) {
 }
 
 // readLine appends one whole line (however long, up to MaxEventBytes for
-// the event) to s.raw and returns it.
+// the event) with its line ending to s.raw and returns it. At the end of
+// the stream it returns what is left of the line with io.EOF.
 func (s *SSEReader) readLine() ([]byte, error) {
+	if s.skipLF {
+		s.skipLF = false
+		b, err := s.br.ReadByte()
+		if err != nil {
+			return nil, err
+		}
+		if b == '\n' {
+			s.raw = append(s.raw, b) // the rest of the last line's CRLF
+		} else {
+			s.br.UnreadByte()
+		}
+	}
 	start := len(s.raw)
 	for {
-		chunk, err := s.br.ReadSlice('\n')
-		s.raw = append(s.raw, chunk...)
+		if s.br.Buffered() == 0 {
+			if _, err := s.br.Peek(1); err != nil {
+				return s.raw[start:], err
+			}
+		}
+		buf, _ := s.br.Peek(s.br.Buffered())
+		i := lineEnd(buf)
+		if i < 0 {
+			s.raw = append(s.raw, buf...)
+			s.br.Discard(len(buf))
+			if len(s.raw) > MaxEventBytes {
+				return nil, ErrEventTooLarge
+			}
+			continue
+		}
+		n := i + 1
+		if buf[i] == '\r' {
+			switch {
+			case n == len(buf):
+				s.skipLF = true // the LF of a CRLF may still be on its way
+			case buf[n] == '\n':
+				n++
+			}
+		}
+		s.raw = append(s.raw, buf[:n]...)
+		s.br.Discard(n)
 		if len(s.raw) > MaxEventBytes {
 			return nil, ErrEventTooLarge
 		}
-		if err == bufio.ErrBufferFull {
-			continue
-		}
-		return s.raw[start:], err
+		return s.raw[start:], nil
 	}
+}
+
+// lineEnd returns the index of the first CR or LF in b, or -1.
+func lineEnd(b []byte) int {
+	i := bytes.IndexByte(b, '\n')
+	lim := b
+	if i >= 0 {
+		lim = b[:i]
+	}
+	if j := bytes.IndexByte(lim, '\r'); j >= 0 {
+		return j
+	}
+	return i
 }
 
 // WriteEvent writes one event with the given name (omitted when empty) and
