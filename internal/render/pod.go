@@ -460,7 +460,7 @@ func urlPort(raw string) int32 {
 		return 0
 	}
 	if p := u.Port(); p != "" {
-		n, err := strconv.Atoi(p)
+		n, err := strconv.ParseUint(p, 10, 16)
 		if err != nil {
 			return 0
 		}
