@@ -190,7 +190,7 @@ func TestReconcileLoad(t *testing.T) {
 
 	req0, wr0 := cnt.requests.Load(), cnt.writes.Load()
 	start := time.Now()
-	var cpu0 = cpuTime()
+	cpu0, children0 := cpuTime(), childCPU()
 	parallel(n, 8, func(i int) error {
 		ns := fmt.Sprintf("bench-%04d", i)
 		sb := &karsv1.KarsSandbox{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agent"}, Spec: karsv1.KarsSandboxSpec{
@@ -215,7 +215,7 @@ func TestReconcileLoad(t *testing.T) {
 		t.Fatal("not every sandbox reconciled within 10 minutes")
 	}
 	total := time.Since(start)
-	cpuUsed := cpuTime() - cpu0
+	cpuUsed, children1 := cpuTime()-cpu0, childCPU()
 	reqReconcile, wrReconcile := cnt.requests.Load()-req0, cnt.writes.Load()-wr0
 
 	// Follow-up work caused by the reconciles (owned-object events, policy
@@ -242,7 +242,10 @@ func TestReconcileLoad(t *testing.T) {
 	t.Logf("controller API requests until all reconciled: %d (%.1f per sandbox), of which writes %d (%.1f per sandbox)", reqReconcile, float64(reqReconcile)/float64(n), wrReconcile, float64(wrReconcile)/float64(n))
 	t.Logf("controller API requests until quiet (incl. policy status): %d (%.1f per sandbox), writes %d (%.1f per sandbox)", reqAll, float64(reqAll)/float64(n), wrAll, float64(wrAll)/float64(n))
 	t.Logf("requests before the sandboxes (cache sync, policy status): %d", setupRequests)
-	t.Logf("test process CPU during the reconcile phase: %.1f s (controller and harness; API server and etcd are separate processes)", cpuUsed.Seconds())
+	t.Logf("CPU during the reconcile phase: test process (controller and harness) %.1f s", cpuUsed.Seconds())
+	for name, c := range children1 {
+		t.Logf("CPU during the reconcile phase: %s %.1f s", name, (c - children0[name]).Seconds())
+	}
 	t.Logf("idle %v afterwards: %d writes, %d requests", idle, idleWr, idleReq)
 	if idleWr != 0 {
 		t.Errorf("the controller wrote %d times while idle", idleWr)
