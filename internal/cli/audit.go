@@ -13,25 +13,26 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kars-io/kars/internal/audit"
 )
 
 // newAuditCmd builds "kars audit": commands over tamper-evident audit logs.
-func newAuditCmd() *cobra.Command {
+func newAuditCmd(c *cluster) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
 		Short: "Inspect and verify tamper-evident audit logs",
 	}
-	cmd.AddCommand(newAuditVerifyCmd())
+	cmd.AddCommand(newAuditVerifyCmd(c), newAuditTailCmd(c))
 	return cmd
 }
 
-func newAuditVerifyCmd() *cobra.Command {
+func newAuditVerifyCmd(c *cluster) *cobra.Command {
 	var keys []string
 	var allowPruned, asJSON bool
 	cmd := &cobra.Command{
-		Use:   "verify DIR",
+		Use:   "verify NAME|DIR",
 		Short: "Check an audit log directory offline",
 		Long: "Verify walks every entry of the audit log in DIR: each line must be a canonical\n" +
 			"entry whose SHA-256 matches, sequence numbers must run without gaps, each entry\n" +
@@ -53,7 +54,14 @@ func newAuditVerifyCmd() *cobra.Command {
 			}
 			dir := args[0]
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-				return fmt.Errorf("%s is not a directory: give the audit log directory of a sandbox", dir)
+				if len(validation.IsDNS1035Label(dir)) > 0 {
+					return fmt.Errorf("%s is not a directory, nor a sandbox name: give an audit log directory or a sandbox", dir)
+				}
+				if len(keys) > 0 || allowPruned {
+					return fmt.Errorf("%s is not a directory: --key and --allow-pruned apply to an offline check of an audit log directory", dir)
+				}
+				// Not a directory: a sandbox name, verified by its router.
+				return c.verifySandbox(cmd.Context(), dir, cmd.OutOrStdout(), asJSON)
 			}
 			rep, err := audit.Verify(dir, opts)
 			if err != nil {

@@ -39,7 +39,7 @@ func NewRoot() *cobra.Command {
 	}
 	var c cluster
 	c.register(root)
-	root.AddCommand(newVersionCmd(), newAuditCmd(), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
+	root.AddCommand(newVersionCmd(), newAuditCmd(&c), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
 		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd())
 	return root
 }

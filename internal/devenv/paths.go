@@ -7,6 +7,8 @@
 package devenv
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 )
@@ -44,10 +46,35 @@ func (p Paths) Progress() string { return filepath.Join(p.Dir, "progress.log") }
 func (p Paths) Log() string { return filepath.Join(p.Dir, "logs", "daemon.log") }
 
 // Sandboxes is the root of the local pods' state (one folder per pod).
-func (p Paths) Sandboxes() string { return filepath.Join(p.Dir, "sandboxes") }
+func (p Paths) Sandboxes() string { return filepath.Join(p.podRoot(), "sandboxes") }
 
 // Workspaces holds each sandbox's /sandbox, kept across restarts.
-func (p Paths) Workspaces() string { return filepath.Join(p.Dir, "workspaces") }
+func (p Paths) Workspaces() string { return filepath.Join(p.podRoot(), "workspaces") }
+
+// podRoot is where pods and workspaces live. The sandbox UIDs (1000, 1001)
+// must traverse every folder above them, and root's home is private
+// (mode 0700), so when Dir lies below a folder others cannot traverse, the
+// pods live under /var/lib/kars instead — a folder per state Dir.
+func (p Paths) podRoot() string {
+	if traversable(p.Dir) {
+		return p.Dir
+	}
+	sum := sha256.Sum256([]byte(p.Dir))
+	return filepath.Join("/var/lib/kars", "dev-"+hex.EncodeToString(sum[:4]))
+}
+
+// traversable reports whether every existing ancestor of dir lets others
+// search it (the x bit for "other").
+func traversable(dir string) bool {
+	for d := filepath.Dir(filepath.Clean(dir)); ; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		if d == "/" || d == "." {
+			return true
+		}
+	}
+}
 
 // Sockets is where the daemon exposes each sandbox's agent and router admin
 // ports as Unix sockets (root-only), for `kars connect` and friends.

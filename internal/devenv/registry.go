@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -46,7 +47,7 @@ func startRegistry(addr string) (*localRegistry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local OCI registry on %s: %w", addr, err)
 	}
-	r := &localRegistry{srv: &http.Server{Handler: registry.New(registry.Logger(nil)), ReadHeaderTimeout: 10 * time.Second}, host: l.Addr().String()}
+	r := &localRegistry{srv: &http.Server{Handler: registry.New(registry.Logger(log.New(io.Discard, "", 0))), ReadHeaderTimeout: 10 * time.Second}, host: l.Addr().String()}
 	go func() { _ = r.srv.Serve(l) }()
 	return r, nil
 }

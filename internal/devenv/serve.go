@@ -60,8 +60,9 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 			return err
 		}
 	}
-	// The router (UID 1001) must traverse to its directory under here.
-	for _, d := range []string{o.Paths.Dir, o.Paths.Sandboxes(), o.Paths.Workspaces()} {
+	// The router (UID 1001) and the agent (UID 1000) must traverse to
+	// their folders under here.
+	for _, d := range []string{filepath.Dir(o.Paths.Sandboxes()), o.Paths.Sandboxes(), o.Paths.Workspaces()} {
 		_ = os.Chmod(d, 0o711)
 	}
 	release, err := lockDaemon(o.Paths)
