@@ -136,6 +136,9 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// envtest leaves etcd and kube-apiserver running when a later step
+		// (installing the CRDs) fails; nothing else would ever stop them.
+		_ = env.Stop()
 		return nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", assets, err)
 	}
 	cp := &ControlPlane{Config: cfg, env: env}
