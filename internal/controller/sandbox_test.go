@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -558,4 +559,43 @@ func TestIdleMakesNoWrites(t *testing.T) {
 			t.Errorf("%s resourceVersion moved from %s to %s", kind, pair[0].GetResourceVersion(), pair[1].GetResourceVersion())
 		}
 	}
+}
+
+// The runtime's own configuration lives in its ConfigMap; dropping it from
+// the spec deletes the ConfigMap and its mount.
+func TestAgentConfigFollowsSpec(t *testing.T) {
+	requireController(t)
+	ns := newNamespace(t, "agentconfig")
+	sb := minimalSandbox(ns, "claw", karsv1.RuntimeOpenClaw)
+	sb.Spec.Runtime.OpenClaw = &karsv1.OpenClawRuntime{Config: &runtime.RawExtension{Raw: []byte(`{"channels":{"telegram":{"enabled":true}}}`)}}
+	withPolicies(t, sb)
+	create(t, sb)
+	waitRendered(t, sb)
+	var cm corev1.ConfigMap
+	eventually(t, 10*time.Second, "agent ConfigMap", func() error {
+		return k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "claw-agent"}, &cm)
+	})
+	if !strings.Contains(cm.Data["openclaw.json"], "telegram") {
+		t.Errorf("agent config %q", cm.Data)
+	}
+	cur := sandboxNow(t, sb)
+	cur.Spec.Runtime.OpenClaw.Config = nil
+	if err := k8s.Update(context.Background(), cur); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "agent ConfigMap and its mount removed", func() error {
+		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "claw-agent"}, &cm); !apierrors.IsNotFound(err) {
+			return errorf("ConfigMap still there (%v)", err)
+		}
+		r := observe(t, sb)
+		for _, v := range r.deploy.Spec.Template.Spec.Volumes {
+			if v.ConfigMap != nil && v.ConfigMap.Name == "claw-agent" {
+				return errorf("pod still mounts it")
+			}
+		}
+		if _, ok := r.deploy.Spec.Template.Annotations[render.AnnotationAgentConfigDigest]; ok {
+			return errorf("template keeps the agent config digest")
+		}
+		return nil
+	})
 }
