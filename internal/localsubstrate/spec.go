@@ -198,7 +198,13 @@ func localBinary(binDir string, c *corev1.Container) (string, error) {
 	base := path.Base(repo)
 	switch base {
 	case "kars-agent", "kars-router":
-		return filepath.Join(binDir, base), nil
+		p := filepath.Join(binDir, base)
+		for _, private := range []string{"/tmp/", "/run/", "/dev/shm/"} {
+			if strings.HasPrefix(p, private) {
+				return "", fmt.Errorf("%s is under %s, which is a private tmpfs inside the sandbox: keep kars's binaries elsewhere (make build puts them in bin/)", p, private)
+			}
+		}
+		return p, nil
 	}
 	return "", fmt.Errorf("container %s runs image %s, which kars dev cannot run locally (it runs kars's own kars-agent and kars-router); use a Kubernetes cluster for this runtime", c.Name, c.Image)
 }

@@ -66,6 +66,9 @@ const (
 	AdminTokenKey = "token"
 	AdminCertKey  = "tls.crt"
 	AdminKeyKey   = "tls.key"
+	// AdminCheckpointKey holds the Ed25519 key (PKCS#8 PEM) the router
+	// signs its audit checkpoints with.
+	AdminCheckpointKey = "checkpoint.key"
 )
 
 // Labels and annotations kars puts on what it renders.

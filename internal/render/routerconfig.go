@@ -48,8 +48,10 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
-		Audit:         routerconfig.Audit{Dir: RouterAuditDir},
-		StateDir:      RouterStateDir,
+		// Checkpoints are always signed, with the key the controller keeps
+		// in the admin Secret (mounted into the router only).
+		Audit:    routerconfig.Audit{Dir: RouterAuditDir, CheckpointKeyFile: path.Join(RouterAdminDir, AdminCheckpointKey)},
+		StateDir: RouterStateDir,
 		Admin: routerconfig.Admin{
 			TokenFile:   path.Join(RouterAdminDir, AdminTokenKey),
 			TLSCertFile: path.Join(RouterAdminDir, AdminCertKey),

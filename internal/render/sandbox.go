@@ -47,6 +47,9 @@ type AdminCredentials struct {
 	Token   []byte
 	CertPEM []byte
 	KeyPEM  []byte
+	// CheckpointKeyPEM is the audit checkpoint signing key (Ed25519,
+	// PKCS#8 PEM).
+	CheckpointKeyPEM []byte
 }
 
 // Input is everything one sandbox's rendering depends on.
@@ -136,9 +139,10 @@ func Render(in Input) (*Sandbox, error) {
 		ObjectMeta: meta(sb, names.RouterAdmin, "router"),
 		Type:       corev1.SecretTypeOpaque,
 		Data: map[string][]byte{
-			AdminTokenKey: in.Admin.Token,
-			AdminCertKey:  in.Admin.CertPEM,
-			AdminKeyKey:   in.Admin.KeyPEM,
+			AdminTokenKey:      in.Admin.Token,
+			AdminCertKey:       in.Admin.CertPEM,
+			AdminKeyKey:        in.Admin.KeyPEM,
+			AdminCheckpointKey: in.Admin.CheckpointKeyPEM,
 		},
 	}
 	out.RouterConfig = &corev1.ConfigMap{

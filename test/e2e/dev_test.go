@@ -31,10 +31,16 @@ type kars struct {
 
 func (k *kars) run(args ...string) (string, int) {
 	k.t.Helper()
+	return k.runStdin("", args...)
+}
+
+func (k *kars) runStdin(stdin string, args ...string) (string, int) {
+	k.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(k.bin, "kars"), args...)
 	cmd.Env = k.env
+	cmd.Stdin = strings.NewReader(stdin)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -60,11 +66,20 @@ func (k *kars) must(args ...string) string {
 // buildBinaries compiles the kars programs the way `make build` does.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
-	bin := t.TempDir()
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Not under /tmp: the agent's /tmp is a private tmpfs, so it could not
+	// see a program there.
+	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := os.MkdirTemp(filepath.Join(root, "bin"), "e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(bin) })
 	cmd := exec.Command("go", "build", "-o", bin+"/", "./cmd/kars", "./cmd/kars-router", "./cmd/kars-agent")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -160,6 +175,12 @@ func TestKarsDev(t *testing.T) {
 	endpoint := "http://" + l.Addr().String() + "/v1"
 	k.must("add", "tiny", "--runtime", "kars-agent", "--provider", "OpenAICompatible", "--endpoint", endpoint,
 		"--model", "model-one", "--token-budget-daily", "400", "--isolation", "enhanced")
+	// The upstream's key goes to the router only, through the sandbox's
+	// credentials Secret.
+	if out, code := k.runStdin(fake.APIKey+"\n", "credentials", "set", "tiny", "--provider", "OpenAICompatible",
+		"--endpoint", endpoint, "--model", "model-one", "--api-key-stdin"); code != 0 {
+		t.Fatalf("credentials set: %s", out)
+	}
 	waitStatus(t, k, "tiny", "Running")
 
 	turn := chatJSON(t, k, "tiny", "first question")
