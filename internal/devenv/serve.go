@@ -132,7 +132,7 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 		return err
 	}
 	sub := localsubstrate.New(localsubstrate.Options{
-		Client: mgr.GetClient(), StateRoot: o.Paths.Sandboxes(), WorkspaceRoot: o.Paths.Workspaces(), BinDir: binDir,
+		Client: mgr.GetAPIReader(), StateRoot: o.Paths.Sandboxes(), WorkspaceRoot: o.Paths.Workspaces(), BinDir: binDir,
 		SocketDir: o.Paths.Sockets, Log: logger,
 	})
 	defer func() {

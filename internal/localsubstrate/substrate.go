@@ -35,8 +35,11 @@ const Finalizer = "kars.io/local-pod"
 
 // Options configure the substrate.
 type Options struct {
-	// Client reads the Secrets and ConfigMaps the pod mounts.
-	Client client.Client
+	// Client reads the Secrets and ConfigMaps the pod mounts. Use an
+	// uncached reader (the manager's API reader): the controller's cache
+	// holds only the objects kars renders, not the user's credential
+	// Secrets.
+	Client client.Reader
 	// StateRoot holds the local pods (local.Spec.StateRoot).
 	StateRoot string
 	// WorkspaceRoot holds each sandbox's /sandbox, kept across restarts,

@@ -22,7 +22,7 @@ import (
 
 // kars runs the CLI built for this test with the test's environment.
 type kars struct {
-	t    *testing.T
+	t    testing.TB
 	bin  string
 	env  []string
 	dev  string
@@ -64,7 +64,7 @@ func (k *kars) must(args ...string) string {
 }
 
 // buildBinaries compiles the kars programs the way `make build` does.
-func buildBinaries(t *testing.T) string {
+func buildBinaries(t testing.TB) string {
 	t.Helper()
 	root, err := filepath.Abs("../..")
 	if err != nil {
@@ -174,7 +174,7 @@ func TestKarsDev(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 	endpoint := "http://" + l.Addr().String() + "/v1"
 	k.must("add", "tiny", "--runtime", "kars-agent", "--provider", "OpenAICompatible", "--endpoint", endpoint,
-		"--model", "model-one", "--token-budget-daily", "400", "--isolation", "enhanced")
+		"--model", "model-one", "--token-budget-daily", "2000", "--isolation", "enhanced")
 	// The upstream's key goes to the router only, through the sandbox's
 	// credentials Secret.
 	if out, code := k.runStdin(fake.APIKey+"\n", "credentials", "set", "tiny", "--provider", "OpenAICompatible",
