@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,7 +38,7 @@ func main() {
 	flag.Parse()
 	switch *role {
 	case "upstream":
-		runUpstream()
+		runUpstream(flag.Arg(0))
 	case "bare":
 		runBare(flag.Arg(0))
 	case "kars":
@@ -55,6 +56,8 @@ func main() {
 type child struct {
 	cmd  *exec.Cmd
 	addr string
+	// admin is the router's admin API, when the role has one.
+	admin string
 }
 
 // pinned runs this binary in a role, on cpu when taskset is available.
@@ -70,8 +73,14 @@ func pinned(cpu string, args ...string) *exec.Cmd {
 }
 
 // start runs a server role and waits for the address it prints.
-func start(cpu string, args ...string) *child {
+func start(cpu string, args ...string) *child { return startEnv(cpu, nil, args...) }
+
+// startEnv is start with extra environment variables.
+func startEnv(cpu string, env []string, args ...string) *child {
 	cmd := pinned(cpu, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -85,7 +94,15 @@ func start(cpu string, args ...string) *child {
 		log.Fatalf("%v did not report its address: %v", args, err)
 	}
 	go io.Copy(io.Discard, out)
-	return &child{cmd: cmd, addr: strings.TrimSpace(line)}
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		log.Fatalf("%v reported no address", args)
+	}
+	c := &child{cmd: cmd, addr: f[0]}
+	if len(f) > 1 {
+		c.admin = f[1]
+	}
+	return c
 }
 
 func (c *child) stop() {
@@ -195,33 +212,25 @@ func orchestrate(duration time.Duration, rates string) {
 	fmt.Println()
 	fmt.Println("## RSS with 1,000 concurrent streams")
 	fmt.Println()
-	// A fresh router, so that memory held since the load steps does not
-	// count against the streams.
+	fmt.Println("| upstream | RSS idle MB | RSS peak MB | streams open at once | completed | errors | goroutines at peak | stacks MB | heap in use MB | Go runtime MB | goal < 60 MB |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+	// A fresh router for each, so that memory held since the load steps
+	// does not count against the streams.
 	kars.stop()
 	kars = start("1", "-role", "kars", cfgPath)
-	time.Sleep(500 * time.Millisecond)
-	idle := rssKB(kars.cmd.Process.Pid)
-	peak := make(chan int64)
-	stopSampling := make(chan struct{})
-	go func() {
-		var max int64
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopSampling:
-				peak <- max
-				return
-			case <-t.C:
-				max = maxInt(max, rssKB(kars.cmd.Process.Pid))
-			}
-		}
-	}()
-	st := load("streams", kars.addr, "openai", "1000")
-	close(stopSampling)
-	p := <-peak
-	fmt.Printf("kars-router RSS idle %.1f MB, peak %.1f MB while %d/%d streams were open at once (%d completed, %d errors); goal < 60 MB: %s\n",
-		float64(idle)/1024, float64(p)/1024, st.Concurrent, 1000, st.OK, st.Errors, verdict(p < 60*1024))
+	streamsRSS("HTTP/1.1 (plain, like Ollama or vLLM)", kars)
+	kars.stop()
+	// The same with an HTTPS upstream speaking HTTP/2, as Azure OpenAI,
+	// OpenAI and Anthropic do: streams share connections.
+	certFile := filepath.Join(work, "upstream-cert.pem")
+	tlsUp := start("0", "-role", "upstream", certFile)
+	tlsWork := filepath.Join(work, "tls")
+	os.Mkdir(tlsWork, 0o700)
+	tlsKars := startEnv("1", []string{"SSL_CERT_FILE=" + certFile}, "-role", "kars", writeKarsConfig(tlsWork, tlsUp.addr, 0))
+	streamsRSS("HTTPS, HTTP/2 (like Azure OpenAI)", tlsKars)
+	tlsKars.stop()
+	tlsUp.stop()
+	kars = start("1", "-role", "kars", cfgPath)
 
 	fmt.Println()
 	fmt.Println("## Config reload under load")
@@ -240,6 +249,43 @@ func orchestrate(duration time.Duration, rates string) {
 	n := <-swaps
 	fmt.Printf("1,000 rps for %s while the config was replaced %d times (rename over router.json): %d ok, %d failed, p99 %d µs: %s\n",
 		duration, n, rl.OK, rl.Errors, rl.P99, verdict(rl.Errors == 0))
+}
+
+// streamsRSS opens 1,000 slow streams through kars at once and prints a
+// table row: its RSS before and at the peak, with the Go runtime's view of
+// the peak.
+func streamsRSS(label string, kars *child) {
+	time.Sleep(500 * time.Millisecond)
+	idle := rssKB(kars.cmd.Process.Pid)
+	type sample struct {
+		rss int64
+		rt  map[string]float64
+	}
+	peak := make(chan sample)
+	stopSampling := make(chan struct{})
+	go func() {
+		var max sample
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopSampling:
+				peak <- max
+				return
+			case <-t.C:
+				if r := rssKB(kars.cmd.Process.Pid); r > max.rss {
+					max = sample{r, goMetrics(kars.admin)}
+				}
+			}
+		}
+	}()
+	st := load("streams", kars.addr, "openai", "1000")
+	close(stopSampling)
+	p := <-peak
+	fmt.Printf("| %s | %.1f | %.1f | %d | %d | %d | %.0f | %.1f | %.1f | %.1f | %s |\n", label,
+		float64(idle)/1024, float64(p.rss)/1024, st.Concurrent, st.OK, st.Errors,
+		p.rt["go_goroutines"], p.rt["go_memstats_stack_inuse_bytes"]/(1<<20), p.rt["go_memstats_heap_inuse_bytes"]/(1<<20),
+		p.rt["go_memstats_sys_bytes"]/(1<<20), verdict(p.rss < 60*1024))
 }
 
 func verdict(ok bool) string {
@@ -263,6 +309,29 @@ func numCPU() int {
 	return strings.Count(string(b), "processor\t:")
 }
 
+// goMetrics scrapes the Go runtime gauges from a router's admin /metrics.
+func goMetrics(admin string) map[string]float64 {
+	out := map[string]float64{}
+	if admin == "" {
+		return out
+	}
+	resp, err := http.Get(admin + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if ok && (name == "go_goroutines" || strings.HasPrefix(name, "go_memstats_")) {
+			var f float64
+			fmt.Sscanf(v, "%g", &f)
+			out[name] = f
+		}
+	}
+	return out
+}
+
 // rssKB reads VmRSS of pid.
 func rssKB(pid int) int64 {
 	b, err := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "status"))
@@ -277,11 +346,4 @@ func rssKB(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-func maxInt(a, b int64) int64 {
-	if a > b {
-		return a
-	}
-	return b
 }

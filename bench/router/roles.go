@@ -2,11 +2,19 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -35,13 +43,21 @@ func signalled() context.Context {
 	return ctx
 }
 
-// serve prints the address then serves h until interrupted.
-func serve(h http.Handler) {
+// serve prints the address then serves h until interrupted. With a
+// certFile it serves HTTPS with HTTP/2, as Azure OpenAI does, under a fresh
+// self-signed certificate for 127.0.0.1 that it writes to certFile (a
+// client trusts it with SSL_CERT_FILE).
+func serve(h http.Handler, certFile string) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Printf("http://%s\n", ln.Addr())
+	scheme := "http"
+	if certFile != "" {
+		scheme = "https"
+		ln = tls.NewListener(ln, selfSigned(certFile))
+	}
+	fmt.Printf("%s://%s\n", scheme, ln.Addr())
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	<-signalled().Done()
@@ -55,7 +71,7 @@ func serve(h http.Handler) {
 // wire format: content-filter annotations, usage) instead of being rendered
 // per call, so the upstream's own cost on the shared core stays small and
 // the harness measures the proxies rather than the fake.
-func runUpstream() {
+func runUpstream(certFile string) {
 	fake := fakeprovider.New()
 	rec := httptest.NewRecorder()
 	sample := newRequest("", "azure", false, "")
@@ -75,7 +91,29 @@ func runUpstream() {
 		}
 		r.Body = io.NopCloser(strings.NewReader(string(body)))
 		fake.ServeHTTP(w, r)
-	}))
+	}), certFile)
+}
+
+// selfSigned makes a TLS config offering HTTP/2 with a new certificate for
+// 127.0.0.1, and writes the certificate to certFile.
+func selfSigned(certFile string) *tls.Config {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		log.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kars-bench-upstream"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
 }
 
 // runBare is the floor: the standard library's reverse proxy with the same
@@ -87,7 +125,7 @@ func runBare(upstream string) {
 	}
 	p := httputil.NewSingleHostReverseProxy(u)
 	p.Transport = router.DefaultTransport()
-	serve(p)
+	serve(p, "")
 }
 
 // runKars runs the real router (router.Serve, as cmd/kars-router does),
@@ -98,8 +136,12 @@ func runKars(cfgPath string) {
 		log.Fatal(err)
 	}
 	defer logf.Close()
-	if path := os.Getenv("KARS_BENCH_CPUPROFILE"); path != "" {
-		f, err := os.Create(path)
+	logs := router.NewLogWriter(logf) // as cmd/kars-router does
+	defer logs.Close()
+	// KARS_BENCH_CPUPROFILE=prefix writes prefix.<pid> for each router
+	// the harness starts (the first serves the rate and throughput steps).
+	if prefix := os.Getenv("KARS_BENCH_CPUPROFILE"); prefix != "" {
+		f, err := os.Create(fmt.Sprintf("%s.%d", prefix, os.Getpid()))
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -108,8 +150,8 @@ func runKars(cfgPath string) {
 	}
 	err = router.Serve(signalled(), router.ServeOptions{
 		ConfigPath: cfgPath,
-		Logger:     slog.New(slog.NewJSONHandler(logf, nil)),
-		Ready:      func(addrs map[string]string) { fmt.Printf("http://%s\n", addrs["agent"]) },
+		Logger:     slog.New(slog.NewJSONHandler(logs, nil)),
+		Ready:      func(addrs map[string]string) { fmt.Printf("http://%s http://%s\n", addrs["agent"], addrs["admin"]) },
 	})
 	if err != nil {
 		log.Fatal(err)

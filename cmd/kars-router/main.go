@@ -36,7 +36,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "kars-router: -log-level %q: %v\n", *level, err)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	logs := router.NewLogWriter(os.Stderr)
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: lvl}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The local substrate binds the router's ports inside the pod and
@@ -44,6 +45,7 @@ func main() {
 	passed, err := router.ActivatedListeners()
 	if err != nil {
 		log.Error("kars-router cannot start", "err", err)
+		logs.Close()
 		os.Exit(1)
 	}
 	// The local substrate keeps the router's files under one directory;
@@ -51,6 +53,8 @@ func main() {
 	root := os.Getenv(routerconfig.EnvRoot)
 	if err := router.Serve(ctx, router.ServeOptions{ConfigPath: *configPath, Root: root, Logger: log, Listeners: passed}); err != nil {
 		log.Error("kars-router stopped", "err", err)
+		logs.Close()
 		os.Exit(1)
 	}
+	logs.Close()
 }

@@ -223,3 +223,34 @@ func TestStreamMeter(t *testing.T) {
 		t.Fatalf("anthropic final: %+v", u)
 	}
 }
+
+// TestStreamMeterDone: each dialect's terminal event, and only it, ends
+// the stream.
+func TestStreamMeterDone(t *testing.T) {
+	cases := []struct {
+		d      Dialect
+		op     Op
+		events []string // the last is terminal
+	}{
+		{DialectOpenAI, OpChat, []string{`{"choices":[{"delta":{"content":"hi"}}]}`, `{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}`, `[DONE]`}},
+		{DialectOpenAI, OpCompletions, []string{`{"choices":[{"text":"hi"}]}`, `[DONE]`}},
+		{DialectAnthropic, OpMessages, []string{`{"type":"message_start","message":{"usage":{"input_tokens":2}}}`, `{"type":"message_delta","usage":{"output_tokens":3}}`, `{"type":"message_stop"}`}},
+		{DialectOpenAI, OpResponses, []string{`{"type":"response.output_text.delta","delta":"hi"}`, `{"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":1}}}`}},
+		{DialectOpenAI, OpResponses, []string{`{"type":"response.failed","response":{}}`}},
+	}
+	for _, tc := range cases {
+		m := NewStreamMeter(tc.d, tc.op)
+		for i, e := range tc.events {
+			m.Observe(Event{Data: []byte(e)})
+			if last := i == len(tc.events)-1; m.Done() != last {
+				t.Fatalf("%v %s: after %s Done() = %v", tc.d, tc.op, e, m.Done())
+			}
+		}
+	}
+	// [DONE] is not how Anthropic or Responses streams end.
+	for _, m := range []*StreamMeter{NewStreamMeter(DialectAnthropic, OpMessages), NewStreamMeter(DialectOpenAI, OpResponses)} {
+		if m.Observe(Event{Data: []byte("[DONE]")}); m.Done() {
+			t.Fatal("[DONE] ended a stream of the wrong dialect")
+		}
+	}
+}

@@ -42,9 +42,11 @@ type SSEReader struct {
 
 // NewSSEReader reads events from r.
 func NewSSEReader(r io.Reader) *SSEReader {
-	// 4 KiB holds typical chunks; longer lines are accumulated. A router
-	// holds one reader per open stream, so this is multiplied by thousands.
-	return &SSEReader{br: bufio.NewReaderSize(r, 4<<10)}
+	// A router holds one reader per open stream, so this buffer is
+	// multiplied by thousands. 1 KiB holds a typical chunk (Azure's, with
+	// its content-filter annotations, is 400–900 bytes); a longer line is
+	// accumulated in raw, and r (an HTTP body) is buffered itself.
+	return &SSEReader{br: bufio.NewReaderSize(r, 1<<10)}
 }
 
 // Buffered reports whether bytes of the next event have already arrived, in

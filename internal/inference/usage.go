@@ -69,6 +69,7 @@ type StreamMeter struct {
 	op       Op
 	reported Usage
 	final    bool  // the upstream's closing usage arrived
+	done     bool  // the stream's terminal event arrived
 	streamed int64 // bytes of generated text seen
 }
 
@@ -83,13 +84,19 @@ var doneData = []byte("[DONE]")
 // only to carry usage (empty choices), which the router withholds from an
 // agent that did not ask for it.
 func (m *StreamMeter) Observe(ev Event) (usageOnly bool) {
-	if len(ev.Data) == 0 || bytes.Equal(ev.Data, doneData) || !gjson.ValidBytes(ev.Data) {
+	if bytes.Equal(ev.Data, doneData) {
+		m.done = m.dialect != DialectAnthropic && m.op != OpResponses
+		return false
+	}
+	if len(ev.Data) == 0 || !gjson.ValidBytes(ev.Data) {
 		return false
 	}
 	data := gjson.ParseBytes(ev.Data)
 	switch {
 	case m.dialect == DialectAnthropic:
 		switch data.Get("type").Str {
+		case "message_stop":
+			m.done = true
 		case "message_start":
 			u := usageFrom(DialectAnthropic, m.op, data.Get("message.usage"))
 			m.reported.Prompt, m.reported.Reported = u.Prompt, u.Reported
@@ -107,6 +114,7 @@ func (m *StreamMeter) Observe(ev Event) (usageOnly bool) {
 	case m.op == OpResponses:
 		switch data.Get("type").Str {
 		case "response.completed", "response.incomplete", "response.failed":
+			m.done = true
 			if u := usageFrom(DialectOpenAI, OpResponses, data.Get("response.usage")); u.Reported {
 				m.reported, m.final = u, true
 			}
@@ -150,3 +158,10 @@ func (m *StreamMeter) Usage(promptEstimate int64) Usage {
 
 // Final reports whether the upstream's closing usage arrived.
 func (m *StreamMeter) Final() bool { return m.final }
+
+// Done reports whether the stream's terminal event has been observed, after
+// which the upstream sends nothing: "data: [DONE]" for OpenAI
+// chat and completions, message_stop for Anthropic Messages, and
+// response.completed, response.incomplete or response.failed for the
+// Responses API. A relay holds it back until the call is on record.
+func (m *StreamMeter) Done() bool { return m.done }

@@ -13,13 +13,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/trust"
 	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 )
 
 // TestConcurrentBudgetNeverOverspends fires 500 concurrent calls at a daily
@@ -294,22 +297,39 @@ func TestBrokenStreamIsMetered(t *testing.T) {
 	}
 }
 
+// TestAuditFailureFailsClosed: an answer whose audit entry cannot be
+// written is withheld, and once the log is known to fail nothing is
+// forwarded.
 func TestAuditFailureFailsClosed(t *testing.T) {
 	h := newHarness(t, nil)
 	h.sink.Close() // every later append fails, as after a failed fsync
 	c := h.client()
-	if _, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-4.1", Messages: userMsg("one")}); err != nil {
-		t.Fatalf("first call: %v", err)
+	for i, msg := range []string{"one", "two"} {
+		_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-4.1", Messages: userMsg(msg)})
+		var apiErr *openai.Error
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != 503 || apiErr.Code != "kars_audit_unavailable" {
+			t.Fatalf("call %d: want 503 while the audit log fails, got %v", i+1, err)
+		}
 	}
-	h.quiesce() // the first call's audit append has failed by now
-	before := h.fake.Requests.Load()
-	_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-4.1", Messages: userMsg("two")})
-	var apiErr *openai.Error
-	if !errors.As(err, &apiErr) || apiErr.StatusCode != 503 || apiErr.Code != "kars_audit_unavailable" {
-		t.Fatalf("want 503 while the audit log fails, got %v", err)
+	// The first call reached the upstream (the failure showed only when
+	// its entry was written); the second was refused before forwarding.
+	if n := h.fake.Requests.Load(); n != 1 {
+		t.Fatalf("%d calls forwarded, want 1", n)
 	}
-	if h.fake.Requests.Load() != before {
-		t.Fatal("a call was forwarded while the audit log was failing")
+}
+
+// TestAuditFailureEndsStreamWithError: a stream whose entry cannot be
+// written ends with an error event instead of [DONE], so the SDK raises.
+func TestAuditFailureEndsStreamWithError(t *testing.T) {
+	h := newHarness(t, nil)
+	h.sink.Close()
+	stream := h.client().Chat.Completions.NewStreaming(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-4.1", Messages: userMsg("stream")})
+	n := 0
+	for stream.Next() {
+		n++
+	}
+	if err := stream.Err(); err == nil || !strings.Contains(err.Error(), "kars_audit_unavailable") && !strings.Contains(err.Error(), "audit log") {
+		t.Fatalf("stream ended with %v after %d chunks; want the audit error", err, n)
 	}
 }
 
@@ -378,5 +398,61 @@ func TestMalformedRequestIsRefusedAndAudited(t *testing.T) {
 	recs := h.auditRecords()
 	if len(recs) != 1 || recs[0].Action != "inference:chat" || recs[0].Decision != "refused" || h.fake.Requests.Load() != 0 {
 		t.Fatalf("audit %+v, upstream calls %d", recs, h.fake.Requests.Load())
+	}
+}
+
+// slowSink makes each append take a while and counts the appends that
+// have returned, i.e. that the log reported durable.
+type slowSink struct {
+	inner   audit.Sink
+	delay   time.Duration
+	durable atomic.Int64
+}
+
+func (s *slowSink) Append(ctx context.Context, r audit.Record) (audit.Receipt, error) {
+	time.Sleep(s.delay)
+	rc, err := s.inner.Append(ctx, r)
+	if err == nil {
+		s.durable.Add(1)
+	}
+	return rc, err
+}
+
+// TestAuditDurableBeforeAnswerCompletes: the agent never holds a complete
+// answer — whole, streamed, or a refusal — whose audit entry is not yet
+// durable, however slow the log is.
+func TestAuditDurableBeforeAnswerCompletes(t *testing.T) {
+	h := newHarness(t, nil)
+	sink := &slowSink{inner: h.sink, delay: 50 * time.Millisecond}
+	r, err := New(mustSnapshot(t, h.cfg), Options{Audit: sink, Ledger: h.router.Ledger(), Logger: h.router.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(r.AgentHandler())
+	defer srv.Close()
+	c := openai.NewClient(option.WithBaseURL(srv.URL+"/v1"), option.WithAPIKey("x"), option.WithMaxRetries(0))
+	if _, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-4.1", Messages: userMsg("whole")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := sink.durable.Load(); n != 1 {
+		t.Fatalf("whole answer received with %d durable entries, want 1", n)
+	}
+	stream := c.Chat.Completions.NewStreaming(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-4.1", Messages: userMsg("streamed")})
+	for stream.Next() {
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	// [DONE] was held until the entry was durable.
+	if n := sink.durable.Load(); n != 2 {
+		t.Fatalf("stream completed with %d durable entries, want 2", n)
+	}
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":7}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if n := sink.durable.Load(); resp.StatusCode != 400 || n != 3 {
+		t.Fatalf("refusal %d received with %d durable entries, want 3", resp.StatusCode, n)
 	}
 }

@@ -2,8 +2,6 @@ package router
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,8 +82,7 @@ func parseDecide(body []byte) (decideRequest, error) {
 		}
 	}
 	if rawArgs, ok := fields["args"]; ok {
-		sum := sha256.Sum256(rawArgs)
-		req.payload = hex.EncodeToString(sum[:])
+		req.payload = payloadHash(rawArgs)
 		if !bytes.Equal(rawArgs, []byte("null")) {
 			// Unmarshalling anything but an object into a map fails.
 			if json.Unmarshal(rawArgs, &req.args) != nil {

@@ -55,7 +55,7 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 			u.health.succeed()
 		}
 		c.Upstream = u.ID()
-		s.relay(c, u, resp)
+		s.relay(c, resp)
 		return
 	}
 	status := http.StatusBadGateway
@@ -182,8 +182,12 @@ func serveModels(c *Call) {
 	} else {
 		body, _ = json.Marshal(map[string]any{"object": "list", "data": list})
 	}
-	c.written = true
 	c.Status = http.StatusOK
+	if c.Commit() != nil {
+		c.Refuse(errAuditUnavailable)
+		return
+	}
+	c.written = true
 	c.W.Header().Set("Content-Type", "application/json")
 	c.W.Write(body)
 }

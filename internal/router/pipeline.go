@@ -61,10 +61,37 @@ type Call struct {
 	Attempts int
 
 	written bool
+	// commit appends the call's audit entry; the observe stage sets it.
+	commit    func(*Call) error
+	committed bool
+	commitErr error
+	// payload (the request body's SHA-256) and outcome (the audited
+	// decision) are set by the commit.
+	payload, outcome string
 }
 
-// Refuse answers the agent with err in its dialect. Stages call it and
-// return without calling next.
+// Commit makes the call's audit entry durable, once, and returns the
+// append's error. Whoever answers the agent calls it before the answer
+// completes — before any byte of a whole response, before a stream's
+// terminal event — so that no call finishes without being on record. The
+// entry records the call as it stands: status, usage and findings so far.
+func (c *Call) Commit() error {
+	if !c.committed {
+		c.committed = true
+		if c.commit != nil {
+			c.commitErr = c.commit(c)
+		}
+	}
+	return c.commitErr
+}
+
+// errAuditUnavailable answers a call whose audit entry could not be
+// written: the answer is withheld (decisions fail closed).
+var errAuditUnavailable = &inference.APIError{Status: http.StatusServiceUnavailable, Type: "server_error",
+	Code: "kars_audit_unavailable", Message: "kars-router cannot write its audit log, so it refuses calls until it can", Retryable: true}
+
+// Refuse answers the agent with err in its dialect, once the refusal is on
+// record. Stages call it and return without calling next.
 func (c *Call) Refuse(err *inference.APIError) {
 	c.Refusal = err
 	c.Status = err.Status
@@ -72,6 +99,9 @@ func (c *Call) Refuse(err *inference.APIError) {
 		return
 	}
 	c.written = true
+	// A refusal that cannot be recorded is still a refusal: it is sent as
+	// it is, and the failing log refuses the calls that follow.
+	c.Commit()
 	d := c.Route.Dialect
 	if d == 0 {
 		d = inference.DialectOpenAI

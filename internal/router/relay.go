@@ -21,14 +21,21 @@ var redacted = []byte("[redacted by kars-router]")
 // relay sends the upstream's answer to the agent: streams event by event,
 // anything else whole, both through the content-safety checks and the
 // credential scrubber.
-func (s forwardStage) relay(c *Call, u *upstream, resp *http.Response) {
+func (s forwardStage) relay(c *Call, resp *http.Response) {
 	defer resp.Body.Close()
 	secret := []byte(sentSecret(resp.Request))
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if c.Req.Stream && resp.StatusCode == http.StatusOK && mt == "text/event-stream" {
-		s.relayStream(c, resp, secret)
+		if startStream(c, resp.Header) {
+			s.relayStream(c, resp, secret)
+		}
 		return
 	}
+	relayBody(c, resp, mt, secret)
+}
+
+// relayBody relays a whole (non-streamed) answer after inspecting it.
+func relayBody(c *Call, resp *http.Response, mt string, secret []byte) {
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
 	if err != nil || len(body) > MaxResponseBytes {
 		msg := "kars-router could not read the upstream response"
@@ -52,14 +59,18 @@ func (s forwardStage) relay(c *Call, u *upstream, resp *http.Response) {
 			return
 		}
 	}
+	c.Status = resp.StatusCode
+	if c.Commit() != nil {
+		c.Refuse(errAuditUnavailable) // not on record, so not answered
+		return
+	}
 	copyResponseHeaders(c.W.Header(), resp.Header)
 	c.W.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	c.written = true
-	c.Status = resp.StatusCode
 	c.W.WriteHeader(resp.StatusCode)
 	c.W.Write(body)
-	// Push the answer out now: settlement and audit follow, and the agent
-	// need not wait for them.
+	// Push the answer out now: settlement follows, and the agent need not
+	// wait for it.
 	http.NewResponseController(c.W).Flush()
 }
 
@@ -75,41 +86,60 @@ func copyResponseHeaders(dst, src http.Header) {
 	}
 }
 
+// startStream sends the stream's response header to the agent. It reports
+// false if the agent is gone.
+func startStream(c *Call, upstream http.Header) bool {
+	h := c.W.Header()
+	copyResponseHeaders(h, upstream)
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	c.written = true
+	c.Status = http.StatusOK
+	c.W.WriteHeader(http.StatusOK)
+	if err := http.NewResponseController(c.W).Flush(); err != nil {
+		c.Status = 499
+		return false
+	}
+	return true
+}
+
 // relayStream forwards a Server-Sent Events stream. Each event is parsed,
 // metered and checked before it is written; a blocking safety verdict ends
 // the stream with an error event, so nothing after the offending chunk
 // reaches the agent. The upstream's usage chunk (which the router always
 // asks for) is passed on only if the agent asked for it too.
 func (s forwardStage) relayStream(c *Call, resp *http.Response, secret []byte) {
-	h := c.W.Header()
-	copyResponseHeaders(h, resp.Header)
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	c.written = true
-	c.Status = http.StatusOK
-	c.W.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(c.W)
-	rc.Flush()
-
 	meter := inference.NewStreamMeter(c.Route.Dialect, c.Route.Op)
 	check := c.Gen.safety.NewStream()
 	events := inference.NewSSEReader(resp.Body)
+	// The call is committed to the audit log before the stream completes:
+	// before the terminal event, or before the error event or end of
+	// stream that replaces it. Settlement uses the usage as it finally is.
+	commit := func() error {
+		c.Usage = meter.Usage(c.Req.PromptEstimate)
+		return c.Commit()
+	}
 	defer func() { c.Usage = meter.Usage(c.Req.PromptEstimate) }()
 	for {
 		ev, err := events.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
+				if !c.committed && commit() != nil {
+					writeAuditUnavailable(c)
+				}
 				return
 			}
 			// The upstream broke off (or sent garbage): what was streamed
-			// is metered by the deferred Usage; tell the agent it is cut.
+			// is metered; tell the agent it is cut.
 			if len(ev.Raw) > 0 {
 				meter.Observe(ev)
 			}
+			c.Status = http.StatusBadGateway
+			commit()
 			if c.R.Context().Err() == nil {
 				writeStreamError(c, "server_error", "kars_upstream_stream_broken", "the upstream stream ended unexpectedly: "+err.Error())
 			}
-			c.Status = http.StatusBadGateway
 			return
 		}
 		raw := ev.Raw
@@ -123,7 +153,12 @@ func (s forwardStage) relayStream(c *Call, resp *http.Response, secret []byte) {
 		if v.Block {
 			refusal := safetyRefusal(v.Reason)
 			c.Refusal = refusal
+			commit()
 			writeStreamError(c, refusal.Type, refusal.Code, refusal.Message)
+			return
+		}
+		if meter.Done() && !c.committed && commit() != nil {
+			writeAuditUnavailable(c)
 			return
 		}
 		if usageOnly && !c.Req.IncludeUsage {
@@ -142,6 +177,14 @@ func (s forwardStage) relayStream(c *Call, resp *http.Response, secret []byte) {
 			}
 		}
 	}
+}
+
+// writeAuditUnavailable ends a stream whose call could not be put on record
+// with an error event in place of its terminal event, so that the agent's
+// SDK raises instead of returning a completion that is not audited.
+func writeAuditUnavailable(c *Call) {
+	c.Refusal = errAuditUnavailable
+	writeStreamError(c, errAuditUnavailable.Type, errAuditUnavailable.Code, errAuditUnavailable.Message)
 }
 
 // writeStreamError ends a stream with an error event the agent's SDK raises:

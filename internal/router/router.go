@@ -62,7 +62,7 @@ type Router struct {
 	tokenClient    *http.Client
 	auditFailing   atomic.Bool
 	inflight       atomic.Int64
-	pending        sync.WaitGroup // audit appends still running
+	pending        sync.WaitGroup // trust penalties still being written
 	engine         *governance.Engine
 
 	mu     sync.Mutex
@@ -116,6 +116,13 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 // DefaultTransport is the upstream transport: keep-alive pools sized for a
 // busy agent, no overall timeout (streams may run for minutes; the agent's
 // request context bounds each call), and a bound on waiting for headers.
+//
+// Each HTTP/1.1 connection holds a read and a write buffer for its whole
+// life, open streams and idle connections alike; the defaults (4 KiB each)
+// are sized for bodies the router never sends through them. A request is
+// written once (its headers fit in 1 KiB; a larger body bypasses the
+// buffer), and 2 KiB holds an upstream's response headers and a typical
+// non-streamed answer in one read; larger reads bypass it.
 func DefaultTransport() *http.Transport {
 	return &http.Transport{
 		Proxy:                 nil, // the router is the egress; never chain to an env proxy
@@ -126,6 +133,8 @@ func DefaultTransport() *http.Transport {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 10 * time.Minute,
+		ReadBufferSize:        2 << 10,
+		WriteBufferSize:       1 << 10,
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -93,6 +94,10 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer sink.Close()
+	// Recovery read up to the last 16 MiB of the log; that buffer is
+	// garbage now. Hand it back to the OS rather than carry it as the
+	// router's resident baseline for hours.
+	debug.FreeOSMemory()
 	ts, err := trust.Open(filepath.Join(cfg.StateDir, "trust.json"), trust.DefaultConfig())
 	if err != nil {
 		return err

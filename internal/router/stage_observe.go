@@ -14,16 +14,17 @@ import (
 )
 
 // observeStage is the outermost stage: it refuses calls while the audit log
-// is failing (decisions fail closed), and after every call writes one audit
-// record, updates metrics and logs one line. It records outcomes, so it runs
-// after the call: the record carries the tokens and latency the call
-// actually had. A call refused because the log is failing is itself
-// audited; when that append succeeds the log is back.
+// is failing (decisions fail closed), gives the call its Commit — one
+// durable audit entry, which whoever answers the agent writes before the
+// answer completes — and after every call updates metrics and logs one
+// line. A call refused because the log is failing is itself audited; when
+// that append succeeds the log is back.
 type observeStage struct{ r *Router }
 
 func (observeStage) Name() string { return "observe" }
 
 func (s observeStage) Serve(c *Call, next func(*Call)) {
+	c.commit = s.commit
 	defer func() {
 		if p := recover(); p != nil {
 			if p == http.ErrAbortHandler {
@@ -36,35 +37,53 @@ func (s observeStage) Serve(c *Call, next func(*Call)) {
 	}()
 	if s.r.auditFailing.Load() {
 		// Probe: if this refusal can be audited, the log is back.
-		c.Refuse(&inference.APIError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "kars_audit_unavailable",
-			Message: "kars-router cannot write its audit log, so it refuses calls until it can", Retryable: true})
+		c.Refuse(errAuditUnavailable)
 		return
 	}
 	next(c)
 }
 
-func (s observeStage) record(c *Call) {
-	r := s.r
-	lat := time.Since(c.Start)
-	decision := c.Decision.Verdict.String()
-	if c.Action == "" {
+// outcome names the call's decision for the audit entry and metrics.
+func outcome(c *Call) string {
+	if c.Action == "" || (c.Refusal != nil && c.Decision.Allowed()) {
 		// Refused before governance ran (a malformed request, no target,
-		// the audit log failing): name the operation, not a policy verdict.
-		c.Action = "inference:" + string(c.Route.Op)
-		decision = "refused"
-	} else if c.Refusal != nil && c.Decision.Allowed() {
-		decision = "refused"
+		// the audit log failing), or after it allowed the call: name the
+		// operation, not a policy verdict.
+		return "refused"
 	}
-	model := ""
+	return c.Decision.Verdict.String()
+}
+
+// modelOf names the target that answered, or the first candidate.
+func modelOf(c *Call) string {
 	if c.Upstream != "" {
-		model = c.Upstream
-	} else if len(c.Candidates) > 0 {
-		model = c.Candidates[0].ID()
+		return c.Upstream
+	}
+	if len(c.Candidates) > 0 {
+		return c.Candidates[0].ID()
+	}
+	return ""
+}
+
+// payloadHash is the SHA-256 of the agent's request body, or "".
+func payloadHash(body []byte) string {
+	if len(body) == 0 {
+		return ""
+	}
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:])
+}
+
+// commit appends the call's audit entry and waits until it is durable.
+func (s observeStage) commit(c *Call) error {
+	c.outcome = outcome(c)
+	if c.Action == "" {
+		c.Action = "inference:" + string(c.Route.Op)
 	}
 	attrs := map[string]string{
 		"op":     string(c.Route.Op),
 		"status": strconv.Itoa(c.Status),
-		"model":  model,
+		"model":  modelOf(c),
 	}
 	if c.Req.Stream {
 		attrs["stream"] = "true"
@@ -87,36 +106,32 @@ func (s observeStage) record(c *Call) {
 	if c.Refusal != nil {
 		reason = c.Refusal.Message
 	}
-	var payload string
-	if len(c.Body) > 0 {
-		sum := sha256.Sum256(c.Body)
-		payload = hex.EncodeToString(sum[:])
-	}
-	rec := audit.Record{
-		Sandbox: c.Gen.sandbox, Agent: c.Gen.agent, Action: c.Action, Decision: decision,
-		Rule: c.Decision.Rule, Reason: reason, PayloadSHA256: payload, Latency: lat, Attrs: attrs,
-	}
-	// The entry is appended after the answer has gone out, off the
-	// agent's path: Append waits for the log's group commit (an fdatasync),
-	// and the connection should not sit idle for it. Durability is the same
-	// as appending before returning — either way the answer was already
-	// sent — and a failing log still fails the router closed for the next
-	// call. The router's in-flight count covers the append, and Wait blocks
-	// on it at shutdown, so no entry is dropped by stopping.
-	r.inflight.Add(1)
-	r.pending.Add(1)
-	go func() {
-		defer r.pending.Done()
-		defer r.inflight.Add(-1)
-		r.appendAudit(context.Background(), rec)
-		// Findings lower the agent's trust score; the store writes the
-		// penalty durably, so this too stays off the agent's path.
-		if r.opts.Trust != nil {
+	c.payload = payloadHash(c.Body)
+	return s.r.appendAudit(c.R.Context(), audit.Record{
+		Sandbox: c.Gen.sandbox, Agent: c.Gen.agent, Action: c.Action, Decision: c.outcome,
+		Rule: c.Decision.Rule, Reason: reason, PayloadSHA256: c.payload, Latency: time.Since(c.Start), Attrs: attrs,
+	})
+}
+
+// record finishes a call: its audit entry if nothing answered the agent
+// (it went away, or the handler panicked before answering), metrics, one
+// log line, and trust penalties for safety findings.
+func (s observeStage) record(c *Call) {
+	r := s.r
+	c.Commit()
+	lat := time.Since(c.Start)
+	decision, model := c.outcome, modelOf(c)
+	// Findings lower the agent's trust score; the store writes the penalty
+	// durably, so this stays off the agent's path. Wait covers it.
+	if r.opts.Trust != nil && len(c.Findings) > 0 {
+		r.pending.Add(1)
+		go func() {
+			defer r.pending.Done()
 			for _, f := range c.Findings {
 				r.opts.Trust.ReportFinding(c.Gen.agent, f)
 			}
-		}
-	}()
+		}()
+	}
 	for _, f := range c.Findings {
 		r.metrics.safetyFindings.WithLabelValues(f.Category, strconv.FormatBool(f.Blocking)).Inc()
 	}
@@ -130,7 +145,7 @@ func (s observeStage) record(c *Call) {
 		slog.Int("status", c.Status), slog.Int64("prompt_tokens", c.Usage.Prompt),
 		slog.Int64("completion_tokens", c.Usage.Completion), slog.Duration("latency", lat),
 		slog.Duration("upstream_latency", c.UpstreamLatency), slog.Int("attempts", c.Attempts),
-		slog.String("payload_sha256", payload))
+		slog.String("payload_sha256", c.payload))
 }
 
 // auditTimeout bounds one append: a log that cannot commit in this long is

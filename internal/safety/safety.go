@@ -97,74 +97,149 @@ func (p *Policy) scan(where string, r gjson.Result, v *Verdict) (shielded bool) 
 		return false
 	}
 	r.ForEach(func(k, cat gjson.Result) bool {
-		if !cat.IsObject() {
-			return true
-		}
-		name := k.Str
-		f := Finding{Where: where, Category: name, Filtered: cat.Get("filtered").Type == gjson.True,
-			Detected: cat.Get("detected").Type == gjson.True}
-		if floor, ok := p.floors[name]; ok {
-			f.Severity = strings.ToLower(cat.Get("severity").Str)
-			rank := severityRank(f.Severity)
-			f.Blocking = rank > floor || f.Filtered
-			if rank <= 0 && !f.Filtered {
-				return true // safe: nothing to record
-			}
-		} else {
-			switch name {
-			case "jailbreak":
-				shielded = true
-				f.Blocking = f.Detected && (p.blockJailbreak || f.Filtered)
-			case "indirect_attack":
-				shielded = true
-				f.Blocking = f.Detected && (p.blockIndirect || f.Filtered)
-			default: // protected material, profanity, custom blocklists
-				f.Blocking = f.Filtered
-			}
-			if !f.Detected && !f.Filtered {
-				return true
-			}
-		}
-		v.Findings = append(v.Findings, f)
-		if f.Blocking && !v.Block {
-			v.Block = true
-			if f.Severity != "" {
-				v.Reason = fmt.Sprintf("content safety: %s %s severity %s is above the floor", where, name, f.Severity)
-			} else {
-				v.Reason = fmt.Sprintf("content safety: %s %s detected", where, name)
-			}
+		if cat.IsObject() && p.category(where, k.Str, cat, v) {
+			shielded = true
 		}
 		return true
 	})
 	return shielded
 }
 
-// annotations scans the prompt and completion annotations of one JSON value
-// (a response body or a stream chunk) and reports whether shields were seen.
-func (p *Policy) annotations(doc gjson.Result, v *Verdict) (shielded bool) {
-	for _, key := range []string{"prompt_filter_results", "prompt_annotations"} {
-		doc.Get(key).ForEach(func(_, pr gjson.Result) bool {
-			if p.scan("prompt", pr.Get("content_filter_results"), v) {
-				shielded = true
-			}
-			return true
-		})
-	}
-	doc.Get("choices").ForEach(func(_, c gjson.Result) bool {
-		p.scan("completion", c.Get("content_filter_results"), v)
-		if c.Get("finish_reason").Str == "content_filter" && !v.Block {
-			v.Block = true
-			v.Reason = "content safety: the upstream filtered the completion"
+// category reads one annotation, {"filtered":…,"detected":…,"severity":…},
+// into v, in one pass over its members (the first of a repeated member
+// counts, as with gjson.Get). It reports whether it is a Prompt Shields
+// annotation.
+func (p *Policy) category(where, name string, cat gjson.Result, v *Verdict) (shielded bool) {
+	f := Finding{Where: where, Category: name}
+	var seen uint8
+	cat.ForEach(func(k, val gjson.Result) bool {
+		switch {
+		case k.Str == "filtered" && seen&1 == 0:
+			seen |= 1
+			f.Filtered = val.Type == gjson.True
+		case k.Str == "detected" && seen&2 == 0:
+			seen |= 2
+			f.Detected = val.Type == gjson.True
+		case k.Str == "severity" && seen&4 == 0:
+			seen |= 4
+			f.Severity = strings.ToLower(val.Str)
 		}
 		return true
 	})
+	if floor, ok := p.floors[name]; ok {
+		rank := severityRank(f.Severity)
+		f.Blocking = rank > floor || f.Filtered
+		if rank <= 0 && !f.Filtered {
+			return false // safe: nothing to record
+		}
+	} else {
+		f.Severity = ""
+		switch name {
+		case "jailbreak":
+			shielded = true
+			f.Blocking = f.Detected && (p.blockJailbreak || f.Filtered)
+		case "indirect_attack":
+			shielded = true
+			f.Blocking = f.Detected && (p.blockIndirect || f.Filtered)
+		default: // protected material, profanity, custom blocklists
+			f.Blocking = f.Filtered
+		}
+		if !f.Detected && !f.Filtered {
+			return shielded
+		}
+	}
+	v.Findings = append(v.Findings, f)
+	if f.Blocking && !v.Block {
+		v.Block = true
+		if f.Severity != "" {
+			v.Reason = fmt.Sprintf("content safety: %s %s severity %s is above the floor", where, name, f.Severity)
+		} else {
+			v.Reason = fmt.Sprintf("content safety: %s %s detected", where, name)
+		}
+	}
+	return shielded
+}
+
+// members are the top-level members of a body or event that the checks
+// read, found in one pass (the first of a repeated member, as with
+// gjson.Get).
+type members struct {
+	promptFilter, promptAnnotations, choices, err, typ gjson.Result
+}
+
+// read fills m from doc.
+func (m *members) read(doc gjson.Result) {
+	*m = members{}
+	doc.ForEach(func(k, val gjson.Result) bool {
+		var dst *gjson.Result
+		switch k.Str {
+		case "prompt_filter_results":
+			dst = &m.promptFilter
+		case "prompt_annotations":
+			dst = &m.promptAnnotations
+		case "choices":
+			dst = &m.choices
+		case "error":
+			dst = &m.err
+		case "type":
+			dst = &m.typ
+		default:
+			return true
+		}
+		if !dst.Exists() {
+			*dst = val
+		}
+		return true
+	})
+}
+
+// annotations reads every content-safety annotation of a body or event.
+func (p *Policy) annotations(m *members, v *Verdict) (shielded bool) {
+	shielded = p.prompt(m.promptFilter, v)
+	if p.prompt(m.promptAnnotations, v) {
+		shielded = true
+	}
+	m.choices.ForEach(func(_, c gjson.Result) bool {
+		p.choice(c, v)
+		return true
+	})
 	// Azure's refusal: error.innererror.content_filter_result.
-	if inner := doc.Get("error.innererror.content_filter_result"); inner.Exists() {
+	if inner := m.err.Get("innererror.content_filter_result"); inner.Exists() {
 		if p.scan("prompt", inner, v) {
 			shielded = true
 		}
 	}
 	return shielded
+}
+
+// prompt reads a prompt_filter_results (or prompt_annotations) array.
+func (p *Policy) prompt(results gjson.Result, v *Verdict) (shielded bool) {
+	results.ForEach(func(_, pr gjson.Result) bool {
+		if p.scan("prompt", pr.Get("content_filter_results"), v) {
+			shielded = true
+		}
+		return true
+	})
+	return shielded
+}
+
+// choice reads a choice's completion annotations and its finish reason.
+func (p *Policy) choice(c gjson.Result, v *Verdict) {
+	var results, finish gjson.Result
+	c.ForEach(func(k, val gjson.Result) bool {
+		switch {
+		case k.Str == "content_filter_results" && !results.Exists():
+			results = val
+		case k.Str == "finish_reason" && !finish.Exists():
+			finish = val
+		}
+		return true
+	})
+	p.scan("completion", results, v)
+	if finish.Str == "content_filter" && !v.Block {
+		v.Block = true
+		v.Reason = "content safety: the upstream filtered the completion"
+	}
 }
 
 // CheckBody checks a complete response body (success or error).
@@ -173,8 +248,9 @@ func (p *Policy) CheckBody(body []byte) Verdict {
 	if !gjson.ValidBytes(body) {
 		return v
 	}
-	doc := gjson.ParseBytes(body)
-	shielded := p.annotations(doc, &v)
+	var m members
+	m.read(gjson.ParseBytes(body))
+	shielded := p.annotations(&m, &v)
 	if p.requireShields && !shielded && !v.Block {
 		v.Block = true
 		v.Reason = "content safety: the response carries no Prompt Shields annotation and requirePromptShields is set"
@@ -188,6 +264,7 @@ func (p *Policy) CheckBody(body []byte) Verdict {
 type StreamCheck struct {
 	p        *Policy
 	shielded bool
+	m        members // the current event's, reused
 }
 
 // NewStream starts checking one stream.
@@ -200,11 +277,11 @@ func (s *StreamCheck) Event(data []byte) Verdict {
 	if len(data) == 0 || data[0] != '{' || !gjson.ValidBytes(data) {
 		return v
 	}
-	doc := gjson.ParseBytes(data)
-	if s.p.annotations(doc, &v) {
+	s.m.read(gjson.ParseBytes(data))
+	if s.p.annotations(&s.m, &v) {
 		s.shielded = true
 	}
-	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(doc) {
+	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(&s.m) {
 		v.Block = true
 		v.Reason = "content safety: the stream produced content before any Prompt Shields annotation and requirePromptShields is set"
 	}
@@ -212,9 +289,9 @@ func (s *StreamCheck) Event(data []byte) Verdict {
 }
 
 // carriesContent reports whether a chunk would show the agent model output.
-func carriesContent(doc gjson.Result) bool {
+func carriesContent(m *members) bool {
 	found := false
-	doc.Get("choices").ForEach(func(_, c gjson.Result) bool {
+	m.choices.ForEach(func(_, c gjson.Result) bool {
 		d := c.Get("delta")
 		if d.Get("content").Str != "" || d.Get("tool_calls").Exists() || c.Get("text").Str != "" {
 			found = true
@@ -222,7 +299,7 @@ func carriesContent(doc gjson.Result) bool {
 		}
 		return true
 	})
-	if t := doc.Get("type").Str; t == "content_block_delta" || t == "response.output_text.delta" {
+	if t := m.typ.Str; t == "content_block_delta" || t == "response.output_text.delta" {
 		found = true
 	}
 	return found
