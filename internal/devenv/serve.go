@@ -98,10 +98,8 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 		}
 		binDir = filepath.Dir(self)
 	}
-	for _, b := range []string{"kars-router", "kars-agent"} {
-		if _, err := os.Stat(filepath.Join(binDir, b)); err != nil {
-			return fmt.Errorf("%s not found next to kars in %s: build it with `make build`", b, binDir)
-		}
+	if binDir, err = stageBinaries(binDir, "kars-router", "kars-agent"); err != nil {
+		return err
 	}
 
 	cluster, err := devcluster.Start(ctx, devcluster.Options{Dir: o.Paths.Cluster(), Assets: o.Assets, Progress: func(s string) { step("%s", s) }})
