@@ -46,16 +46,16 @@ func (p Paths) Progress() string { return filepath.Join(p.Dir, "progress.log") }
 func (p Paths) Log() string { return filepath.Join(p.Dir, "logs", "daemon.log") }
 
 // Sandboxes is the root of the local pods' state (one folder per pod).
-func (p Paths) Sandboxes() string { return filepath.Join(p.podRoot(), "sandboxes") }
+func (p Paths) Sandboxes() string { return filepath.Join(p.PodRoot(), "sandboxes") }
 
 // Workspaces holds each sandbox's /sandbox, kept across restarts.
-func (p Paths) Workspaces() string { return filepath.Join(p.podRoot(), "workspaces") }
+func (p Paths) Workspaces() string { return filepath.Join(p.PodRoot(), "workspaces") }
 
-// podRoot is where pods and workspaces live. The sandbox UIDs (1000, 1001)
+// PodRoot is where pods and workspaces live. The sandbox UIDs (1000, 1001)
 // must traverse every folder above them, and root's home is private
 // (mode 0700), so when Dir lies below a folder others cannot traverse, the
 // pods live under /var/lib/kars instead — a folder per state Dir.
-func (p Paths) podRoot() string {
+func (p Paths) PodRoot() string {
 	if traversable(p.Dir) {
 		return p.Dir
 	}
