@@ -203,10 +203,13 @@ func (r *Router) serveInference(w http.ResponseWriter, req *http.Request) {
 	r.chain.Run(&Call{W: w, R: req, Start: time.Now(), Gen: r.gen.Load(), Route: route})
 }
 
-// Wait blocks until every audit append started so far has finished. Call
-// it after the listeners have stopped and before closing the audit sink.
+// Wait blocks until the trust penalties started so far are written. Call it
+// after the listeners have stopped and before closing the trust store. (A
+// call's audit entry is written within the call, so stopping the listeners
+// waits for it.)
 func (r *Router) Wait() { r.pending.Wait() }
 
 // InFlight returns the number of agent calls in progress, including the
-// bookkeeping (settlement, audit) that follows a call's last byte.
+// bookkeeping (settlement, trust penalties) that follows a call's last
+// byte.
 func (r *Router) InFlight() int64 { return r.inflight.Load() }

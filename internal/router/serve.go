@@ -108,7 +108,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	if err != nil {
 		return err
 	}
-	defer r.Wait() // before the sink closes: no audit entry is dropped
+	defer r.Wait() // before the trust store closes: no penalty is dropped
 	watcher.OnChange = func(_, cur *routerconfig.Snapshot) {
 		if err := r.Apply(cur); err != nil {
 			log.Error("config reload rejected; the previous config stays in force", "digest", cur.Digest, "err", err)

@@ -125,8 +125,10 @@ func (s observeStage) record(c *Call) {
 	// durably, so this stays off the agent's path. Wait covers it.
 	if r.opts.Trust != nil && len(c.Findings) > 0 {
 		r.pending.Add(1)
+		r.inflight.Add(1)
 		go func() {
 			defer r.pending.Done()
+			defer r.inflight.Add(-1)
 			for _, f := range c.Findings {
 				r.opts.Trust.ReportFinding(c.Gen.agent, f)
 			}
