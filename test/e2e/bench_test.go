@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/devcluster"
 )
@@ -27,6 +30,7 @@ func BenchmarkKarsDevColdStart(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	ctrllog.SetLogger(logr.Discard())
 	bin := buildBinaries(b)
 	var full, floor []time.Duration
 	for i := 0; i < b.N; i++ {
