@@ -56,7 +56,9 @@ func (p Paths) Workspaces() string { return filepath.Join(p.PodRoot(), "workspac
 // (mode 0700), so when Dir lies below a folder others cannot traverse, the
 // pods live under /var/lib/kars instead — a folder per state Dir.
 func (p Paths) PodRoot() string {
-	if traversable(p.Dir) {
+	// Rootless pods run every process as the invoking user: nobody else
+	// needs to traverse anything.
+	if os.Geteuid() != 0 || traversable(p.Dir) {
 		return p.Dir
 	}
 	sum := sha256.Sum256([]byte(p.Dir))

@@ -191,9 +191,16 @@ func ensureDefaults(ctx context.Context, cl client.Client, p Provider, agentImag
 			return err
 		}
 	}
+	// Enhanced isolation refuses to start without every layer, which
+	// rootless mode cannot give; say so rather than fail.
+	isolation := karsv1.IsolationEnhanced
+	if os.Geteuid() != 0 {
+		isolation = karsv1.IsolationStandard
+		step("not root: %s gets isolation standard (rootless: fewer guarantees, see docs/local-sandbox.md)", DefaultSandbox)
+	}
 	objs, err := blueprint.Build(blueprint.Options{
 		Name: DefaultSandbox, Runtime: "byo", BYOImage: agentImage, Target: p.Target, APIKey: p.Key,
-		TokenBudgetDaily: 200000, Isolation: karsv1.IsolationEnhanced,
+		TokenBudgetDaily: 200000, Isolation: isolation,
 		Instructions: "You are kars's reference agent, running in a governed local sandbox. Be brief.",
 	})
 	if err != nil {
@@ -229,7 +236,7 @@ func ensureDefaults(ctx context.Context, cl client.Client, p Provider, agentImag
 		if p.Offline() {
 			model += " (the built-in OFFLINE model: deterministic replies, no network)"
 		}
-		step("created sandbox %s in namespace kars-%s: %s %s, daily budget 200000 tokens, isolation enhanced", DefaultSandbox, DefaultSandbox, p.Target.Provider, model)
+		step("created sandbox %s in namespace kars-%s: %s %s, daily budget 200000 tokens, isolation %s", DefaultSandbox, DefaultSandbox, p.Target.Provider, model, isolation)
 	} else {
 		step("resumed sandbox %s", DefaultSandbox)
 	}
