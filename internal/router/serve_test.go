@@ -19,6 +19,65 @@ import (
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
+// serving runs Serve with o (its logs discarded) and returns the bound
+// addresses and a stop function that ends it and returns its error.
+func serving(t *testing.T, o ServeOptions) (map[string]string, func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrs := make(chan map[string]string, 1)
+	done := make(chan error, 1)
+	o.Logger = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	o.Ready = func(a map[string]string) { addrs <- a }
+	go func() { done <- Serve(ctx, o) }()
+	select {
+	case a := <-addrs:
+		stopped := false
+		stop := func() error {
+			if stopped {
+				return nil
+			}
+			stopped = true
+			cancel()
+			return <-done
+		}
+		t.Cleanup(func() { stop() })
+		return a, stop
+	case err := <-done:
+		cancel()
+		t.Fatal(err)
+		return nil, nil
+	}
+}
+
+// adminDigest is the digest a serving router reports (admin token
+// "admin-token").
+func adminDigest(t *testing.T, addrs map[string]string) string {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+addrs["admin"]+"/admin/v1/policy/digest", nil)
+	req.Header.Set("Authorization", "Bearer admin-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v struct{ Digest string }
+	json.NewDecoder(resp.Body).Decode(&v)
+	return v.Digest
+}
+
+// awaitDigest waits until a serving router enforces c (a reload).
+func awaitDigest(t *testing.T, addrs map[string]string, c *routerconfig.Config) {
+	t.Helper()
+	want, _ := routerconfig.Digest(c)
+	deadline := time.Now().Add(10 * time.Second)
+	for adminDigest(t, addrs) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reload to %s is not reflected in the admin digest", want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestServeLifecycle runs the router as kars-router does: from a config
 // file, with the Offline model, then reloads it by rename, and stops it.
 // Stopping must leave a verifiable audit log with every call in it and a
@@ -45,34 +104,10 @@ func TestServeLifecycle(t *testing.T) {
 		}
 	}
 	write(c)
-	ctx, cancel := context.WithCancel(context.Background())
-	addrs := make(chan map[string]string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Serve(ctx, ServeOptions{ConfigPath: path, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
-			Ready: func(a map[string]string) { addrs <- a }})
-	}()
-	var a map[string]string
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatal(err)
-	}
-	agent, admin := "http://"+a["agent"], "http://"+a["admin"]
-	digest := func() string {
-		req, _ := http.NewRequest("GET", admin+"/admin/v1/policy/digest", nil)
-		req.Header.Set("Authorization", "Bearer admin-token")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var v struct{ Digest string }
-		json.NewDecoder(resp.Body).Decode(&v)
-		return v.Digest
-	}
-	if want, _ := routerconfig.Digest(c); digest() != want {
-		t.Fatalf("admin digest %s, want %s", digest(), want)
+	a, stop := serving(t, ServeOptions{ConfigPath: path})
+	agent := "http://" + a["agent"]
+	if want, _ := routerconfig.Digest(c); adminDigest(t, a) != want {
+		t.Fatalf("admin digest %s, want %s", adminDigest(t, a), want)
 	}
 	for range 3 {
 		resp, err := http.Post(agent+"/v1/chat/completions", "application/json", strings.NewReader(`{"messages":[{"role":"user","content":"hi"}]}`))
@@ -89,21 +124,13 @@ func TestServeLifecycle(t *testing.T) {
 	// picks it up without a restart.
 	c.Models.Primary.Model = "kars-offline-2"
 	write(c)
-	want, _ := routerconfig.Digest(c)
-	deadline := time.Now().Add(10 * time.Second)
-	for digest() != want {
-		if time.Now().After(deadline) {
-			t.Fatal("reload not reflected in the admin digest")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	awaitDigest(t, a, c)
 	resp, err := http.Post(agent+"/v1/chat/completions", "application/json", strings.NewReader(`{"messages":[{"role":"user","content":"after"}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := audit.Verify(c.Audit.Dir, audit.VerifyOptions{})
@@ -182,31 +209,7 @@ func TestServeUnderRoot(t *testing.T) {
 		put(configPath, string(b))
 	}
 	write()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrs := make(chan map[string]string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Serve(ctx, ServeOptions{ConfigPath: configPath, Root: root, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
-			Ready: func(a map[string]string) { addrs <- a }})
-	}()
-	var a map[string]string
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatal(err)
-	}
-	digest := func() string {
-		req, _ := http.NewRequest("GET", "http://"+a["admin"]+"/admin/v1/policy/digest", nil)
-		req.Header.Set("Authorization", "Bearer admin-token")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var v struct{ Digest string }
-		json.NewDecoder(resp.Body).Decode(&v)
-		return v.Digest
-	}
+	a, stop := serving(t, ServeOptions{ConfigPath: configPath, Root: root})
 	chat := func() {
 		t.Helper()
 		resp, err := http.Post("http://"+a["agent"]+"/v1/chat/completions", "application/json", strings.NewReader(`{"messages":[{"role":"user","content":"hi"}]}`))
@@ -219,8 +222,8 @@ func TestServeUnderRoot(t *testing.T) {
 			t.Fatalf("chat: %d %s", resp.StatusCode, b)
 		}
 	}
-	if want, _ := routerconfig.Digest(c); digest() != want {
-		t.Fatalf("admin digest %s, want the compiled config's %s", digest(), want)
+	if want, _ := routerconfig.Digest(c); adminDigest(t, a) != want {
+		t.Fatalf("admin digest %s, want the compiled config's %s", adminDigest(t, a), want)
 	}
 	chat() // the API key file resolved under the root
 
@@ -228,20 +231,12 @@ func TestServeUnderRoot(t *testing.T) {
 	// by AZURE_FEDERATED_TOKEN_FILE is read under the root as well.
 	c.Models.Primary.Auth = &routerconfig.Auth{Mode: routerconfig.AuthWorkloadIdentity}
 	write()
-	want, _ := routerconfig.Digest(c)
-	deadline := time.Now().Add(10 * time.Second)
-	for digest() != want {
-		if time.Now().After(deadline) {
-			t.Fatal("the reload under the root was not applied")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	awaitDigest(t, a, c)
 	chat()
 	if fake.TokenRequests.Load() != 1 {
 		t.Fatalf("%d token exchanges, want 1", fake.TokenRequests.Load())
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	rep, err := audit.Verify(filepath.Join(root, "var/lib/kars/audit"), audit.VerifyOptions{})
