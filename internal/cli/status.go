@@ -134,7 +134,31 @@ func (c *cluster) routerBudget(ctx context.Context, cl client.Client, sb *karsv1
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("router admin answered %d: %s", resp.StatusCode, strings.TrimSpace(string(raw)))
 	}
-	return strings.TrimSpace(string(raw)), nil
+	return describeBudget(raw)
+}
+
+// describeBudget renders the router's budget report in one line.
+func describeBudget(raw []byte) (string, error) {
+	var b struct {
+		Ledger struct {
+			Day, Month                      string
+			DayUsed, DayReserved, MonthUsed int64
+			Limits                          struct{ PerRequest, Daily, Monthly int64 }
+		} `json:"ledger"`
+	}
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return "", fmt.Errorf("unreadable budget report: %w", err)
+	}
+	l := b.Ledger
+	day := fmt.Sprintf("today (%s UTC) %d tokens used", l.Day, l.DayUsed)
+	if l.Limits.Daily > 0 {
+		day += fmt.Sprintf(", %d of %d left", max(0, l.Limits.Daily-l.DayUsed-l.DayReserved), l.Limits.Daily)
+	}
+	month := fmt.Sprintf("%s %d used", l.Month, l.MonthUsed)
+	if l.Limits.Monthly > 0 {
+		month += fmt.Sprintf(", %d of %d left", max(0, l.Limits.Monthly-l.MonthUsed), l.Limits.Monthly)
+	}
+	return day + "; " + month, nil
 }
 
 func dash(s string) string {
