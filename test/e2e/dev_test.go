@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/devenv"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
@@ -295,14 +297,24 @@ func assertNothingLeft(t *testing.T, dev string) {
 		t.Errorf("pods left after kars dev down: %v", m)
 	}
 	// Only this test's pods: other packages' tests make tables of their own.
-	out, _ := exec.Command("nft", "list", "tables").CombinedOutput()
-	if strings.Contains(string(out), "kars-dev-agent-") || strings.Contains(string(out), "kars-tiny-") {
-		t.Errorf("nftables tables left after kars dev down:\n%s", out)
+	conn, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
 	}
-	out, _ = exec.Command("ps", "-eo", "args").CombinedOutput()
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.Contains(l, dev) {
-			t.Errorf("process left after kars dev down: %s", l)
+	tables, err := conn.ListTables()
+	if err != nil {
+		t.Fatalf("list nftables tables: %v", err)
+	}
+	for _, tb := range tables {
+		if strings.HasPrefix(tb.Name, "kars-dev-agent-") || strings.HasPrefix(tb.Name, "kars-tiny-") {
+			t.Errorf("nftables table %s left after kars dev down", tb.Name)
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(cmdline, []byte(dev)) {
+			t.Errorf("process left after kars dev down: %s", bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
 		}
 	}
 }
