@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/router"
@@ -129,8 +130,17 @@ func runBare(upstream string) {
 }
 
 // runKars runs the real router (router.Serve, as cmd/kars-router does),
-// logging to a file as it would log to the container's stdout.
-func runKars(cfgPath string) {
+// logging to a file as it would log to the container's stdout. window is
+// the audit commit window, as -audit-commit-window takes it; empty means
+// kars-router's default.
+func runKars(cfgPath, window string) {
+	commitWindow := audit.DefaultCommitWindow
+	if window != "" {
+		var err error
+		if commitWindow, err = time.ParseDuration(window); err != nil {
+			log.Fatal(err)
+		}
+	}
 	logf, err := os.Create(filepath.Join(filepath.Dir(cfgPath), "router.log"))
 	if err != nil {
 		log.Fatal(err)
@@ -149,9 +159,10 @@ func runKars(cfgPath string) {
 		defer pprof.StopCPUProfile()
 	}
 	err = router.Serve(signalled(), router.ServeOptions{
-		ConfigPath: cfgPath,
-		Logger:     slog.New(slog.NewJSONHandler(logs, nil)),
-		Ready:      func(addrs map[string]string) { fmt.Printf("http://%s http://%s\n", addrs["agent"], addrs["admin"]) },
+		ConfigPath:        cfgPath,
+		Logger:            slog.New(slog.NewJSONHandler(logs, nil)),
+		Ready:             func(addrs map[string]string) { fmt.Printf("http://%s http://%s\n", addrs["agent"], addrs["admin"]) },
+		AuditCommitWindow: commitWindow,
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -207,6 +218,8 @@ type result struct {
 	RPS                float64
 	P50, P90, P99, Max int64
 	Concurrent         int64 // streams mode: most streams open at once
+	// SyncsPerSec is filled in by the orchestrator (loadCounted).
+	SyncsPerSec float64 `json:"-"`
 }
 
 const prompt = `{"model":"gpt-4.1","max_tokens":16,"messages":[{"role":"system","content":"You are a benchmark."},{"role":"user","content":"Summarise the kars trust boundary in one sentence.%s"}]%s}`

@@ -148,7 +148,7 @@ func (w *Writer) checkpointIfDue(why int) {
 		w.poison(fmt.Errorf("audit: writing checkpoint: %w", err))
 		return
 	}
-	if err := syncData(w.cpFile); err != nil {
+	if err := w.syncFile(w.cpFile); err != nil {
 		w.poison(fmt.Errorf("audit: syncing checkpoint: %w", err))
 		return
 	}

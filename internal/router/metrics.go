@@ -63,6 +63,17 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	return m
 }
 
+// registerAuditSyncs exports how many fdatasync calls the audit log has
+// made, when the sink counts them; against requests_total it shows how
+// many entries each group commit carries.
+func registerAuditSyncs(reg *prometheus.Registry, sink any) {
+	if s, ok := sink.(interface{ Syncs() uint64 }); ok {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "kars_router", Name: "audit_syncs_total",
+			Help: "fdatasync calls made by the audit log (one per group commit, plus rotations and checkpoints)."},
+			func() float64 { return float64(s.Syncs()) }))
+	}
+}
+
 func (m *metrics) configInfo(digest string, old *generation) {
 	if old != nil {
 		m.config.DeleteLabelValues(old.snap.Digest)

@@ -99,6 +99,7 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 		health:         map[string]*health{},
 		engine:         governance.NewEngine(),
 	}
+	registerAuditSyncs(opts.Registry, opts.Audit)
 	r.chain = NewChain(
 		observeStage{r},
 		parseStage{},

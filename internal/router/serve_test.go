@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -78,10 +79,34 @@ func awaitDigest(t *testing.T, addrs map[string]string, c *routerconfig.Config) 
 	}
 }
 
+// auditSyncs reads kars_router_audit_syncs_total from a serving router's
+// admin metrics.
+func auditSyncs(t *testing.T, addrs map[string]string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addrs["admin"] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "kars_router_audit_syncs_total "); ok {
+			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no kars_router_audit_syncs_total in the admin metrics")
+	return 0
+}
+
 // TestServeLifecycle runs the router as kars-router does: from a config
-// file, with the Offline model, then reloads it by rename, and stops it.
-// Stopping must leave a verifiable audit log with every call in it and a
-// ledger file that a restart reads back.
+// file, with the Offline model and the default audit commit window, then
+// reloads it by rename, and stops it. Stopping must leave a verifiable
+// audit log with every call in it and a ledger file that a restart reads
+// back.
 func TestServeLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
@@ -104,7 +129,7 @@ func TestServeLifecycle(t *testing.T) {
 		}
 	}
 	write(c)
-	a, stop := serving(t, ServeOptions{ConfigPath: path})
+	a, stop := serving(t, ServeOptions{ConfigPath: path, AuditCommitWindow: audit.DefaultCommitWindow})
 	agent := "http://" + a["agent"]
 	if want, _ := routerconfig.Digest(c); adminDigest(t, a) != want {
 		t.Fatalf("admin digest %s, want %s", adminDigest(t, a), want)
@@ -130,6 +155,11 @@ func TestServeLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	// One call at a time: each entry is synced on its own, the log's
+	// open entry included, and the admin metrics count the syncs.
+	if n := auditSyncs(t, a); n < 5 {
+		t.Fatalf("kars_router_audit_syncs_total = %v after the open entry and 4 calls made one at a time", n)
+	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
