@@ -46,8 +46,10 @@ func leftovers(rec *record, dir string) []string {
 		}
 	}
 	if rec.Link != nil {
-		if _, err := netlink.LinkByName(rec.Link.HostIf); err == nil {
-			out = append(out, "link "+rec.Link.HostIf)
+		// By index: once the pod's link is gone, its name may already
+		// belong to a pod of another kars process on this host.
+		if l, err := netlink.LinkByIndex(rec.Link.HostIfIndex); err == nil && l.Attrs().Name == rec.Link.HostIf {
+			out = append(out, fmt.Sprintf("link %s (index %d)", rec.Link.HostIf, rec.Link.HostIfIndex))
 		}
 		c, _ := nftables.New()
 		tables, _ := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
@@ -64,7 +66,7 @@ func leftovers(rec *record, dir string) []string {
 			}
 		}
 	}
-	if rec.NetnsInode != 0 && netnsInUse(rec.NetnsInode) {
+	if rec.NetnsInode != 0 && netnsInUse(rec.NetnsInode, rec.NetnsCookie) {
 		out = append(out, fmt.Sprintf("network namespace net:[%d]", rec.NetnsInode))
 	}
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), dir) {
@@ -77,17 +79,35 @@ func leftovers(rec *record, dir string) []string {
 }
 
 // netnsInUse reports whether any process still holds the namespace, as
-// its namespace or through an open descriptor.
-func netnsInUse(ino uint64) bool {
+// its namespace or through an open descriptor. A namespace with the same
+// inode is confirmed by its cookie: once the pod's namespace is gone, the
+// kernel gives its inode number to the next namespace created on the host.
+func netnsInUse(ino, cookie uint64) bool {
 	want := fmt.Sprintf("net:[%d]", ino)
+	holds := func(path string) bool {
+		if l, err := os.Readlink(path); err != nil || l != want {
+			return false
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		var got uint64
+		err = inNetns(f, func() (err error) {
+			got, err = netnsCookie()
+			return err
+		})
+		return err == nil && got == cookie
+	}
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
-		if l, err := os.Readlink(filepath.Join("/proc", p.Name(), "ns", "net")); err == nil && l == want {
+		if holds(filepath.Join("/proc", p.Name(), "ns", "net")) {
 			return true
 		}
 		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
 		for _, fd := range fds {
-			if l, err := os.Readlink(filepath.Join("/proc", p.Name(), "fd", fd.Name())); err == nil && l == want {
+			if holds(filepath.Join("/proc", p.Name(), "fd", fd.Name())) {
 				return true
 			}
 		}
@@ -102,7 +122,7 @@ func TestStopLeavesNothing(t *testing.T) {
 	p.mu.Lock()
 	rec := *p.rec
 	p.mu.Unlock()
-	if rec.NetnsInode == 0 || rec.Link == nil || rec.Cgroups == nil || len(rec.Procs) != 2 {
+	if rec.NetnsInode == 0 || rec.NetnsCookie == 0 || rec.Link == nil || rec.Link.HostIfIndex == 0 || rec.Cgroups == nil || len(rec.Procs) != 2 {
 		t.Fatalf("record is incomplete: %+v", rec)
 	}
 	// While running, the resources exist: the check below can fail.

@@ -24,11 +24,17 @@ import (
 // link is the pod's point-to-point link to the host: a /30 from the
 // address pool, the host side of a veth pair, and the host's NAT table.
 type link struct {
-	Index    int        `json:"index"`
-	HostIf   string     `json:"hostIf"`
-	HostAddr netip.Addr `json:"hostAddr"`
-	PodAddr  netip.Addr `json:"podAddr"`
-	Table    string     `json:"table"`
+	Index  int    `json:"index"`
+	HostIf string `json:"hostIf"`
+	// HostIfIndex is the host interface's index once it exists. Teardown
+	// deletes the interface by it, not by name: the pair vanishes with the
+	// pod's namespace, and from then on another pod (of any kars process
+	// on the host) may hold the name. The kernel allocates indexes
+	// cyclically, so an index is not reused for a long time.
+	HostIfIndex int        `json:"hostIfIndex,omitempty"`
+	HostAddr    netip.Addr `json:"hostAddr"`
+	PodAddr     netip.Addr `json:"podAddr"`
+	Table       string     `json:"table"`
 }
 
 func linkFor(pool netip.Prefix, index int, id string) link {
@@ -180,6 +186,22 @@ func inNetns(ns *os.File, fn func() error) error {
 	return <-errc
 }
 
+// netnsCookie returns the cookie of the calling thread's network namespace
+// (SO_NETNS_COOKIE, Linux 5.14): unlike the namespace's inode number, it
+// is never given to another namespace.
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("network namespace cookie: %w", err)
+	}
+	return c, nil
+}
+
 // listenLoopback binds a TCP listener on 127.0.0.1:port in the calling
 // thread's network namespace, returning it as a file to hand to a child.
 func listenLoopback(port uint16) (*os.File, error) {
@@ -203,19 +225,26 @@ func listenLoopback(port uint16) (*os.File, error) {
 
 // setupLink creates the veth pair (pod side "eth0" inside ns), addresses
 // and routes, enables forwarding, and installs the host's NAT table and
-// the pod's egress guard.
-func setupLink(ns *os.File, l link) error {
+// the pod's egress guard. It returns the host interface's index as soon
+// as the pair exists, also when a later step fails. The caller holds the
+// host link lock, so the name still denotes the pair just created.
+func setupLink(ns *os.File, l link) (hostIfIndex int, err error) {
 	if err := netlink.LinkAdd(&netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: l.HostIf},
 		PeerName:      "eth0",
 		PeerNamespace: netlink.NsFd(int(ns.Fd())),
 	}); err != nil {
-		return fmt.Errorf("create veth %s: %w", l.HostIf, err)
+		return 0, fmt.Errorf("create veth %s: %w", l.HostIf, err)
 	}
 	host, err := netlink.LinkByName(l.HostIf)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	return host.Attrs().Index, configureLink(ns, l, host)
+}
+
+// configureLink is the rest of setupLink, once the pair exists.
+func configureLink(ns *os.File, l link, host netlink.Link) error {
 	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: ipnet(l.HostAddr, 30)}); err != nil {
 		return fmt.Errorf("address %s on %s: %w", l.HostAddr, l.HostIf, err)
 	}
@@ -315,14 +344,18 @@ func concat(parts ...[]expr.Any) []expr.Any {
 
 // teardownLink deletes the host side of the veth (which takes the pod side
 // with it) and the host table. Missing pieces are not errors: teardown
-// runs after crashes, when some never existed or already vanished.
+// runs after crashes, when some never existed or already vanished. A pair
+// whose index was never recorded lived only in a namespace the pod held
+// and has vanished with it.
 func teardownLink(l link) error {
 	var errs []error
-	if h, err := netlink.LinkByName(l.HostIf); err == nil {
-		// The link also disappears on its own once the pod's namespace is
-		// destroyed; losing that race is not an error.
-		if err := netlink.LinkDel(h); err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("delete %s: %w", l.HostIf, err))
+	if l.HostIfIndex != 0 {
+		if h, err := netlink.LinkByIndex(l.HostIfIndex); err == nil && h.Attrs().Name == l.HostIf {
+			// The link also disappears on its own once the pod's namespace
+			// is destroyed; losing that race is not an error.
+			if err := netlink.LinkDel(h); err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete %s: %w", l.HostIf, err))
+			}
 		}
 	}
 	c, _ := nftables.New()

@@ -32,15 +32,16 @@ type Pod struct {
 	init   *exec.Cmd
 	router *exec.Cmd
 
-	mu         sync.Mutex
-	status     Status
-	agentDone  chan struct{}
-	routerDone chan struct{}
-	readyc     chan readyResult
-	dialMu     sync.Mutex // one rootless dial in flight at a time
-	dialc      chan dialResult
-	stopOnce   sync.Once
-	stopErr    error
+	mu            sync.Mutex
+	status        Status
+	agentReported bool // the pod init reported the agent's wait status
+	agentDone     chan struct{}
+	routerDone    chan struct{}
+	readyc        chan readyResult
+	dialMu        sync.Mutex // one rootless dial in flight at a time
+	dialc         chan dialResult
+	stopOnce      sync.Once
+	stopErr       error
 }
 
 type readyResult struct {
@@ -305,6 +306,7 @@ func (p *Pod) readControl() {
 		case opExit:
 			ws := syscall.WaitStatus(m.Status)
 			p.mu.Lock()
+			p.agentReported = true
 			p.status.Agent.ExitCode = ws.ExitStatus()
 			if ws.Signaled() {
 				p.status.Agent.Signal = ws.Signal()

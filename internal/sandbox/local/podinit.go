@@ -268,9 +268,15 @@ func superviseAgent(agentPID int, sigs <-chan os.Signal) int {
 				break
 			}
 			if pid == agentPID {
-				sendMsg(podCtlFD, ctlMsg{Op: opExit, Status: int(ws)})
+				err := sendMsg(podCtlFD, ctlMsg{Op: opExit, Status: int(ws)})
 				// Orphans of the agent die with the pod, as in a container.
 				syscall.Kill(-1, syscall.SIGKILL)
+				if err != nil {
+					// The parent reads the init's own status instead: it
+					// must not look like a clean exit of the agent.
+					fmt.Fprintln(os.Stderr, "kars-pod-init: report the agent's exit:", err)
+					return 125
+				}
 				return 0
 			}
 		}

@@ -20,8 +20,9 @@ import (
 )
 
 // The test binary doubles as every program of a test pod, chosen by
-// roleEnv: a stand-in router, the probe agent, a memory hog, a parent that
-// is SIGKILLed mid-flight, and the rootless runner.
+// roleEnv: a stand-in router, the probe agent, a memory hog, an agent that
+// ends with a chosen status, a parent that is SIGKILLed mid-flight, and the
+// rootless runner.
 const roleEnv = "KARS_LOCAL_TEST_ROLE"
 
 func TestMain(m *testing.M) {
@@ -46,6 +47,15 @@ func TestMain(m *testing.M) {
 		}
 	case "sleep":
 		time.Sleep(time.Hour)
+	case "exit":
+		// EXIT_SIGNAL kills the agent with that signal, else it exits
+		// with EXIT_CODE.
+		if sig, _ := strconv.Atoi(os.Getenv("EXIT_SIGNAL")); sig > 0 {
+			syscall.Kill(os.Getpid(), syscall.Signal(sig))
+			time.Sleep(time.Hour)
+		}
+		code, _ := strconv.Atoi(os.Getenv("EXIT_CODE"))
+		os.Exit(code)
 	case "parent":
 		crashingParent()
 	case "rootless":

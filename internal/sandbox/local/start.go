@@ -110,11 +110,23 @@ func (p *Pod) startAll(ctx context.Context) error {
 		}
 		var st syscall.Stat_t
 		if err := syscall.Fstat(int(p.netns.Fd()), &st); err == nil {
+			var cookie uint64
+			inNetns(p.netns, func() (err error) {
+				cookie, err = netnsCookie()
+				return err
+			})
 			p.mu.Lock()
-			p.rec.NetnsInode = st.Ino
+			p.rec.NetnsInode, p.rec.NetnsCookie = st.Ino, cookie
 			p.mu.Unlock()
 		}
-		if err := setupLink(p.netns, l); err != nil {
+		ifIndex, err := setupLink(p.netns, l)
+		p.mu.Lock()
+		p.rec.Link.HostIfIndex = ifIndex
+		p.mu.Unlock()
+		if err := p.save(); err != nil {
+			return err
+		}
+		if err != nil {
 			return err
 		}
 		unlock()
@@ -316,14 +328,21 @@ func (p *Pod) startInit(ctx context.Context, rootDir string, log *os.File) (ctlM
 }
 
 // watchInit records the agent's end when the pod init exits.
+//
+// The init's last act is to report the agent's wait status on the control
+// socket; that message may still be queued when Wait returns. readControl
+// reads until end of file, which comes once the init (the only holder of
+// the other end: it is close-on-exec everywhere) is gone, so the socket is
+// closed only after it: closing it first would drop the report and turn
+// a killed agent into a clean exit.
 func (p *Pod) watchInit(ctlDone <-chan struct{}) {
-	err := p.init.Wait()
-	p.ctl.Close()
+	p.init.Wait()
 	<-ctlDone
+	p.ctl.Close()
 	p.mu.Lock()
 	a := &p.status.Agent
 	a.Running, a.FinishedAt = false, time.Now()
-	if a.ExitCode == 0 && a.Signal == 0 && err != nil {
+	if !p.agentReported {
 		// The init died without reporting (killed, or failed to set up):
 		// report its own end.
 		if ws, ok := p.init.ProcessState.Sys().(syscall.WaitStatus); ok {

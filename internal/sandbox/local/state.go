@@ -23,13 +23,17 @@ type record struct {
 	Owner    procRef `json:"owner"`
 	Rootless bool    `json:"rootless"`
 	Link     *link   `json:"link,omitempty"`
-	// NetnsInode identifies the pod's network namespace (root mode), so
-	// tests and operators can confirm it is gone.
-	NetnsInode uint64    `json:"netnsInode,omitempty"`
-	Cgroups    *cgroups  `json:"cgroups,omitempty"`
-	Procs      []procRef `json:"procs,omitempty"`
-	Workspace  string    `json:"workspace"`
-	Created    time.Time `json:"created"`
+	// NetnsInode and NetnsCookie identify the pod's network namespace
+	// (root mode), so tests and operators can confirm it is gone. The
+	// inode is what /proc/<pid>/ns/net shows, but the kernel hands it to
+	// the next namespace created anywhere on the host once this one is
+	// gone; the cookie (SO_NETNS_COOKIE) is never reused.
+	NetnsInode  uint64    `json:"netnsInode,omitempty"`
+	NetnsCookie uint64    `json:"netnsCookie,omitempty"`
+	Cgroups     *cgroups  `json:"cgroups,omitempty"`
+	Procs       []procRef `json:"procs,omitempty"`
+	Workspace   string    `json:"workspace"`
+	Created     time.Time `json:"created"`
 }
 
 // procRef names a process robustly against PID reuse: the PID plus the
