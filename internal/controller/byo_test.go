@@ -1,13 +1,13 @@
 package controller
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/ociimage"
@@ -67,11 +67,9 @@ func TestBYOContract(t *testing.T) {
 		sb := run("steady", pushImage(t, "byo/steady", "v1", map[string]string{ociimage.ContractLabel: "v1"}))
 		r := waitRendered(t, sb)
 		verified := r.deploy.Spec.Template.Spec.Containers[0].Image
-		cur := sandboxNow(t, sb)
-		cur.Spec.Runtime.BYO.Image = "127.0.0.1:1/byo/steady:v2"
-		if err := k8s.Update(context.Background(), cur); err != nil {
-			t.Fatal(err)
-		}
+		updateRetrying(t, client.ObjectKeyFromObject(sb), &karsv1.KarsSandbox{}, func(cur *karsv1.KarsSandbox) {
+			cur.Spec.Runtime.BYO.Image = "127.0.0.1:1/byo/steady:v2"
+		})
 		waitCondition(t, sb, karsv1.ConditionRuntimeReady, metav1.ConditionFalse, ReasonBYOImageUnreachable)
 		time.Sleep(time.Second)
 		if r := observe(t, sb); !r.present["Deployment"] || r.deploy.Spec.Template.Spec.Containers[0].Image != verified {

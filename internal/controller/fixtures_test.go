@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
@@ -85,13 +86,6 @@ func create(t *testing.T, objs ...client.Object) {
 func withPolicies(t *testing.T, sb *karsv1.KarsSandbox) {
 	t.Helper()
 	create(t, offlineInference(sb.Namespace, sb.Spec.InferenceRef.Name), toolPolicy(sb.Namespace, sb.Spec.Governance.ToolPolicyRef.Name))
-}
-
-func sandboxNow(t *testing.T, sb *karsv1.KarsSandbox) *karsv1.KarsSandbox {
-	t.Helper()
-	var cur karsv1.KarsSandbox
-	get(t, sb.Namespace, sb.Name, &cur)
-	return &cur
 }
 
 // waitCondition waits until the sandbox's status describes its current
@@ -170,12 +164,9 @@ func waitRendered(t *testing.T, sb *karsv1.KarsSandbox) *rendered {
 // one pod of the current template is ready.
 func markDeploymentReady(t *testing.T, sb *karsv1.KarsSandbox) {
 	t.Helper()
-	var d appsv1.Deployment
-	get(t, sb.Namespace, sb.Name, &d)
-	d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
-	if err := k8s.Status().Update(context.Background(), &d); err != nil {
-		t.Fatal(err)
-	}
+	mutateStatus(t, client.ObjectKey{Namespace: sb.Namespace, Name: sb.Name}, &appsv1.Deployment{}, func(d *appsv1.Deployment) {
+		d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, UpdatedReplicas: 1, ReadyReplicas: 1, AvailableReplicas: 1}
+	})
 }
 
 func containerNames(cs []corev1.Container) []string {
@@ -190,4 +181,37 @@ func hasOwner(o client.Object, sb *karsv1.KarsSandbox) bool {
 	return slices.ContainsFunc(o.GetOwnerReferences(), func(r metav1.OwnerReference) bool {
 		return r.UID == sb.UID && r.Controller != nil && *r.Controller
 	})
+}
+
+// updateRetrying reads the object at key into obj, applies fn and updates it,
+// retrying on a conflict: the controller writes the same objects (status,
+// its own fields) concurrently, so a read-modify-write by the test can race
+// it on a loaded machine.
+func updateRetrying[T client.Object](t *testing.T, key client.ObjectKey, obj T, fn func(T)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		if err := k8s.Get(context.Background(), key, obj); err != nil {
+			return err
+		}
+		fn(obj)
+		return k8s.Update(context.Background(), obj)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mutateStatus is updateRetrying for the status subresource.
+func mutateStatus[T client.Object](t *testing.T, key client.ObjectKey, obj T, fn func(T)) {
+	t.Helper()
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		if err := k8s.Get(context.Background(), key, obj); err != nil {
+			return err
+		}
+		fn(obj)
+		return k8s.Status().Update(context.Background(), obj)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

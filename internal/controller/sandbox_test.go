@@ -168,11 +168,7 @@ func TestSuspendAndResume(t *testing.T) {
 	waitRendered(t, sb)
 
 	setSuspended := func(v bool) {
-		cur := sandboxNow(t, sb)
-		cur.Spec.Suspended = v
-		if err := k8s.Update(context.Background(), cur); err != nil {
-			t.Fatal(err)
-		}
+		updateRetrying(t, client.ObjectKeyFromObject(sb), &karsv1.KarsSandbox{}, func(cur *karsv1.KarsSandbox) { cur.Spec.Suspended = v })
 	}
 	setSuspended(true)
 	cur := waitCondition(t, sb, karsv1.ConditionSuspended, metav1.ConditionTrue, ReasonSuspended)
@@ -341,12 +337,9 @@ func TestPolicyEditReloadsWithoutRestart(t *testing.T) {
 	waitPolicyPhase(t, &karsv1.ToolPolicy{}, ns, sb.Spec.Governance.ToolPolicyRef.Name, karsv1.PolicyPhaseRouterEnforcing)
 
 	// `kars model set analyst offline-large`: a new model in the policy.
-	var ip karsv1.InferencePolicy
-	get(t, ns, sb.Spec.InferenceRef.Name, &ip)
-	ip.Spec.ModelPreference.Primary.Model = "offline-large"
-	if err := k8s.Update(context.Background(), &ip); err != nil {
-		t.Fatal(err)
-	}
+	updateRetrying(t, client.ObjectKey{Namespace: ns, Name: sb.Spec.InferenceRef.Name}, &karsv1.InferencePolicy{}, func(ip *karsv1.InferencePolicy) {
+		ip.Spec.ModelPreference.Primary.Model = "offline-large"
+	})
 	var cm corev1.ConfigMap
 	eventually(t, 10*time.Second, "ConfigMap recompiled", func() error {
 		get(t, ns, r.config.Name, &cm)
@@ -358,7 +351,7 @@ func TestPolicyEditReloadsWithoutRestart(t *testing.T) {
 	if !strings.Contains(cm.Data[routerconfig.FileName], `"offline-large"`) {
 		t.Error("new model not in the router config")
 	}
-	waitPolicyPhase(t, &karsv1.InferencePolicy{}, ns, ip.Name, karsv1.PolicyPhaseAwaitingRouterEnforcement)
+	waitPolicyPhase(t, &karsv1.InferencePolicy{}, ns, sb.Spec.InferenceRef.Name, karsv1.PolicyPhaseAwaitingRouterEnforcement)
 	cur = waitCondition(t, sb, karsv1.ConditionRouterEnforcing, metav1.ConditionFalse, ReasonAwaitingRouter)
 	if cur.Status.Model != "offline-large" || cur.Status.ConfigDigest == first {
 		t.Errorf("status after edit: %+v", cur.Status)
@@ -374,7 +367,7 @@ func TestPolicyEditReloadsWithoutRestart(t *testing.T) {
 	if cur.Status.EnforcedDigest != cur.Status.ConfigDigest {
 		t.Errorf("enforced %s, compiled %s", cur.Status.EnforcedDigest, cur.Status.ConfigDigest)
 	}
-	waitPolicyPhase(t, &karsv1.InferencePolicy{}, ns, ip.Name, karsv1.PolicyPhaseRouterEnforcing)
+	waitPolicyPhase(t, &karsv1.InferencePolicy{}, ns, sb.Spec.InferenceRef.Name, karsv1.PolicyPhaseRouterEnforcing)
 }
 
 func waitPolicyPhase(t *testing.T, obj client.Object, ns, name, phase string) {
@@ -403,12 +396,10 @@ func TestDriftIsRepaired(t *testing.T) {
 	withPolicies(t, sb)
 	create(t, sb)
 	r := waitRendered(t, sb)
-	d := r.deploy.DeepCopy()
-	d.Spec.Template.Spec.Containers[0].SecurityContext.RunAsUser = ptrTo(int64(0))
-	d.Spec.Template.Spec.AutomountServiceAccountToken = ptrTo(true)
-	if err := k8s.Update(context.Background(), d); err != nil {
-		t.Fatal(err)
-	}
+	updateRetrying(t, client.ObjectKeyFromObject(&r.deploy), &appsv1.Deployment{}, func(d *appsv1.Deployment) {
+		d.Spec.Template.Spec.Containers[0].SecurityContext.RunAsUser = ptrTo(int64(0))
+		d.Spec.Template.Spec.AutomountServiceAccountToken = ptrTo(true)
+	})
 	eventually(t, 10*time.Second, "drift repaired", func() error {
 		var cur appsv1.Deployment
 		get(t, ns, sb.Name, &cur)
@@ -460,11 +451,9 @@ func TestIdleMakesNoWrites(t *testing.T) {
 	}
 
 	writes, requests := counter.writes.Load(), counter.requests.Load()
-	cur := sandboxNow(t, sb)
-	cur.Labels = map[string]string{"touched": "yes"}
-	if err := k8s.Update(context.Background(), cur); err != nil {
-		t.Fatal(err)
-	}
+	updateRetrying(t, client.ObjectKeyFromObject(sb), &karsv1.KarsSandbox{}, func(cur *karsv1.KarsSandbox) {
+		cur.Labels = map[string]string{"touched": "yes"}
+	})
 	time.Sleep(3 * time.Second)
 	if n := counter.writes.Load() - writes; n != 0 {
 		t.Errorf("a no-op reconcile wrote %d times: %v", n, counter.recentWrites())
@@ -498,11 +487,9 @@ func TestAgentConfigFollowsSpec(t *testing.T) {
 	if !strings.Contains(cm.Data["openclaw.json"], "telegram") {
 		t.Errorf("agent config %q", cm.Data)
 	}
-	cur := sandboxNow(t, sb)
-	cur.Spec.Runtime.OpenClaw.Config = nil
-	if err := k8s.Update(context.Background(), cur); err != nil {
-		t.Fatal(err)
-	}
+	updateRetrying(t, client.ObjectKeyFromObject(sb), &karsv1.KarsSandbox{}, func(cur *karsv1.KarsSandbox) {
+		cur.Spec.Runtime.OpenClaw.Config = nil
+	})
 	eventually(t, 10*time.Second, "agent ConfigMap and its mount removed", func() error {
 		if err := k8s.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: "claw-agent"}, &cm); !apierrors.IsNotFound(err) {
 			return errorf("ConfigMap still there (%v)", err)
