@@ -21,6 +21,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -32,6 +33,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/kars-io/kars/internal/router"
 )
 
 func main() {
@@ -233,14 +236,21 @@ func orchestrate(duration time.Duration, rates string) {
 	fmt.Println()
 	fmt.Println("## RSS with 1,000 concurrent streams")
 	fmt.Println()
-	fmt.Println("| upstream | RSS idle MB | RSS peak MB | streams open at once | completed | errors | goroutines at peak | stacks MB | heap in use MB | Go runtime MB | goal < 60 MB |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+	fmt.Println("| upstream | router memory limit | RSS idle MB | RSS peak MB | router CPU s | streams open at once | completed | errors | goroutines at peak | stacks MB | heap in use MB | Go runtime MB | goal < 60 MB |")
+	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 	// A fresh router for each, so that memory held since the load steps
 	// does not count against the streams.
 	kars.stop()
 	kars = start("1", "-role", "kars", cfgPath)
-	streamsRSS("HTTP/1.1 (plain, like Ollama or vLLM)", kars)
+	streamsRSS("HTTP/1.1 (plain, like Ollama or vLLM)", "none", kars)
 	kars.stop()
+	// The same with the garbage collector told of a tight container limit
+	// (router.SetMemoryLimit: a soft limit of 90% of it).
+	for _, limit := range []string{"96Mi", "72Mi"} {
+		kars = startEnv("1", []string{router.EnvMemoryLimit + "=" + limit}, "-role", "kars", cfgPath)
+		streamsRSS("HTTP/1.1", router.EnvMemoryLimit+"="+limit, kars)
+		kars.stop()
+	}
 	// The same with an HTTPS upstream speaking HTTP/2, as Azure OpenAI,
 	// OpenAI and Anthropic do: streams share connections.
 	certFile := filepath.Join(work, "upstream-cert.pem")
@@ -248,7 +258,7 @@ func orchestrate(duration time.Duration, rates string) {
 	tlsWork := filepath.Join(work, "tls")
 	os.Mkdir(tlsWork, 0o700)
 	tlsKars := startEnv("1", []string{"SSL_CERT_FILE=" + certFile}, "-role", "kars", writeKarsConfig(tlsWork, tlsUp.addr, 0))
-	streamsRSS("HTTPS, HTTP/2 (like Azure OpenAI)", tlsKars)
+	streamsRSS("HTTPS, HTTP/2 (like Azure OpenAI)", "none", tlsKars)
 	tlsKars.stop()
 	tlsUp.stop()
 	kars = start("1", "-role", "kars", cfgPath)
@@ -273,9 +283,9 @@ func orchestrate(duration time.Duration, rates string) {
 }
 
 // streamsRSS opens 1,000 slow streams through kars at once and prints a
-// table row: its RSS before and at the peak, with the Go runtime's view of
-// the peak.
-func streamsRSS(label string, kars *child) {
+// table row: its RSS before and at the peak, the CPU time it spent on the
+// streams, and the Go runtime's view of the peak.
+func streamsRSS(label, limit string, kars *child) {
 	time.Sleep(500 * time.Millisecond)
 	idle := rssKB(kars.cmd.Process.Pid)
 	type sample struct {
@@ -300,11 +310,13 @@ func streamsRSS(label string, kars *child) {
 			}
 		}
 	}()
+	cpu0 := cpuSeconds(kars.cmd.Process.Pid)
 	st := load("streams", kars.addr, "openai", "1000")
+	cpu := cpuSeconds(kars.cmd.Process.Pid) - cpu0
 	close(stopSampling)
 	p := <-peak
-	fmt.Printf("| %s | %.1f | %.1f | %d | %d | %d | %.0f | %.1f | %.1f | %.1f | %s |\n", label,
-		float64(idle)/1024, float64(p.rss)/1024, st.Concurrent, st.OK, st.Errors,
+	fmt.Printf("| %s | %s | %.1f | %.1f | %.2f | %d | %d | %d | %.0f | %.1f | %.1f | %.1f | %s |\n", label, limit,
+		float64(idle)/1024, float64(p.rss)/1024, cpu, st.Concurrent, st.OK, st.Errors,
 		p.rt["go_goroutines"], p.rt["go_memstats_stack_inuse_bytes"]/(1<<20), p.rt["go_memstats_heap_inuse_bytes"]/(1<<20),
 		p.rt["go_memstats_sys_bytes"]/(1<<20), verdict(p.rss < 60*1024))
 }
@@ -376,6 +388,24 @@ func scrape(admin string) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// cpuSeconds reads the user and system CPU time pid has used.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(filepath.Join("/proc", fmt.Sprint(pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command (which may hold spaces) in parentheses;
+	// utime and stime are the 14th and 15th of stat(5).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var utime, stime float64
+	fmt.Sscanf(f[11], "%g", &utime)
+	fmt.Sscanf(f[12], "%g", &stime)
+	return (utime + stime) / 100 // clock ticks; USER_HZ is 100 on Linux
 }
 
 // rssKB reads VmRSS of pid.

@@ -134,6 +134,11 @@ func runBare(upstream string) {
 // the audit commit window, as -audit-commit-window takes it; empty means
 // kars-router's default.
 func runKars(cfgPath, window string) {
+	limit, err := router.ParseMemorySize(os.Getenv(router.EnvMemoryLimit))
+	if err != nil {
+		log.Fatal(err)
+	}
+	router.SetMemoryLimit(limit) // as cmd/kars-router does with -memory-limit
 	commitWindow := audit.DefaultCommitWindow
 	if window != "" {
 		var err error

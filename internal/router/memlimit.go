@@ -1,0 +1,60 @@
+package router
+
+import (
+	"fmt"
+	"math"
+	"runtime/debug"
+	"strconv"
+	"strings"
+)
+
+// EnvMemoryLimit names the container's memory limit for kars-router, as the
+// Kubernetes downward API renders limits.memory (resourceFieldRef, in
+// bytes). The controller can set it so that the garbage collector knows the
+// limit; kars-router's -memory-limit flag defaults to it.
+const EnvMemoryLimit = "KARS_ROUTER_MEMORY_LIMIT"
+
+// ParseMemorySize reads a memory size in bytes: a plain number, as the
+// downward API writes it, or a number with a Kubernetes quantity suffix
+// (Ki, Mi, Gi, Ti, or k, M, G, T). Empty means no limit (0).
+func ParseMemorySize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, nil
+	}
+	num, mult := s, int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}, {"k", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12}} {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			num, mult = n, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("memory size %q: want a number of bytes, optionally with a suffix Ki, Mi, Gi, Ti, k, M, G or T", s)
+	}
+	return n * mult, nil
+}
+
+// SetMemoryLimit makes the garbage collector aware of the container's
+// memory limit: it sets the Go runtime's soft limit (debug.SetMemoryLimit,
+// which also overrides GOMEMLIMIT) to 90% of it and returns that soft limit.
+// Below the soft limit the collector paces itself by GOGC as usual; near it
+// the collector runs more often and returns freed memory to the OS sooner,
+// trading CPU for memory (at most about half the CPU, when the live heap
+// itself reaches the limit) rather than letting the kernel kill the router.
+// A container limit of 0 leaves the runtime's setting alone and returns 0.
+func SetMemoryLimit(container int64) int64 {
+	if container <= 0 {
+		return 0
+	}
+	// The other 10% is for memory the runtime does not count: the
+	// binary's pages and what the kernel charges the container for its
+	// sockets.
+	soft := container - container/10
+	debug.SetMemoryLimit(soft)
+	return soft
+}
