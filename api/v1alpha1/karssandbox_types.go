@@ -319,6 +319,33 @@ type GovernanceSpec struct {
 	// +kubebuilder:default=local
 	// +optional
 	RegistryMode RegistryMode `json:"registryMode,omitempty"`
+	// Behavior tunes the router's behaviour monitor, which watches for
+	// bursts of calls and repeated denials. Without it the monitor alerts
+	// (in the router's log and metrics) at the defaults and never
+	// quarantines.
+	// +optional
+	Behavior *BehaviorMonitor `json:"behavior,omitempty"`
+}
+
+// BehaviorMonitor configures anomaly detection on a sandbox's actions.
+type BehaviorMonitor struct {
+	// MaxCallsPerMinute actions a minute are normal; more is a burst.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	// +kubebuilder:default=600
+	// +optional
+	MaxCallsPerMinute int32 `json:"maxCallsPerMinute,omitempty"`
+	// MaxDenialsPerMinute policy denials a minute are tolerated; more
+	// raises an alert.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	// +kubebuilder:default=20
+	// +optional
+	MaxDenialsPerMinute int32 `json:"maxDenialsPerMinute,omitempty"`
+	// Quarantine turns an alert into a quarantine: every further action is
+	// denied until an operator clears it.
+	// +optional
+	Quarantine bool `json:"quarantine,omitempty"`
 }
 
 // EgressMode is how the router treats outbound traffic.

@@ -435,3 +435,22 @@ func TestRenderIsDeterministic(t *testing.T) {
 		}
 	}
 }
+
+func TestBehaviorMonitorIsAlwaysOn(t *testing.T) {
+	sb := sandbox(karsv1.RuntimeOpenClaw, karsv1.IsolationEnhanced)
+	c, err := RouterConfig(sb, inferencePolicy(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.Behavior; b == nil || b.MaxCallsPerMinute != 600 || b.MaxDenialsPerMinute != 20 || b.Quarantine {
+		t.Fatalf("default behaviour monitor = %+v, want alerting at 600 calls / 20 denials a minute without quarantine", b)
+	}
+	sb.Spec.Governance.Behavior = &karsv1.BehaviorMonitor{MaxDenialsPerMinute: 3, Quarantine: true}
+	c, err = RouterConfig(sb, inferencePolicy(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.Behavior; b.MaxCallsPerMinute != 600 || b.MaxDenialsPerMinute != 3 || !b.Quarantine {
+		t.Fatalf("tuned behaviour monitor = %+v", b)
+	}
+}

@@ -90,7 +90,32 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 		}
 		c.Governance = toolpolicy.FromSpec(tp.Namespace+"/"+tp.Name, &tp.Spec)
 	}
+	c.Behavior = behavior(sb.Spec.Governance.Behavior)
 	return c, nil
+}
+
+// Defaults of the behaviour monitor when the sandbox does not tune it: the
+// same as the schema's defaults, alerting only.
+const (
+	defaultMaxCallsPerMinute   = 600
+	defaultMaxDenialsPerMinute = 20
+)
+
+// behavior always turns the monitor on: a sandbox without the block gets
+// alerts at the defaults and no quarantine.
+func behavior(b *karsv1.BehaviorMonitor) *routerconfig.Behavior {
+	out := &routerconfig.Behavior{MaxCallsPerMinute: defaultMaxCallsPerMinute, MaxDenialsPerMinute: defaultMaxDenialsPerMinute}
+	if b == nil {
+		return out
+	}
+	if b.MaxCallsPerMinute > 0 {
+		out.MaxCallsPerMinute = int(b.MaxCallsPerMinute)
+	}
+	if b.MaxDenialsPerMinute > 0 {
+		out.MaxDenialsPerMinute = int(b.MaxDenialsPerMinute)
+	}
+	out.Quarantine = b.Quarantine
+	return out
 }
 
 func nameOf(tp *karsv1.ToolPolicy) string {
