@@ -299,9 +299,14 @@ func routerContainer(in Input, names Names, a2a bool) corev1.Container {
 		}
 	}
 	return corev1.Container{
-		Name:            ContainerRouter,
-		Image:           in.Env.Catalog.Image("kars-router"),
-		Args:            []string{"--config=" + RouterConfigPath},
+		Name:  ContainerRouter,
+		Image: in.Env.Catalog.Image("kars-router"),
+		Args:  []string{"--config=" + RouterConfigPath},
+		// The router sets Go's soft memory limit below its container's
+		// limit, so the garbage collector works harder before the kernel
+		// would kill it (docs/router.md).
+		Env: []corev1.EnvVar{{Name: "KARS_ROUTER_MEMORY_LIMIT", ValueFrom: &corev1.EnvVarSource{
+			ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: ContainerRouter, Resource: "limits.memory"}}}},
 		Ports:           ports,
 		VolumeMounts:    mounts,
 		ReadinessProbe:  probe("/readyz", 5),

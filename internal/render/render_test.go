@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/router"
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
@@ -453,4 +454,26 @@ func TestBehaviorMonitorIsAlwaysOn(t *testing.T) {
 	if b := c.Behavior; b.MaxCallsPerMinute != 600 || b.MaxDenialsPerMinute != 3 || !b.Quarantine {
 		t.Fatalf("tuned behaviour monitor = %+v", b)
 	}
+}
+
+// The router learns its container's memory limit from the downward API, in
+// the variable kars-router reads.
+func TestRouterGetsItsMemoryLimit(t *testing.T) {
+	d, err := Render(input(sandbox(karsv1.RuntimeOpenClaw, karsv1.IsolationEnhanced)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range d.Deployment.Spec.Template.Spec.Containers {
+		if c.Name != ContainerRouter {
+			continue
+		}
+		for _, e := range c.Env {
+			if e.Name == router.EnvMemoryLimit && e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil &&
+				e.ValueFrom.ResourceFieldRef.Resource == "limits.memory" && e.ValueFrom.ResourceFieldRef.ContainerName == ContainerRouter {
+				return
+			}
+		}
+		t.Fatalf("router env %+v lacks %s from limits.memory", c.Env, router.EnvMemoryLimit)
+	}
+	t.Fatal("no router container")
 }
