@@ -14,5 +14,9 @@ echo "## policy evaluation (100-rule profile)"
 go test -run '^$' -bench 'Decide100Rules' -benchmem -count "$count" ./internal/governance/
 echo
 echo "## audit append (durable)"
-go test -run '^$' -bench 'AppendGroupCommit|AppendWriteSyncBaseline|Seal' -benchtime 3s -count "$count" ./internal/audit/
+# One pass per count, so that each benchmark's window=0s baseline runs right
+# before its window=2ms variant every time, under the same neighbours' load.
+for i in $(seq "$count"); do
+  go test -run '^$' -bench 'AppendGroupCommit|AppendOpenLoop|AppendIdle|AppendWriteSyncBaseline|Seal' -benchtime 3s -count 1 ./internal/audit/
+done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -424,11 +424,14 @@ func TestSecondWriterIsRefused(t *testing.T) {
 // TestCloseAfterCheckpointFailure makes writing a checkpoint fail, which
 // stops the writer, and checks that Close still returns, with the failure.
 func TestCloseAfterCheckpointFailure(t *testing.T) {
-	w, err := Open(Options{Dir: t.TempDir(), SigningKey: testKey(t, 7), CheckpointEvery: 1})
+	// The open entry alone is not due a checkpoint, so the checkpointer
+	// has not touched its file when the test closes it; the next entry's
+	// checkpoint then fails.
+	w, err := Open(Options{Dir: t.TempDir(), SigningKey: testKey(t, 7), CheckpointEvery: 2, CheckpointInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.cpFile.Close() // the checkpointer's next write fails
+	w.cpFile.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; ; i++ {
 		if _, err := w.Append(context.Background(), record(i)); err != nil {
