@@ -38,6 +38,14 @@ type pacer struct {
 	// the time from an append to its acknowledgement, in nanoseconds.
 	others, latency float64
 	last            time.Duration // arrival of the latest append
+	// burst is the moving average of the gap, in nanoseconds, between
+	// appends that join a batch already filling (see arrive for the first
+	// entry of a batch). Under independent load it
+	// is the mean gap Little's law implies; for a closed group of callers
+	// (each appends again the moment its entry is durable) it is far
+	// shorter, because the group re-appends together right after a sync and
+	// then nobody does until the next one.
+	burst float64
 }
 
 // pending describes the batch that is filling.
@@ -53,6 +61,13 @@ type pending struct {
 // early at a few thousand appends a second.
 const quietGaps = 4
 
+// minQuiet is the shortest quiet spell worth waiting for, about one sync on
+// the disks kars runs on. Entries expected this often find the sealer still
+// busy with the previous sync and batch up without a wait, and a timer this
+// short oversleeps: when the process
+// has nothing else to run, Go's timers wake up to a millisecond late.
+const minQuiet = 500 * time.Microsecond
+
 // ewmaShift sets how fast the averages follow a change: each new sample
 // carries 1/8 of the weight.
 const ewmaShift = 3
@@ -60,11 +75,22 @@ const ewmaShift = 3
 func ewma(avg, sample float64) float64 { return avg + (sample-avg)/(1<<ewmaShift) }
 
 // arrive records an append at now that found waiting entries already
-// staged or being committed. It returns the time since the previous append.
-func (p *pacer) arrive(now time.Duration, waiting int) (gap time.Duration) {
+// staged or being committed; joining says whether the batch it goes into
+// already has entries. It returns the time since the previous append.
+func (p *pacer) arrive(now time.Duration, waiting int, joining bool) (gap time.Duration) {
 	gap = now - p.last
 	p.last = now
 	p.others = ewma(p.others, float64(waiting))
+	switch {
+	case joining:
+		p.burst = ewma(p.burst, float64(gap))
+	case p.latency > 0 && p.others > 0:
+		// The first entry of a batch follows a gap that may be a sync
+		// long (a closed group) or an idle spell; counting it as at most
+		// the gap Little's law implies lets the estimate recover after a
+		// burst of concurrent appends left it short.
+		p.burst = ewma(p.burst, min(float64(gap), p.latency/p.others))
+	}
 	return gap
 }
 
@@ -87,7 +113,12 @@ func (p *pacer) full(entries, bytes int) bool {
 // callers have been appending. It stops waiting when it is full, when its
 // first entry is a window old, or when no entry has arrived for quietGaps
 // expected gaps (the callers went quiet, or are all waiting for this batch).
-// A lone append (one that follows a quiet spell) does not wait at all.
+// The expected gap is the shorter of Little's law's and the gap seen between
+// entries joining a batch: a closed group of callers, which all append
+// within microseconds of a sync and then wait, is not held for the longer
+// gap its rate implies; a quiet spell shorter than minQuiet is not waited
+// for at all. A lone append (one that follows a quiet spell) does
+// not wait at all.
 func (p *pacer) due(b pending) time.Duration {
 	if p.window <= 0 || p.full(b.entries, b.bytes) || p.latency <= 0 {
 		return b.first
@@ -97,6 +128,12 @@ func (p *pacer) due(b pending) time.Duration {
 		return b.first
 	}
 	quiet := time.Duration(quietGaps / rate)
+	if p.burst > 0 {
+		quiet = min(quiet, time.Duration(quietGaps*p.burst))
+	}
+	if quiet < minQuiet {
+		return b.first
+	}
 	if b.entries == 1 && b.lead > quiet {
 		return b.first
 	}

@@ -16,6 +16,21 @@ func busy() pacer {
 	return pacer{window: 2 * ms, maxEntries: 8, maxBytes: 4096, others: 2, latency: float64(ms / 2)}
 }
 
+// closedGroup is busy, except that entries joining a batch arrived 10 µs
+// apart: a few callers that append together right after each sync.
+func closedGroup() pacer {
+	p := busy()
+	p.burst = float64(10 * time.Microsecond)
+	return p
+}
+
+// joinEvery is busy, except that entries joining a batch arrived gap apart.
+func joinEvery(gap time.Duration) pacer {
+	p := busy()
+	p.burst = float64(gap)
+	return p
+}
+
 func TestPacerDue(t *testing.T) {
 	at := func(d time.Duration) time.Duration { return 100*ms + d }
 	for _, tc := range []struct {
@@ -44,6 +59,12 @@ func TestPacerDue(t *testing.T) {
 			pending{first: at(0), last: at(ms / 4), lead: 2 * ms, entries: 2, bytes: 600}, at(5 * ms / 4)},
 		{"full by count: at once", busy(),
 			pending{first: at(0), last: at(ms / 4), lead: 100 * time.Microsecond, entries: 8, bytes: 2400}, at(0)},
+		{"closed group (entries join microseconds apart): at once", closedGroup(),
+			pending{first: at(0), last: at(20 * time.Microsecond), lead: 500 * time.Microsecond, entries: 3, bytes: 900}, at(0)},
+		{"entries join 200 µs apart: four such gaps after the latest", joinEvery(200 * time.Microsecond),
+			pending{first: at(0), last: at(400 * time.Microsecond), lead: 50 * time.Microsecond, entries: 3, bytes: 900}, at(1200 * time.Microsecond)},
+		{"closed group, first entry after the previous sync: at once", closedGroup(),
+			pending{first: at(0), last: at(0), lead: 500 * time.Microsecond, entries: 1, bytes: 300}, at(0)},
 		{"full by bytes: at once", busy(),
 			pending{first: at(0), last: at(ms / 4), lead: 100 * time.Microsecond, entries: 2, bytes: 5000}, at(0)},
 	} {
@@ -79,7 +100,7 @@ func TestPacerEstimatesRate(t *testing.T) {
 			}
 		}
 		waiting = kept
-		p.arrive(now, len(waiting))
+		p.arrive(now, len(waiting), true)
 		waiting = append(waiting, now)
 		if i >= from {
 			sum += p.others / p.latency * float64(time.Second)
@@ -97,7 +118,7 @@ func TestPacerEstimatesRate(t *testing.T) {
 	now = 0
 	for range 400 {
 		now += 10 * time.Microsecond
-		lone.arrive(now, 0)
+		lone.arrive(now, 0, false)
 		now += 300 * time.Microsecond
 		lone.acked(now, 1, now-300*time.Microsecond)
 	}
@@ -217,10 +238,11 @@ func TestCommitWindowDoesNotHoldLoneAppends(t *testing.T) {
 }
 
 // holdLong makes w believe another caller appends every ten seconds, so
-// that it holds a batch that is not full for 40 s (four expected gaps).
+// that it holds a batch that is not full for about 40 s (four expected
+// gaps).
 func holdLong(w *Writer) {
 	w.mu.Lock()
-	w.pace.others, w.pace.latency = 1, float64(10*time.Second)
+	w.pace.others, w.pace.latency, w.pace.burst = 1, float64(10*time.Second), float64(10*time.Second)
 	w.mu.Unlock()
 }
 
@@ -229,6 +251,38 @@ func staged(w *Writer) int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.cur.spans)
+}
+
+// TestCommitWindowDoesNotHoldAClosedGroup runs four callers that each
+// append again as soon as their entry is durable, with a window far longer
+// than any sync. Once all four wait nobody else can join the batch, so it
+// must be committed after a short quiet spell rather than when the window
+// ends; before the pacer measured the gaps within batches this took minutes.
+func TestCommitWindowDoesNotHoldAClosedGroup(t *testing.T) {
+	const window = 10 * time.Second
+	w, err := Open(Options{Dir: t.TempDir(), CommitWindow: window})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				if _, err := w.Append(context.Background(), record(g*100+i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Held batches would take up to the window each; unheld ones take a
+	// sync and at most a few gaps between appends.
+	if d := time.Since(start); d > window/2 {
+		t.Fatalf("4 callers appending 50 entries each took %v: their batches were held", d)
+	}
 }
 
 // TestCommitWindowFullBatchIsNotHeld holds batches for up to an hour and

@@ -266,7 +266,7 @@ func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 	w.next++
 	if w.pace.window > 0 {
 		now := time.Since(w.start)
-		gap := w.pace.arrive(now, w.waiting)
+		gap := w.pace.arrive(now, w.waiting, len(b.spans) > 0)
 		if len(b.spans) == 0 {
 			b.first, b.lead = now, gap
 		}
