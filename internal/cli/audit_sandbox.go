@@ -91,11 +91,7 @@ func (c *cluster) verifySandbox(ctx context.Context, name string, out io.Writer,
 
 // adminGet fetches a router admin endpoint of sandbox name into v.
 func (c *cluster) adminGet(ctx context.Context, name, path string, v any) error {
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	sb, err := c.findSandbox(ctx, cl, name)
+	cl, sb, err := c.sandbox(ctx, name)
 	if err != nil {
 		return err
 	}

@@ -28,11 +28,7 @@ func newConnectCmd(c *cluster) *cobra.Command {
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			cl, err := c.client()
-			if err != nil {
-				return err
-			}
-			sb, err := c.findSandbox(ctx, cl, args[0])
+			cl, sb, err := c.sandbox(ctx, args[0])
 			if err != nil {
 				return err
 			}

@@ -94,11 +94,7 @@ func readSecretInput(file string, stdin bool, in io.Reader) (string, error) {
 // points the InferencePolicy at them when a provider is given.
 func (c *cluster) setSandboxCredentials(cmd *cobra.Command, name string, cr devenv.Credentials, telegram string) error {
 	ctx := cmd.Context()
-	cl, err := c.client()
-	if err != nil {
-		return err
-	}
-	sb, err := c.findSandbox(ctx, cl, name)
+	cl, sb, err := c.sandbox(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -142,10 +138,9 @@ func (c *cluster) setSandboxCredentials(cmd *cobra.Command, name string, cr deve
 	if err != nil {
 		return err
 	}
-	ip := &karsv1.InferencePolicy{}
-	key := client.ObjectKey{Namespace: sb.Namespace, Name: sb.Spec.InferenceRef.Name}
-	if err := cl.Get(ctx, key, ip); err != nil {
-		return describeGetError(err, "InferencePolicy", key.String())
+	ip, err := inferencePolicyOf(ctx, cl, sb)
+	if err != nil {
+		return err
 	}
 	before := ip.DeepCopy()
 	ip.Spec.ModelPreference.Primary = p.Target
@@ -154,8 +149,8 @@ func (c *cluster) setSandboxCredentials(cmd *cobra.Command, name string, cr deve
 			SecretRef: &karsv1.SecretKeyReference{Name: secName, Key: blueprint.APIKeyKey}}
 	}
 	if err := cl.Patch(ctx, ip, client.MergeFrom(before)); err != nil {
-		return fmt.Errorf("update InferencePolicy %s: %w", key, err)
+		return fmt.Errorf("update InferencePolicy %s/%s: %w", ip.Namespace, ip.Name, err)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "InferencePolicy %s now uses %s model %s\n", key, p.Target.Provider, p.Target.Model)
+	fmt.Fprintf(cmd.OutOrStdout(), "InferencePolicy %s/%s now uses %s model %s\n", ip.Namespace, ip.Name, p.Target.Provider, p.Target.Model)
 	return nil
 }

@@ -84,6 +84,29 @@ func (c *cluster) sandboxNamespace(name string) string {
 	return "kars-" + name
 }
 
+// sandbox connects to the cluster and resolves NAME there (findSandbox).
+func (c *cluster) sandbox(ctx context.Context, name string) (client.Client, *karsv1.KarsSandbox, error) {
+	cl, err := c.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	sb, err := c.findSandbox(ctx, cl, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cl, sb, nil
+}
+
+// inferencePolicyOf reads the InferencePolicy sandbox sb refers to.
+func inferencePolicyOf(ctx context.Context, cl client.Client, sb *karsv1.KarsSandbox) (*karsv1.InferencePolicy, error) {
+	ip := &karsv1.InferencePolicy{}
+	key := client.ObjectKey{Namespace: sb.Namespace, Name: sb.Spec.InferenceRef.Name}
+	if err := cl.Get(ctx, key, ip); err != nil {
+		return nil, describeGetError(err, "InferencePolicy", key.String())
+	}
+	return ip, nil
+}
+
 // findSandbox resolves NAME: in --namespace or kars-NAME, else the one
 // sandbox of that name in any namespace.
 func (c *cluster) findSandbox(ctx context.Context, cl client.Client, name string) (*karsv1.KarsSandbox, error) {

@@ -20,18 +20,13 @@ func newModelCmd(c *cluster) *cobra.Command {
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			cl, err := c.client()
+			cl, sb, err := c.sandbox(ctx, args[0])
 			if err != nil {
 				return err
 			}
-			sb, err := c.findSandbox(ctx, cl, args[0])
+			ip, err := inferencePolicyOf(ctx, cl, sb)
 			if err != nil {
 				return err
-			}
-			ip := &karsv1.InferencePolicy{}
-			key := client.ObjectKey{Namespace: sb.Namespace, Name: sb.Spec.InferenceRef.Name}
-			if err := cl.Get(ctx, key, ip); err != nil {
-				return describeGetError(err, "InferencePolicy", key.String())
 			}
 			before := ip.DeepCopy()
 			p := &ip.Spec.ModelPreference.Primary
@@ -47,9 +42,9 @@ func newModelCmd(c *cluster) *cobra.Command {
 				}
 			}
 			if err := cl.Patch(ctx, ip, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-				return fmt.Errorf("update InferencePolicy %s: %w", key, err)
+				return fmt.Errorf("update InferencePolicy %s/%s: %w", ip.Namespace, ip.Name, err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: model %s → %s (InferencePolicy %s); the router reloads without a restart\n", sb.Name, old, args[1], key)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: model %s → %s (InferencePolicy %s/%s); the router reloads without a restart\n", sb.Name, old, args[1], ip.Namespace, ip.Name)
 			return nil
 		},
 	}

@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kars-io/kars/internal/configmapfs"
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
@@ -24,25 +24,8 @@ func swapConfigMap(t *testing.T, dir string, gen int, c *routerconfig.Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	genDir := filepath.Join(dir, fmt.Sprintf("..2026_11_26_00_00_%02d.%d", gen%60, gen))
-	if err := os.Mkdir(genDir, 0o755); err != nil {
+	if err := configmapfs.Publish(dir, gen, map[string][]byte{routerconfig.FileName: b}); err != nil {
 		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(genDir, routerconfig.FileName), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(dir, "..data_tmp")
-	if err := os.Symlink(filepath.Base(genDir), tmp); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
-	link := filepath.Join(dir, routerconfig.FileName)
-	if _, err := os.Lstat(link); os.IsNotExist(err) {
-		if err := os.Symlink(filepath.Join("..data", routerconfig.FileName), link); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kars-io/kars/internal/configmapfs"
 	"github.com/kars-io/kars/internal/governance"
 )
 
@@ -108,31 +109,15 @@ func TestParseRejectsUnknownFields(t *testing.T) {
 }
 
 // writeConfigMapGeneration mimics the kubelet's atomic writer: a new
-// timestamped directory, a ..data_tmp symlink renamed over ..data.
+// generation directory, a ..data_tmp symlink renamed over ..data.
 func writeConfigMapGeneration(t *testing.T, dir string, gen int, c *Config) {
 	t.Helper()
 	b, err := Marshal(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	genDir := filepath.Join(dir, "..gen"+string(rune('a'+gen)))
-	if err := os.Mkdir(genDir, 0o755); err != nil {
+	if err := configmapfs.Publish(dir, gen, map[string][]byte{FileName: b}); err != nil {
 		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(genDir, FileName), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(dir, "..data_tmp")
-	if err := os.Symlink(filepath.Base(genDir), tmp); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Lstat(filepath.Join(dir, FileName)); os.IsNotExist(err) {
-		if err := os.Symlink(filepath.Join("..data", FileName), filepath.Join(dir, FileName)); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
