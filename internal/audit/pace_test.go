@@ -16,14 +16,6 @@ func busy() pacer {
 	return pacer{window: 2 * ms, maxEntries: 8, maxBytes: 4096, others: 2, latency: float64(ms / 2)}
 }
 
-// closedGroup is busy, except that entries joining a batch arrived 10 µs
-// apart: a few callers that append together right after each sync.
-func closedGroup() pacer {
-	p := busy()
-	p.burst = float64(10 * time.Microsecond)
-	return p
-}
-
 // joinEvery is busy, except that entries joining a batch arrived gap apart.
 func joinEvery(gap time.Duration) pacer {
 	p := busy()
@@ -59,11 +51,11 @@ func TestPacerDue(t *testing.T) {
 			pending{first: at(0), last: at(ms / 4), lead: 2 * ms, entries: 2, bytes: 600}, at(5 * ms / 4)},
 		{"full by count: at once", busy(),
 			pending{first: at(0), last: at(ms / 4), lead: 100 * time.Microsecond, entries: 8, bytes: 2400}, at(0)},
-		{"closed group (entries join microseconds apart): at once", closedGroup(),
+		{"closed group (entries join microseconds apart): at once", joinEvery(10 * time.Microsecond),
 			pending{first: at(0), last: at(20 * time.Microsecond), lead: 500 * time.Microsecond, entries: 3, bytes: 900}, at(0)},
 		{"entries join 200 µs apart: four such gaps after the latest", joinEvery(200 * time.Microsecond),
 			pending{first: at(0), last: at(400 * time.Microsecond), lead: 50 * time.Microsecond, entries: 3, bytes: 900}, at(1200 * time.Microsecond)},
-		{"closed group, first entry after the previous sync: at once", closedGroup(),
+		{"closed group, first entry after the previous sync: at once", joinEvery(10 * time.Microsecond),
 			pending{first: at(0), last: at(0), lead: 500 * time.Microsecond, entries: 1, bytes: 300}, at(0)},
 		{"full by bytes: at once", busy(),
 			pending{first: at(0), last: at(ms / 4), lead: 100 * time.Microsecond, entries: 2, bytes: 5000}, at(0)},
