@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -250,11 +251,7 @@ func sanitizeAttrs(attrs map[string]string) map[string]string {
 	if clean {
 		return attrs
 	}
-	keys := make([]string, 0, len(attrs))
-	for k := range attrs {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(attrs))
 	out := make(map[string]string, min(len(keys), maxAttrs)+1)
 	for _, k := range keys[:min(len(keys), maxAttrs)] {
 		out[sanitize(k)] = sanitize(attrs[k])

@@ -5,8 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -52,13 +53,8 @@ func newAuditTailCmd(c *cluster) *cobra.Command {
 }
 
 func details(e audit.Entry) string {
-	keys := make([]string, 0, len(e.Attrs))
-	for k := range e.Attrs {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var parts []string
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(e.Attrs)) {
 		parts = append(parts, k+"="+e.Attrs[k])
 	}
 	if e.Decision != "allow" && e.Reason != "" {

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -121,12 +122,7 @@ func upstreamPorts(in Input) []int32 {
 	if code := agentCodeOf(in.Sandbox.Spec.Runtime); code != nil && code.Git != nil {
 		set[gitPort(code.Git.URL)] = true
 	}
-	out := make([]int32, 0, len(set))
-	for p := range set {
-		out = append(out, p)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(set))
 }
 
 // egressActionPort returns the port of "egress:<host>:<port>" when it is a

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"maps"
 	"net/url"
 	"path"
 	"slices"
@@ -252,7 +253,7 @@ func agentEnv(sb *karsv1.KarsSandbox, rt *Runtime) ([]corev1.EnvVar, error) {
 		set[k] = v
 	}
 	env := make([]corev1.EnvVar, 0, len(set)+len(sb.Spec.Runtime.Env))
-	for _, k := range sortedKeys(set) {
+	for _, k := range slices.Sorted(maps.Keys(set)) {
 		env = append(env, corev1.EnvVar{Name: k, Value: set[k]})
 	}
 	for _, e := range sb.Spec.Runtime.Env {
@@ -446,15 +447,6 @@ func resources(cpu, memRequest, memLimit string) corev1.ResourceRequirements {
 		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(cpu), corev1.ResourceMemory: resource.MustParse(memRequest)},
 		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse(memLimit)},
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // urlPort returns the TCP port of an http(s) URL, or 0 when it has none
