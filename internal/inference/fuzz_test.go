@@ -24,7 +24,7 @@ func FuzzParseRequest(f *testing.F) {
 		if r.MaxTokens < 0 || r.PromptEstimate < 0 {
 			t.Fatalf("negative counts: %+v", r)
 		}
-		out, err := UpstreamBody(OpChat, body, "gpt-4.1", r.Stream)
+		out, err := UpstreamBody(OpChat, body, "gpt-4.1", r.Stream, 0)
 		if err != nil {
 			return
 		}

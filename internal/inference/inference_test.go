@@ -59,7 +59,7 @@ func TestParseRequest(t *testing.T) {
 }
 
 func TestUpstreamBody(t *testing.T) {
-	out, err := UpstreamBody(OpChat, []byte(`{"model":"a","stream":true,"messages":[]}`), "gpt-4.1", true)
+	out, err := UpstreamBody(OpChat, []byte(`{"model":"a","stream":true,"messages":[]}`), "gpt-4.1", true, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestUpstreamBody(t *testing.T) {
 	}
 	// Embeddings never get stream_options; an empty model leaves the body.
 	body := []byte(`{"model":"a","input":"x"}`)
-	out, _ = UpstreamBody(OpEmbeddings, body, "", false)
+	out, _ = UpstreamBody(OpEmbeddings, body, "", false, 0)
 	if !bytes.Equal(out, body) {
 		t.Fatalf("body changed: %s", out)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/inference"
+	"github.com/kars-io/kars/internal/strictjson"
 )
 
 // DecidePath is the agent API endpoint where an agent asks whether it may
@@ -60,6 +61,11 @@ func (e *badDecide) Error() string { return e.msg }
 // error, so that a misspelt field cannot pass unnoticed.
 func parseDecide(body []byte) (decideRequest, error) {
 	var req decideRequest
+	// Strict JSON: a repeated "action" or argument would be read one way
+	// here and perhaps another by the tool that acts on the allow.
+	if err := strictjson.Validate(body); err != nil {
+		return req, &badDecide{msg: `the body must be a JSON object {"action":"tool:<name>","args":{...}} in strict JSON: ` + err.Error()}
+	}
 	var fields map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&fields); err != nil || fields == nil {

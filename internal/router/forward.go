@@ -72,7 +72,7 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 // try sends the call to one target.
 func (s forwardStage) try(c *Call, u *upstream) (*http.Response, error) {
 	c.Attempts++
-	body, err := inference.UpstreamBody(c.Route.Op, c.Body, u.BodyModel(c.Route.Op), c.Req.Stream)
+	body, err := inference.UpstreamBody(c.Route.Op, c.Body, u.BodyModel(c.Route.Op), c.Req.Stream, outputCap(c))
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,9 @@ type Call struct {
 	Candidates []*upstream
 	Action     string
 	Decision   governance.Decision
+	// Fetches are the provider-side actions the request carries, with
+	// their decisions (fetchStage).
+	Fetches []fetchDecision
 
 	Reservation *budget.Reservation
 	// RateTokens is what the tpm limiter holds for this call.

@@ -104,6 +104,7 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 		observeStage{r},
 		parseStage{},
 		governStage{r},
+		fetchStage{r},
 		rateLimitStage{r},
 		budgetStage{r},
 		forwardStage{r},

@@ -12,7 +12,8 @@ import (
 )
 
 // worstCase is the reservation for a call: the prompt estimate plus the
-// completion cap the agent set, or the budget's default reserve.
+// completion cap the agent set (or the budget's default reserve) for each
+// completion the upstream generates (n, best_of).
 func worstCase(c *Call) int64 {
 	switch c.Route.Op {
 	case inference.OpModels:
@@ -24,7 +25,37 @@ func worstCase(c *Call) int64 {
 	if completion == 0 {
 		completion = c.Gen.snap.Config.Budget.Reserve()
 	}
-	return c.Req.PromptEstimate + completion
+	return c.Req.PromptEstimate + completion*max(c.Req.Choices, 1)
+}
+
+// outputCap is the completion cap the router adds to a forwarded body that
+// sets none, or 0. A background response answers before it is generated,
+// so the router never sees its usage: it is charged its reservation, and
+// the cap keeps the provider within what was charged.
+func outputCap(c *Call) int64 {
+	if c.Req.Background && c.Req.MaxTokens == 0 {
+		return c.Gen.snap.Config.Budget.Reserve()
+	}
+	return 0
+}
+
+// charge is what a call costs the budget. An upstream's reported usage is
+// the truth. A successful answer without usage — a provider that omits it,
+// a background response, a stream cut before its usage event — and a call
+// the agent abandoned after it went upstream (where generation may go on)
+// are charged the larger of the reservation and what the router metered
+// itself, so that no answer is free; the audit entry says
+// usage_charged=reserved. Refusals and upstream errors cost what was
+// metered (0 for a refusal).
+func charge(c *Call, reserved int64) int64 {
+	switch {
+	case c.Usage.Reported:
+		return c.Usage.Total()
+	case c.Status == 499 && c.Attempts > 0,
+		c.Upstream != "" && c.Status >= 200 && c.Status < 300:
+		return max(reserved, c.Usage.Total())
+	}
+	return c.Usage.Total()
 }
 
 // refuseExceeded answers 429 naming the budget, with Retry-After.
@@ -58,7 +89,7 @@ func (s rateLimitStage) Serve(c *Call, next func(*Call)) {
 	}
 	c.RateTokens = n
 	next(c)
-	s.r.limiter.Settle(n, c.Usage.Total())
+	s.r.limiter.Settle(n, charge(c, n))
 }
 
 // budgetStage reserves the worst case against the per-request, daily and
@@ -79,7 +110,7 @@ func (s budgetStage) Serve(c *Call, next func(*Call)) {
 	}
 	c.Reservation = res
 	defer func() {
-		res.Settle(c.Usage.Total())
+		res.Settle(charge(c, res.Tokens()))
 		s.r.metrics.budget(s.r.ledger.State())
 	}()
 	next(c)

@@ -93,8 +93,18 @@ func (s observeStage) commit(c *Call) error {
 		attrs["completion_tokens"] = strconv.FormatInt(c.Usage.Completion, 10)
 		attrs["usage_reported"] = strconv.FormatBool(c.Usage.Reported)
 	}
+	if c.Reservation != nil {
+		charged := charge(c, c.Reservation.Tokens())
+		attrs["charged_tokens"] = strconv.FormatInt(charged, 10)
+		if !c.Usage.Reported && charged > c.Usage.Total() {
+			attrs["usage_charged"] = "reserved"
+		}
+	}
 	if c.Refusal != nil {
 		attrs["refusal"] = c.Refusal.Code
+	}
+	for i, f := range c.Fetches {
+		attrs["provider_fetch."+strconv.Itoa(i)] = f.Action + " " + f.Decision.Verdict.String() + " " + ruleName(f.Decision)
 	}
 	for _, f := range c.Findings {
 		if f.Blocking {

@@ -19,7 +19,10 @@ type request struct {
 	model     string
 	stream    bool
 	maxTokens int64
-	dirs      directives
+	// background is a Responses API call the service queues and runs
+	// later: the answer has status "queued" and no usage yet.
+	background bool
+	dirs       directives
 }
 
 func readRequest(r *http.Request) (request, error) {
@@ -31,7 +34,8 @@ func readRequest(r *http.Request) (request, error) {
 		return request{}, errors.New("we could not parse the JSON body of your request")
 	}
 	g := gjson.ParseBytes(body)
-	req := request{body: body, model: g.Get("model").Str, stream: g.Get("stream").Bool(), dirs: parseDirectives(body)}
+	req := request{body: body, model: g.Get("model").Str, stream: g.Get("stream").Bool(), dirs: parseDirectives(body),
+		background: g.Get("background").Type == gjson.True}
 	for _, k := range []string{"max_tokens", "max_completion_tokens", "max_output_tokens"} {
 		if v := g.Get(k).Int(); v > 0 {
 			req.maxTokens = v
@@ -165,6 +169,9 @@ func (s *Server) openAI(w http.ResponseWriter, r *http.Request, op string, azure
 		resp := map[string]any{"id": "chatcmpl-fake", "object": obj, "created": time.Now().Unix(), "model": model,
 			"system_fingerprint": "fp_fake", "choices": []any{choice},
 			"usage": map[string]any{"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+		if _, ok := req.dirs["nousage"]; ok {
+			delete(resp, "usage")
+		}
 		if azure {
 			choice["content_filter_results"] = completionFilterResults(req.dirs)
 			resp["prompt_filter_results"] = promptFilterResults(req.dirs)
@@ -266,6 +273,14 @@ func (s *Server) responses(w http.ResponseWriter, r *http.Request, req request, 
 	}
 	full := strings.Join(text, "")
 	s.count(prompt, completion)
+	if _, ok := req.dirs["nousage"]; ok {
+		usage = nil
+	}
+	if req.background {
+		// The provider generates (and bills) later; the answer says so.
+		writeJSON(w, http.StatusOK, resp("queued", []any{}, nil))
+		return
+	}
 	if !req.stream {
 		writeJSON(w, http.StatusOK, resp("completed", []any{msg(full, "completed")}, usage))
 		return

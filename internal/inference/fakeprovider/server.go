@@ -18,15 +18,18 @@
 //	#fake:break            break the stream off after two content chunks
 //	#fake:echo-auth        echo the received credential headers in the reply
 //	#fake:slow=20ms        wait this long between stream chunks
+//	#fake:nousage          answer a whole (non-streamed) call without a usage object
 //
 // This package is test support: it is imported by tests, the interop
 // harness and the benchmark, never by the router.
 package fakeprovider
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -66,6 +69,7 @@ type Server struct {
 
 	mu          sync.Mutex
 	headers     []http.Header
+	bodies      [][]byte
 	failDeploys map[string]int
 
 	srv *httptest.Server
@@ -109,6 +113,14 @@ func (s *Server) FailDeployment(deployment string, status string) {
 	s.failDeploys[deployment] = code
 }
 
+// Bodies returns the body of every data-plane request received (the
+// first 1,000).
+func (s *Server) Bodies() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][]byte(nil), s.bodies...)
+}
+
 // Headers returns the headers of every data-plane request received.
 func (s *Server) Headers() []http.Header {
 	s.mu.Lock()
@@ -132,6 +144,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	if len(s.headers) < 10000 {
 		s.headers = append(s.headers, r.Header.Clone())
+	}
+	if len(s.bodies) < 1000 && r.Body != nil {
+		b, _ := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		s.bodies = append(s.bodies, b)
 	}
 	s.mu.Unlock()
 	switch p := r.URL.Path; {
