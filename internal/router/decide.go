@@ -127,12 +127,11 @@ func auditedAction(a string) string {
 func (r *Router) serveDecide(w http.ResponseWriter, req *http.Request) {
 	start := time.Now()
 	g := r.gen.Load()
-	r.inflight.Add(1)
-	r.metrics.inflight.Inc()
-	defer func() {
-		r.metrics.inflight.Dec()
-		r.inflight.Add(-1)
-	}()
+	done, ok := r.admit(w, inference.DialectOpenAI)
+	if !ok {
+		return
+	}
+	defer done()
 	if req.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		r.decideError(w, g, start, http.StatusMethodNotAllowed, "kars_method_not_allowed", DecidePath+" takes POST", "refused")

@@ -66,7 +66,7 @@ func (h *harness) azureTarget(model string) routerconfig.Target {
 		Endpoint: h.fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: h.keyFile}}
 }
 
-func newHarness(t testing.TB, mutate func(h *harness, c *routerconfig.Config)) *harness {
+func newHarness(t testing.TB, mutate func(h *harness, c *routerconfig.Config), options ...func(*Options)) *harness {
 	t.Helper()
 	fake := fakeprovider.New()
 	fake.Start()
@@ -109,8 +109,12 @@ func newHarness(t testing.TB, mutate func(h *harness, c *routerconfig.Config)) *
 	}
 	t.Cleanup(func() { ts.Close() })
 	h.trust = ts
-	r, err := New(snap, Options{Audit: h.sink, Ledger: led, Trust: TrustStore{Store: ts},
-		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+	opts := Options{Audit: h.sink, Ledger: led, Trust: TrustStore{Store: ts},
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))}
+	for _, o := range options {
+		o(&opts)
+	}
+	r, err := New(snap, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -237,7 +237,7 @@ func TestProviderFetchesGoverned(t *testing.T) {
 			t.Fatal(err)
 		}
 		var e struct {
-			Type  string `json:"type"`
+			Type  string                   `json:"type"`
 			Error struct{ Message string } `json:"error"`
 		}
 		json.NewDecoder(resp.Body).Decode(&e)

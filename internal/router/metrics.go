@@ -25,6 +25,9 @@ type metrics struct {
 	reloads         prometheus.Counter
 	inflight        prometheus.Gauge
 	config          *prometheus.GaugeVec
+	// admissionRefused counts calls refused at a bound ("inflight",
+	// "buffer").
+	admissionRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -56,9 +59,11 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Help: "Agent calls in progress."}),
 		config: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "config_info",
 			Help: "1 for the digest of the config in force."}, []string{"digest"}),
+		admissionRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "admission_refused_total",
+			Help: "Calls refused with 503 at a bound: calls in flight or buffered bytes."}, []string{"bound"}),
 	}
 	reg.MustRegister(m.requests, m.tokens, m.duration, m.upstreamLatency, m.upstreamErrors, m.decisions,
-		m.safetyFindings, m.budgetRemaining, m.budgetUsed, m.auditErrors, m.reloads, m.inflight, m.config,
+		m.safetyFindings, m.budgetRemaining, m.budgetUsed, m.auditErrors, m.reloads, m.inflight, m.config, m.admissionRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

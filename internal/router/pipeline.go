@@ -63,6 +63,10 @@ type Call struct {
 	// Attempts counts upstream tries, including failovers.
 	Attempts int
 
+	// release gives back what the call holds of the router's buffer
+	// budget; the observe stage runs them when the call is finished.
+	release []func()
+
 	written bool
 	// commit appends the call's audit entry; the observe stage sets it.
 	commit    func(*Call) error

@@ -31,20 +31,27 @@ func (s forwardStage) relay(c *Call, resp *http.Response) {
 		}
 		return
 	}
-	relayBody(c, resp, mt, secret)
+	s.relayBody(c, resp, mt, secret)
 }
 
 // relayBody relays a whole (non-streamed) answer after inspecting it.
-func relayBody(c *Call, resp *http.Response, mt string, secret []byte) {
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
-	if err != nil || len(body) > MaxResponseBytes {
+func (s forwardStage) relayBody(c *Call, resp *http.Response, mt string, secret []byte) {
+	body, release, err := s.r.readBounded(resp.Body, resp.ContentLength, MaxResponseBytes, 1)
+	if err != nil {
+		if errors.Is(err, errNoBuffer) {
+			c.W.Header().Set("Retry-After", "1")
+			c.Refuse(errBusy("buffered answer bytes"))
+			return
+		}
 		msg := "kars-router could not read the upstream response"
-		if err == nil {
+		var tooBig errTooLarge
+		if errors.As(err, &tooBig) {
 			msg = "the upstream response exceeds the router's size limit"
 		}
 		c.Refuse(&inference.APIError{Status: http.StatusBadGateway, Type: "server_error", Code: "kars_upstream_read", Message: msg, Retryable: true})
 		return
 	}
+	c.release = append(c.release, release)
 	if len(secret) > 0 {
 		body = bytes.ReplaceAll(body, secret, redacted)
 	}

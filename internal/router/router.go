@@ -43,6 +43,13 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Logger receives structured logs; nil means slog.Default().
 	Logger *slog.Logger
+	// MaxInflight bounds the agent calls in progress; more are refused
+	// with 503. Zero means DefaultMaxInflight.
+	MaxInflight int64
+	// BufferBytes bounds the bytes of request bodies and whole answers
+	// buffered at once, across all calls; a call that would exceed it is
+	// refused with 503. Zero means DefaultBufferBytes.
+	BufferBytes int64
 	// Root prefixes file paths the router takes from its environment
 	// (AZURE_FEDERATED_TOKEN_FILE), as routerconfig.Snapshot.Under does
 	// for the config's own paths.
@@ -62,6 +69,8 @@ type Router struct {
 	tokenClient    *http.Client
 	auditFailing   atomic.Bool
 	inflight       atomic.Int64
+	maxInflight    int64
+	buffers        *byteBudget
 	pending        sync.WaitGroup // trust penalties still being written
 	engine         *governance.Engine
 
@@ -87,6 +96,12 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 	if opts.TokenClient == nil {
 		opts.TokenClient = &http.Client{Timeout: 30 * time.Second}
 	}
+	if opts.MaxInflight <= 0 {
+		opts.MaxInflight = DefaultMaxInflight
+	}
+	if opts.BufferBytes <= 0 {
+		opts.BufferBytes = DefaultBufferBytes
+	}
 	r := &Router{
 		opts:           opts,
 		log:            opts.Logger,
@@ -98,11 +113,13 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 		creds:          map[string]credential.Source{},
 		health:         map[string]*health{},
 		engine:         governance.NewEngine(),
+		maxInflight:    opts.MaxInflight,
+		buffers:        newByteBudget(opts.BufferBytes),
 	}
 	registerAuditSyncs(opts.Registry, opts.Audit)
 	r.chain = NewChain(
 		observeStage{r},
-		parseStage{},
+		parseStage{r},
 		governStage{r},
 		fetchStage{r},
 		rateLimitStage{r},
@@ -196,12 +213,11 @@ func (r *Router) serveInference(w http.ResponseWriter, req *http.Request) {
 		notFound(w, req)
 		return
 	}
-	r.inflight.Add(1)
-	r.metrics.inflight.Inc()
-	defer func() {
-		r.metrics.inflight.Dec()
-		r.inflight.Add(-1)
-	}()
+	done, ok := r.admit(w, route.Dialect)
+	if !ok {
+		return
+	}
+	defer done()
 	r.chain.Run(&Call{W: w, R: req, Start: time.Now(), Gen: r.gen.Load(), Route: route})
 }
 

@@ -52,6 +52,9 @@ type ServeOptions struct {
 	// admin APIs serve on the one named for their configured port instead
 	// of binding; Serve closes the others. Serve owns them all.
 	Listeners map[string]net.Listener
+	// BufferBytes bounds the bytes buffered for calls at once
+	// (Options.BufferBytes); zero means DefaultBufferBytes.
+	BufferBytes int64
 	// Ready, if set, is called with the bound addresses once serving.
 	Ready func(addrs map[string]string)
 	// AuditCommitWindow is how long the audit log may hold a batch of
@@ -110,7 +113,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 	defer ts.Close()
 	trustStore := TrustStore{Store: ts, Log: log}
-	r, err := New(snap, Options{Audit: sink, Ledger: ledger, Logger: log, Trust: trustStore, Root: o.Root})
+	r, err := New(snap, Options{Audit: sink, Ledger: ledger, Logger: log, Trust: trustStore, Root: o.Root, BufferBytes: o.BufferBytes})
 	if err != nil {
 		return err
 	}

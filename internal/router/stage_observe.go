@@ -34,6 +34,9 @@ func (s observeStage) Serve(c *Call, next func(*Call)) {
 			c.Refuse(&inference.APIError{Status: http.StatusInternalServerError, Type: "server_error", Code: "kars_internal", Message: "kars-router internal error"})
 		}
 		s.record(c)
+		for _, release := range c.release {
+			release()
+		}
 	}()
 	if s.r.auditFailing.Load() {
 		// Probe: if this refusal can be audited, the log is back.

@@ -3,7 +3,6 @@ package router
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 
 	"github.com/kars-io/kars/internal/inference"
@@ -20,27 +19,39 @@ var agentCredentialHeaders = []string{"Authorization", "Api-Key", "X-Api-Key", "
 
 // parseStage drops the agent's credentials, reads and parses the body, and
 // selects the targets that can serve the call.
-type parseStage struct{}
+type parseStage struct{ r *Router }
 
 func (parseStage) Name() string { return "parse" }
 
-func (parseStage) Serve(c *Call, next func(*Call)) {
+// bodyCopies is what a buffered request body costs the buffer budget: the
+// body as received and the rewritten copy sent upstream.
+const bodyCopies = 2
+
+func (s parseStage) Serve(c *Call, next func(*Call)) {
 	for _, h := range agentCredentialHeaders {
 		c.R.Header.Del(h)
 	}
 	if c.Route.Op != inference.OpModels {
-		body, err := io.ReadAll(http.MaxBytesReader(c.W, c.R.Body, MaxRequestBytes))
+		body, release, err := s.r.readBounded(c.R.Body, c.R.ContentLength, MaxRequestBytes, bodyCopies)
 		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
+			var tooBig errTooLarge
+			switch {
+			case errors.As(err, &tooBig):
+				// Close the connection rather than drain a body this big.
+				c.W.Header().Set("Connection", "close")
 				c.Refuse(&inference.APIError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "kars_body_too_large",
 					Message: fmt.Sprintf("request body exceeds %d bytes", MaxRequestBytes)})
-				return
+			case errors.Is(err, errNoBuffer):
+				c.W.Header().Set("Retry-After", "1")
+				c.W.Header().Set("Connection", "close")
+				c.Refuse(errBusy("buffered request bytes"))
+			default:
+				c.Refuse(&inference.APIError{Status: http.StatusBadRequest, Type: "invalid_request_error", Code: "kars_body_unreadable",
+					Message: "could not read the request body: " + err.Error()})
 			}
-			c.Refuse(&inference.APIError{Status: http.StatusBadRequest, Type: "invalid_request_error", Code: "kars_body_unreadable",
-				Message: "could not read the request body: " + err.Error()})
 			return
 		}
+		c.release = append(c.release, release)
 		c.Body = body
 		req, err := inference.ParseRequest(c.Route.Op, body)
 		if err != nil {
