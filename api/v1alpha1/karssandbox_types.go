@@ -533,7 +533,11 @@ const (
 	ConditionRuntimeReady      = "RuntimeReady"
 	ConditionRouterEnforcing   = "RouterEnforcing"
 	ConditionAllowlistVerified = "AllowlistVerified"
-	ConditionA2AExposed        = "A2AExposed"
+	// ConditionAuditIntact is False when the router's audit log lost
+	// entries the controller saw it write, or signs with a key other than
+	// the pinned one.
+	ConditionAuditIntact = "AuditIntact"
+	ConditionA2AExposed  = "A2AExposed"
 )
 
 // KarsSandboxStatus is the observed state of a sandbox.
@@ -562,6 +566,29 @@ type KarsSandboxStatus struct {
 	// A2AExpiresAt is when inbound A2A exposure ends, while it is active.
 	// +optional
 	A2AExpiresAt *metav1.Time `json:"a2aExpiresAt,omitempty"`
+	// Audit is the router's audit log head as the controller last read
+	// it, kept here, outside the router's volume, so that a log cut
+	// together with its checkpoints is still caught (`kars audit verify`).
+	// +optional
+	Audit *AuditAnchor `json:"audit,omitempty"`
+}
+
+// AuditAnchor records a router's audit log head outside the router.
+type AuditAnchor struct {
+	// CheckpointKey is the base64 Ed25519 public key the router signs its
+	// checkpoints with, pinned the first time the controller read it. A
+	// router that later signs with another key raises AuditIntact=False.
+	// +optional
+	CheckpointKey string `json:"checkpointKey,omitempty"`
+	// Seq is the sequence number of the last durable entry read.
+	// +optional
+	Seq int64 `json:"seq,omitempty"`
+	// Hash is that entry's SHA-256, lowercase hex.
+	// +optional
+	Hash string `json:"hash,omitempty"`
+	// RecordedAt is when the controller read it.
+	// +optional
+	RecordedAt *metav1.Time `json:"recordedAt,omitempty"`
 }
 
 // KarsSandbox is one governed agent: a hardened pod with the agent (UID 1000)

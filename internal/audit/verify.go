@@ -83,6 +83,13 @@ type VerifyOptions struct {
 	// AllowPruned accepts a log whose oldest files were removed by
 	// retention, so that it starts after sequence number 1.
 	AllowPruned bool
+	// Anchor is a head of this log recorded outside it (the controller
+	// keeps the router's head in the sandbox's status): the log must still
+	// hold entry Anchor.Seq, with Anchor.Hash. Checkpoints live beside the
+	// log, so cutting the log's tail and checkpoints.jsonl together leaves
+	// a log that verifies on its own; only a copy of the head kept
+	// elsewhere shows what is missing.
+	Anchor *Receipt
 }
 
 // Verify checks the log in dir offline: every line is a canonical entry
@@ -184,6 +191,10 @@ func (v *verifier) run() error {
 			return nil
 		}
 		if !v.checkEntry(e, at) {
+			return nil
+		}
+		if a := v.opts.Anchor; a != nil && e.Seq == a.Seq && e.Hash != a.Hash {
+			v.fail(Modified, e.Seq, at, "entry %d has hash %s, but its head was recorded elsewhere as %s: the log was rewritten from entry %d on", e.Seq, e.Hash, a.Hash, e.Seq)
 			return nil
 		}
 		v.prevPrev, v.prev = v.prev, &placed{e: e, at: at}
@@ -298,6 +309,19 @@ func (v *verifier) finish() {
 		v.fail(Truncated, v.prev.e.Seq+1, at, "the log ends at entry %d (%s), but a checkpoint covers entries up to %d: entries %d..%d were deleted",
 			v.prev.e.Seq, v.prev.at, cp.Seq, v.prev.e.Seq+1, cp.Seq)
 		return
+	}
+	if a := v.opts.Anchor; a != nil && a.Seq > 0 {
+		switch {
+		case v.prev == nil:
+			v.fail(Truncated, a.Seq, Location{}, "the log holds no entries, but entry %d (hash %s) was recorded as written", a.Seq, a.Hash)
+			return
+		case v.prev.e.Seq < a.Seq:
+			v.fail(Truncated, v.prev.e.Seq+1, v.prev.at, "the log ends at entry %d, but entry %d (hash %s) was recorded as written: entries %d..%d were cut, checkpoints included",
+				v.prev.e.Seq, a.Seq, a.Hash, v.prev.e.Seq+1, a.Seq)
+			return
+		case v.rep.FirstSeq > a.Seq:
+			v.rep.Warnings = append(v.rep.Warnings, fmt.Sprintf("the recorded head (entry %d) is older than the oldest entry kept (%d): it cannot be checked", a.Seq, v.rep.FirstSeq))
+		}
 	}
 	if v.prev != nil && v.rep.SignedSeq < v.prev.e.Seq {
 		if len(v.cps) == 0 {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -31,6 +32,7 @@ func newAuditCmd(c *cluster) *cobra.Command {
 func newAuditVerifyCmd(c *cluster) *cobra.Command {
 	var keys []string
 	var allowPruned, asJSON bool
+	var anchor string
 	cmd := &cobra.Command{
 		Use:   "verify NAME|DIR",
 		Short: "Check an audit log directory offline",
@@ -41,10 +43,21 @@ func newAuditVerifyCmd(c *cluster) *cobra.Command {
 			"first entry that was modified, deleted, inserted or reordered, or the checkpoint\n" +
 			"that does not match, and exits non-zero.\n\n" +
 			"Without --key the checkpoint keys the log announces are believed; pin the\n" +
-			"sandbox's key with --key to also catch a rewrite of the whole log.",
+			"sandbox's key with --key to also catch a rewrite of the whole log. Checkpoints\n" +
+			"live beside the log, so a tail cut together with them verifies on its own:\n" +
+			"--anchor SEQ:HASH (the head the controller keeps in the sandbox's status.audit)\n" +
+			"catches it. Given a sandbox NAME, the router verifies its own log with the key\n" +
+			"and head the controller recorded.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := audit.VerifyOptions{AllowPruned: allowPruned}
+			if anchor != "" {
+				a, err := parseAnchor(anchor)
+				if err != nil {
+					return fmt.Errorf("--anchor %s: %w", anchor, err)
+				}
+				opts.Anchor = a
+			}
 			for _, k := range keys {
 				pub, err := readPublicKey(k)
 				if err != nil {
@@ -57,8 +70,8 @@ func newAuditVerifyCmd(c *cluster) *cobra.Command {
 				if len(validation.IsDNS1035Label(dir)) > 0 {
 					return fmt.Errorf("%s is not a directory, nor a sandbox name: give an audit log directory or a sandbox", dir)
 				}
-				if len(keys) > 0 || allowPruned {
-					return fmt.Errorf("%s is not a directory: --key and --allow-pruned apply to an offline check of an audit log directory", dir)
+				if len(keys) > 0 || allowPruned || anchor != "" {
+					return fmt.Errorf("%s is not a directory: --key, --anchor and --allow-pruned apply to an offline check of an audit log directory", dir)
 				}
 				// Not a directory: a sandbox name, verified by its router.
 				return c.verifySandbox(cmd.Context(), dir, cmd.OutOrStdout(), asJSON)
@@ -82,6 +95,7 @@ func newAuditVerifyCmd(c *cluster) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringArrayVar(&keys, "key", nil, "trusted checkpoint public key: base64, or a file holding base64 or a PEM public key (repeatable)")
+	cmd.Flags().StringVar(&anchor, "anchor", "", "SEQ:HASH of a head recorded outside the log (a sandbox's status.audit): the log must still hold that entry")
 	cmd.Flags().BoolVar(&allowPruned, "allow-pruned", false, "accept a log whose oldest files were removed by retention")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
@@ -159,4 +173,14 @@ func readPublicKey(arg string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("not a base64 Ed25519 public key (32 bytes), a file holding one, or a PEM public key")
 	}
 	return ed25519.PublicKey(raw), nil
+}
+
+// parseAnchor reads SEQ:HASH.
+func parseAnchor(s string) (*audit.Receipt, error) {
+	seq, hash, ok := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(seq, 10, 64)
+	if !ok || err != nil || n == 0 || len(hash) != 64 || strings.Trim(hash, "0123456789abcdef") != "" {
+		return nil, fmt.Errorf("want SEQ:HASH, a positive entry number and its 64-digit lowercase hex SHA-256")
+	}
+	return &audit.Receipt{Seq: n, Hash: hash}, nil
 }

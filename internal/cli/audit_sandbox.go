@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,11 +66,33 @@ func details(e audit.Entry) string {
 
 func strconvQuote(s string) string { return strconv.Quote(s) }
 
-// verifySandbox asks the sandbox's router to verify its own log.
+// verifySandbox asks the sandbox's router to verify its own log against
+// what the controller recorded outside it (status.audit): the pinned
+// checkpoint key, and the last head it saw written, which the log must
+// still hold — so a tail cut together with its checkpoints is caught.
 func (c *cluster) verifySandbox(ctx context.Context, name string, out io.Writer, asJSON bool) error {
-	var rep audit.Report
-	if err := c.adminGet(ctx, name, "/admin/v1/audit/verify", &rep); err != nil {
+	_, sb, err := c.sandbox(ctx, name)
+	if err != nil {
 		return err
+	}
+	q := url.Values{}
+	if a := sb.Status.Audit; a != nil {
+		if a.CheckpointKey != "" {
+			q.Set("key", a.CheckpointKey)
+		}
+		if a.Seq > 0 {
+			q.Set("anchorSeq", strconv.FormatInt(a.Seq, 10))
+			q.Set("anchorHash", a.Hash)
+		}
+	}
+	var rep audit.Report
+	if err := c.adminGet(ctx, name, "/admin/v1/audit/verify?"+q.Encode(), &rep); err != nil {
+		return err
+	}
+	if a := sb.Status.Audit; a == nil || a.Seq == 0 {
+		rep.Warnings = append(rep.Warnings, "the controller has not recorded this log's head yet: a tail cut together with its checkpoints would go unnoticed")
+	} else {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("checked against the head recorded outside the router: entry %d at %s, key pinned", a.Seq, a.RecordedAt.UTC().Format(time.RFC3339)))
 	}
 	label := "sandbox " + name
 	if asJSON {

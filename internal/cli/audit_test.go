@@ -96,3 +96,35 @@ func TestAuditVerifyRejectsBadInput(t *testing.T) {
 		t.Fatalf("bad key: %d %s", code, errOut)
 	}
 }
+
+// --anchor catches a log whose tail was cut together with its checkpoints,
+// which verifies on its own.
+func TestAuditVerifyAnchor(t *testing.T) {
+	dir, pub := writeAuditLog(t)
+	rep, err := audit.Verify(dir, audit.VerifyOptions{})
+	if err != nil || !rep.OK() {
+		t.Fatal(err, rep)
+	}
+	anchor := "4:" + rep.HeadHash
+	if code, out, errOut := runKars("audit", "verify", dir, "--key", audit.KeyString(pub), "--anchor", anchor); code != 0 {
+		t.Fatalf("anchored verify of a good log: %d\n%s%s", code, out, errOut)
+	}
+	// Cut entry 4 and the checkpoint naming it.
+	names, _ := filepath.Glob(filepath.Join(dir, "audit-*.jsonl"))
+	data, _ := os.ReadFile(names[0])
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	os.WriteFile(names[0], bytes.Join(lines[:3], nil), 0o640)
+	os.WriteFile(filepath.Join(dir, "checkpoints.jsonl"), nil, 0o640)
+	if code, out, _ := runKars("audit", "verify", dir, "--key", audit.KeyString(pub)); code != 0 {
+		t.Fatalf("without the anchor the cut log should verify (that is the gap): %d\n%s", code, out)
+	}
+	code, out, _ := runKars("audit", "verify", dir, "--key", audit.KeyString(pub), "--anchor", anchor)
+	if code == 0 || !strings.Contains(out, "truncated") {
+		t.Fatalf("anchored verify of a cut log: %d\n%s", code, out)
+	}
+	for _, bad := range []string{"4", "x:" + rep.HeadHash, "0:" + rep.HeadHash, "4:abc"} {
+		if code, _, errOut := runKars("audit", "verify", dir, "--anchor", bad); code == 0 || !strings.Contains(errOut, "--anchor") {
+			t.Fatalf("bad anchor %q: %d %s", bad, code, errOut)
+		}
+	}
+}

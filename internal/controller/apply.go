@@ -24,10 +24,42 @@ import (
 // sets.
 const AnnotationAppliedHash = "kars.io/applied-hash"
 
+// ConflictError says that an object kars would write already exists and
+// was not created by kars for this sandbox: kars never takes over (and
+// later garbage-collects) an object it does not own.
+type ConflictError struct {
+	Kind, Namespace, Name string
+}
+
+// Error implements error.
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("%s %s/%s already exists and was not created by kars for this sandbox; kars does not take over objects it did not create: rename or delete it", e.Kind, e.Namespace, e.Name)
+}
+
+// ownedAsRendered reports whether have carries the controller reference
+// that want (a rendered object) carries: the same owner UID.
+func ownedAsRendered(want, have client.Object) bool {
+	for _, w := range want.GetOwnerReferences() {
+		if w.Controller == nil || !*w.Controller {
+			continue
+		}
+		for _, h := range have.GetOwnerReferences() {
+			if h.UID == w.UID && h.Controller != nil && *h.Controller {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // applier writes rendered objects with server-side apply, but only those
 // whose stored version differs from the rendered one.
 type applier struct {
-	c       client.Client
+	c client.Client
+	// live reads the API server directly. The cache holds only objects
+	// labelled as kars's, so an object it does not have may still exist,
+	// created by someone else; live is asked before anything is created.
+	live    client.Reader
 	metrics *metrics
 }
 
@@ -52,11 +84,18 @@ func (a *applier) apply(ctx context.Context, obj client.Object) (bool, error) {
 	kind := want.GetKind()
 	have := reflect.New(reflect.TypeOf(obj).Elem()).Interface().(client.Object)
 	err = a.c.Get(ctx, client.ObjectKeyFromObject(obj), have)
+	if apierrors.IsNotFound(err) && a.live != nil {
+		err = a.live.Get(ctx, client.ObjectKeyFromObject(obj), have)
+	}
 	switch {
 	case apierrors.IsNotFound(err):
 	case err != nil:
 		return false, fmt.Errorf("read %s %s/%s: %w", kind, obj.GetNamespace(), obj.GetName(), err)
 	default:
+		if !ownedAsRendered(obj, have) {
+			a.metrics.applies.WithLabelValues(kind, "conflict").Inc()
+			return false, &ConflictError{Kind: kind, Namespace: obj.GetNamespace(), Name: obj.GetName()}
+		}
 		got, err := toUnstructured(have)
 		if err != nil {
 			return false, err

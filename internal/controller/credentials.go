@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
@@ -54,32 +53,12 @@ func adminCredentials(ctx context.Context, cache, live client.Reader, sb *karsv1
 		return render.AdminCredentials{}, fmt.Errorf("read admin Secret %s/%s: %w", sb.Namespace, names.RouterAdmin, err)
 	default:
 		cur := render.AdminCredentials{Token: s.Data[render.AdminTokenKey], CertPEM: s.Data[render.AdminCertKey],
-			KeyPEM: s.Data[render.AdminKeyKey], CheckpointKeyPEM: s.Data[render.AdminCheckpointKey]}
-		if ownedBy(&s, sb) {
-			if usable(cur, names.RouterHostname, now) && checkpointKeyUsable(cur.CheckpointKeyPEM) {
-				return cur, nil
-			}
-			fresh, err := newAdminCredentials(names.RouterHostname, now)
-			if err == nil && checkpointKeyUsable(cur.CheckpointKeyPEM) {
-				// Renewing the TLS certificate keeps the audit signing key,
-				// so the log's checkpoints stay under one key.
-				fresh.CheckpointKeyPEM = cur.CheckpointKeyPEM
-			}
-			return fresh, err
+			KeyPEM: s.Data[render.AdminKeyKey]}
+		if ownedBy(&s, sb) && usable(cur, names.RouterHostname, now) {
+			return cur, nil
 		}
 	}
 	return newAdminCredentials(names.RouterHostname, now)
-}
-
-// checkpointKeyUsable reports whether p is an Ed25519 PKCS#8 PEM key.
-func checkpointKeyUsable(p []byte) bool {
-	blk, _ := pem.Decode(p)
-	if blk == nil {
-		return false
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	_, ok := k.(ed25519.PrivateKey)
-	return err == nil && ok
 }
 
 func ownedBy(obj client.Object, sb *karsv1.KarsSandbox) bool {
@@ -147,19 +126,10 @@ func newAdminCredentials(host string, now time.Time) (render.AdminCredentials, e
 	if err != nil {
 		return render.AdminCredentials{}, err
 	}
-	_, signer, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return render.AdminCredentials{}, err
-	}
-	signerDER, err := x509.MarshalPKCS8PrivateKey(signer)
-	if err != nil {
-		return render.AdminCredentials{}, err
-	}
 	return render.AdminCredentials{
-		Token:            []byte(base64.RawURLEncoding.EncodeToString(tok)),
-		CertPEM:          pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:           pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-		CheckpointKeyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: signerDER}),
+		Token:   []byte(base64.RawURLEncoding.EncodeToString(tok)),
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 	}, nil
 }
 

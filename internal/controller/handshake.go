@@ -51,11 +51,56 @@ type HTTPSProber struct {
 	Timeout time.Duration
 }
 
+// AuditHeadPath is the router admin endpoint that reports the audit log's
+// durable head and checkpoint key (internal/router.AuditHead).
+const AuditHeadPath = "/admin/v1/audit/head"
+
+// AuditHead is a router's audit log head.
+type AuditHead struct {
+	Seq           uint64 `json:"seq"`
+	Hash          string `json:"hash"`
+	CheckpointKey string `json:"checkpointKey"`
+}
+
+// AuditHeadReader reads a router's audit head. HTTPSProber implements it;
+// a RouterProber that does not leaves the sandbox unanchored.
+type AuditHeadReader interface {
+	AuditHead(ctx context.Context, t RouterTarget) (AuditHead, error)
+}
+
 // EnforcedDigest implements RouterProber.
 func (p *HTTPSProber) EnforcedDigest(ctx context.Context, t RouterTarget) (string, error) {
+	var out struct {
+		Digest string `json:"digest"`
+	}
+	body, err := p.get(ctx, t, DigestPath, &out)
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(out.Digest, "sha256:") {
+		return "", fmt.Errorf("router admin API returned no digest: %.200s", body)
+	}
+	return out.Digest, nil
+}
+
+// AuditHead implements AuditHeadReader.
+func (p *HTTPSProber) AuditHead(ctx context.Context, t RouterTarget) (AuditHead, error) {
+	var h AuditHead
+	body, err := p.get(ctx, t, AuditHeadPath, &h)
+	if err != nil {
+		return h, err
+	}
+	if h.Seq == 0 || len(h.Hash) != 64 {
+		return h, fmt.Errorf("router admin API returned no audit head: %.200s", body)
+	}
+	return h, nil
+}
+
+// get reads one admin endpoint into v.
+func (p *HTTPSProber) get(ctx context.Context, t RouterTarget, path string, v any) ([]byte, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(t.CertPEM) {
-		return "", errors.New("no admin certificate to trust")
+		return nil, errors.New("no admin certificate to trust")
 	}
 	timeout := p.Timeout
 	if timeout == 0 {
@@ -72,28 +117,25 @@ func (p *HTTPSProber) EnforcedDigest(ctx context.Context, t RouterTarget) (strin
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(t.Endpoint, "/")+DigestPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(t.Endpoint, "/")+path, nil)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+string(t.Token))
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("router admin API answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+		return body, fmt.Errorf("router admin API answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
-	var out struct {
-		Digest string `json:"digest"`
+	if err := json.Unmarshal(body, v); err != nil {
+		return body, fmt.Errorf("router admin API answered %s with %.200s: %w", path, body, err)
 	}
-	if err := json.Unmarshal(body, &out); err != nil || !strings.HasPrefix(out.Digest, "sha256:") {
-		return "", fmt.Errorf("router admin API returned no digest: %.200s", body)
-	}
-	return out.Digest, nil
+	return body, nil
 }

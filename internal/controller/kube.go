@@ -24,9 +24,10 @@ type KubeSubstrate struct {
 }
 
 // NewKubeSubstrate returns the Kubernetes substrate. c should read from the
-// manager's cache (built with CacheOptions).
-func NewKubeSubstrate(c client.Client) *KubeSubstrate {
-	return &KubeSubstrate{c: c, apply: &applier{c: c, metrics: getMetrics()}}
+// manager's cache (built with CacheOptions); live reads the API server
+// directly (the manager's API reader), for objects the cache cannot see.
+func NewKubeSubstrate(c client.Client, live client.Reader) *KubeSubstrate {
+	return &KubeSubstrate{c: c, apply: &applier{c: c, live: live, metrics: getMetrics()}}
 }
 
 // Realize implements Substrate: it applies the Deployment (only if it

@@ -108,8 +108,9 @@ func startController(ctx context.Context, base *rest.Config) error {
 			SystemNamespace: "kars-system",
 			ClusterDNS:      []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 		},
-		Prober: &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
-		Images: inspector,
+		Prober:              &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
+		Images:              inspector,
+		AuditAnchorInterval: time.Second,
 	})
 	if err != nil {
 		return err
@@ -210,12 +211,19 @@ type standInRouter struct {
 	token []byte
 	srv   *httptest.Server
 	key   string
+	// audit, when set, is served as the router's audit head.
+	audit atomic.Pointer[AuditHead]
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(got), s.token) != 1 {
 		http.Error(w, `{"error":"admin API requires the router's admin bearer token"}`, http.StatusUnauthorized)
+		return
+	}
+	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(h)
 		return
 	}
 	if r.Method != http.MethodGet || r.URL.Path != DigestPath {

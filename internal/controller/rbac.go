@@ -16,7 +16,7 @@ package controller
 // +kubebuilder:rbac:groups=kars.azure.com,resources=inferencepolicies;toolpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=kars.azure.com,resources=karssandboxes/status;inferencepolicies/status;toolpolicies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=kars.azure.com,resources=karssandboxes/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=serviceaccounts;configmaps;secrets;services,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",resources=serviceaccounts;configmaps;secrets;services;persistentvolumeclaims,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

@@ -41,6 +41,9 @@ type SandboxReconciler struct {
 	// mounted ConfigMap).
 	registryBackoff *backoff
 	routerBackoff   *backoff
+	// anchorEvery is how often a running router's audit head is copied
+	// into the status (auditAnchor).
+	anchorEvery time.Duration
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -172,6 +175,9 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 			continue // the substrate's part
 		}
 		if _, err := r.apply.apply(ctx, obj); err != nil {
+			if conflict(&o, err) {
+				return o, conflictRetry, nil
+			}
 			o.block = &block{reason: ReasonApplyFailed, message: err.Error(), transient: true}
 			return o, 0, err
 		}
@@ -183,6 +189,9 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	}
 	obs, err := r.substrate.Realize(ctx, sb, d)
 	if err != nil {
+		if conflict(&o, err) {
+			return o, conflictRetry, nil
+		}
 		o.block = &block{reason: ReasonApplyFailed, message: err.Error(), transient: true}
 		return o, 0, err
 	}
@@ -211,9 +220,47 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 		default:
 			r.metrics.probes.WithLabelValues("match").Inc()
 			r.routerBackoff.reset(client.ObjectKeyFromObject(sb))
+			requeue = minPositive(requeue, r.readAuditHead(ctx, sb, &o, RouterTarget{
+				Endpoint: obs.RouterAdmin, ServerName: names.RouterHostname, CertPEM: admin.CertPEM, Token: admin.Token}))
 		}
 	}
 	return o, requeue, nil
+}
+
+// readAuditHead reads the router's audit head into o when the anchor in the
+// status is older than anchorEvery, and returns when to read it next.
+func (r *SandboxReconciler) readAuditHead(ctx context.Context, sb *karsv1.KarsSandbox, o *outcome, t RouterTarget) time.Duration {
+	hr, ok := r.prober.(AuditHeadReader)
+	if !ok {
+		return 0
+	}
+	if a := sb.Status.Audit; a != nil && a.RecordedAt != nil {
+		if next := a.RecordedAt.Add(r.anchorEvery).Sub(r.now()); next > 0 {
+			return next
+		}
+	}
+	h, err := hr.AuditHead(ctx, t)
+	if err != nil {
+		log.FromContext(ctx).Info("audit head not read", "err", err)
+		return r.anchorEvery
+	}
+	o.auditHead = &h
+	return r.anchorEvery
+}
+
+// conflictRetry is how often a sandbox blocked by a foreign object looks
+// again: the object is not kars's, so its deletion triggers no watch.
+const conflictRetry = 30 * time.Second
+
+// conflict blocks the sandbox with reason Conflict when err is a
+// *ConflictError, and reports whether it was.
+func conflict(o *outcome, err error) bool {
+	var c *ConflictError
+	if !errors.As(err, &c) {
+		return false
+	}
+	o.block = &block{reason: ReasonConflict, message: c.Error(), transient: true, retryAfter: conflictRetry}
+	return true
 }
 
 func minPositive(a, b time.Duration) time.Duration {

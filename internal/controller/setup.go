@@ -54,6 +54,9 @@ type Options struct {
 	MaxConcurrentReconciles int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AuditAnchorInterval is how often the controller copies a running
+	// router's audit head into the sandbox's status; zero means 5 minutes.
+	AuditAnchorInterval time.Duration
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -64,12 +67,13 @@ type Options struct {
 func CacheOptions() cache.Options {
 	mine := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{render.LabelManagedBy: render.ManagedBy})}
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Secret{}:              mine,
-		&corev1.ConfigMap{}:           mine,
-		&corev1.ServiceAccount{}:      mine,
-		&corev1.Service{}:             mine,
-		&appsv1.Deployment{}:          mine,
-		&networkingv1.NetworkPolicy{}: mine,
+		&corev1.Secret{}:                mine,
+		&corev1.ConfigMap{}:             mine,
+		&corev1.ServiceAccount{}:        mine,
+		&corev1.Service{}:               mine,
+		&corev1.PersistentVolumeClaim{}: mine,
+		&appsv1.Deployment{}:            mine,
+		&networkingv1.NetworkPolicy{}:   mine,
 	}}
 }
 
@@ -87,7 +91,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		o.Now = time.Now
 	}
 	if o.Substrate == nil {
-		o.Substrate = NewKubeSubstrate(mgr.GetClient())
+		o.Substrate = NewKubeSubstrate(mgr.GetClient(), mgr.GetAPIReader())
 	}
 	if o.Prober == nil {
 		o.Prober = &HTTPSProber{}
@@ -106,7 +110,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	sr := &SandboxReconciler{
 		client:          c,
 		apiReader:       mgr.GetAPIReader(),
-		apply:           &applier{c: c, metrics: m},
+		apply:           &applier{c: c, live: mgr.GetAPIReader(), metrics: m},
 		substrate:       o.Substrate,
 		prober:          o.Prober,
 		images:          o.Images,
@@ -116,6 +120,10 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		metrics:         m,
 		registryBackoff: newBackoff(2*time.Second, 5*time.Minute),
 		routerBackoff:   newBackoff(time.Second, 30*time.Second),
+		anchorEvery:     o.AuditAnchorInterval,
+	}
+	if sr.anchorEvery <= 0 {
+		sr.anchorEvery = 5 * time.Minute
 	}
 	// Our own status writes change neither generation nor labels, so they
 	// do not wake the sandbox up again.
@@ -127,6 +135,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Owns(&corev1.Secret{}).
 		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.Service{}).
+		Owns(&corev1.PersistentVolumeClaim{}).
 		Owns(&networkingv1.NetworkPolicy{}).
 		Watches(&karsv1.InferencePolicy{}, handler.EnqueueRequestsFromMapFunc(sandboxesUsing(c, indexInferenceRef)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).

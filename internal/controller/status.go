@@ -16,18 +16,21 @@ const (
 	ReasonInferencePolicyNotFound = "InferencePolicyNotFound"
 	ReasonToolPolicyNotFound      = "ToolPolicyNotFound"
 	ReasonApplyFailed             = "ApplyFailed"
-	ReasonSuspended               = "Suspended"
-	ReasonActive                  = "Active"
-	ReasonRuntimeRunning          = "RuntimeRunning"
-	ReasonStarting                = "Starting"
-	ReasonAsExpected              = "AsExpected"
-	ReasonRollingOut              = "RollingOut"
-	ReasonComplete                = "Complete"
-	ReasonDigestMatches           = "DigestMatches"
-	ReasonAwaitingRouter          = "AwaitingRouterEnforcement"
-	ReasonRouterUnreachable       = "RouterUnreachable"
-	ReasonWorkloadNotReady        = "WorkloadNotReady"
-	ReasonReady                   = "Ready"
+	// ReasonConflict: an object the sandbox needs exists and is not
+	// kars's; the sandbox does not run until it is renamed or deleted.
+	ReasonConflict          = "Conflict"
+	ReasonSuspended         = "Suspended"
+	ReasonActive            = "Active"
+	ReasonRuntimeRunning    = "RuntimeRunning"
+	ReasonStarting          = "Starting"
+	ReasonAsExpected        = "AsExpected"
+	ReasonRollingOut        = "RollingOut"
+	ReasonComplete          = "Complete"
+	ReasonDigestMatches     = "DigestMatches"
+	ReasonAwaitingRouter    = "AwaitingRouterEnforcement"
+	ReasonRouterUnreachable = "RouterUnreachable"
+	ReasonWorkloadNotReady  = "WorkloadNotReady"
+	ReasonReady             = "Ready"
 )
 
 // block is why a sandbox has no workload.
@@ -57,6 +60,8 @@ type outcome struct {
 	runtimeImage   string
 	model          string
 	a2aExpiresAt   *metav1.Time
+	// auditHead is the router's audit head, when it was read this time.
+	auditHead *AuditHead
 }
 
 // sandboxStatus derives the sandbox's status from what one reconcile
@@ -140,6 +145,10 @@ func sandboxStatus(sb *karsv1.KarsSandbox, o outcome, now time.Time) karsv1.Kars
 				fmt.Sprintf("compiled %s, the router enforces %s", o.configDigest, orNone(o.enforcedDigest)))
 		}
 	}
+	if h := o.auditHead; h != nil {
+		ok, reason, msg := anchorAudit(&st, h, now)
+		set(karsv1.ConditionAuditIntact, ok, reason, msg)
+	}
 	if enforcing {
 		set(karsv1.ConditionProgressing, false, ReasonComplete, "")
 		set(karsv1.ConditionReady, true, ReasonReady, "the agent runs under the compiled policy")
@@ -155,6 +164,33 @@ func sandboxStatus(sb *karsv1.KarsSandbox, o outcome, now time.Time) karsv1.Kars
 	set(karsv1.ConditionReady, false, reason, msg)
 	st.Phase = karsv1.SandboxProvisioning
 	return st
+}
+
+// Reasons of the AuditIntact condition.
+const (
+	ReasonAnchored             = "Anchored"
+	ReasonAuditTruncated       = "Truncated"
+	ReasonCheckpointKeyChanged = "CheckpointKeyChanged"
+)
+
+// anchorAudit compares the router's audit head with the anchor in st and
+// moves the anchor forward when they agree. The anchor never moves back
+// and the pinned key never changes: a router whose log is shorter than
+// what it was seen to write, or that signs with another key, keeps the old
+// anchor (the evidence) and reports why.
+func anchorAudit(st *karsv1.KarsSandboxStatus, h *AuditHead, now time.Time) (bool, string, string) {
+	a := st.Audit
+	if a == nil {
+		a = &karsv1.AuditAnchor{}
+	}
+	if a.CheckpointKey != "" && h.CheckpointKey != a.CheckpointKey {
+		return false, ReasonCheckpointKeyChanged, fmt.Sprintf("the router signs its audit checkpoints with key %s, but %s was pinned: its state volume was replaced or tampered with (clear status.audit to pin the new key once explained)", h.CheckpointKey, a.CheckpointKey)
+	}
+	if int64(h.Seq) < a.Seq {
+		return false, ReasonAuditTruncated, fmt.Sprintf("the router's audit log ends at entry %d, but entry %d (hash %s) was recorded at %s: entries were cut", h.Seq, a.Seq, a.Hash, a.RecordedAt.UTC().Format(time.RFC3339))
+	}
+	st.Audit = &karsv1.AuditAnchor{CheckpointKey: h.CheckpointKey, Seq: int64(h.Seq), Hash: h.Hash, RecordedAt: &metav1.Time{Time: now.Truncate(time.Second)}}
+	return true, ReasonAnchored, fmt.Sprintf("audit head entry %d recorded; `kars audit verify` checks the log still holds it", h.Seq)
 }
 
 func orNone(s string) string {

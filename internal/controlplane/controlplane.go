@@ -172,7 +172,9 @@ func Start(ctx context.Context, opts Options) (*ControlPlane, error) {
 }
 
 // startControllerManager runs the controllers that tests rely on: namespace
-// deletion, ownerReference garbage collection and ServiceAccount creation.
+// deletion, ownerReference garbage collection, ServiceAccount creation and
+// the release of deleted volume claims (their kubernetes.io/pvc-protection
+// finalizer would otherwise hold a deleted sandbox's namespace).
 func (cp *ControlPlane) startControllerManager(ctx context.Context, assets string, log io.Writer) error {
 	if log == nil {
 		log = io.Discard
@@ -185,7 +187,7 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, assets strin
 		"--secure-port=0",
 		"--leader-elect=false",
 		"--use-service-account-credentials=false",
-		"--controllers=namespace-controller,garbage-collector-controller,serviceaccount-controller",
+		"--controllers=namespace-controller,garbage-collector-controller,serviceaccount-controller,persistentvolumeclaim-protection-controller",
 		"--service-account-private-key-file="+filepath.Join(certDir, "sa-signer.key"),
 		"--concurrent-gc-syncs=5",
 	)

@@ -184,7 +184,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		"--secure-port=0",
 		"--leader-elect=false",
 		"--use-service-account-credentials=false",
-		"--controllers=namespace-controller,garbage-collector-controller,serviceaccount-controller",
+		"--controllers=namespace-controller,garbage-collector-controller,serviceaccount-controller,persistentvolumeclaim-protection-controller",
 		"--service-account-private-key-file="+p.path(saKey),
 		"--root-ca-file="+p.path(caCert),
 	); err != nil {

@@ -232,7 +232,10 @@ func envList(env []corev1.EnvVar) []string {
 // volumeFiles returns a volume's files relative to its mount point.
 func volumeFiles(in buildInput, v corev1.Volume) (map[string][]byte, error) {
 	switch {
-	case v.EmptyDir != nil:
+	case v.EmptyDir != nil, v.PersistentVolumeClaim != nil:
+		// The router's private folder already outlives its processes
+		// (and `kars dev down`), which is what the claim gives on a
+		// cluster.
 		return map[string][]byte{".kars-local": nil}, nil
 	case v.ConfigMap != nil:
 		data := map[string][]byte{}

@@ -22,7 +22,7 @@ func testEnv() Environment {
 }
 
 func testAdmin() AdminCredentials {
-	return AdminCredentials{Token: []byte("admin-token"), CertPEM: []byte("CERT"), KeyPEM: []byte("KEY"), CheckpointKeyPEM: []byte("CHECKPOINT KEY")}
+	return AdminCredentials{Token: []byte("admin-token"), CertPEM: []byte("CERT"), KeyPEM: []byte("KEY")}
 }
 
 // sandbox returns a minimal valid sandbox of the given runtime kind.

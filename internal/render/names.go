@@ -66,10 +66,14 @@ const (
 	AdminTokenKey = "token"
 	AdminCertKey  = "tls.crt"
 	AdminKeyKey   = "tls.key"
-	// AdminCheckpointKey holds the Ed25519 key (PKCS#8 PEM) the router
-	// signs its audit checkpoints with.
-	AdminCheckpointKey = "checkpoint.key"
 )
+
+// RouterCheckpointKey is the Ed25519 key (PKCS#8 PEM) the router signs its
+// audit checkpoints with. The router generates it on its state volume the
+// first time it starts; it never leaves the router (no Secret a tenant
+// could read holds it), and the controller pins its public half in the
+// sandbox's status.
+const RouterCheckpointKey = RouterStateRoot + "/keys/checkpoint.key"
 
 // Labels and annotations kars puts on what it renders.
 const (
@@ -107,6 +111,8 @@ type Names struct {
 	RouterAdmin    string // Secret with the admin token and TLS key pair
 	RouterService  string // headless Service in front of the router
 	RouterHostname string // the Service's in-cluster DNS name
+	RouterState    string // PersistentVolumeClaim of the router's audit log, ledger, trust and keys
+	Workspace      string // PersistentVolumeClaim of the agent's /sandbox
 }
 
 // maxNameLen leaves room for the longest suffix ("-router-admin") inside a
@@ -130,6 +136,8 @@ func NamesFor(sb *karsv1.KarsSandbox) (Names, error) {
 		RouterAdmin:    n + "-router-admin",
 		RouterService:  n + "-router",
 		RouterHostname: n + "-router." + sb.Namespace + ".svc",
+		RouterState:    n + "-router-state",
+		Workspace:      n + "-workspace",
 	}, nil
 }
 

@@ -33,6 +33,7 @@ const (
 	volRouterConfig  = "router-config"
 	volRouterAdmin   = "router-admin"
 	volRouterState   = "router-state"
+	volGitHome       = "git-home"
 	volIdentityToken = "azure-identity-token"
 	volGitSecret     = "git-credentials"
 )
@@ -332,10 +333,13 @@ func agentCodeContainer(c Catalog, g *karsv1.GitAgentCode) corev1.Container {
 		Name:  ContainerAgentCode,
 		Image: c.GitSyncImage,
 		Args:  []string{"--repo=" + g.URL, "--ref=" + ref, "--root=/git", "--link=current", "--one-time", "--depth=1"},
-		Env:   []corev1.EnvVar{{Name: "HOME", Value: "/tmp"}},
+		// Its own /tmp (its HOME): the agent's /tmp is the agent's to
+		// write, and git-sync's credentials helper and known_hosts must
+		// not be left where the agent reads or plants them.
+		Env: []corev1.EnvVar{{Name: "HOME", Value: "/tmp"}},
 		VolumeMounts: []corev1.VolumeMount{
 			{Name: volAgentCode, MountPath: "/git"},
-			{Name: volTmp, MountPath: "/tmp"},
+			{Name: volGitHome, MountPath: "/tmp"},
 		},
 		SecurityContext: restricted(AgentCodeUID, runtimeDefault()),
 		Resources:       resources("50m", "64Mi", "512Mi"),
@@ -380,13 +384,24 @@ func volumes(in Input, names Names, rt *Runtime) []corev1.Volume {
 		q := resource.MustParse(limit)
 		return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: &q}}}
 	}
+	pvc := func(name, claim string) corev1.Volume {
+		return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}
+	}
+	// The agent writes only to volumes that fill up rather than get the
+	// pod evicted: an emptyDir on disk past its sizeLimit (or past the
+	// node's ephemeral storage) makes the kubelet evict the pod, which an
+	// agent could use to reset whatever lives in the pod's emptyDirs. The
+	// workspace is a volume claim (ENOSPC when full) and /tmp a
+	// memory-backed emptyDir, whose tmpfs the kubelet sizes to its limit
+	// (and whose pages count against the agent's memory limit).
+	tmp := emptyDir(volTmp, "256Mi")
+	tmp.EmptyDir.Medium = corev1.StorageMediumMemory
 	vs := []corev1.Volume{
-		emptyDir(volWorkspace, "10Gi"),
-		emptyDir(volTmp, "1Gi"),
-		// The router's audit log and budget ledger survive container
-		// restarts; durable storage across pod deletion is the audit
-		// shipper's job.
-		emptyDir(volRouterState, "5Gi"),
+		pvc(volWorkspace, names.Workspace),
+		tmp,
+		// The router's audit log, budget ledger, trust scores, quarantine
+		// and checkpoint key outlive every pod of the sandbox.
+		pvc(volRouterState, names.RouterState),
 		{Name: volRouterConfig, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 			LocalObjectReference: corev1.LocalObjectReference{Name: names.RouterConfig},
 			DefaultMode:          ptr(int32(0o444)),
@@ -425,7 +440,7 @@ func volumes(in Input, names Names, rt *Runtime) []corev1.Volume {
 				Reference: rt.Code.OCI.Image, PullPolicy: corev1.PullIfNotPresent,
 			}}})
 		case rt.Code.Git != nil:
-			vs = append(vs, emptyDir(volAgentCode, "2Gi"))
+			vs = append(vs, emptyDir(volAgentCode, "2Gi"), emptyDir(volGitHome, "64Mi"))
 			if s := rt.Code.Git.SecretRef; s != nil {
 				vs = append(vs, corev1.Volume{Name: volGitSecret, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 					SecretName: s.Name, DefaultMode: ptr(int32(0o444)),

@@ -48,9 +48,9 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
-		// Checkpoints are always signed, with the key the controller keeps
-		// in the admin Secret (mounted into the router only).
-		Audit:    routerconfig.Audit{Dir: RouterAuditDir, CheckpointKeyFile: path.Join(RouterAdminDir, AdminCheckpointKey)},
+		// Checkpoints are always signed, with a key the router generates
+		// on its state volume and keeps to itself.
+		Audit:    routerconfig.Audit{Dir: RouterAuditDir, CheckpointKeyFile: RouterCheckpointKey},
 		StateDir: RouterStateDir,
 		Admin: routerconfig.Admin{
 			TokenFile:   path.Join(RouterAdminDir, AdminTokenKey),

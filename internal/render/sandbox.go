@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -38,6 +39,9 @@ type Environment struct {
 	// SeccompProfile is the Localhost profile of enhanced isolation;
 	// empty means DefaultSeccompProfile.
 	SeccompProfile string
+	// StorageClass names the StorageClass of the sandbox's volume claims
+	// (router state, workspace); empty means the cluster's default.
+	StorageClass string
 }
 
 // AdminCredentials are the router's admin API credentials. The controller
@@ -47,9 +51,6 @@ type AdminCredentials struct {
 	Token   []byte
 	CertPEM []byte
 	KeyPEM  []byte
-	// CheckpointKeyPEM is the audit checkpoint signing key (Ed25519,
-	// PKCS#8 PEM).
-	CheckpointKeyPEM []byte
 }
 
 // Input is everything one sandbox's rendering depends on.
@@ -86,7 +87,14 @@ type Sandbox struct {
 	AgentConfig   *corev1.ConfigMap
 	Service       *corev1.Service
 	NetworkPolicy *networkingv1.NetworkPolicy
-	Deployment    *appsv1.Deployment
+	// RouterState and Workspace are the sandbox's volume claims: they
+	// outlive its pods, so neither an eviction nor a deleted pod resets
+	// the router's audit log, budget ledger, trust or quarantine, and the
+	// agent's workspace fills up (ENOSPC) instead of getting the pod
+	// evicted.
+	RouterState *corev1.PersistentVolumeClaim
+	Workspace   *corev1.PersistentVolumeClaim
+	Deployment  *appsv1.Deployment
 }
 
 // Objects returns the rendered objects in the order they should be applied:
@@ -97,7 +105,7 @@ func (s *Sandbox) Objects() []client.Object {
 	if s.AgentConfig != nil {
 		objs = append(objs, s.AgentConfig)
 	}
-	return append(objs, s.NetworkPolicy, s.Service, s.Deployment)
+	return append(objs, s.RouterState, s.Workspace, s.NetworkPolicy, s.Service, s.Deployment)
 }
 
 // Render renders the sandbox. A returned *Error says what in the specs must
@@ -139,10 +147,9 @@ func Render(in Input) (*Sandbox, error) {
 		ObjectMeta: meta(sb, names.RouterAdmin, "router"),
 		Type:       corev1.SecretTypeOpaque,
 		Data: map[string][]byte{
-			AdminTokenKey:      in.Admin.Token,
-			AdminCertKey:       in.Admin.CertPEM,
-			AdminKeyKey:        in.Admin.KeyPEM,
-			AdminCheckpointKey: in.Admin.CheckpointKeyPEM,
+			AdminTokenKey: in.Admin.Token,
+			AdminCertKey:  in.Admin.CertPEM,
+			AdminKeyKey:   in.Admin.KeyPEM,
 		},
 	}
 	out.RouterConfig = &corev1.ConfigMap{
@@ -158,6 +165,8 @@ func Render(in Input) (*Sandbox, error) {
 			Data:       map[string]string{rt.ConfigFile: string(rt.Config)},
 		}
 	}
+	out.RouterState = claim(sb, in.Env, names.RouterState, "router", RouterStateSize)
+	out.Workspace = claim(sb, in.Env, names.Workspace, "workload", WorkspaceSize)
 	out.NetworkPolicy = networkPolicy(in, names, out.A2AExposed)
 	out.Service = service(sb, names, out.A2AExposed)
 	tmpl, err := podTemplate(in, names, rt, out.A2AExposed)
@@ -190,6 +199,29 @@ func Render(in Input) (*Sandbox, error) {
 func a2aOpen(sb *karsv1.KarsSandbox, now time.Time) bool {
 	a := sb.Spec.A2A
 	return a.Enabled && a.ExpiresAt != nil && now.Before(a.ExpiresAt.Time)
+}
+
+// Sizes of the sandbox's volume claims.
+const (
+	RouterStateSize = "1Gi"
+	WorkspaceSize   = "10Gi"
+)
+
+// claim renders a ReadWriteOnce volume claim owned by the sandbox: it is
+// deleted with the sandbox, never with a pod.
+func claim(sb *karsv1.KarsSandbox, env Environment, name, component, size string) *corev1.PersistentVolumeClaim {
+	c := &corev1.PersistentVolumeClaim{
+		TypeMeta:   typeMeta("v1", "PersistentVolumeClaim"),
+		ObjectMeta: meta(sb, name, component),
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(size)}},
+		},
+	}
+	if env.StorageClass != "" {
+		c.Spec.StorageClassName = ptr(env.StorageClass)
+	}
+	return c
 }
 
 func typeMeta(apiVersion, kind string) metav1.TypeMeta {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/behavior"
 	"github.com/kars-io/kars/internal/credential"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,8 +20,12 @@ import (
 type AdminBackends struct {
 	// AuditTail returns the last n audit entries, oldest first.
 	AuditTail func(ctx context.Context, n int) (any, error)
-	// AuditVerify verifies the audit chain and reports the result.
-	AuditVerify func(ctx context.Context) (any, error)
+	// AuditVerify verifies the audit chain (against a pinned key and an
+	// anchor, when the caller gives them) and reports the result.
+	AuditVerify func(ctx context.Context, opts audit.VerifyOptions) (any, error)
+	// AuditHead reports the log's durable head and the checkpoint key,
+	// for the controller to keep outside the router (AuditHead).
+	AuditHead func() (any, error)
 	// Trust reports the agent's trust score.
 	Trust func(ctx context.Context, agent string) (any, error)
 	// Reload re-reads the config file now and reports whether it changed.
@@ -125,7 +130,15 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 		call(w, b.AuditTail != nil, func() (any, error) { return b.AuditTail(req.Context(), min(n, 10000)) })
 	}))
 	mux.Handle("GET /admin/v1/audit/verify", auth(func(w http.ResponseWriter, req *http.Request) {
-		call(w, b.AuditVerify != nil, func() (any, error) { return b.AuditVerify(req.Context()) })
+		opts, err := VerifyQuery(req.URL.Query())
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
+		}
+		call(w, b.AuditVerify != nil, func() (any, error) { return b.AuditVerify(req.Context(), opts) })
+	}))
+	mux.Handle("GET /admin/v1/audit/head", auth(func(w http.ResponseWriter, _ *http.Request) {
+		call(w, b.AuditHead != nil, b.AuditHead)
 	}))
 	mux.Handle("POST /admin/v1/reload", auth(func(w http.ResponseWriter, _ *http.Request) {
 		call(w, b.Reload != nil, func() (any, error) {

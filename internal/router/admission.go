@@ -106,12 +106,18 @@ func (e errTooLarge) Error() string { return fmt.Sprintf("request body exceeds %
 // errNoBuffer is returned by readBounded when the buffer budget is spent.
 var errNoBuffer = errors.New("buffer budget exhausted")
 
+// answerAllowance is taken from the buffer budget with every request body
+// and spent on the call's answer, so that a call admitted with its body is
+// not refused for want of room for a typical answer.
+const answerAllowance = 64 << 10
+
 // readBounded reads body whole, at most limit bytes, charging what it holds
 // to the router's buffer budget times factor (the copies the call will
-// make of it). A declared length is checked and charged before reading; an
-// undeclared one is charged chunk by chunk as it arrives. The returned
-// release gives the bytes back; it is non-nil whenever err is nil.
-func (r *Router) readBounded(body io.Reader, declared, limit, factor int64) (b []byte, release func(), err error) {
+// make of it). prepaid bytes the caller already holds are spent first. A
+// declared length is checked and charged before reading; an undeclared
+// one is charged chunk by chunk as it arrives. The returned release gives
+// back what was taken; it is non-nil whenever err is nil.
+func (r *Router) readBounded(body io.Reader, declared, limit, factor, prepaid int64) (b []byte, release func(), err error) {
 	if declared > limit {
 		return nil, nil, errTooLarge{limit}
 	}
@@ -119,7 +125,9 @@ func (r *Router) readBounded(body io.Reader, declared, limit, factor int64) (b [
 	release = func() { r.buffers.give(held) }
 	grow := func(to int64) bool {
 		if n := (to - int64(cap(b))) * factor; n > 0 {
-			if !r.buffers.take(n) {
+			spent := min(n, prepaid)
+			prepaid -= spent
+			if n -= spent; n > 0 && !r.buffers.take(n) {
 				return false
 			}
 			held += n

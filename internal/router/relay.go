@@ -36,7 +36,7 @@ func (s forwardStage) relay(c *Call, resp *http.Response) {
 
 // relayBody relays a whole (non-streamed) answer after inspecting it.
 func (s forwardStage) relayBody(c *Call, resp *http.Response, mt string, secret []byte) {
-	body, release, err := s.r.readBounded(resp.Body, resp.ContentLength, MaxResponseBytes, 1)
+	body, release, err := s.r.readBounded(resp.Body, resp.ContentLength, MaxResponseBytes, 1, answerAllowance)
 	if err != nil {
 		if errors.Is(err, errNoBuffer) {
 			c.W.Header().Set("Retry-After", "1")

@@ -4,15 +4,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"runtime/debug"
 	"sync"
@@ -143,9 +140,10 @@ func Serve(ctx context.Context, o ServeOptions) error {
 
 	admin := Listener{Name: "admin", Addr: cfg.AdminListen(), Handler: r.AdminHandler(cfg.Admin.TokenFile, AdminBackends{
 		AuditTail: func(_ context.Context, n int) (any, error) { return AuditTail(cfg.Audit.Dir, n) },
-		AuditVerify: func(context.Context) (any, error) {
-			return audit.Verify(cfg.Audit.Dir, audit.VerifyOptions{})
+		AuditVerify: func(_ context.Context, opts audit.VerifyOptions) (any, error) {
+			return audit.Verify(cfg.Audit.Dir, opts)
 		},
+		AuditHead: func() (any, error) { return NewAuditHead(sink.Head(), key), nil },
 		Trust:  trustStore.View,
 		Reload: watcher.Reload,
 	})}
@@ -230,24 +228,3 @@ func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready 
 	return err
 }
 
-// loadSigningKey reads a PKCS#8 PEM Ed25519 private key (openssl genpkey
-// -algorithm ed25519).
-func loadSigningKey(path string) (ed25519.PrivateKey, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("audit checkpoint key: %w", err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, fmt.Errorf("audit checkpoint key %s: not PEM", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("audit checkpoint key %s: %w", path, err)
-	}
-	ek, ok := k.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("audit checkpoint key %s: not an Ed25519 key", path)
-	}
-	return ek, nil
-}

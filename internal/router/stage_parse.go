@@ -32,7 +32,13 @@ func (s parseStage) Serve(c *Call, next func(*Call)) {
 		c.R.Header.Del(h)
 	}
 	if c.Route.Op != inference.OpModels {
-		body, release, err := s.r.readBounded(c.R.Body, c.R.ContentLength, MaxRequestBytes, bodyCopies)
+		body, release, err := s.r.readBounded(c.R.Body, c.R.ContentLength, MaxRequestBytes, bodyCopies, 0)
+		if err == nil && !s.r.buffers.take(answerAllowance) {
+			release()
+			err = errNoBuffer
+		} else if err == nil {
+			c.release = append(c.release, func() { s.r.buffers.give(answerAllowance) })
+		}
 		if err != nil {
 			var tooBig errTooLarge
 			switch {
