@@ -144,8 +144,8 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			return audit.Verify(cfg.Audit.Dir, opts)
 		},
 		AuditHead: func() (any, error) { return NewAuditHead(sink.Head(), key), nil },
-		Trust:  trustStore.View,
-		Reload: watcher.Reload,
+		Trust:     trustStore.View,
+		Reload:    watcher.Reload,
 	})}
 	if cfg.Admin.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
@@ -227,4 +227,3 @@ func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready 
 	wg.Wait()
 	return err
 }
-
