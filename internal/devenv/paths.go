@@ -11,6 +11,8 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+
+	"github.com/kars-io/kars/internal/sandbox/local"
 )
 
 // Home is the kars state root: $KARS_HOME, else ~/.kars.
@@ -47,6 +49,24 @@ func (p Paths) Log() string { return filepath.Join(p.Dir, "logs", "daemon.log") 
 
 // Sandboxes is the root of the local pods' state (one folder per pod).
 func (p Paths) Sandboxes() string { return filepath.Join(p.PodRoot(), "sandboxes") }
+
+// RouterStates holds each sandbox's router state (audit log, ledger,
+// trust, quarantine, checkpoint key), kept across pod restarts.
+func (p Paths) RouterStates() string { return filepath.Join(p.PodRoot(), "routers") }
+
+// HiddenFromPods are the host paths no sandbox may read, except keep (the
+// folder of the binaries pods run): this dev environment's folders (etcd
+// data, kubeconfig, the daemon's sockets, every pod's and workspace's
+// files), the rest of the kars home, and home directories — agents run as
+// UID 1000, which may be a real user's on this machine, and rootless
+// agents as the invoking user.
+func (p Paths) HiddenFromPods(keep ...string) []string {
+	roots := []string{p.Dir, p.PodRoot(), Home(), "/home", "/root"}
+	if h, err := os.UserHomeDir(); err == nil {
+		roots = append(roots, h)
+	}
+	return local.HidePaths(roots, keep)
+}
 
 // Workspaces holds each sandbox's /sandbox, kept across restarts.
 func (p Paths) Workspaces() string { return filepath.Join(p.PodRoot(), "workspaces") }

@@ -129,8 +129,13 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	routerState := o.Paths.RouterStates()
+	if err := os.MkdirAll(routerState, 0o711); err != nil {
+		return err
+	}
 	sub := localsubstrate.New(localsubstrate.Options{
 		Client: mgr.GetAPIReader(), StateRoot: o.Paths.Sandboxes(), WorkspaceRoot: o.Paths.Workspaces(), BinDir: binDir,
+		RouterStateRoot: routerState, Hide: o.Paths.HiddenFromPods(binDir),
 		SocketDir: o.Paths.Sockets, Log: logger,
 	})
 	defer func() {

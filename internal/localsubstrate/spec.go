@@ -46,7 +46,11 @@ type buildInput struct {
 	desired   *render.Sandbox
 	stateRoot string
 	workspace string
-	binDir    string
+	// routerState is the router's persistent folder ("" for none).
+	routerState string
+	hide        []string
+	quota       int64
+	binDir      string
 	// secret returns a Secret of the sandbox's namespace by name.
 	secret func(name string) (*corev1.Secret, error)
 	// configMap returns a ConfigMap of the sandbox's namespace by name.
@@ -155,10 +159,16 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		Isolation: isolation,
 		Router: local.Process{Path: routerPath, Args: containerArgs(routerC), Env: routerEnv,
 			Files: withPlaceholders(routerFiles, b.routerConfigRelPath, b.routerConfig)},
-		Agent:       local.Process{Path: agentPath, Args: containerArgs(agentC), Env: envList(agentC.Env)},
-		RouterPorts: []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)},
-		AgentPorts:  []uint16{b.agentPort},
-		Limits:      limits(agentC.Resources),
+		Agent:          local.Process{Path: agentPath, Args: containerArgs(agentC), Env: envList(agentC.Env)},
+		RouterPorts:    []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)},
+		AgentPorts:     []uint16{b.agentPort},
+		Limits:         limits(agentC.Resources),
+		Hide:           in.hide,
+		WorkspaceQuota: in.quota,
+	}
+	if in.routerState != "" {
+		// The router-state claim's mount, as the router's root sees it.
+		b.spec.RouterState, b.spec.RouterStateLink = in.routerState, strings.TrimPrefix(render.RouterStateRoot, "/")
 	}
 	h := sha256.New()
 	_ = json.NewEncoder(h).Encode(struct {

@@ -47,6 +47,18 @@ type Options struct {
 	WorkspaceRoot string
 	// BinDir holds kars-agent and kars-router.
 	BinDir string
+	// RouterStateRoot holds each sandbox's router state (audit log, budget
+	// ledger, trust, quarantine, checkpoint key) as <root>/<namespace>/
+	// <name>: the local counterpart of the router-state volume claim,
+	// kept across pod restarts and removed with the sandbox. It and the
+	// folders above it must be traversable by UID 1001.
+	RouterStateRoot string
+	// Hide are host paths no pod may read (local.Spec.Hide): the kars
+	// folders, home directories, other sandboxes' files.
+	Hide []string
+	// WorkspaceQuota bounds each workspace (local.Spec.WorkspaceQuota);
+	// zero means DefaultWorkspaceQuota, negative means none.
+	WorkspaceQuota int64
 	// SocketDir returns where a sandbox's agent.sock and admin.sock go.
 	SocketDir func(namespace, name string) string
 	// Log receives events; nil discards.
@@ -80,6 +92,10 @@ type entry struct {
 
 var _ controller.Substrate = (*Substrate)(nil)
 
+// DefaultWorkspaceQuota matches the workspace volume claim rendered for a
+// cluster (render.WorkspaceSize).
+const DefaultWorkspaceQuota = 10 << 30
+
 // New returns a substrate. Call Shutdown when the process ends.
 func New(o Options) *Substrate {
 	if o.Log == nil {
@@ -87,6 +103,9 @@ func New(o Options) *Substrate {
 	}
 	if o.RestartBackoff == 0 {
 		o.RestartBackoff = 2 * time.Second
+	}
+	if o.WorkspaceQuota == 0 {
+		o.WorkspaceQuota = DefaultWorkspaceQuota
 	}
 	return &Substrate{o: o, pods: map[types.NamespacedName]*entry{}, events: make(chan event.GenericEvent, 64)}
 }
@@ -108,7 +127,7 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 		return controller.Observation{Message: "suspended"}, s.Stop(ctx, sb)
 	}
 	ws := filepath.Join(s.o.WorkspaceRoot, sb.Namespace, sb.Name)
-	if err := os.MkdirAll(ws, 0o755); err != nil {
+	if err := os.MkdirAll(ws, 0o700); err != nil {
 		return obs, err
 	}
 	if err := os.Chown(ws, local.AgentUID, local.AgentUID); err != nil && !errors.Is(err, syscall.EPERM) {
@@ -116,6 +135,7 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	}
 	built, err := buildSpec(buildInput{
 		sb: sb, desired: desired, stateRoot: s.o.StateRoot, workspace: ws, binDir: s.o.BinDir,
+		routerState: s.routerState(sb), hide: s.o.Hide, quota: max(s.o.WorkspaceQuota, 0),
 		secret: func(name string) (*corev1.Secret, error) {
 			sec := &corev1.Secret{}
 			return sec, s.o.Client.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: name}, sec)
@@ -327,7 +347,23 @@ func (s *Substrate) Cleanup(ctx context.Context, sb *karsv1.KarsSandbox) error {
 	if s.o.SocketDir != nil {
 		_ = os.RemoveAll(s.o.SocketDir(sb.Namespace, sb.Name))
 	}
-	return os.RemoveAll(filepath.Join(s.o.WorkspaceRoot, sb.Namespace, sb.Name))
+	ws := filepath.Join(s.o.WorkspaceRoot, sb.Namespace, sb.Name)
+	var errs []error
+	for _, p := range []string{ws, local.WorkspaceImage(ws), s.routerState(sb)} {
+		if p != "" {
+			errs = append(errs, os.RemoveAll(p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// routerState is the sandbox's router state folder, or "" without a
+// RouterStateRoot.
+func (s *Substrate) routerState(sb *karsv1.KarsSandbox) string {
+	if s.o.RouterStateRoot == "" {
+		return ""
+	}
+	return filepath.Join(s.o.RouterStateRoot, sb.Namespace, sb.Name)
 }
 
 // Shutdown stops every pod, for the end of `kars dev`.

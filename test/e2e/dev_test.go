@@ -12,7 +12,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -229,6 +231,40 @@ func TestKarsDev(t *testing.T) {
 		if out := k.must("audit", "verify", sb); !regexp.MustCompile(`(?i)ok|verified`).MatchString(out) {
 			t.Errorf("audit verify %s: %q", sb, out)
 		}
+	}
+
+	// An agent that exits gets a new pod; its router's state does not go
+	// with the old one. (Before, the router's files lived in the pod's
+	// folder: an agent could wipe its audit log and budget by exiting.)
+	entries := func() int {
+		m := regexp.MustCompile(`(\d+) entries`).FindStringSubmatch(k.must("audit", "verify", "tiny"))
+		if m == nil {
+			t.Fatal("audit verify reports no entry count")
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	before, oldAgent := entries(), agentStart(t, k, "tiny")
+	pid, _ := strconv.Atoi(strings.Split(oldAgent, "@")[0])
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		out, code := k.run("connect", "tiny", "-m", "still over budget?")
+		if code == 3 && strings.Contains(strings.ToLower(out), "budget") {
+			break // restarted, and still refused: the ledger survived
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tiny after its agent was killed: exit %d %q", code, out)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if agentStart(t, k, "tiny") == oldAgent {
+		t.Fatal("the killed agent was not restarted")
+	}
+	if after := entries(); after <= before {
+		t.Fatalf("audit log has %d entries after the restart, %d before: it was reset", after, before)
 	}
 }
 

@@ -141,17 +141,28 @@ func probeResult(t testing.TB, p *Pod) map[string]string {
 func readProbe(p *Pod, timeout time.Duration) (map[string]string, error) {
 	agentLog, _ := p.Logs()
 	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	find := func() (map[string]string, bool, error) {
 		data, _ := os.ReadFile(agentLog)
 		for _, line := range strings.Split(string(data), "\n") {
 			if js, ok := strings.CutPrefix(line, "PROBE "); ok {
 				var res map[string]string
 				err := json.Unmarshal([]byte(js), &res)
-				return res, err
+				return res, true, err
 			}
+		}
+		return nil, false, nil
+	}
+	for time.Now().Before(deadline) {
+		if res, ok, err := find(); ok {
+			return res, err
 		}
 		select {
 		case <-p.Done():
+			// The agent may have written its result and exited since
+			// the last look.
+			if res, ok, err := find(); ok {
+				return res, err
+			}
 			data, _ := os.ReadFile(agentLog)
 			return nil, fmt.Errorf("agent exited without a probe result: %+v\n%s", p.Status(), data)
 		case <-time.After(20 * time.Millisecond):

@@ -82,10 +82,12 @@ func buildRoot(rootDir, workspace string, hide []string) error {
 	// A fresh sysfs needs a network namespace owned by our user namespace;
 	// without one /sys stays an empty directory, which agents tolerate.
 	_ = unix.Mount("sysfs", filepath.Join(rootDir, "sys"), "sysfs", nosuidNodevNoexec|unix.MS_RDONLY, "")
-	if err := unix.Mount("tmpfs", filepath.Join(rootDir, "tmp"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+	// Sized, so that scratch space cannot take the host's memory where no
+	// memory cgroup charges it (rootless pods).
+	if err := unix.Mount("tmpfs", filepath.Join(rootDir, "tmp"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777,size=512m"); err != nil {
 		return fmt.Errorf("mount /tmp: %w", err)
 	}
-	if err := unix.Mount("tmpfs", filepath.Join(rootDir, "run"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+	if err := unix.Mount("tmpfs", filepath.Join(rootDir, "run"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=16m"); err != nil {
 		return fmt.Errorf("mount /run: %w", err)
 	}
 	if err := buildDev(filepath.Join(rootDir, "dev")); err != nil {
@@ -98,14 +100,8 @@ func buildRoot(rootDir, workspace string, hide []string) error {
 		&unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}); err != nil {
 		return fmt.Errorf("workspace mount flags: %w", err)
 	}
-	for _, h := range hide {
-		p := filepath.Join(rootDir, h)
-		if _, err := os.Stat(p); err != nil {
-			continue
-		}
-		if err := unix.Mount("tmpfs", p, "tmpfs", nosuidNodevNoexec|unix.MS_RDONLY, "mode=0000,size=4k"); err != nil {
-			return fmt.Errorf("hide %s: %w", h, err)
-		}
+	if err := hideAll(rootDir, hide); err != nil {
+		return err
 	}
 	if err := unix.Mount("", rootDir, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 		return fmt.Errorf("read-only root: %w", err)
@@ -157,7 +153,7 @@ func buildDev(dev string) error {
 	if err := os.Mkdir(filepath.Join(dev, "shm"), 0o1777); err != nil {
 		return err
 	}
-	if err := unix.Mount("tmpfs", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+	if err := unix.Mount("tmpfs", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777,size=256m"); err != nil {
 		return fmt.Errorf("mount /dev/shm: %w", err)
 	}
 	for link, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {

@@ -47,6 +47,8 @@ func TestMain(m *testing.M) {
 		}
 	case "sleep":
 		time.Sleep(time.Hour)
+	case "fill":
+		fill()
 	case "exit":
 		// EXIT_SIGNAL kills the agent with that signal, else it exits
 		// with EXIT_CODE.
@@ -114,6 +116,12 @@ func serveRouter(l net.Listener, name string) {
 					fmt.Fprintln(c, os.Getuid())
 				case "READ":
 					if _, err := os.ReadFile(arg); err != nil {
+						fmt.Fprintln(c, "ERR", err)
+					} else {
+						fmt.Fprintln(c, "ok")
+					}
+				case "WRITE":
+					if err := os.WriteFile(arg, []byte("router was here"), 0o600); err != nil {
 						fmt.Fprintln(c, "ERR", err)
 					} else {
 						fmt.Fprintln(c, "ok")
@@ -364,6 +372,44 @@ func rawErr6(nr, a1, a2, a3 uintptr) error {
 }
 
 // alloc touches ALLOC_MIB mebibytes and exits 0 if it survives.
+// fill writes /sandbox/fill in 1 MiB chunks until a write fails, reports
+// how far it got and why, then reads the files named in PROBE_SECRETS.
+func fill() {
+	res := map[string]string{}
+	f, err := os.Create("/sandbox/fill")
+	var n int64
+	if err == nil {
+		chunk := make([]byte, 1<<20)
+		for n < 1<<30 {
+			var w int
+			w, err = f.Write(chunk)
+			n += int64(w)
+			if err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = f.Sync()
+		}
+		f.Close()
+	}
+	res["filled"] = strconv.FormatInt(n, 10)
+	res["fill-error"] = fmt.Sprint(err)
+	for _, p := range strings.Split(os.Getenv("PROBE_SECRETS"), ",") {
+		if p != "" {
+			data, err := os.ReadFile(p)
+			switch {
+			case err != nil:
+				res["read-"+p] = err.Error()
+			default:
+				res["read-"+p] = "read " + strconv.Itoa(len(data)) + " bytes"
+			}
+		}
+	}
+	out, _ := json.Marshal(res)
+	fmt.Printf("PROBE %s\n", out)
+}
+
 func alloc() {
 	mib, _ := strconv.Atoi(os.Getenv("ALLOC_MIB"))
 	buf := make([][]byte, 0, mib)

@@ -42,8 +42,11 @@ func rootlessRunner() {
 		RouterPorts: []uint16{9090},
 		Agent: Process{Path: bin, Env: []string{roleEnv + "=probe", "PROBE_SERVE=1",
 			"PROBE_UPSTREAM_TCP_PORT=" + os.Getenv("RL_TCP"), "PROBE_UPSTREAM_UDP_PORT=" + os.Getenv("RL_UDP"),
-			"PROBE_SECRETS=" + filepath.Join(dir, "credential.json") + "," + filepath.Join(dir, "admin-token")}},
+			"PROBE_SECRETS=" + filepath.Join(dir, "credential.json") + "," + filepath.Join(dir, "admin-token") + "," + os.Getenv("RL_USER_SECRET")}},
 		AgentPorts: []uint16{18789},
+		// The invoking user's kars home: readable by the agent's host UID
+		// (the same user), so only hiding keeps it out.
+		Hide: []string{os.Getenv("RL_HOME")},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -91,10 +94,20 @@ func TestRootless(t *testing.T) {
 	if err := os.Chown(root, AgentUID, AgentUID); err != nil {
 		t.Fatal(err)
 	}
+	// The invoking user's own secrets, outside the sandbox (~/.kars).
+	home, err := os.MkdirTemp("/var/tmp", "kars-rootless-home-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	userSecret := filepath.Join(home, ".kars", "dev", "cluster", "kubeconfig")
+	os.MkdirAll(filepath.Dir(userSecret), 0o700)
+	os.WriteFile(userSecret, []byte("client-key-data: secret"), 0o600)
+	filepath.Walk(home, func(p string, _ os.FileInfo, _ error) error { return os.Chown(p, AgentUID, AgentUID) })
 	cmd := exec.Command(testBinary(t))
 	cmd.Dir = "/"
 	cmd.Env = []string{roleEnv + "=rootless", "RL_BIN=" + testBinary(t), "RL_STATE_ROOT=" + root,
-		fmt.Sprintf("RL_TCP=%d", up.tcpPort), fmt.Sprintf("RL_UDP=%d", up.udpPort)}
+		fmt.Sprintf("RL_TCP=%d", up.tcpPort), fmt.Sprintf("RL_UDP=%d", up.udpPort), "RL_HOME=" + home, "RL_USER_SECRET=" + userSecret}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: AgentUID, Gid: AgentUID}}
 	out, err := cmd.CombinedOutput()
 	var rep rootlessReport
@@ -144,7 +157,10 @@ func TestRootless(t *testing.T) {
 		t.Errorf("DialContext into the rootless pod: %v", rep.Dial)
 	}
 	g := rep.Guarantees
-	if !g.Rootless || strings.Join(g.Missing(), ",") != "cgroup-limits,egress-guard,separate-uids" || len(g.Notes) < 3 {
+	if _, ok := rep.Probe["read-"+userSecret]; !ok {
+		t.Errorf("the probe did not try the user's secret")
+	}
+	if !g.Rootless || strings.Join(g.Missing(), ",") != "cgroup-limits,egress-guard,separate-uids,workspace-quota" || len(g.Notes) < 3 {
 		t.Errorf("rootless guarantees: missing %v, notes %v", g.Missing(), g.Notes)
 	}
 	if rep.Left {

@@ -43,6 +43,7 @@ func TestAgentCannotEscape(t *testing.T) {
 		}
 	}
 	s.Agent.Env = append(s.Agent.Env, "PROBE_SECRETS="+cred+","+token, "PROBE_ROUTER_READS="+cred+","+decoy)
+	s.WorkspaceQuota = 64 << 20
 	p := startPod(t, s)
 	res := probeResult(t, p)
 

@@ -100,6 +100,20 @@ type Spec struct {
 	// AddressPool is the private range pod links are carved from (one /30
 	// per pod); default 10.213.0.0/16.
 	AddressPool netip.Prefix
+	// Hide are further host paths neither the agent nor the router may
+	// read: the kars folders, other sandboxes' state and workspaces, home
+	// directories (see HidePaths). The state root is always hidden.
+	Hide []string
+	// RouterState, when set, is a host folder the router keeps across pod
+	// restarts (audit log, budget ledger, trust, quarantine, keys); the pod
+	// never removes it. It appears in the router's directory at
+	// RouterStateLink, a relative path.
+	RouterState, RouterStateLink string
+	// WorkspaceQuota, when positive, bounds the workspace in bytes: it is
+	// an ext4 image of that size loop-mounted at Workspace (root mode
+	// only). Enhanced isolation fails to start without it; standard says
+	// so in Guarantees.
+	WorkspaceQuota int64
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)
@@ -140,10 +154,19 @@ func (s Spec) normalize() (Spec, error) {
 			}
 		}
 	}
-	for _, w := range s.RouterWritable {
+	for _, w := range append(slices.Clone(s.RouterWritable), s.Hide...) {
 		if !filepath.IsAbs(w) {
-			return s, fmt.Errorf("local: pod %s: router writable path %q must be absolute", s.ID, w)
+			return s, fmt.Errorf("local: pod %s: path %q must be absolute", s.ID, w)
 		}
+	}
+	if (s.RouterState == "") != (s.RouterStateLink == "") {
+		return s, fmt.Errorf("local: pod %s: RouterState and RouterStateLink go together", s.ID)
+	}
+	if s.RouterState != "" && (!filepath.IsAbs(s.RouterState) || !filepath.IsLocal(s.RouterStateLink)) {
+		return s, fmt.Errorf("local: pod %s: RouterState must be absolute and RouterStateLink a relative path inside the router's directory", s.ID)
+	}
+	if s.WorkspaceQuota < 0 {
+		return s, fmt.Errorf("local: pod %s: negative workspace quota", s.ID)
 	}
 	if s.Agent.Dir == "" {
 		s.Agent.Dir = "/sandbox"
@@ -207,6 +230,8 @@ type Guarantees struct {
 	// NoNewPrivsNoCaps: no_new_privs set and every capability dropped,
 	// bounding set included, for agent and router.
 	NoNewPrivsNoCaps bool
+	// WorkspaceQuota: the workspace is a size-bounded filesystem.
+	WorkspaceQuota bool
 	// Notes explain every guarantee that is not kept.
 	Notes []string
 }
@@ -219,7 +244,7 @@ func (g Guarantees) Missing() []string {
 		"seccomp": g.Seccomp, "landlock-fs": g.LandlockFS, "landlock-net": g.LandlockNet,
 		"router-landlock-fs": g.RouterLandlockFS,
 		"read-only-root":     g.ReadOnlyRoot, "pid-namespace": g.PIDNamespace, "cgroup-limits": g.CgroupLimits,
-		"no-new-privs-no-caps": g.NoNewPrivsNoCaps,
+		"no-new-privs-no-caps": g.NoNewPrivsNoCaps, "workspace-quota": g.WorkspaceQuota,
 	} {
 		if !ok {
 			out = append(out, name)

@@ -50,6 +50,31 @@ func (p *Pod) startAll(ctx context.Context) error {
 	} else if fi, err := os.Stat(s.Workspace); err != nil || !fi.IsDir() {
 		return fmt.Errorf("workspace %s must be an existing directory", s.Workspace)
 	}
+	if s.RouterState != "" {
+		if err := linkRouterState(routerDir, s.RouterStateLink, s.RouterState, routerOwner); err != nil {
+			return err
+		}
+	}
+	switch {
+	case s.WorkspaceQuota <= 0:
+		g.Notes = append(g.Notes, "no workspace quota requested: the agent can fill the disk its workspace is on")
+	default:
+		err := mountWorkspace(s.Workspace, s.WorkspaceQuota, agentOwner)
+		if err == nil {
+			p.mu.Lock()
+			p.rec.WorkspaceMount = s.Workspace
+			p.mu.Unlock()
+			err = p.save()
+		}
+		switch {
+		case err == nil:
+			g.WorkspaceQuota = true
+		case s.Isolation == Enhanced:
+			return err
+		default:
+			g.Notes = append(g.Notes, "workspace quota unavailable, the agent can fill the disk its workspace is on: "+err.Error())
+		}
+	}
 	if err := placeFiles(routerDir, s.Router.Files, routerOwner); err != nil {
 		return fmt.Errorf("router files: %w", err)
 	}
@@ -309,7 +334,7 @@ func (p *Pod) startInit(ctx context.Context, rootDir string, log *os.File) (ctlM
 	}
 	cfg := podConfig{
 		Rootless: p.rec.Rootless, Hostname: s.ID, RootDir: rootDir, Workspace: s.Workspace,
-		Hide: []string{s.StateRoot}, Agent: s.Agent, AgentPort: s.AgentPorts, RouterPorts: s.RouterPorts,
+		Hide: p.hidden(), Agent: s.Agent, AgentPort: s.AgentPorts, RouterPorts: s.RouterPorts,
 		RequireLandlockNet: s.Isolation == Enhanced, CgroupTaskFDs: taskFDs,
 	}
 	if _, err := cfgW.WriteString(marshal(cfg)); err != nil {
@@ -382,7 +407,7 @@ func (p *Pod) startRouter(routerDir string, log *os.File, listeners []*os.File) 
 	env := append([]string{"KARS_ROUTER_DIR=" + routerDir, "TMPDIR=" + tmp}, s.Router.Env...)
 	rc := routerConfig{Path: s.Router.Path, Args: s.Router.Args, Env: env, Dir: dir, Ports: s.RouterPorts,
 		SetIDs: !p.rec.Rootless, UID: RouterUID, GID: RouterUID,
-		Hide: []string{s.StateRoot}, Writable: append([]string{routerDir}, s.RouterWritable...)}
+		Hide: p.hidden(), Writable: append([]string{routerDir}, s.routerWritable()...)}
 	cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{routerInitArg},
 		Env:        []string{initEnv + "=" + stageRouter, routerCfgEnv + "=" + marshal(rc)},
 		ExtraFiles: listeners, Stdout: log, Stderr: log,

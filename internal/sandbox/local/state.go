@@ -33,7 +33,10 @@ type record struct {
 	Cgroups     *cgroups  `json:"cgroups,omitempty"`
 	Procs       []procRef `json:"procs,omitempty"`
 	Workspace   string    `json:"workspace"`
-	Created     time.Time `json:"created"`
+	// WorkspaceMount is the workspace image's mount point, unmounted
+	// when the pod goes.
+	WorkspaceMount string    `json:"workspaceMount,omitempty"`
+	Created        time.Time `json:"created"`
 }
 
 // procRef names a process robustly against PID reuse: the PID plus the
@@ -134,6 +137,14 @@ func (r *record) undo(dir string) error {
 	if r.Link != nil {
 		if err := teardownLink(*r.Link); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if r.WorkspaceMount != "" {
+		// Before removing dir, which may hold the mount point: removing
+		// through a mounted workspace would delete its files.
+		if err := unmountWorkspace(r.WorkspaceMount); err != nil {
+			errs = append(errs, err)
+			return errors.Join(errs...)
 		}
 	}
 	if err := os.RemoveAll(dir); err != nil {
