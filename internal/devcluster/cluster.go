@@ -110,9 +110,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	c = &Cluster{opts: opts, Kubeconfig: KubeconfigPath(opts.Dir),
 		Server: "https://127.0.0.1:" + strconv.Itoa(opts.APIServerPort)}
+	started := c // the returns below set c to nil
 	defer func() {
 		if err != nil {
-			c.Stop()
+			started.Stop()
 		}
 	}()
 	for _, port := range []int{opts.EtcdPort, opts.EtcdPort + 1, opts.APIServerPort} {
