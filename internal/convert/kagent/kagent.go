@@ -114,7 +114,9 @@ func Convert(in []manifest.Object, o Options) (*Result, error) {
 			res.Skipped = append(res.Skipped, fmt.Sprintf("%s (%s): %s", obj.Ref(), obj.Source, why))
 			continue
 		}
-		if gv.Version != V1alpha2 && gv.Version != V1alpha3 {
+		// kmcp's MCPServer is still served as v1alpha1 next to v1alpha2 agents.
+		mcp := gv.Version == "v1alpha1" && obj.GetKind() == "MCPServer"
+		if gv.Version != V1alpha2 && gv.Version != V1alpha3 && !mcp {
 			return nil, &manifest.Error{Source: obj.Source, Err: fmt.Errorf(
 				"%s: apiVersion %s is not one this converter reads (kagent.dev/v1alpha2 from kagent 0.x, kagent.dev/v1alpha3 from kagent 1.0)", obj.Ref(), obj.GetAPIVersion())}
 		}
@@ -178,12 +180,8 @@ func carryMetadata(d *lossy.Doc) {
 	for _, p := range []string{"apiVersion", "kind", "metadata.name", "metadata.namespace", "metadata.uid",
 		"metadata.resourceVersion", "metadata.generation", "metadata.creationTimestamp", "metadata.managedFields",
 		"metadata.selfLink", "metadata.finalizers", "metadata.ownerReferences", "metadata.deletionTimestamp",
-		"metadata.deletionGracePeriodSeconds", "metadata.generateName", "metadata.labels", "status"} {
+		"metadata.deletionGracePeriodSeconds", "metadata.generateName", "metadata.labels", "metadata.annotations", "status"} {
 		d.Carry(p)
-	}
-	d.Carry(`metadata.annotations["kubectl.kubernetes.io/last-applied-configuration"]`)
-	for _, k := range d.Keys("metadata.annotations") {
-		d.Carry(`metadata.annotations["` + k + `"]`)
 	}
 }
 

@@ -105,7 +105,10 @@ func readDeclarative(p *plan, a *source, idx *index, base string) error {
 	if err := readTools(p, a, idx, base+".tools"); err != nil {
 		return err
 	}
-	return readA2A(p, d, base+".a2aConfig")
+	if err := readA2A(p, d, base+".a2aConfig"); err != nil {
+		return err
+	}
+	return readA2A(p, d, base+".a2a") // kagent 1.0's name for the same block
 }
 
 // readDeployment reads kagent's SharedDeploymentSpec at base.

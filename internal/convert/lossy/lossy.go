@@ -163,12 +163,18 @@ func (d *Doc) Carry(path string) {
 	}
 }
 
-// Drop reports path, when present and non-empty, as dropped for reason.
+// Carried reports whether path was read or carried.
+func (d *Doc) Carried(path string) bool { return d.carried[path] }
+
+// Drop reports path, when present and non-empty, as dropped for reason,
+// even if it was read before (a converter may read a field to learn it
+// cannot carry it).
 func (d *Doc) Drop(path, reason string) {
 	v, ok := lookup(d.root, path)
 	if !ok || empty(v) {
 		return
 	}
+	delete(d.carried, path)
 	if _, seen := d.dropped[path]; !seen {
 		d.order = append(d.order, path)
 	}
@@ -182,7 +188,7 @@ func (d *Doc) Lossy() []Field {
 	var out []Field
 	for _, p := range d.order {
 		if d.carried[p] {
-			continue
+			continue // carried again after the drop
 		}
 		out = append(out, Field{Object: d.object, Path: p, Reason: d.dropped[p]})
 	}
@@ -321,5 +327,33 @@ func split(path string) []segment {
 			path = strings.TrimPrefix(path[end:], ".")
 		}
 	}
+	return out
+}
+
+// Preamble is the report a conversion prints before its output, as lines:
+// the lossy fields, then the defaults kars chose, notes and skipped input.
+// Empty sections are left out.
+func Preamble(title string, dropped []Field, defaults, notes, skipped []string) []string {
+	out := []string{title}
+	section := func(head string, lines []string) {
+		if len(lines) == 0 {
+			return
+		}
+		out = append(out, "", head)
+		for _, l := range lines {
+			out = append(out, "  - "+l)
+		}
+	}
+	lines := make([]string, len(dropped))
+	for i, f := range dropped {
+		lines[i] = f.String()
+	}
+	if len(dropped) == 0 {
+		out = append(out, "", "lossy: nothing; every source field was carried over")
+	}
+	section(fmt.Sprintf("lossy: %d source field(s) have no kars analog and are not carried:", len(dropped)), lines)
+	section("defaults: kars features the source does not express, left off or at their strictest:", defaults)
+	section("notes:", notes)
+	section("skipped input:", skipped)
 	return out
 }

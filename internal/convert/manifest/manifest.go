@@ -219,6 +219,9 @@ func Encode(objs []any, header []string) ([]byte, error) {
 			return nil, err
 		}
 		delete(m, "status")
+		if spec, ok := m["spec"].(map[string]any); ok && len(spec) == 0 {
+			delete(m, "spec") // a Namespace's empty spec
+		}
 		if md, ok := m["metadata"].(map[string]any); ok {
 			for _, k := range []string{"creationTimestamp", "resourceVersion", "uid", "generation", "managedFields"} {
 				delete(md, k)
