@@ -157,18 +157,20 @@ func isSandbox(obj manifest.Object) (bool, error) {
 
 // policies returns the dev-only companions of a converted sandbox.
 func policies(sb *karsv1.KarsSandbox) (*karsv1.InferencePolicy, *karsv1.ToolPolicy) {
+	annotations := map[string]string{}
+	for _, k := range []string{AnnotationConvertedFrom, AnnotationMigrationDate} {
+		if v, ok := sb.Annotations[k]; ok {
+			annotations[k] = v
+		}
+	}
 	meta := func(name string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Name: name, Namespace: sb.Namespace, Labels: map[string]string{"kars.io/sandbox": sb.Name, LabelDevOnly: "true"},
-			Annotations: maps.Clone(sb.Annotations)}
+			Annotations: maps.Clone(annotations)}
 	}
 	ip := &karsv1.InferencePolicy{TypeMeta: typeMeta("InferencePolicy"), ObjectMeta: meta(sb.Spec.InferenceRef.Name),
 		Spec: karsv1.InferencePolicySpec{ModelPreference: karsv1.ModelPreference{Primary: karsv1.ModelTarget{Provider: karsv1.ProviderOffline, Model: "kars-offline"}}}}
-	for _, k := range []string{"kubectl.kubernetes.io/last-applied-configuration"} {
-		delete(ip.Annotations, k)
-	}
 	tp := &karsv1.ToolPolicy{TypeMeta: typeMeta("ToolPolicy"), ObjectMeta: meta(sb.Spec.Governance.ToolPolicyRef.Name),
 		Spec: karsv1.ToolPolicySpec{Rules: []karsv1.ToolRule{{Name: "inference", Effect: karsv1.EffectAllow, Actions: []string{"inference:*"}}}}}
-	tp.Annotations = ip.Annotations
 	return ip, tp
 }
 
