@@ -139,18 +139,18 @@ func TestToKarsMapping(t *testing.T) {
 		t.Errorf("labels %v isolation %s suspended %v", sb.Labels, sb.Spec.Sandbox.Isolation, sb.Spec.Suspended)
 	}
 	want := map[string]bool{
-		"spec.podTemplate.spec.containers[0]":                                 true,
-		"spec.podTemplate.spec.containers[1].env[1]":                          true,
-		"spec.podTemplate.spec.containers[1].volumeMounts":                    true,
-		"spec.podTemplate.spec.runtimeClassName":                              true,
-		"spec.podTemplate.spec.serviceAccountName":                            true,
-		"spec.podTemplate.spec.nodeSelector":                                  true,
-		"spec.podTemplate.metadata":                                           true,
-		"spec.service":                                                        true,
-		"spec.volumeClaimTemplates":                                           true,
-		"spec.shutdownTime":                                                   true,
-		"spec.shutdownPolicy":                                                 true,
-		"spec.podTemplate.spec.containers[1].securityContext.runAsNonRoot":    false, // true is what kars enforces
+		"spec.podTemplate.spec.containers[0]":                                          true,
+		"spec.podTemplate.spec.containers[1].env[1]":                                   true,
+		"spec.podTemplate.spec.containers[1].volumeMounts":                             true,
+		"spec.podTemplate.spec.runtimeClassName":                                       true,
+		"spec.podTemplate.spec.serviceAccountName":                                     true,
+		"spec.podTemplate.spec.nodeSelector":                                           true,
+		"spec.podTemplate.metadata":                                                    true,
+		"spec.service":                                                                 true,
+		"spec.volumeClaimTemplates":                                                    true,
+		"spec.shutdownTime":                                                            true,
+		"spec.shutdownPolicy":                                                          true,
+		"spec.podTemplate.spec.containers[1].securityContext.runAsNonRoot":             false, // true is what kars enforces
 		"spec.podTemplate.spec.containers[1].securityContext.allowPrivilegeEscalation": false,
 	}
 	got := map[string]bool{}

@@ -20,8 +20,8 @@ import (
 // shared is what a KarsSandbox and an upstream Sandbox both hold.
 type shared struct {
 	Image, Command, Args, Env, Resources, PullSecrets, Isolation, Labels, Annotations string
-	Port                                                                             int32
-	Suspended                                                                        bool
+	Port                                                                              int32
+	Suspended                                                                         bool
 }
 
 func ofKars(sb *karsv1.KarsSandbox) shared {

@@ -229,7 +229,9 @@ type plan struct {
 	notes        []string
 }
 
-func (p *plan) note(format string, args ...any) { p.notes = append(p.notes, fmt.Sprintf(format, args...)) }
+func (p *plan) note(format string, args ...any) {
+	p.notes = append(p.notes, fmt.Sprintf(format, args...))
+}
 
 // bundle collects the emitted objects of every agent.
 type bundle struct {
