@@ -204,9 +204,12 @@ func TestOutputAppliesToAPIServer(t *testing.T) {
 	ctx := context.Background()
 	create := func(obj any) {
 		t.Helper()
-		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
-		if err != nil {
-			t.Fatal(err)
+		m, isMap := obj.(map[string]any)
+		if !isMap {
+			var err error
+			if m, err = runtime.DefaultUnstructuredConverter.ToUnstructured(obj); err != nil {
+				t.Fatal(err)
+			}
 		}
 		u := &unstructured.Unstructured{Object: m}
 		delete(u.Object, "status")
