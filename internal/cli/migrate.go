@@ -140,10 +140,3 @@ func writeOutDir(cmd *cobra.Command, dir string, objs []kagent.Object, pre []str
 	return nil
 }
 
-func newToOverlayCmd(c *cluster) *cobra.Command {
-	return &cobra.Command{Use: "to-overlay NAME --upstream-ref REF", Hidden: true, RunE: func(*cobra.Command, []string) error { return fmt.Errorf("not yet") }}
-}
-
-func newToNativeCmd(c *cluster) *cobra.Command {
-	return &cobra.Command{Use: "to-native NAME", Hidden: true, RunE: func(*cobra.Command, []string) error { return fmt.Errorf("not yet") }}
-}

@@ -57,6 +57,7 @@ type outcome struct {
 	runtimeImage   string
 	model          string
 	a2aExpiresAt   *metav1.Time
+	upstream       *upstreamObs // co-existence modes only
 }
 
 // sandboxStatus derives the sandbox's status from what one reconcile
