@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
@@ -64,10 +65,8 @@ func toOverlay(ctx context.Context, cl client.Client, sb *karsv1.KarsSandbox, re
 	if metav1.IsControlledBy(up, sb) {
 		return fmt.Errorf("upstream Sandbox %s/%s is kars's translation of %s; overlay governs a Sandbox the upstream controller owns", sb.Namespace, ref, sb.Name)
 	}
-	before := sb.DeepCopy()
-	sb.Spec.UpstreamCompatibility = &karsv1.UpstreamCompatibility{SigsAgentSandbox: agentsandbox.ModeOverlay, UpstreamRef: &karsv1.LocalObjectReference{Name: ref}}
-	if err := cl.Patch(ctx, sb, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("switch KarsSandbox %s/%s to overlay: %w", sb.Namespace, sb.Name, err)
+	if err := setMode(ctx, cl, sb, &karsv1.UpstreamCompatibility{SigsAgentSandbox: agentsandbox.ModeOverlay, UpstreamRef: &karsv1.LocalObjectReference{Name: ref}}); err != nil {
+		return err
 	}
 	fmt.Fprintf(out, "%s: overlay mode on upstream Sandbox %s; kars keeps its own pod until the overlaid one is governed and ready\n", sb.Name, ref)
 
@@ -194,10 +193,8 @@ func toNative(ctx context.Context, cl client.Client, sb *karsv1.KarsSandbox, dry
 		}
 		return nil
 	}
-	before := sb.DeepCopy()
-	sb.Spec.UpstreamCompatibility = &karsv1.UpstreamCompatibility{SigsAgentSandbox: agentsandbox.ModeOff}
-	if err := cl.Patch(ctx, sb, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("switch KarsSandbox %s/%s to native: %w", sb.Namespace, sb.Name, err)
+	if err := setMode(ctx, cl, sb, &karsv1.UpstreamCompatibility{SigsAgentSandbox: agentsandbox.ModeOff}); err != nil {
+		return err
 	}
 	fmt.Fprintf(out, "%s: native mode; waiting for kars's own pod\n", sb.Name)
 	key := types.NamespacedName{Namespace: sb.Namespace, Name: names.Workload}
@@ -225,6 +222,23 @@ func toNative(ctx context.Context, cl client.Client, sb *karsv1.KarsSandbox, dry
 		return err
 	}
 	fmt.Fprintf(out, "%s: suspended upstream Sandbox %s; kars runs the agent alone\n", sb.Name, ref)
+	return nil
+}
+
+// setMode sets the sandbox's upstreamCompatibility, re-reading it when
+// the controller wrote to it in between (status, finalizers).
+func setMode(ctx context.Context, cl client.Client, sb *karsv1.KarsSandbox, uc *karsv1.UpstreamCompatibility) error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(sb), sb); err != nil {
+			return err
+		}
+		before := sb.DeepCopy()
+		sb.Spec.UpstreamCompatibility = uc
+		return cl.Patch(ctx, sb, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	})
+	if err != nil {
+		return fmt.Errorf("set spec.upstreamCompatibility of KarsSandbox %s/%s to %s: %w", sb.Namespace, sb.Name, uc.SigsAgentSandbox, err)
+	}
 	return nil
 }
 

@@ -179,8 +179,16 @@ func (r *SandboxReconciler) realizeTranslate(ctx context.Context, sb *karsv1.Kar
 		return Observation{}, fmt.Errorf("upstream Sandbox %s/%s: %w", sb.Namespace, sb.Name, err)
 	}
 	o.upstream = &upstreamObs{mode: agentsandbox.ModeTranslate, name: sb.Name, status: st}
-	obs := Observation{Ready: st.Ready, Message: "upstream Sandbox: " + st.Message, RouterAdmin: routerAdminURL(d)}
+	obs := Observation{Message: "upstream Sandbox: " + st.Message, RouterAdmin: routerAdminURL(d)}
 	if st.Ready {
+		// The Sandbox's Ready may still describe an earlier pod.
+		pod, err := r.podOf(ctx, have)
+		if err != nil {
+			return obs, err
+		}
+		obs.Ready = pod != nil && podReady(pod)
+	}
+	if obs.Ready {
 		// The upstream controller runs the governed pod now; kars's own
 		// Deployment (native before the switch) can go.
 		if err := r.substrate.Stop(ctx, sb); err != nil {
@@ -267,6 +275,16 @@ func upstreamConditions(st *karsv1.KarsSandboxStatus, sb *karsv1.KarsSandbox, o 
 	default:
 		st.Phase = karsv1.SandboxProvisioning
 	}
+}
+
+// podReady reports the pod's Ready condition.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // podOf returns the pod the upstream Sandbox controls, or nil.

@@ -88,8 +88,10 @@ func (r *SandboxReconciler) realizeOverlay(ctx context.Context, sb *karsv1.KarsS
 				pod.Name, ref, sb.Name, ref)}
 		return Observation{}, nil
 	}
-	obs.Ready, obs.Message = st.Ready, "overlaid pod "+pod.Name+": "+st.Message
-	if st.Ready {
+	// The Sandbox's Ready may still describe the pod it had before; only
+	// the governed pod's own readiness counts.
+	obs.Ready, obs.Message = st.Ready && podReady(pod), "overlaid pod "+pod.Name+": "+st.Message
+	if obs.Ready {
 		// The governed upstream pod serves the agent; kars's own
 		// Deployment (native before the switch) can go.
 		if err := r.substrate.Stop(ctx, sb); err != nil {
