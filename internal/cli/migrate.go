@@ -139,4 +139,3 @@ func writeOutDir(cmd *cobra.Command, dir string, objs []kagent.Object, pre []str
 	fmt.Fprintf(cmd.OutOrStdout(), "wrote %d objects to %s; apply them with `kubectl apply -f %s`\n", len(objs), dir, dir)
 	return nil
 }
-
