@@ -18,13 +18,15 @@ import (
 // ReservedEnvPrefixes are refused by the KarsSandbox schema.
 var ReservedEnvPrefixes = []string{"KARS_", "AZURE_", "AGT_", "IMDS_"}
 
-// routerEnv are variables kars sets in every agent container to keep the
-// agent on its router (internal/render's agent environment); a sandbox that
-// sets them again is refused, so a converter drops them.
+// routerEnv are the variables without a reserved prefix that kars sets in
+// agent containers (internal/render's agent and runtime environment; a test
+// checks the list against it); a sandbox that sets them again is refused,
+// so a converter drops them.
 var routerEnv = map[string]bool{
 	"HOME": true, "TMPDIR": true,
 	"OPENAI_BASE_URL": true, "OPENAI_API_KEY": true,
 	"ANTHROPIC_BASE_URL": true, "ANTHROPIC_API_KEY": true,
+	"OPENCLAW_CONFIG_PATH": true,
 }
 
 // EnvReserved reports whether kars owns the variable name, and why.
@@ -35,7 +37,7 @@ func EnvReserved(name string) (string, bool) {
 		}
 	}
 	if routerEnv[name] {
-		return "kars sets " + name + " itself, to keep the agent on its router", true
+		return "kars sets " + name + " itself (it keeps the agent on its router and its runtime on kars's configuration)", true
 	}
 	return "", false
 }
@@ -72,12 +74,12 @@ func Env(d *lossy.Doc, path string) []karsv1.RuntimeEnvVar {
 			d.Drop(p, fmt.Sprintf("env %q is not a valid KarsSandbox variable (name [A-Za-z_][A-Za-z0-9_]* up to 128 characters, value up to 4096)", n))
 			continue
 		}
+		if len(out) == 64 {
+			d.Drop(p, n+": a KarsSandbox holds at most 64 variables")
+			continue
+		}
 		d.Carry(p)
 		out = append(out, karsv1.RuntimeEnvVar{Name: n, Value: val})
-		if len(out) == 64 {
-			d.Drop(fmt.Sprintf("%s[%d]", path, i+1), "a KarsSandbox holds at most 64 variables")
-			break
-		}
 	}
 	return out
 }
