@@ -124,18 +124,35 @@ func (r *SandboxReconciler) realizeWorkload(ctx context.Context, sb *karsv1.Kars
 		return r.realizeOverlay(ctx, sb, d, o)
 	}
 	obs, err := r.substrate.Realize(ctx, sb, d)
-	if err != nil || !obs.Ready {
+	if err != nil {
 		return obs, err
 	}
-	// Native and ready: a Sandbox kars translated earlier is no longer
-	// needed. Someone else's is never touched.
-	if r.upstreamServed() {
-		if u, err := r.getUpstream(ctx, sb, sb.Name); err == nil && metav1.IsControlledBy(u, sb) {
-			uid := u.GetUID()
-			if err := r.client.Delete(ctx, u, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
-				return obs, fmt.Errorf("delete translated upstream Sandbox %s/%s: %w", sb.Namespace, sb.Name, err)
-			}
+	// A sandbox that was in another mode still carries UpstreamReady: only
+	// then look for a Sandbox kars translated earlier (asking the API
+	// server on every reconcile of every native sandbox would cost a
+	// discovery request where agent-sandbox is not installed). It goes once
+	// kars's own pod is ready; until then the condition keeps reporting it.
+	if meta.FindStatusCondition(sb.Status.Conditions, ConditionUpstreamReady) == nil || !r.upstreamServed() {
+		return obs, nil
+	}
+	u, err := r.getUpstream(ctx, sb, sb.Name)
+	if apierrors.IsNotFound(err) || (err == nil && !metav1.IsControlledBy(u, sb)) {
+		return obs, nil // nothing of kars's; someone else's is never touched
+	}
+	if err != nil {
+		return obs, err
+	}
+	if !obs.Ready {
+		st, err := agentsandbox.ReadStatus(u)
+		if err != nil {
+			return obs, err
 		}
+		o.upstream = &upstreamObs{mode: agentsandbox.ModeTranslate, name: sb.Name, status: st}
+		return obs, nil
+	}
+	uid := u.GetUID()
+	if err := r.client.Delete(ctx, u, client.Preconditions{UID: &uid}); client.IgnoreNotFound(err) != nil {
+		return obs, fmt.Errorf("delete translated upstream Sandbox %s/%s: %w", sb.Namespace, sb.Name, err)
 	}
 	return obs, nil
 }
