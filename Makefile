@@ -8,7 +8,7 @@ CMDS       := $(notdir $(wildcard cmd/*))
 GOFLAGS    ?=
 export GOFLAGS
 
-.PHONY: help build generate verify-generated lint test test-unit controlplane dev bench tools clean interop-clients
+.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck
 controlplane: ## build kube-apiserver, kube-controller-manager and etcd (skipped when present)
 	@tools/kube/build.sh >/dev/null
 
+agentsandbox: ## build the pinned upstream agent-sandbox controller the co-existence tests run (skipped when present)
+	@tools/agentsandbox/build.sh >/dev/null
+
 test-unit: ## unit tests only (integration tests skip under -short)
 	go test -short ./...
 
@@ -53,8 +56,8 @@ interop-clients: test/interop/.venv/bin/python test/interop/node_modules/openai 
 test/interop/.venv/bin/python test/interop/node_modules/openai: test/interop/setup.sh test/interop/package-lock.json
 	test/interop/setup.sh
 
-test: controlplane verify-generated lint interop-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
-	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_REQUIRE_INTEROP=1 go test -count=1 -timeout 45m ./...
+test: controlplane agentsandbox verify-generated lint interop-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
+	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 go test -count=1 -timeout 45m ./...
 
 dev: build controlplane ## run kars dev: the governed stack on this machine
 	$(BIN)/kars dev

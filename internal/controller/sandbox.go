@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/convert/agentsandbox"
 	"github.com/kars-io/kars/internal/render"
 )
 
@@ -54,6 +55,9 @@ func (r *SandboxReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			r.forget(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
+		return ctrl.Result{}, err
+	}
+	if err := r.reconcileOverlayFinalizer(ctx, &sb); err != nil {
 		return ctrl.Result{}, err
 	}
 	if fin := r.substrate.Finalizer(); fin != "" {
@@ -113,6 +117,9 @@ func (r *SandboxReconciler) forget(key types.NamespacedName) {
 // substrate run the pod and asks the router what it enforces. It returns
 // the outcome to report and how soon to look again.
 func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox) (outcome, time.Duration, error) {
+	if upstreamMode(sb) == agentsandbox.ModeObserve {
+		return r.observe(ctx, sb)
+	}
 	var o outcome
 	names, err := render.NamesFor(sb)
 	if err != nil {
@@ -142,7 +149,9 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 		}
 	}
 	var byoImage string
-	if sb.Spec.Runtime.Kind == karsv1.RuntimeBYO && sb.Spec.Runtime.BYO != nil {
+	// In overlay mode the upstream pod template chooses the image, not
+	// runtime.byo, so there is no image of kars's to verify.
+	if sb.Spec.Runtime.Kind == karsv1.RuntimeBYO && sb.Spec.Runtime.BYO != nil && upstreamMode(sb) != agentsandbox.ModeOverlay {
 		var b *block
 		if byoImage, b = r.verifyBYO(ctx, sb); b != nil {
 			o.block = b
@@ -187,7 +196,10 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 			return o, 0, err
 		}
 	}
-	obs, err := r.substrate.Realize(ctx, sb, d)
+	obs, err := r.realizeWorkload(ctx, sb, d, &o)
+	if o.block != nil {
+		return o, 0, err
+	}
 	if err != nil {
 		if conflict(&o, err) {
 			return o, conflictRetry, nil
@@ -287,6 +299,7 @@ func (r *SandboxReconciler) deleteOwned(ctx context.Context, sb *karsv1.KarsSand
 // when the sandbox becomes ready or blocked.
 func (r *SandboxReconciler) writeStatus(ctx context.Context, sb *karsv1.KarsSandbox, o outcome) error {
 	st := sandboxStatus(sb, o, r.now())
+	upstreamConditions(&st, sb, o, r.now())
 	if equality.Semantic.DeepEqual(st, sb.Status) {
 		return nil
 	}

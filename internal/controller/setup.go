@@ -142,7 +142,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Watches(&karsv1.ToolPolicy{}, handler.EnqueueRequestsFromMapFunc(sandboxesUsing(c, indexToolPolicyRef)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
-	if err := o.Substrate.Watch(b).Complete(sr); err != nil {
+	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
 		return err
 	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {

@@ -60,6 +60,7 @@ type outcome struct {
 	runtimeImage   string
 	model          string
 	a2aExpiresAt   *metav1.Time
+	upstream       *upstreamObs // co-existence modes only
 	// auditHead is the router's audit head, when it was read this time.
 	auditHead *AuditHead
 }
