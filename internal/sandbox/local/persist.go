@@ -61,7 +61,11 @@ func (s Spec) routerWritable() []string {
 func linkRouterState(routerDir, link, state string, owner int) error {
 	if owner >= 0 {
 		// The router (owner) must reach its state through every folder
-		// above it.
+		// above it: missing ones are made traversable, existing ones must
+		// be.
+		if err := os.MkdirAll(filepath.Dir(state), 0o711); err != nil {
+			return fmt.Errorf("router state: %w", err)
+		}
 		if err := checkTraversable(filepath.Dir(state)); err != nil {
 			return fmt.Errorf("router state: %w", err)
 		}
