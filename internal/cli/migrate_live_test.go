@@ -433,7 +433,7 @@ func TestCoexistenceWithUpstreamController(t *testing.T) {
 		e.eventually(t, "the ungoverned pod is reported", func() error {
 			c, _, err := e.condition("hold", "gov", karsv1.ConditionDegraded)
 			if err == nil && c.Reason != controller.ReasonOverlayPodUngoverned {
-				err = fmt.Errorf("Degraded %s", c.Reason)
+				err = fmt.Errorf("Degraded %s: %s", c.Reason, c.Message)
 			}
 			return err
 		})
@@ -467,7 +467,7 @@ func TestCoexistenceWithUpstreamController(t *testing.T) {
 		e.eventually(t, "a conflict", func() error {
 			c, _, err := e.condition("adopt", "agent", karsv1.ConditionDegraded)
 			if err == nil && c.Reason != controller.ReasonUpstreamConflict {
-				err = fmt.Errorf("Degraded %s", c.Reason)
+				err = fmt.Errorf("Degraded %s: %s", c.Reason, c.Message)
 			}
 			return err
 		})

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -37,8 +39,20 @@ func (e *ConflictError) Error() string {
 }
 
 // ownedAsRendered reports whether have carries the controller reference
-// that want (a rendered object) carries: the same owner UID.
+// that want (a rendered object) carries: the same owner UID. A rendered
+// object without one is cluster-scoped (an overlay's admission policies),
+// which no namespaced sandbox can own: it is recognised by carrying every
+// identifying label want carries — creating such objects takes cluster
+// RBAC no tenant has.
 func ownedAsRendered(want, have client.Object) bool {
+	if !slices.ContainsFunc(want.GetOwnerReferences(), func(r metav1.OwnerReference) bool { return r.Controller != nil && *r.Controller }) {
+		for k, v := range want.GetLabels() {
+			if have.GetLabels()[k] != v {
+				return false
+			}
+		}
+		return len(want.GetLabels()) > 0
+	}
 	for _, w := range want.GetOwnerReferences() {
 		if w.Controller == nil || !*w.Controller {
 			continue

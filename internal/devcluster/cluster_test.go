@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"strconv"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -28,7 +29,7 @@ func TestDevClusterResumesState(t *testing.T) {
 	}
 	dir := t.TempDir()
 	ctx := context.Background()
-	opts := Options{Dir: dir, APIServerPort: freePort(t), EtcdPort: freePort(t)}
+	opts := Options{Dir: dir, APIServerPort: freePort(t), EtcdPort: freePortPair(t)}
 	c, err := Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -96,4 +97,20 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// freePortPair returns a port p such that p and p+1 (etcd's client and
+// peer ports) are both free now.
+func freePortPair(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		p := freePort(t)
+		l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:"+strconv.Itoa(p+1))
+		if err == nil {
+			l.Close()
+			return p
+		}
+	}
+	t.Fatal("no two adjacent free ports")
+	return 0
 }
