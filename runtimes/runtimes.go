@@ -23,10 +23,11 @@ import (
 
 // files are the shims, shared modules, lock files and pins.
 //
-//go:embed versions.json python/*.py node/package.json node/package-lock.json
 // TEMP openclaw
-//go:embed openai-agents/* microsoft-agent-framework/* langgraph-python/* anthropic/* pydantic-ai/*
 // TEMP lgts
+//
+//go:embed versions.json python/*.py node/package.json node/package-lock.json
+//go:embed openai-agents/* microsoft-agent-framework/* langgraph-python/* anthropic/* pydantic-ai/*
 var files embed.FS
 
 // Language is a runtime's implementation language.

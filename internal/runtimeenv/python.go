@@ -42,7 +42,9 @@ func newPlan(o Options, v *runtimes.Versions, rt *runtimes.Runtime, node *Env) (
 		}
 	}
 	deps = &plan{o: o, name: rt.ID, rt: rt, manifest: Manifest{Runtime: rt.ID, Packages: rt.Packages}}
-	app = &plan{o: o, name: rt.ID + " shim", rt: rt, manifest: Manifest{Runtime: rt.ID, Packages: rt.Packages}}
+	quiet := o
+	quiet.Progress = func(string) {} // copying the shim takes no time worth reporting
+	app = &plan{o: quiet, name: rt.ID + " shim", rt: rt, manifest: Manifest{Runtime: rt.ID, Packages: rt.Packages}}
 	depParts := map[string][]byte{}
 	for k, b := range locks {
 		depParts[k] = b

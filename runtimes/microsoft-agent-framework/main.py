@@ -4,15 +4,15 @@ with agent-framework-openai).
 The agent is an agent_framework.Agent on OpenAIChatCompletionClient, whose
 OpenAI client points at the router. Governance is the framework's own
 function middleware: it asks the router's decide endpoint before each tool
-invocation and, on a refusal, sets the refusal as the result and ends the
-invocation (MiddlewareTermination) without calling the function. The
+invocation and, on a refusal, sets the refusal as the result without
+calling the next link (the function never runs; the loop goes on). The
 conversation is an AgentSession, kept across restarts with to_dict and
 from_dict.
 """
 
 import json
 
-from agent_framework import Agent, AgentSession, FunctionInvocationContext, FunctionMiddleware, MiddlewareTermination
+from agent_framework import Agent, AgentSession, FunctionInvocationContext, FunctionMiddleware
 from agent_framework.openai import OpenAIChatCompletionClient
 from openai import AsyncOpenAI
 
@@ -33,7 +33,7 @@ class KarsPolicy(FunctionMiddleware):
         rec = kars.record(str(context.metadata.get("call_id", "")) if context.metadata else "", name, args, d)
         if not d.allowed:
             context.result = d.refusal()
-            raise MiddlewareTermination(d.refusal())
+            return
         await call_next()
         rec["result"] = context.result if isinstance(context.result, str) else _text(context.result)
 

@@ -18,6 +18,7 @@ import contextvars
 import datetime
 import functools
 import importlib
+import inspect
 import json
 import os
 import re
@@ -313,9 +314,11 @@ def recorded(fn: Callable[..., str]) -> Callable[..., str]:
     sees and its result is noted for the turn; the signature is kept for
     the framework's schema."""
 
+    sig = inspect.signature(fn)
+
     @functools.wraps(fn)
-    def run(**kw: Any) -> str:
-        out = run_tool(fn, kw)
+    def run(*a: Any, **kw: Any) -> str:
+        out = run_tool(fn, dict(sig.bind(*a, **kw).arguments))
         complete(fn.__name__, out)
         return out
 
