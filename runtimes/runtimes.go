@@ -24,9 +24,9 @@ import (
 // files are the shims, shared modules, lock files and pins.
 //
 // TEMP openclaw
-// TEMP lgts
+//go:embed langgraph-typescript/*.mjs langgraph-typescript/*.json
 //
-//go:embed versions.json python/*.py node/package.json node/package-lock.json
+//go:embed versions.json python/*.py node/*.mjs node/package.json node/package-lock.json
 //go:embed openai-agents/* microsoft-agent-framework/* langgraph-python/* anthropic/* pydantic-ai/*
 var files embed.FS
 

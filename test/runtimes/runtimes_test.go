@@ -262,6 +262,10 @@ func runContract(t *testing.T, id string) {
 	h := newHarness(t, id == "anthropic")
 	agent := h.startShim(env)
 	out := chat(t, agent, "write notes.txt, then secret.txt, then use the calculator for 6*7")
+	t.Logf("turn: %+v", out)
+	for _, r := range h.up.seenRequests() {
+		t.Logf("upstream request %s results %q", r.path, r.results)
+	}
 
 	// The model saw each tool's outcome: the allowed write's result, the
 	// refusal of the denied one, the calculator's 42.

@@ -128,10 +128,13 @@ func (u *upstream) usage(body []byte) (int64, int64) {
 	return p, c
 }
 
-func (u *upstream) record(r *http.Request, results []string) {
+// record notes a request and returns a response id unique to it, as real
+// providers do (frameworks key messages by it).
+func (u *upstream) record(r *http.Request, results []string) string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.requests = append(u.requests, seen{path: r.URL.Path, header: r.Header.Clone(), results: results})
+	return fmt.Sprintf("fake-%d", len(u.requests))
 }
 
 func finalText(results []string) string {
@@ -145,7 +148,7 @@ func (u *upstream) openAI(w http.ResponseWriter, r *http.Request, body []byte) {
 		return
 	}
 	n, results := openAIRound(req)
-	u.record(r, results)
+	id := u.record(r, results)
 	prompt, completion := u.usage(body)
 	model, _ := req["model"].(string)
 	msg := map[string]any{"role": "assistant", "content": nil}
@@ -162,13 +165,13 @@ func (u *upstream) openAI(w http.ResponseWriter, r *http.Request, body []byte) {
 	}
 	usage := map[string]any{"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 	if stream, _ := req["stream"].(bool); !stream {
-		writeJSON(w, map[string]any{"id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
+		writeJSON(w, map[string]any{"id": "chatcmpl-" + id, "object": "chat.completion", "created": 1700000000, "model": model,
 			"choices": []any{map[string]any{"index": 0, "message": msg, "finish_reason": finish, "logprobs": nil}}, "usage": usage})
 		return
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	chunk := func(delta map[string]any, fin any, u any) {
-		c := map[string]any{"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+		c := map[string]any{"id": "chatcmpl-" + id, "object": "chat.completion.chunk", "created": 1700000000, "model": model,
 			"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": fin, "logprobs": nil}}}
 		if u != nil {
 			c["choices"], c["usage"] = []any{}, u
@@ -216,7 +219,7 @@ func (u *upstream) anthropic(w http.ResponseWriter, r *http.Request, body []byte
 		}
 		results = append(results, toolResults...)
 	}
-	u.record(r, results)
+	id := u.record(r, results)
 	prompt, completion := u.usage(body)
 	n := len(results)
 	var content []any
@@ -227,7 +230,7 @@ func (u *upstream) anthropic(w http.ResponseWriter, r *http.Request, body []byte
 		content = []any{map[string]any{"type": "text", "text": finalText(results)}}
 		stop = "end_turn"
 	}
-	writeJSON(w, map[string]any{"id": "msg_fake", "type": "message", "role": "assistant", "model": req["model"], "content": content,
+	writeJSON(w, map[string]any{"id": "msg_" + id, "type": "message", "role": "assistant", "model": req["model"], "content": content,
 		"stop_reason": stop, "stop_sequence": nil, "usage": map[string]any{"input_tokens": prompt, "output_tokens": completion}})
 }
 
