@@ -23,11 +23,10 @@ import (
 
 // files are the shims, shared modules, lock files and pins.
 //
-// TEMP openclaw
-//go:embed langgraph-typescript/*.mjs langgraph-typescript/*.json
-//
 //go:embed versions.json python/*.py node/*.mjs node/package.json node/package-lock.json
 //go:embed openai-agents/* microsoft-agent-framework/* langgraph-python/* anthropic/* pydantic-ai/*
+//go:embed langgraph-typescript/*.mjs langgraph-typescript/*.json
+//go:embed openclaw/*.mjs openclaw/*.json openclaw/plugin/*
 var files embed.FS
 
 // Language is a runtime's implementation language.
