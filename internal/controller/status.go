@@ -126,7 +126,7 @@ func sandboxStatus(sb *karsv1.KarsSandbox, o outcome, now time.Time) karsv1.Kars
 		st.Phase = karsv1.SandboxSuspended
 		return st
 	case !o.obs.Ready:
-		set(karsv1.ConditionRuntimeReady, false, ReasonStarting, o.obs.Message)
+		set(karsv1.ConditionRuntimeReady, false, orDefault(o.obs.Reason, ReasonStarting), o.obs.Message)
 		set(karsv1.ConditionRouterEnforcing, false, ReasonWorkloadNotReady, "waiting for the router to start")
 	default:
 		set(karsv1.ConditionRuntimeReady, true, ReasonRuntimeRunning, o.obs.Message)
@@ -155,6 +155,13 @@ func sandboxStatus(sb *karsv1.KarsSandbox, o outcome, now time.Time) karsv1.Kars
 	set(karsv1.ConditionReady, false, reason, msg)
 	st.Phase = karsv1.SandboxProvisioning
 	return st
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func orNone(s string) string {

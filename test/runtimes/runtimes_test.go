@@ -208,14 +208,10 @@ func (h *harness) startShim(env *runtimeenv.Env, extra ...string) string {
 			t.Logf("shim output:\n%s", out.String())
 		}
 	})
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		resp, err := http.Get("http://" + listen + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return "http://" + listen
-			}
+		if ready(http.DefaultClient, "http://"+listen) == nil {
+			return "http://" + listen
 		}
 		select {
 		case <-done:
@@ -223,9 +219,30 @@ func (h *harness) startShim(env *runtimeenv.Env, extra ...string) string {
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the shim did not serve /healthz within 2 minutes:\n%s", out.String())
+			t.Fatalf("the shim was not ready within 2 minutes:\n%s", out.String())
 		}
 	}
+}
+
+// ready is the contract's readiness check, as the substrates probe it:
+// /readyz when the runtime serves it (OpenClaw's gateway answers /healthz
+// while it still starts), else /healthz.
+func ready(c *http.Client, base string) error {
+	for _, p := range []string{"/readyz", "/healthz"} {
+		resp, err := c.Get(base + p)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusNotFound && p == "/readyz":
+			continue
+		case resp.StatusCode != http.StatusOK:
+			return fmt.Errorf("%s answered %d", p, resp.StatusCode)
+		}
+		return nil
+	}
+	return nil
 }
 
 // turn is the contract's chat answer.
@@ -240,7 +257,9 @@ type turn struct {
 func chat(t *testing.T, agent, message string) turn {
 	t.Helper()
 	body, _ := json.Marshal(map[string]string{"session": "s1", "message": message})
-	resp, err := http.Post(agent+"/v1/chat", "application/json", bytes.NewReader(body))
+	// OpenClaw's first turn waits for its gateway to finish starting.
+	c := &http.Client{Timeout: 5 * time.Minute}
+	resp, err := c.Post(agent+"/v1/chat", "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
