@@ -28,6 +28,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -194,7 +196,13 @@ func (h *harness) startShim(env *runtimeenv.Env, extra ...string) string {
 		"HOME=" + h.workspace, "TMPDIR=" + t.TempDir(), "PATH=/usr/local/bin:/usr/bin:/bin",
 		"NO_PROXY=127.0.0.1,localhost",
 	}, append(env.Environ, extra...)...)
-	var out bytes.Buffer
+	// The shim may start processes of its own (OpenClaw's gateway does):
+	// the whole group goes when the test ends, as the pod's PID namespace
+	// would.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second
+	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -243,6 +251,24 @@ func ready(c *http.Client, base string) error {
 		return nil
 	}
 	return nil
+}
+
+// syncBuffer is a bytes.Buffer safe for the shim's two output streams.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // turn is the contract's chat answer.

@@ -12,17 +12,22 @@
 //     (api.runtime.subagent), so it uses OpenClaw's agent, transcript and
 //     tools exactly as any other OpenClaw surface does.
 //
-// OpenClaw copies plugins before loading them, so this file imports the
-// shared contract module by the absolute path the launcher passes.
+// OpenClaw copies plugins before loading them (and loads them with
+// require), so this file requires the shared contract module by the
+// absolute path the launcher passes.
 
-const kars = await import(process.env.KARS_RUNTIME_MODULE);
+import { createRequire } from "node:module";
+
+const kars = createRequire(import.meta.url)(process.env.KARS_RUNTIME_MODULE);
 const cfg = kars.config();
 
 const SESSION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const sessionKey = (id) => `agent:main:kars-${id}`;
 
-// Tool calls of each run, for the turn's toolCalls.
-const calls = new Map();
+// Tool calls of each run, for the turn's toolCalls. OpenClaw may load the
+// plugin more than once (hooks and HTTP routes from different loads), so
+// the record lives on the process.
+const calls = (globalThis.__karsToolCalls ??= new Map());
 const callsOf = (runId) => {
   if (!calls.has(runId)) calls.set(runId, []);
   return calls.get(runId);
