@@ -170,6 +170,11 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 			s.o.Log.Info("router config updated in place", "sandbox", key, "bytes", len(built.routerConfig))
 		}
 		obs.Ready, obs.Message = s.probe(ctx, e)
+		if !obs.Ready {
+			// Runtimes take seconds to start (Python imports, OpenClaw's
+			// gateway): look again until the agent answers.
+			go s.nudgeAt(sb, time.Now().Add(time.Second))
+		}
 		return obs, nil
 	}
 	if e != nil && waiting {
