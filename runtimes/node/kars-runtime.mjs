@@ -101,19 +101,31 @@ export function record(id, tool, args, d, result) {
 
 // --- The default agent's tools --------------------------------------------
 
-function longestArithmetic(s) {
-  let best = "";
-  for (const run of s.split(/[^0-9+\-*/(). ]/)) {
-    const t = run.trim();
-    if (/[0-9]/.test(t) && t.length > best.length) best = t;
-  }
-  return best.replace(/^[ .]+|[ .]+$/g, "");
+/** The runs of arithmetic characters in s that hold a digit. */
+function arithmeticRuns(s) {
+  return s.split(/[^0-9+\-*/(). ]/).map((r) => r.trim().replace(/^[ .]+|[ .]+$/g, "")).filter((r) => /[0-9]/.test(r));
 }
 
-/** Evaluates + - * / and parentheses; free text is reduced to its longest arithmetic run. */
+/**
+ * Evaluates + - * / and parentheses. Free text (as the offline model sends
+ * it, with whatever a runtime prefixed - OpenClaw stamps the date) is
+ * reduced to its last arithmetic run that evaluates.
+ */
 export function calculate(expression) {
-  const expr = longestArithmetic(String(expression ?? ""));
-  if (!expr) throw new Error(`no arithmetic expression in ${JSON.stringify(expression)}`);
+  const runs = arithmeticRuns(String(expression ?? ""));
+  if (!runs.length) throw new Error(`no arithmetic expression in ${JSON.stringify(expression)}`);
+  let first;
+  for (const expr of runs.reverse()) {
+    try {
+      return evaluate(expr);
+    } catch (e) {
+      first ??= e;
+    }
+  }
+  throw first;
+}
+
+function evaluate(expr) {
   let pos = 0;
   const space = () => { while (expr[pos] === " ") pos++; };
   const atom = (depth) => {

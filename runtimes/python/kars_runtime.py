@@ -144,31 +144,29 @@ def record(call_id: str, tool: str, args: Any, d: Decision, result: str | None =
 
 # --- The default agent's tools --------------------------------------------
 
-def _longest_arithmetic(s: str) -> str:
-    best, cur = "", []
-
-    def flush():
-        nonlocal best
-        t = "".join(cur).strip()
-        if any(c.isdigit() for c in t) and len(t) > len(best):
-            best = t
-        cur.clear()
-
-    for c in s:
-        if c.isdigit() or c in "+-*/(). ":
-            cur.append(c)
-        else:
-            flush()
-    flush()
-    return best.strip(" .")
+def _arithmetic_runs(s: str) -> list[str]:
+    """The runs of arithmetic characters in s that hold a digit."""
+    runs = re.split(r"[^0-9+\-*/(). ]", s)
+    return [r.strip(" .") for r in runs if any(c.isdigit() for c in r)]
 
 
 def calculate(expression: str) -> str:
     """Evaluates + - * / and parentheses. Free text (as the offline model
-    sends it) is reduced to its longest arithmetic run."""
-    expr = _longest_arithmetic(expression)
-    if not expr:
+    sends it, with whatever a runtime prefixed - OpenClaw stamps the date)
+    is reduced to its last arithmetic run that evaluates."""
+    runs = _arithmetic_runs(expression)
+    if not runs:
         raise ValueError(f"no arithmetic expression in {expression!r}")
+    err: Exception | None = None
+    for expr in reversed(runs):
+        try:
+            return _evaluate(expr)
+        except (ValueError, ZeroDivisionError) as e:
+            err = err or e
+    raise err
+
+
+def _evaluate(expr: str) -> str:
     pos = 0
 
     def space():
