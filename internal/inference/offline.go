@@ -85,6 +85,8 @@ func (OfflineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return offlineChat(req, body), nil
 	case "/embeddings":
 		return offlineEmbeddings(req, body), nil
+	case "/messages":
+		return offlineMessages(req, body), nil
 	}
 	return offlineJSON(req, http.StatusNotFound, map[string]any{"error": map[string]any{
 		"message": "the offline model serves only chat completions and embeddings", "type": "invalid_request_error", "code": "kars_offline_unsupported"}}), nil

@@ -17,6 +17,8 @@ import (
 // runtimeSandboxes are the sandboxes of TestKarsDevRuntimes: one per
 // runtime kind, created as a user would, plus `kars add analyst` with no
 // runtime flag (OpenClaw, the default).
+// The offline model speaks the OpenAI and Anthropic dialects, so every
+// kind runs without credentials.
 var runtimeSandboxes = []struct {
 	name string
 	args []string
@@ -27,6 +29,7 @@ var runtimeSandboxes = []struct {
 	{"rt-lgpy", []string{"--runtime", "langgraph"}},
 	{"rt-lgts", []string{"--runtime", "langgraph", "--language", "typescript"}},
 	{"rt-pyd", []string{"--runtime", "pydantic-ai"}},
+	{"rt-anth", []string{"--runtime", "anthropic"}},
 }
 
 // TestKarsDevRuntimes runs every first-class runtime under kars dev with
@@ -34,10 +37,6 @@ var runtimeSandboxes = []struct {
 // with its config enforced and answers "use the calculator for 6*7" with
 // 42 through a policy-decided tool call; a second sandbox of a kind reuses
 // the cached environment; kars dev down leaves nothing behind.
-//
-// The Anthropic runtime speaks the Messages API, which the offline model
-// does not serve (it is an OpenAI-dialect model); test/runtimes covers it
-// behind the router with an Anthropic upstream.
 //
 // Environments come from the runtime cache (KARS_RUNTIME_CACHE, default
 // /var/lib/kars/runtimes): warm it first (test/runtimes does) or this test
