@@ -8,7 +8,7 @@ CMDS       := $(notdir $(wildcard cmd/*))
 GOFLAGS    ?=
 export GOFLAGS
 
-.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients
+.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients images runtimes
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -57,7 +57,18 @@ test/interop/.venv/bin/python test/interop/node_modules/openai: test/interop/set
 	test/interop/setup.sh
 
 test: controlplane agentsandbox verify-generated lint interop-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
-	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 go test -count=1 -timeout 45m ./...
+	$(MAKE) runtimes
+	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 KARS_REQUIRE_RUNTIMES=1 go test -count=1 -timeout 45m ./...
+
+VERSION    ?= v0.0.0-dev
+REGISTRY   ?=
+
+images: ## build kars's Go images without Docker: push to $(REGISTRY) or write an OCI layout to bin/images
+	@if [ -n "$(REGISTRY)" ]; then go run ./hack/images -version $(VERSION) -registry $(REGISTRY); \
+	 else go run ./hack/images -version $(VERSION) -out $(BIN)/images; fi
+
+runtimes: ## prepare every runtime adapter's environment in the cache (KARS_RUNTIME_CACHE, default /var/lib/kars/runtimes); skipped when present
+	go run ./hack/runtimes
 
 dev: build controlplane ## run kars dev: the governed stack on this machine
 	$(BIN)/kars dev

@@ -29,7 +29,8 @@ func newAddCmd(c *cluster) *cobra.Command {
 			"offline model.",
 		Example: "  kars add analyst --model gpt-4.1 --token-budget-daily 100000 --isolation enhanced\n" +
 			"  kars add custom-agent --runtime byo --byo-image myacr.azurecr.io/my-agent:latest --byo-contract-version v1\n" +
-			"  kars add oai-researcher --runtime openai-agents --dry-run",
+			"  kars add oai-researcher --runtime openai-agents --dry-run\n" +
+			"  kars add graph --runtime langgraph --language typescript",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Name, o.Namespace, o.Isolation = args[0], c.namespace, karsv1.IsolationLevel(isolation)
@@ -73,7 +74,8 @@ func newAddCmd(c *cluster) *cobra.Command {
 	f.BoolVar(&o.LearnEgress, "learn-egress", false, "record the hosts the agent asks for, for review with `kars egress`")
 	f.StringVar(&o.BYOImage, "byo-image", "", "image of a BYO runtime (labelled org.kars.runtime.contract=v1)")
 	f.StringVar(&o.BYOContract, "byo-contract-version", "v1", "runtime contract the BYO image implements")
-	f.StringVar(&o.Language, "maf-language", "", "Microsoft Agent Framework language: python or dotnet")
+	f.StringVar(&o.Language, "language", "", "runtime language: python or typescript for LangGraph, python or dotnet for Microsoft Agent Framework")
+	f.StringVar(&o.Language, "maf-language", "", "Microsoft Agent Framework language (same as --language)")
 	f.StringVar(&o.AgentImage, "agent-image", "", "OCI image carrying the agent code for a first-class runtime")
 	f.StringVar(&o.Instructions, "instructions", "", "the agent's system instructions")
 	f.StringSliceVar(&o.Tools, "tool", nil, "tool to offer the agent (repeatable)")

@@ -16,7 +16,7 @@ import (
 
 func newConnectCmd(c *cluster) *cobra.Command {
 	var message, session string
-	var asJSON bool
+	var asJSON, tui bool
 	cmd := &cobra.Command{
 		Use:   "connect NAME",
 		Short: "Chat with a sandbox's agent",
@@ -37,6 +37,9 @@ func newConnectCmd(c *cluster) *cobra.Command {
 				return err
 			}
 			defer ep.close()
+			if tui {
+				return openClawTUI(ctx, sb, ep, session, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
 			out := cmd.OutOrStdout()
 			if cmd.Flags().Changed("message") {
 				return sendChat(ctx, ep, session, message, out, asJSON)
@@ -60,6 +63,7 @@ func newConnectCmd(c *cluster) *cobra.Command {
 	cmd.Flags().StringVarP(&message, "message", "m", "", "send one message, print the reply and exit")
 	cmd.Flags().StringVar(&session, "session", "default", "conversation to continue")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the agent's full JSON answer")
+	cmd.Flags().BoolVar(&tui, "tui", false, "OpenClaw sandboxes: open OpenClaw's own terminal UI (needs openclaw installed)")
 	return cmd
 }
 

@@ -30,6 +30,9 @@ type endpoint struct {
 	base  string
 	token string
 	close func()
+	// dial opens a raw connection to the port (for protocols other than
+	// HTTP requests, e.g. OpenClaw's WebSocket).
+	dial func(ctx context.Context) (net.Conn, error)
 }
 
 func (e *endpoint) do(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
@@ -102,7 +105,8 @@ func (c *cluster) podEndpoint(ctx context.Context, cl client.Client, sb *karsv1.
 		if tlsCfg != nil {
 			host = tlsCfg.ServerName
 		}
-		return &endpoint{http: &http.Client{Transport: tr}, base: scheme + "://" + host, close: tr.CloseIdleConnections}, nil
+		return &endpoint{http: &http.Client{Transport: tr}, base: scheme + "://" + host, close: tr.CloseIdleConnections,
+			dial: func(ctx context.Context) (net.Conn, error) { return tr.DialContext(ctx, "unix", sock) }}, nil
 	}
 	local, stop, err := c.portForward(ctx, cl, sb, port)
 	if err != nil {
@@ -115,7 +119,8 @@ func (c *cluster) podEndpoint(ctx context.Context, cl client.Client, sb *karsv1.
 	if tlsCfg != nil {
 		host = tlsCfg.ServerName
 	}
-	return &endpoint{http: &http.Client{Transport: tr}, base: scheme + "://" + host, close: func() { tr.CloseIdleConnections(); stop() }}, nil
+	return &endpoint{http: &http.Client{Transport: tr}, base: scheme + "://" + host, close: func() { tr.CloseIdleConnections(); stop() },
+		dial: func(ctx context.Context) (net.Conn, error) { return tr.DialContext(ctx, "tcp", local) }}, nil
 }
 
 // portForward opens a port-forward to port of the sandbox's running pod and

@@ -132,7 +132,7 @@ func sandboxStatus(sb *karsv1.KarsSandbox, o outcome, now time.Time) karsv1.Kars
 		st.Phase = karsv1.SandboxSuspended
 		return st
 	case !o.obs.Ready:
-		set(karsv1.ConditionRuntimeReady, false, ReasonStarting, o.obs.Message)
+		set(karsv1.ConditionRuntimeReady, false, orDefault(o.obs.Reason, ReasonStarting), o.obs.Message)
 		set(karsv1.ConditionRouterEnforcing, false, ReasonWorkloadNotReady, "waiting for the router to start")
 	default:
 		set(karsv1.ConditionRuntimeReady, true, ReasonRuntimeRunning, o.obs.Message)
@@ -192,6 +192,13 @@ func anchorAudit(st *karsv1.KarsSandboxStatus, h *AuditHead, now time.Time) (boo
 	}
 	st.Audit = &karsv1.AuditAnchor{CheckpointKey: h.CheckpointKey, Seq: int64(h.Seq), Hash: h.Hash, RecordedAt: &metav1.Time{Time: now.Truncate(time.Second)}}
 	return true, ReasonAnchored, fmt.Sprintf("audit head entry %d recorded; `kars audit verify` checks the log still holds it", h.Seq)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func orNone(s string) string {

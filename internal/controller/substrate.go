@@ -45,6 +45,10 @@ type Observation struct {
 	Ready bool
 	// Message explains a workload that is not ready yet.
 	Message string
+	// Reason is RuntimeReady's reason while the workload is not ready,
+	// when the substrate knows better than "Starting" (an environment
+	// being prepared, or failing to be).
+	Reason string
 	// RouterAdmin is the base URL of the router's admin API, for example
 	// "https://research-bot-router.kars-research-bot.svc:8444". The
 	// controller verifies it against the sandbox's pinned admin

@@ -25,6 +25,7 @@ import (
 	"github.com/kars-io/kars/internal/controller"
 	"github.com/kars-io/kars/internal/devcluster"
 	"github.com/kars-io/kars/internal/localsubstrate"
+	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/render"
 	"github.com/kars-io/kars/internal/sandbox/local"
 	"github.com/kars-io/kars/internal/version"
@@ -135,7 +136,9 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 	}
 	sub := localsubstrate.New(localsubstrate.Options{
 		Client: mgr.GetAPIReader(), StateRoot: o.Paths.Sandboxes(), WorkspaceRoot: o.Paths.Workspaces(), BinDir: binDir,
-		RouterStateRoot: routerState, Hide: o.Paths.HiddenFromPods(binDir),
+		// The runtime environments are read by the agents in place (read-only
+		// by mode and by the pod's read-only root), so they stay visible.
+		RouterStateRoot: routerState, Hide: o.Paths.HiddenFromPods(binDir, runtimeenv.DefaultRoot()),
 		SocketDir: o.Paths.Sockets, Log: logger,
 	})
 	defer func() {

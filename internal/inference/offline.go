@@ -85,6 +85,8 @@ func (OfflineTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return offlineChat(req, body), nil
 	case "/embeddings":
 		return offlineEmbeddings(req, body), nil
+	case "/messages":
+		return offlineMessages(req, body), nil
 	}
 	return offlineJSON(req, http.StatusNotFound, map[string]any{"error": map[string]any{
 		"message": "the offline model serves only chat completions and embeddings", "type": "invalid_request_error", "code": "kars_offline_unsupported"}}), nil
@@ -142,13 +144,15 @@ func offlineAnswer(r *offlineChatRequest) offlineReply {
 		}
 		return offlineReply{text: offlinePrefix + "The " + name + " returned: " + contentText(last.Content)}
 	}
-	var user string
-	for i := len(r.Messages) - 1; i >= 0; i-- {
+	// The user's turn is every user message since the model last spoke:
+	// some runtimes (OpenClaw) append context of their own after it.
+	var parts []string
+	for i := len(r.Messages) - 1; i >= 0 && r.Messages[i].Role != "assistant"; i-- {
 		if r.Messages[i].Role == "user" {
-			user = contentText(r.Messages[i].Content)
-			break
+			parts = append([]string{contentText(r.Messages[i].Content)}, parts...)
 		}
 	}
+	user := strings.Join(parts, "\n")
 	lower := strings.ToLower(user)
 	for _, t := range r.Tools {
 		name := t.Function.Name

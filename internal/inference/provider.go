@@ -55,7 +55,7 @@ func (u *Upstream) Serves(d Dialect, op Op) bool {
 	case routerconfig.ProviderAnthropic:
 		return d == DialectAnthropic
 	case routerconfig.ProviderOffline:
-		return d != DialectAnthropic && (op == OpChat || op == OpEmbeddings)
+		return op == OpChat || op == OpEmbeddings || op == OpMessages
 	default:
 		return d != DialectAnthropic && op != OpMessages
 	}
@@ -155,6 +155,9 @@ func (u *Upstream) url(op Op) (string, error) {
 		}
 	case routerconfig.ProviderOffline:
 		base = OfflineBaseURL
+		if op == OpMessages {
+			return base + "/messages", nil
+		}
 	}
 	p, ok := openAIPath[op]
 	if !ok || base == "" {

@@ -26,6 +26,7 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/sandbox/local"
 )
 
@@ -55,6 +56,9 @@ type buildInput struct {
 	secret func(name string) (*corev1.Secret, error)
 	// configMap returns a ConfigMap of the sandbox's namespace by name.
 	configMap func(name string) (*corev1.ConfigMap, error)
+	// runtimeEnv returns a runtime adapter's prepared environment, or an
+	// *errPreparing while it is not ready.
+	runtimeEnv func(id string) (*runtimeenv.Env, error)
 }
 
 // builtSpec is a local pod spec with the parts that may change without a
@@ -97,7 +101,7 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 	}
 	id := podID(in.sb)
 	b := &builtSpec{routerDir: filepath.Join(in.stateRoot, id, "router")}
-	agentPath, err := localBinary(in.binDir, agentC)
+	agent, err := agentProcess(in, agentC)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +137,12 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		return nil, fmt.Errorf("the router container mounts no router config")
 	}
 	for _, m := range agentC.VolumeMounts {
+		if m.MountPath == render.AgentConfigDir {
+			if err := agentConfigFiles(in, volumes[m.Name], &agent); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if m.MountPath != render.Workspace && m.MountPath != "/tmp" {
 			return nil, fmt.Errorf("agent mount %s at %s cannot be provided locally (only %s and /tmp are)", m.Name, m.MountPath, render.Workspace)
 		}
@@ -159,7 +169,7 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		Isolation: isolation,
 		Router: local.Process{Path: routerPath, Args: containerArgs(routerC), Env: routerEnv,
 			Files: withPlaceholders(routerFiles, b.routerConfigRelPath, b.routerConfig)},
-		Agent:          local.Process{Path: agentPath, Args: containerArgs(agentC), Env: envList(agentC.Env)},
+		Agent:          agent,
 		RouterPorts:    []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)},
 		AgentPorts:     []uint16{b.agentPort},
 		Limits:         limits(agentC.Resources),
@@ -176,7 +186,8 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		Files map[string][]byte
 		Iso   string
 		WS    string
-	}{pod, routerFiles, isolation, in.workspace})
+		Agent local.Process
+	}{pod, routerFiles, isolation, in.workspace, agent})
 	b.hash = hex.EncodeToString(h.Sum(nil))
 	return b, nil
 }

@@ -26,8 +26,13 @@ import (
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/controller"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/sandbox/local"
 )
+
+// ReasonRuntimePreparing is RuntimeReady's reason while a runtime
+// adapter's environment is installed on first use.
+const ReasonRuntimePreparing = "RuntimePreparing"
 
 // Finalizer keeps a deleted sandbox until its local pod is gone: owner
 // references cannot reach processes and namespaces on this machine.
@@ -66,6 +71,9 @@ type Options struct {
 	// RestartBackoff is the wait before restarting a pod whose process
 	// exited; zero means 2 seconds, doubling to a minute.
 	RestartBackoff time.Duration
+	// Runtimes configures where runtime adapters' environments are
+	// prepared and cached (runtimeenv.DefaultRoot when Root is empty).
+	Runtimes runtimeenv.Options
 }
 
 // Substrate implements controller.Substrate with local pods.
@@ -74,6 +82,7 @@ type Substrate struct {
 	mu     sync.Mutex
 	pods   map[types.NamespacedName]*entry
 	events chan event.GenericEvent
+	envs   *envs
 }
 
 type entry struct {
@@ -107,7 +116,7 @@ func New(o Options) *Substrate {
 	if o.WorkspaceQuota == 0 {
 		o.WorkspaceQuota = DefaultWorkspaceQuota
 	}
-	return &Substrate{o: o, pods: map[types.NamespacedName]*entry{}, events: make(chan event.GenericEvent, 64)}
+	return &Substrate{o: o, pods: map[types.NamespacedName]*entry{}, events: make(chan event.GenericEvent, 64), envs: newEnvs(o.Runtimes)}
 }
 
 // Finalizer implements controller.Substrate.
@@ -144,10 +153,20 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 			cm := &corev1.ConfigMap{}
 			return cm, s.o.Client.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: name}, cm)
 		},
+		runtimeEnv: func(id string) (*runtimeenv.Env, error) {
+			return s.envs.get(id, func() { s.nudgeAt(sb, time.Now()) })
+		},
 	})
 	if err != nil {
 		_ = s.Stop(ctx, sb)
 		obs.Message = err.Error()
+		var prep *errPreparing
+		if errors.As(err, &prep) {
+			obs.Reason = ReasonRuntimePreparing
+			if prep.failure != nil {
+				obs.Reason = prep.failure.Reason
+			}
+		}
 		return obs, nil
 	}
 
@@ -171,6 +190,11 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 			s.o.Log.Info("router config updated in place", "sandbox", key, "bytes", len(built.routerConfig))
 		}
 		obs.Ready, obs.Message = s.probe(ctx, e)
+		if !obs.Ready {
+			// Runtimes take seconds to start (Python imports, OpenClaw's
+			// gateway): look again until the agent answers.
+			go s.nudgeAt(sb, time.Now().Add(time.Second))
+		}
 		return obs, nil
 	}
 	if e != nil && waiting {
@@ -250,7 +274,7 @@ func (s *Substrate) probe(ctx context.Context, e *entry) (bool, string) {
 		return false, "router not ready: " + err.Error()
 	}
 	agent := &http.Client{Transport: &http.Transport{DialContext: dial(e.agentPort)}}
-	if err := get(ctx, agent, "http://agent/healthz"); err != nil {
+	if err := agentReady(ctx, agent); err != nil {
 		return false, "agent not ready: " + err.Error()
 	}
 	return true, ""
