@@ -164,6 +164,11 @@ func X25519FromEd25519(pub ed25519.PublicKey) (*ecdh.PublicKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: Ed25519 key is not a curve point: %w", err)
 	}
+	// A small-order point maps to a key every DH with which is
+	// predictable; libsodium refuses these too.
+	if new(edwards25519.Point).MultByCofactor(p).Equal(edwards25519.NewIdentityPoint()) == 1 {
+		return nil, fmt.Errorf("identity: Ed25519 key is a small-order point")
+	}
 	x, err := ecdh.X25519().NewPublicKey(p.BytesMontgomery())
 	if err != nil {
 		return nil, fmt.Errorf("identity: mapping Ed25519 key to X25519: %w", err)

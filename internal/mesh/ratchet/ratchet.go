@@ -48,6 +48,8 @@ var (
 	ErrReplay = errors.New("ratchet: message key already used (replay or too old)")
 	// ErrTooManySkipped: the header asks to skip more than MaxSkip keys.
 	ErrTooManySkipped = errors.New("ratchet: message skips too many keys")
+	// ErrClosed: the session was zeroed.
+	ErrClosed = errors.New("ratchet: session closed")
 	// ErrNoSendChain: a receiver cannot send before its first message.
 	ErrNoSendChain = errors.New("ratchet: no sending chain yet (receive a message first)")
 )
@@ -126,6 +128,9 @@ func InitReceiver(rand io.Reader, sk []byte, spk *ecdh.PrivateKey) (*Session, er
 // Ratchet §3.4 RatchetEncrypt). ad is the session's associated data
 // (AgentMesh §7.3: IK_A ‖ IK_B).
 func (s *Session) Encrypt(plaintext, ad []byte) (Message, error) {
+	if s.c.dhs == nil {
+		return Message{}, ErrClosed
+	}
 	if !s.c.hasS {
 		return Message{}, ErrNoSendChain
 	}
@@ -149,6 +154,9 @@ func (s *Session) Encrypt(plaintext, ad []byte) (Message, error) {
 // Decrypt opens m (Double Ratchet §3.5 RatchetDecrypt). On any error the
 // session is unchanged.
 func (s *Session) Decrypt(m Message, ad []byte) ([]byte, error) {
+	if s.c.dhs == nil {
+		return nil, ErrClosed
+	}
 	if len(m.Ciphertext) < NonceSize+chacha20poly1305.Overhead {
 		return nil, ErrAuth
 	}

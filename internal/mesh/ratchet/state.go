@@ -35,6 +35,9 @@ type stateJSON struct {
 // MarshalJSON writes the session state, secrets included: store it
 // where only the session's owner can read it.
 func (s *Session) MarshalJSON() ([]byte, error) {
+	if s.c.dhs == nil {
+		return nil, ErrClosed
+	}
 	hx := func(b []byte) *string { v := hex.EncodeToString(b); return &v }
 	j := stateJSON{
 		DHSelfPrivate: hex.EncodeToString(s.c.dhs.Bytes()),

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"unicode/utf16"
 )
 
@@ -61,11 +62,7 @@ func canon(b *bytes.Buffer, v any, depth int) error {
 		if err != nil || math.IsInf(f, 0) {
 			return bad("number %s is not an IEEE 754 double", x)
 		}
-		if f == math.Trunc(f) && math.Abs(f) < 1e21 {
-			b.WriteString(strconv.FormatFloat(f, 'f', -1, 64))
-		} else {
-			b.WriteString(strconv.FormatFloat(f, 'g', -1, 64))
-		}
+		b.WriteString(es6Number(f))
 	case []any:
 		b.WriteByte('[')
 		for i, e := range x {
@@ -131,4 +128,39 @@ func canonString(b *bytes.Buffer, s string) {
 		}
 	}
 	b.WriteByte('"')
+}
+
+// es6Number formats f as ECMAScript's Number::toString (ECMA-262
+// §6.1.6.1.20), which RFC 8785 adopts: shortest round-trip digits, plain
+// notation for decimal exponents in (-7, 21], exponent notation outside.
+func es6Number(f float64) string {
+	if f == 0 {
+		return "0"
+	}
+	sign := ""
+	if f < 0 {
+		sign, f = "-", -f
+	}
+	e := strconv.FormatFloat(f, 'e', -1, 64) // d.ddde±XX
+	mant, expText, _ := strings.Cut(e, "e")
+	digits := strings.Replace(mant, ".", "", 1)
+	exp, _ := strconv.Atoi(expText)
+	n := exp + 1 // f = 0.digits × 10^n
+	k := len(digits)
+	switch {
+	case k <= n && n <= 21:
+		return sign + digits + strings.Repeat("0", n-k)
+	case 0 < n && n <= 21:
+		return sign + digits[:n] + "." + digits[n:]
+	case -6 < n && n <= 0:
+		return sign + "0." + strings.Repeat("0", -n) + digits
+	}
+	out := digits[:1]
+	if k > 1 {
+		out += "." + digits[1:]
+	}
+	if n-1 >= 0 {
+		return sign + out + "e+" + strconv.Itoa(n-1)
+	}
+	return sign + out + "e" + strconv.Itoa(n-1)
 }
