@@ -322,8 +322,14 @@ func (r *Relay) route(c *conn, f *wire.Frame, raw []byte) {
 	}
 	to := f.To
 	if r.opt.Directory != nil {
-		if pub, ok := r.opt.Directory.PublicKey(to); ok {
+		pub, ok := r.opt.Directory.PublicKey(to)
+		switch {
+		case ok:
 			to = identity.MeshDID(pub)
+		case r.opt.RequireRegistered:
+			// Mail for agents nobody registered would only fill the disk.
+			r.errorTo(c, f.ID, "recipient "+f.To+" is not registered")
+			return
 		}
 	}
 	ticket, dup, err := r.inbox.Put(to, c.did, f.ID, raw, r.opt.Now())

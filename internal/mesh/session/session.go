@@ -51,19 +51,27 @@ func Initiate(rand io.Reader, self *identity.Identity, peerDID string, b x3dh.Bu
 	}
 	return &Session{
 		self: self.DID(), peer: peerDID, ad: in.AD, peerIK: b.IdentityKey, r: r,
-		init: &wire.X3DHInit{IdentityKey: wire.B64(in.IdentityKey), EphemeralKey: wire.B64(in.EphemeralKey), UsedOPKID: in.UsedOPK},
+		init: &wire.X3DHInit{IdentityKey: wire.B64(in.IdentityKey), EphemeralKey: wire.B64(in.EphemeralKey), UsedOPKID: in.UsedOPK, IdentityKeyEd: wire.B64(self.PublicKey())},
 	}, nil
 }
 
 // Accept completes the responder's side from a first message frame and
 // returns the session and the message's plaintext. peerKey is the
-// sender's Ed25519 key as the registry holds it for f.From: the
-// initiator's X25519 identity key must be its image (§4.4), which is
-// what authenticates the sender. Nothing in keys changes unless the
-// message decrypts.
+// sender's Ed25519 key as the registry holds it for f.From, or nil to
+// take it from the frame's identity_key_ed; either way f.From must name
+// it, and the initiator's X25519 identity key must be its image (§4.4),
+// which is what authenticates the sender. Nothing in keys changes
+// unless the message decrypts.
 func Accept(rand io.Reader, keys *x3dh.Keys, f *wire.Frame, peerKey []byte) (*Session, []byte, error) {
 	if f.X3DH == nil {
 		return nil, nil, ErrNotInitial
+	}
+	if peerKey == nil {
+		k, err := wire.DecodeB64(f.X3DH.IdentityKeyEd)
+		if err != nil || len(k) != 32 {
+			return nil, nil, fmt.Errorf("session: %s's key is unknown and the frame carries no identity_key_ed", f.From)
+		}
+		peerKey = k
 	}
 	if err := identity.CheckDID(f.From, peerKey); err != nil {
 		return nil, nil, fmt.Errorf("session: sender %s: %w", f.From, err)

@@ -91,10 +91,14 @@ type MessageHeader struct {
 }
 
 // X3DHInit rides on a session's first messages (§9.4).
+// IdentityKeyEd is a kars extension: the initiator's Ed25519 key, which
+// its DID certifies, so a responder can authenticate the initiator
+// without a registry that serves keys (the toolkit's does not).
 type X3DHInit struct {
-	IdentityKey  string  `json:"identity_key"`
-	EphemeralKey string  `json:"ephemeral_key"`
-	UsedOPKID    *uint32 `json:"used_opk_id"`
+	IdentityKey   string  `json:"identity_key"`
+	EphemeralKey  string  `json:"ephemeral_key"`
+	UsedOPKID     *uint32 `json:"used_opk_id"`
+	IdentityKeyEd string  `json:"identity_key_ed,omitempty"`
 }
 
 // ConnectAuth is the spec's connect proof (§12.2).
