@@ -65,7 +65,7 @@ type PartyVector struct {
 	SignedPreKeyPriv string   `json:"signed_pre_key_private,omitempty"`
 	SignedPreKeyPub  string   `json:"signed_pre_key_public,omitempty"`
 	SignedPreKeySig  string   `json:"signed_pre_key_signature,omitempty"`
-	OneTimePreKeyID  uint32   `json:"one_time_pre_key_id,omitempty"`
+	OneTimePreKeyID  *uint32  `json:"one_time_pre_key_id,omitempty"`
 	OneTimePreKey    string   `json:"one_time_pre_key_private,omitempty"`
 	OneTimePreKeyPub string   `json:"one_time_pre_key_public,omitempty"`
 }
@@ -163,7 +163,7 @@ func generate(t *testing.T) *Vectors {
 	v.Bob.SignedPreKeyPriv = kj.SPKs[0].Private
 	v.Bob.SignedPreKeyPub = hex.EncodeToString(spk.PublicKey)
 	v.Bob.SignedPreKeySig = hex.EncodeToString(spk.Signature)
-	v.Bob.OneTimePreKeyID = opk.ID
+	v.Bob.OneTimePreKeyID = &opk.ID
 	v.Bob.OneTimePreKey = kj.OPKs[opk.ID]
 	v.Bob.OneTimePreKeyPub = hex.EncodeToString(opk.PublicKey)
 	ek, _ := wire.DecodeB64(sa.init.EphemeralKey)
@@ -321,9 +321,9 @@ func TestVectors(t *testing.T) {
 func keysFromVector(t *testing.T, bob *identity.Identity, v Vectors) *x3dh.Keys {
 	j, _ := json.Marshal(map[string]any{
 		"signed_pre_keys":          []map[string]any{{"key_id": 0, "private_key": v.Bob.SignedPreKeyPriv, "signature": v.Bob.SignedPreKeySig, "created": "2026-12-01T12:00:00Z"}},
-		"one_time_pre_keys":        map[string]string{fmt.Sprint(v.Bob.OneTimePreKeyID): v.Bob.OneTimePreKey},
+		"one_time_pre_keys":        map[string]string{fmt.Sprint(*v.Bob.OneTimePreKeyID): v.Bob.OneTimePreKey},
 		"next_signed_pre_key_id":   1,
-		"next_one_time_pre_key_id": v.Bob.OneTimePreKeyID + 1,
+		"next_one_time_pre_key_id": *v.Bob.OneTimePreKeyID + 1,
 	})
 	k, err := x3dh.RestoreKeys(bob, j)
 	must(t, err)
