@@ -1,0 +1,313 @@
+// Command mesh is the AgentMesh relay load harness. In one run it drives,
+// with the same load generator, two relays on loopback:
+//
+//	kars     cmd/kars-mesh (journal fsynced with group commit, quotas on)
+//	toolkit  the Agent Governance Toolkit's relay (python -m agentmesh.relay,
+//	         agent-governance-toolkit-core 5.0.0 from test/interop/mesh/.venv)
+//
+// For each relay it connects -agents WebSocket clients (each proving its
+// DID in the connect frame), then offers message frames open-loop at each
+// of -rates for -duration: client k sends to client k+1 a frame the size
+// of a 1 KiB ratchet message, the recipient acks it. Latency runs from each
+// frame's scheduled send time to its arrival, so a relay that falls behind
+// cannot hide its queue. With taskset the relay runs on CPU 1 and the load
+// generator on CPU 0.
+//
+//	go run ./bench/mesh -agents 1000 -rates 2000,10000 -duration 10s
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/kars-io/kars/internal/mesh/identity"
+	"github.com/kars-io/kars/internal/mesh/wire"
+)
+
+func main() {
+	agents := flag.Int("agents", 1000, "connected agents")
+	rates := flag.String("rates", "2000,10000", "offered message rates (msgs/s), one step each")
+	duration := flag.Duration("duration", 10*time.Second, "length of each step")
+	python := flag.String("python", "test/interop/mesh/.venv/bin/python", "Python with the toolkit installed; empty to skip it")
+	flag.Parse()
+	pin("0", os.Getpid())
+
+	var steps []int
+	for _, r := range strings.Split(*rates, ",") {
+		n, err := strconv.Atoi(r)
+		if err != nil {
+			log.Fatalf("bad rate %q", r)
+		}
+		steps = append(steps, n)
+	}
+	tmp, err := os.MkdirTemp("", "bench-mesh-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+
+	bin := filepath.Join(tmp, "kars-mesh")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/kars-mesh").CombinedOutput(); err != nil {
+		log.Fatalf("building kars-mesh: %v\n%s", err, out)
+	}
+	fmt.Printf("# AgentMesh relay, %d agents, 1 KiB ciphertext frames, %s per step\n\n", *agents, *duration)
+	fmt.Println("| relay | offered msgs/s | delivered msgs/s | p50 ms | p99 ms | max ms | lost |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+
+	port := freePort()
+	kars := startProc(bin, "-state", filepath.Join(tmp, "state"), "-registry-listen", addr(port), "-relay-listen", addr(port),
+		"-allow-unregistered", "-max-queued-messages", "100000")
+	waitHealth(port)
+	run("kars", port, *agents, steps, *duration)
+	stopProc(kars)
+
+	if *python != "" {
+		if _, err := os.Stat(*python); err != nil {
+			fmt.Printf("\n(toolkit relay skipped: %v; run test/interop/mesh/setup.sh)\n", err)
+			return
+		}
+		port := freePort()
+		tk := startProc(*python, "-W", "ignore", "-m", "agentmesh.relay", "--port", strconv.Itoa(port), "--log-level", "warning")
+		waitHealth(port)
+		run("toolkit (Python)", port, *agents, steps, *duration)
+		stopProc(tk)
+	}
+}
+
+func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func pin(cpu string, pid int) {
+	exec.Command("taskset", "-a", "-cp", cpu, strconv.Itoa(pid)).Run() // best effort: no taskset, no pinning
+}
+
+func startProc(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = nil
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	pin("1", cmd.Process.Pid)
+	return cmd
+}
+
+func stopProc(cmd *exec.Cmd) {
+	cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+func waitHealth(port int) {
+	for range 400 {
+		if resp, err := http.Get("http://" + addr(port) + "/health"); err == nil {
+			resp.Body.Close()
+			time.Sleep(200 * time.Millisecond) // let a pinned process settle
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log.Fatalf("relay on %d did not come up", port)
+}
+
+type agent struct {
+	id  *identity.Identity
+	did string
+	ws  *websocket.Conn
+	out chan []byte
+}
+
+type stats struct {
+	mu   sync.Mutex
+	lat  []time.Duration
+	from time.Time // frames scheduled before this are warm-up
+	got  atomic.Int64
+}
+
+func run(name string, port, n int, steps []int, d time.Duration) {
+	st := &stats{}
+	ags := connectAll(port, n, st)
+	defer func() {
+		for _, a := range ags {
+			a.ws.CloseNow()
+		}
+	}()
+	ct := make([]byte, 12+1024+16)
+	rand.Read(ct)
+	cipher := wire.B64(ct)
+	dh := wire.B64(ct[:32])
+	var seq atomic.Int64
+	for _, rate := range steps {
+		warm := time.Second
+		start := time.Now()
+		st.mu.Lock()
+		st.lat = st.lat[:0]
+		st.from = start.Add(warm)
+		st.mu.Unlock()
+		total := int(float64(rate) * (warm + d).Seconds())
+		dropped := 0
+		for k := range total {
+			at := start.Add(time.Duration(float64(k) / float64(rate) * float64(time.Second)))
+			if w := time.Until(at); w > 0 {
+				time.Sleep(w)
+			}
+			s := int(seq.Add(1))
+			from, to := ags[s%n], ags[(s+1)%n]
+			f := wire.Frame{V: 1, Type: wire.TypeMessage, From: from.did, To: to.did,
+				ID:     strconv.Itoa(s) + "-" + strconv.FormatInt(at.UnixNano(), 10),
+				Header: &wire.MessageHeader{DH: dh, N: uint32(s)}, Ciphertext: cipher}
+			b, _ := json.Marshal(f)
+			select {
+			case from.out <- b:
+			default:
+				dropped++
+			}
+		}
+		measured := int(float64(rate) * d.Seconds())
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			st.mu.Lock()
+			got := len(st.lat)
+			st.mu.Unlock()
+			if got >= measured-dropped {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		st.mu.Lock()
+		lat := slices.Clone(st.lat)
+		st.mu.Unlock()
+		slices.Sort(lat)
+		q := func(p float64) float64 {
+			if len(lat) == 0 {
+				return 0
+			}
+			return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Microseconds()) / 1000
+		}
+		// Delivered rate: frames of the measured window that arrived, over
+		// the window plus the time their last one took to arrive.
+		span := d.Seconds()
+		if len(lat) > 0 {
+			span += lat[len(lat)-1].Seconds()
+		}
+		fmt.Printf("| %s | %d | %.0f | %.2f | %.2f | %.2f | %d |\n", name, rate, float64(len(lat))/span, q(0.5), q(0.99), q(1), max(0, measured-len(lat)))
+		time.Sleep(2 * time.Second) // drain
+	}
+}
+
+func connectAll(port, n int, st *stats) []*agent {
+	ags := make([]*agent, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 50)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			id, _ := identity.New(rand.Reader)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			ws, _, err := websocket.Dial(ctx, "ws://"+addr(port)+"/ws", nil)
+			if err != nil {
+				log.Fatalf("agent %d: %v", i, err)
+			}
+			ws.SetReadLimit(wire.MaxFrameBytes)
+			b, _ := wire.ConnectFrame(id, time.Now()).Marshal()
+			if err := ws.Write(ctx, websocket.MessageText, b); err != nil {
+				log.Fatal(err)
+			}
+			a := &agent{id: id, did: id.DID(), ws: ws, out: make(chan []byte, 4096)}
+			ags[i] = a
+			go a.write()
+			go a.read(st)
+			go a.heartbeat()
+		}()
+	}
+	wg.Wait()
+	time.Sleep(time.Second) // every connect processed
+	return ags
+}
+
+func (a *agent) write() {
+	for b := range a.out {
+		if err := a.ws.Write(context.Background(), websocket.MessageText, b); err != nil {
+			return
+		}
+	}
+}
+
+// heartbeat keeps the agent online (§12.4): both relays count an agent
+// silent for 90 s as offline.
+func (a *agent) heartbeat() {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for range t.C {
+		b, _ := json.Marshal(wire.Frame{V: 1, Type: wire.TypeHeartbeat, From: a.did})
+		select {
+		case a.out <- b:
+		default:
+		}
+	}
+}
+
+func (a *agent) read(st *stats) {
+	var ack struct {
+		Type string `json:"type"`
+		ID   string `json:"id"`
+	}
+	for {
+		_, b, err := a.ws.Read(context.Background())
+		if err != nil {
+			return
+		}
+		now := time.Now()
+		ack.Type, ack.ID = "", ""
+		if json.Unmarshal(b, &ack) != nil || ack.Type != "message" {
+			continue
+		}
+		_, nanos, _ := strings.Cut(ack.ID, "-")
+		ns, _ := strconv.ParseInt(nanos, 10, 64)
+		at := time.Unix(0, ns)
+		st.mu.Lock()
+		if !at.Before(st.from) {
+			st.lat = append(st.lat, now.Sub(at))
+		}
+		st.mu.Unlock()
+		reply, _ := json.Marshal(wire.Frame{V: 1, Type: wire.TypeAck, ID: ack.ID})
+		select {
+		case a.out <- reply:
+		default:
+		}
+	}
+}
