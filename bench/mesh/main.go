@@ -151,7 +151,6 @@ type stats struct {
 	mu   sync.Mutex
 	lat  []time.Duration
 	from time.Time // frames scheduled before this are warm-up
-	got  atomic.Int64
 }
 
 func run(name string, port, n int, steps []int, d time.Duration) {

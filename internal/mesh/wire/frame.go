@@ -249,5 +249,10 @@ func (x *X3DHInit) Keys() (ik, ek []byte, err error) {
 	if !ok1 || !ok2 {
 		return nil, nil, bad("x3dh identity_key and ephemeral_key must be base64url 32-byte keys")
 	}
+	if x.IdentityKeyEd != "" {
+		if _, ok := decodeFixed(x.IdentityKeyEd, 32); !ok {
+			return nil, nil, bad("x3dh identity_key_ed must be a base64url 32-byte key")
+		}
+	}
 	return ik, ek, nil
 }

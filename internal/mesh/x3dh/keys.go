@@ -191,14 +191,14 @@ func (k *Keys) Respond(peerIK, ek []byte, usedOPK *uint32) ([]Candidate, error) 
 	for _, s := range k.spks {
 		// DH1 = DH(SPK_B, IK_A), DH2 = DH(IK_B, EK_A), DH3 = DH(SPK_B,
 		// EK_A), DH4 = DH(OPK_B, EK_A): the initiator's four, mirrored.
-		pairs := [][2]any{{s.priv, ikA}, {ikB, ekA}, {s.priv, ekA}}
+		pairs := []dhPair{{s.priv, ikA}, {ikB, ekA}, {s.priv, ekA}}
 		if opk != nil {
-			pairs = append(pairs, [2]any{opk, ekA})
+			pairs = append(pairs, dhPair{opk, ekA})
 		}
 		km := bytes.Repeat([]byte{0xff}, KeySize)
 		ok := true
 		for _, p := range pairs {
-			o, err := p[0].(*ecdh.PrivateKey).ECDH(p[1].(*ecdh.PublicKey))
+			o, err := p.priv.ECDH(p.pub)
 			if err != nil {
 				ok = false
 				break
@@ -235,9 +235,10 @@ func (k *Keys) Accept(c Candidate, ek []byte, usedOPK *uint32) error {
 		delete(k.opks, *usedOPK)
 	}
 	if len(k.seen) >= maxSeenEphemeral {
-		// Bound the memory; the oldest signed prekey's entries go first
-		// by forcing its early expiry would change semantics, so refuse.
-		return fmt.Errorf("x3dh: too many sessions accepted under the live signed prekeys; rotate")
+		// Forgetting an entry would reopen the replay it guards against,
+		// so the bound refuses instead; rotating the signed prekey and
+		// letting the retired one expire frees the memory.
+		return fmt.Errorf("x3dh: %d sessions accepted under the live signed prekeys; rotate the signed prekey", maxSeenEphemeral)
 	}
 	k.seen[ekKey] = c.spkID
 	return nil

@@ -123,20 +123,14 @@ func Initiate(rand io.Reader, self *identity.Identity, b Bundle) (*Initiation, e
 	}
 	// DH1 = DH(IK_A, SPK_B), DH2 = DH(EK_A, IK_B), DH3 = DH(EK_A, SPK_B),
 	// DH4 = DH(EK_A, OPK_B) when the bundle has a one-time prekey.
-	pairs := []struct {
-		priv *ecdh.PrivateKey
-		pub  *ecdh.PublicKey
-	}{{self.X25519(), spkB}, {ek, ikB}, {ek, spkB}}
+	pairs := []dhPair{{self.X25519(), spkB}, {ek, ikB}, {ek, spkB}}
 	var used *uint32
 	if b.OneTimePreKey != nil {
 		opk, err := x.NewPublicKey(b.OneTimePreKey.PublicKey)
 		if err != nil {
 			return nil, fmt.Errorf("x3dh: bundle one-time prekey: %w", err)
 		}
-		pairs = append(pairs, struct {
-			priv *ecdh.PrivateKey
-			pub  *ecdh.PublicKey
-		}{ek, opk})
+		pairs = append(pairs, dhPair{ek, opk})
 		id := b.OneTimePreKey.ID
 		used = &id
 	}
@@ -161,6 +155,12 @@ func Initiate(rand io.Reader, self *identity.Identity, b Bundle) (*Initiation, e
 		AD:                 append(append([]byte{}, ikA...), b.IdentityKey...),
 		RemoteSignedPreKey: spkB,
 	}, nil
+}
+
+// dhPair is one of X3DH's Diffie-Hellman computations.
+type dhPair struct {
+	priv *ecdh.PrivateKey
+	pub  *ecdh.PublicKey
 }
 
 // kdf is X3DH §2.2 KDF with the AgentMesh §5.2 parameters: HKDF-SHA256
