@@ -3,7 +3,9 @@ package ratchet
 import (
 	"bytes"
 	"crypto/ecdh"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -262,6 +264,21 @@ func TestOneMessageKeyExposesNoOther(t *testing.T) {
 			t.Fatal("two messages share a key")
 		}
 		seen[k] = true
+	}
+}
+
+func TestKDFCKIsHMAC(t *testing.T) {
+	for range 100 {
+		var ck [32]byte
+		rand.Read(ck[:])
+		mk, next := kdfCK(ck)
+		for i, out := range [][32]byte{mk, next} {
+			m := hmac.New(sha256.New, ck[:])
+			m.Write([]byte{byte(i + 1)})
+			if !bytes.Equal(m.Sum(nil), out[:]) {
+				t.Fatalf("KDF_CK output %d differs from crypto/hmac", i+1)
+			}
+		}
 	}
 }
 

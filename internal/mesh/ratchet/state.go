@@ -76,9 +76,11 @@ func Restore(rand io.Reader, data []byte) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ratchet: state dh_self_private: %w", err)
 	}
-	if s.c.dhs, err = ecdh.X25519().NewPrivateKey(priv); err != nil {
+	dhs, err := ecdh.X25519().NewPrivateKey(priv)
+	if err != nil {
 		return nil, fmt.Errorf("ratchet: state dh_self_private: %w", err)
 	}
+	s.c.setDHS(dhs)
 	clear(priv)
 	fixed := func(name, v string, dst *[32]byte) error {
 		b, err := hex.DecodeString(v)
