@@ -17,6 +17,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -46,6 +47,7 @@ func main() {
 	rates := flag.String("rates", "2000,10000", "offered message rates (msgs/s), one step each")
 	duration := flag.Duration("duration", 10*time.Second, "length of each step")
 	python := flag.String("python", "test/interop/mesh/.venv/bin/python", "Python with the toolkit installed; empty to skip it")
+	only := flag.String("relay", "", "measure only the relay already listening at this host:port (e.g. one run under a profiler)")
 	flag.Parse()
 	pin("0", os.Getpid())
 
@@ -63,6 +65,14 @@ func main() {
 	}
 	defer os.RemoveAll(tmp)
 
+	if *only != "" {
+		_, p, _ := strings.Cut(*only, ":")
+		port, _ := strconv.Atoi(p)
+		fmt.Println("| relay | offered msgs/s | delivered msgs/s | p50 ms | p99 ms | max ms | lost |")
+		fmt.Println("|---|---|---|---|---|---|---|")
+		run(*only, port, *agents, steps, *duration)
+		return
+	}
 	bin := filepath.Join(tmp, "kars-mesh")
 	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/kars-mesh").CombinedOutput(); err != nil {
 		log.Fatalf("building kars-mesh: %v\n%s", err, out)
@@ -281,21 +291,22 @@ func (a *agent) heartbeat() {
 }
 
 func (a *agent) read(st *stats) {
-	var ack struct {
-		Type string `json:"type"`
-		ID   string `json:"id"`
-	}
 	for {
 		_, b, err := a.ws.Read(context.Background())
 		if err != nil {
 			return
 		}
 		now := time.Now()
-		ack.Type, ack.ID = "", ""
-		if json.Unmarshal(b, &ack) != nil || ack.Type != "message" {
+		// Both relays forward the sender's frame; only its type and id
+		// matter here (Python re-encodes with ": " separators).
+		if !bytes.Contains(b, []byte(`"message"`)) {
 			continue
 		}
-		_, nanos, _ := strings.Cut(ack.ID, "-")
+		id := fieldValue(b, `"id"`)
+		if id == "" {
+			continue
+		}
+		_, nanos, _ := strings.Cut(id, "-")
 		ns, _ := strconv.ParseInt(nanos, 10, 64)
 		at := time.Unix(0, ns)
 		st.mu.Lock()
@@ -303,10 +314,29 @@ func (a *agent) read(st *stats) {
 			st.lat = append(st.lat, now.Sub(at))
 		}
 		st.mu.Unlock()
-		reply, _ := json.Marshal(wire.Frame{V: 1, Type: wire.TypeAck, ID: ack.ID})
+		reply := []byte(`{"v":1,"type":"ack","id":"` + id + `"}`)
 		select {
 		case a.out <- reply:
 		default:
 		}
 	}
+}
+
+// fieldValue returns the string value of key in a flat JSON object.
+func fieldValue(b []byte, key string) string {
+	i := bytes.Index(b, []byte(key))
+	if i < 0 {
+		return ""
+	}
+	rest := b[i+len(key):]
+	q := bytes.IndexByte(rest, '"')
+	if q < 0 {
+		return ""
+	}
+	rest = rest[q+1:]
+	e := bytes.IndexByte(rest, '"')
+	if e < 0 {
+		return ""
+	}
+	return string(rest[:e])
 }

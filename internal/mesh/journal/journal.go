@@ -47,6 +47,8 @@ type Log struct {
 	err      error // sticky write error: the log refuses further work
 	size     int64 // bytes on disk, including buf once flushed
 	closed   bool
+	kick     chan struct{}
+	stopped  chan struct{}
 }
 
 // Open opens (creating if needed) the log at path and calls replay for
@@ -86,8 +88,9 @@ func Open(path string, replay func(rec []byte) error) (*Log, error) {
 		f.Close()
 		return nil, err
 	}
-	l := &Log{path: path, f: f, size: good}
+	l := &Log{path: path, f: f, size: good, kick: make(chan struct{}, 1), stopped: make(chan struct{})}
 	l.cond = sync.NewCond(&l.mu)
+	go l.background()
 	return l, nil
 }
 
@@ -136,7 +139,35 @@ func (l *Log) Append(rec []byte) uint64 {
 	defer l.mu.Unlock()
 	l.buf = frame(l.buf, rec)
 	l.queued++
+	if !l.closed {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
 	return l.queued
+}
+
+// background flushes what nobody waits for, so every record reaches the
+// disk within one fsync of being appended, not only those a caller
+// waits on. It shares flushLocked with Wait: whoever comes first writes
+// the group.
+func (l *Log) background() {
+	defer close(l.stopped)
+	for range l.kick {
+		l.mu.Lock()
+		for l.flushing {
+			l.cond.Wait()
+		}
+		if l.closed {
+			l.mu.Unlock()
+			return
+		}
+		if l.durable < l.queued && l.err == nil {
+			l.flushLocked()
+		}
+		l.mu.Unlock()
+	}
 }
 
 // Wait blocks until the record with ticket t is on disk (fsynced).
@@ -266,6 +297,10 @@ func (l *Log) Close() error {
 	}
 	l.closed = true
 	l.cond.Broadcast()
+	close(l.kick)
+	l.mu.Unlock()
+	<-l.stopped
+	l.mu.Lock()
 	err := l.f.Close()
 	if l.err != nil {
 		return l.err

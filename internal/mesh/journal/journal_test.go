@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 func collect(t *testing.T, path string) (*Log, []string) {
@@ -118,6 +119,24 @@ func TestRewrite(t *testing.T) {
 	}
 	if _, err := os.Stat(path + ".compact"); !os.IsNotExist(err) {
 		t.Error("compaction file left behind")
+	}
+}
+
+// Records nobody waits for still reach the disk, without Close.
+func TestBackgroundFlush(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "j")
+	l, _ := collect(t, path)
+	defer l.Close()
+	l.Append([]byte("unwaited"))
+	for range 500 {
+		if l.Size() > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, got := collect(t, path) // a second reader sees it on disk
+	if fmt.Sprint(got) != "[unwaited]" {
+		t.Fatalf("on disk: %v", got)
 	}
 }
 

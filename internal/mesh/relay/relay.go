@@ -288,18 +288,18 @@ func (r *Relay) readLoop(c *conn) {
 			return
 		}
 		r.seen(c.did)
-		f, err := wire.Parse(raw)
+		f, err := wire.ParseRouting(raw)
 		if err != nil {
 			r.errorTo(c, "", err.Error())
 			continue
 		}
-		switch f.Type {
-		case wire.TypeMessage, wire.TypeKnock, wire.TypeKnockAccept, wire.TypeKnockReject:
+		switch {
+		case wire.Routed(f.Type):
 			r.route(c, f, raw)
-		case wire.TypeAck:
+		case f.Type == wire.TypeAck:
 			r.inbox.Ack(c.did, f.ID)
-		case wire.TypeHeartbeat:
-		case wire.TypeDisconnect:
+		case f.Type == wire.TypeHeartbeat:
+		case f.Type == wire.TypeDisconnect:
 			c.ws.Close(websocket.StatusNormalClosure, "disconnect")
 			return
 		default:
@@ -311,7 +311,7 @@ func (r *Relay) readLoop(c *conn) {
 // route stores a frame for its recipient and wakes the recipient's
 // connection. The frame is forwarded byte for byte as the sender wrote
 // it; the relay only checks that it claims the sender's own DID.
-func (r *Relay) route(c *conn, f *wire.Frame, raw []byte) {
+func (r *Relay) route(c *conn, f *wire.Routing, raw []byte) {
 	if identity.CheckDID(f.From, c.pub) != nil {
 		r.errorTo(c, f.ID, "from does not match the connected agent")
 		return

@@ -137,35 +137,94 @@ func Parse(b []byte) (*Frame, error) {
 	return &f, nil
 }
 
-// Validate checks the fields f's type requires.
-func (f *Frame) Validate() error {
-	if f.V != Version {
-		return bad("version %d unsupported (this relay speaks %d)", f.V, Version)
+// Routing is the envelope a relay routes by (§12.5: sender, recipient,
+// id; the rest is opaque to it).
+type Routing struct {
+	V    int    `json:"v"`
+	Type string `json:"type"`
+	From string `json:"from"`
+	To   string `json:"to"`
+	ID   string `json:"id"`
+	// Receipts is the connect frame's opt-in (see Frame.Receipts).
+	Receipts bool `json:"receipts"`
+}
+
+// ParseRouting reads only a frame's envelope, for the relay: version,
+// a known type, DIDs and ids. The payload — header, ciphertext, intent —
+// is the recipient's to check with Parse; decoding the ciphertext in the
+// relay would cost its hot path and protect no one.
+func ParseRouting(b []byte) (*Routing, error) {
+	if len(b) > MaxFrameBytes {
+		return nil, bad("frame is %d bytes, limit %d", len(b), MaxFrameBytes)
 	}
-	if len(f.ID) > maxIDLen || len(f.TS) > maxTSLen || len(f.From) > maxDIDLen || len(f.To) > maxDIDLen {
-		return bad("id, ts, from or to is too long")
+	var r Routing
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, bad("%v", err)
 	}
-	if f.From != "" && !identity.ValidDID(f.From) {
-		return bad("from %q is not a did:mesh: or did:agentmesh: DID", f.From)
+	if r.V == 0 {
+		r.V = Version
 	}
-	if f.To != "" && !identity.ValidDID(f.To) {
-		return bad("to %q is not a did:mesh: or did:agentmesh: DID", f.To)
+	if err := envelope(r.V, r.Type, r.From, r.To, r.ID); err != nil {
+		return nil, err
 	}
-	routed := func() error {
-		if f.From == "" || f.To == "" || f.ID == "" {
-			return bad("%s frame needs from, to and id", f.Type)
+	return &r, nil
+}
+
+// Routed reports whether frames of type t travel agent to agent through
+// the relay.
+func Routed(t string) bool {
+	switch t {
+	case TypeMessage, TypeKnock, TypeKnockAccept, TypeKnockReject:
+		return true
+	}
+	return false
+}
+
+// envelope checks the fields every frame of a type needs.
+func envelope(v int, typ, from, to, id string) error {
+	if v != Version {
+		return bad("version %d unsupported (this implementation speaks %d)", v, Version)
+	}
+	if len(id) > maxIDLen || len(from) > maxDIDLen || len(to) > maxDIDLen {
+		return bad("id, from or to is too long")
+	}
+	if from != "" && !identity.ValidDID(from) {
+		return bad("from %q is not a did:mesh: or did:agentmesh: DID", from)
+	}
+	if to != "" && !identity.ValidDID(to) {
+		return bad("to %q is not a did:mesh: or did:agentmesh: DID", to)
+	}
+	switch {
+	case Routed(typ):
+		if from == "" || to == "" || id == "" {
+			return bad("%s frame needs from, to and id", typ)
 		}
-		return nil
-	}
-	switch f.Type {
-	case TypeConnect:
-		if f.From == "" {
+	case typ == TypeConnect:
+		if from == "" {
 			return bad("connect frame needs from")
 		}
-	case TypeMessage:
-		if err := routed(); err != nil {
-			return err
+	case typ == TypeAck:
+		if id == "" {
+			return bad("ack frame needs id")
 		}
+	case typ == TypeDisconnect, typ == TypeHeartbeat, typ == TypeError,
+		typ == TypePrekeyRequest, typ == TypePrekeyResponse, typ == TypePrekeyUpload:
+	default:
+		return bad("unknown frame type %q", typ)
+	}
+	return nil
+}
+
+// Validate checks the fields f's type requires.
+func (f *Frame) Validate() error {
+	if len(f.TS) > maxTSLen {
+		return bad("ts is too long")
+	}
+	if err := envelope(f.V, f.Type, f.From, f.To, f.ID); err != nil {
+		return err
+	}
+	switch f.Type {
+	case TypeMessage:
 		if f.Header == nil || f.Ciphertext == "" {
 			return bad("message frame needs header and ciphertext")
 		}
@@ -178,9 +237,6 @@ func (f *Frame) Validate() error {
 			}
 		}
 	case TypeKnock:
-		if err := routed(); err != nil {
-			return err
-		}
 		if f.Intent == nil {
 			return bad("knock frame needs intent")
 		}
@@ -188,9 +244,6 @@ func (f *Frame) Validate() error {
 			return err
 		}
 	case TypeKnockAccept, TypeKnockReject:
-		if err := routed(); err != nil {
-			return err
-		}
 		if f.KnockID == "" || len(f.KnockID) > maxIDLen {
 			return bad("%s frame needs knock_id", f.Type)
 		}
@@ -199,14 +252,6 @@ func (f *Frame) Validate() error {
 				return err
 			}
 		}
-	case TypeAck:
-		if f.ID == "" {
-			return bad("ack frame needs id")
-		}
-	case TypeDisconnect, TypeHeartbeat, TypeError,
-		TypePrekeyRequest, TypePrekeyResponse, TypePrekeyUpload:
-	default:
-		return bad("unknown frame type %q", f.Type)
 	}
 	return nil
 }

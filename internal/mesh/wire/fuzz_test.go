@@ -25,9 +25,15 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		r, rerr := ParseRouting(b)
 		fr, err := Parse(b)
 		if err != nil {
 			return
+		}
+		// Whatever Parse accepts, the relay's envelope parser accepts
+		// with the same routing fields.
+		if rerr != nil || r.Type != fr.Type || r.From != fr.From || r.To != fr.To || r.ID != fr.ID {
+			t.Fatalf("ParseRouting disagrees with Parse: %v %+v", rerr, r)
 		}
 		out, err := fr.Marshal()
 		if err != nil {
