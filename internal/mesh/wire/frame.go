@@ -9,7 +9,6 @@
 package wire
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -121,12 +120,10 @@ func Parse(b []byte) (*Frame, error) {
 		return nil, bad("frame is %d bytes, limit %d", len(b), MaxFrameBytes)
 	}
 	var f Frame
-	d := json.NewDecoder(bytes.NewReader(b))
-	if err := d.Decode(&f); err != nil {
+	// json.Unmarshal refuses anything after the object (a Decoder's
+	// More would let a stray '}' through).
+	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, bad("%v", err)
-	}
-	if d.More() {
-		return nil, bad("trailing data after the frame")
 	}
 	if f.V == 0 {
 		f.V = Version

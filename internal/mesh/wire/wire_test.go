@@ -59,6 +59,7 @@ func TestParseFrames(t *testing.T) {
 		"knock no intent": `{"v":1,"type":"knock","from":"` + a + `","to":"` + b + `","id":"k"}`,
 		"trust 5000":      `{"v":1,"type":"knock","from":"` + a + `","to":"` + b + `","id":"k","intent":{"action":"x","trust_minimum":5000}}`,
 		"trailing":        `{"v":1,"type":"heartbeat"} {}`,
+		"stray brace":     `{"v":1,"type":"heartbeat"}}`,
 		"not json":        `{"v":1,`,
 		"ack no id":       `{"type":"ack"}`,
 	}
