@@ -48,7 +48,13 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Second, "length of each step")
 	python := flag.String("python", "test/interop/mesh/.venv/bin/python", "Python with the toolkit installed; empty to skip it")
 	only := flag.String("relay", "", "measure only the relay already listening at this host:port (e.g. one run under a profiler)")
+	role := flag.String("role", "", "internal: bare runs the floor relay on -port")
+	rolePort := flag.Int("port", 0, "internal: port for -role")
 	flag.Parse()
+	if *role == "bare" {
+		runBare(*rolePort)
+		return
+	}
 	pin("0", os.Getpid())
 
 	var steps []int
@@ -81,7 +87,17 @@ func main() {
 	fmt.Println("| relay | offered msgs/s | delivered msgs/s | p50 ms | p99 ms | max ms | lost |")
 	fmt.Println("|---|---|---|---|---|---|---|")
 
+	self, err := os.Executable()
+	if err != nil {
+		log.Fatal(err)
+	}
 	port := freePort()
+	bare := startProc(self, "-role", "bare", "-port", strconv.Itoa(port))
+	waitHealth(port)
+	run("bare (floor)", port, *agents, steps, *duration)
+	stopProc(bare)
+
+	port = freePort()
 	kars := startProc(bin, "-state", filepath.Join(tmp, "state"), "-registry-listen", addr(port), "-relay-listen", addr(port),
 		"-allow-unregistered", "-max-queued-messages", "100000")
 	waitHealth(port)
@@ -320,6 +336,48 @@ func (a *agent) read(st *stats) {
 		default:
 		}
 	}
+}
+
+// runBare is the floor: a WebSocket forwarder that finds "to" by byte
+// search and writes the frame to that connection — no parsing, proof,
+// storage, acks or quotas. What kars and the toolkit cost is measured
+// above it.
+func runBare(port int) {
+	var mu sync.Mutex
+	conns := map[string]*websocket.Conn{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {})
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		ws.SetReadLimit(wire.MaxFrameBytes)
+		_, first, err := ws.Read(context.Background())
+		if err != nil {
+			return
+		}
+		did := fieldValue(first, `"from"`)
+		mu.Lock()
+		conns[did] = ws
+		mu.Unlock()
+		for {
+			_, b, err := ws.Read(context.Background())
+			if err != nil {
+				return
+			}
+			if !bytes.Contains(b, []byte(`"message"`)) {
+				continue
+			}
+			mu.Lock()
+			to := conns[fieldValue(b, `"to"`)]
+			mu.Unlock()
+			if to != nil {
+				to.Write(context.Background(), websocket.MessageText, b)
+			}
+		}
+	})
+	log.Fatal(http.ListenAndServe(addr(port), mux))
 }
 
 // fieldValue returns the string value of key in a flat JSON object.

@@ -41,6 +41,7 @@ type Log struct {
 	cond     *sync.Cond
 	f        *os.File
 	buf      []byte // framed records not yet written
+	spare    []byte // the last written group's buffer, reused
 	queued   uint64 // ticket of the last Append
 	durable  uint64 // every ticket ≤ durable is on disk
 	flushing bool
@@ -197,7 +198,7 @@ func (l *Log) Commit(rec []byte) error { return l.Wait(l.Append(rec)) }
 // for the I/O so appends keep queuing behind it (the next group).
 func (l *Log) flushLocked() {
 	buf, upto := l.buf, l.queued
-	l.buf = nil
+	l.buf, l.spare = l.spare[:0], nil
 	l.flushing = true
 	f := l.f
 	l.mu.Unlock()
@@ -207,6 +208,9 @@ func (l *Log) flushLocked() {
 	}
 	l.mu.Lock()
 	l.flushing = false
+	if cap(buf) <= 16<<20 { // keep a burst's buffer, not a huge one
+		l.spare = buf[:0]
+	}
 	if err != nil {
 		l.err = fmt.Errorf("journal %s: %w", l.path, err)
 	} else {

@@ -141,16 +141,17 @@ func (r *Relay) sweep() {
 
 // conn is one connected agent.
 type conn struct {
-	did     string
-	pub     ed25519.PublicKey
-	ws      *websocket.Conn
-	notify  chan struct{}    // new frames queued for this agent
-	ctrl    chan *wire.Frame // relay's own frames: receipts, errors
-	receipt chan receiptJob
-	bucket  *ratelimit.Bucket
-	wantRcp bool
-	ctx     context.Context
-	cancel  context.CancelFunc
+	did      string
+	pub      ed25519.PublicKey
+	ws       *websocket.Conn
+	notify   chan struct{}    // new frames queued for this agent
+	ctrl     chan *wire.Frame // relay's own frames: receipts, errors
+	receipt  chan receiptJob
+	bucket   *ratelimit.Bucket
+	wantRcp  bool
+	lastSeen time.Time // when presence was last reported (readLoop only)
+	ctx      context.Context
+	cancel   context.CancelFunc
 }
 
 type receiptJob struct {
@@ -287,7 +288,10 @@ func (r *Relay) readLoop(c *conn) {
 			}
 			return
 		}
-		r.seen(c.did)
+		if now := r.opt.Now(); now.Sub(c.lastSeen) >= time.Second {
+			c.lastSeen = now
+			r.seen(c.did)
+		}
 		f, err := wire.ParseRouting(raw)
 		if err != nil {
 			r.errorTo(c, "", err.Error())

@@ -154,8 +154,14 @@ func ParseRouting(b []byte) (*Routing, error) {
 	if len(b) > MaxFrameBytes {
 		return nil, bad("frame is %d bytes, limit %d", len(b), MaxFrameBytes)
 	}
-	var r Routing
-	if err := json.Unmarshal(b, &r); err != nil {
+	r, err := scanEnvelope(b)
+	switch {
+	case errors.Is(err, errNeedSlowPath):
+		r = Routing{}
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, bad("%v", err)
+		}
+	case err != nil:
 		return nil, bad("%v", err)
 	}
 	if r.V == 0 {

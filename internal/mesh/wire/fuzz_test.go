@@ -2,6 +2,7 @@ package wire
 
 import (
 	"crypto/ed25519"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -25,6 +26,19 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// The relay's single-pass scanner agrees with encoding/json on
+		// every input: same syntax verdict, same routing fields.
+		var want Routing
+		jerr := json.Unmarshal(b, &want)
+		got, serr := scanEnvelope(b)
+		if serr != errNeedSlowPath {
+			if (jerr == nil) != (serr == nil) {
+				t.Fatalf("encoding/json says %v, scanner says %v", jerr, serr)
+			}
+			if jerr == nil && got != want {
+				t.Fatalf("scanner read %+v, encoding/json %+v", got, want)
+			}
+		}
 		r, rerr := ParseRouting(b)
 		fr, err := Parse(b)
 		if err != nil {

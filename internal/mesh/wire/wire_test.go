@@ -213,3 +213,44 @@ func TestBundleRoundTrip(t *testing.T) {
 		t.Error("bundle without identity_key_ed accepted")
 	}
 }
+
+// The relay's scanner against encoding/json on inputs chosen to differ:
+// folded keys, escapes, nesting, numbers, whitespace, broken syntax.
+func TestParseRoutingMatchesEncodingJSON(t *testing.T) {
+	a := "did:mesh:00000000000000000000000000000000"
+	for _, s := range []string{
+		`{"v":1,"type":"message","from":"` + a + `","to":"` + a + `","id":"x","header":{"dh":"a","n":[1,2,{"z":null}]},"ciphertext":"q\"\\\/\u00e9"}`,
+		` { "TYPE" : "ack" , "ID":"k" } `,
+		`{"typ\u0065":"ack","id":"k"}`,
+		`{"type":"ack","id":"k\u0041"}`,
+		`{"type":"ack","id":"k","v":1.0}`,
+		`{"type":"ack","id":"k","v":-0}`,
+		`{"type":"ack","id":"k","receipts":null}`,
+		`{"type":"ack","id":"k","x":01}`,
+		`{"type":"ack","id":"k","x":1.}`,
+		`{"type":"ack","id":"k","x":"\x"}`,
+		`{"type":"ack","id":"k",}`,
+		`{"type":"ack","id":"k"}x`,
+		`{"type":"ack","id":"k","x":[1,]}`,
+		`{"type":"ack","id":"k","x":tru}`,
+		`{"type":"ack","id":"k","x":"` + "\x01" + `"}`,
+		"{\"type\":\"ack\",\"id\":\"k\xff\"}",
+		`{"type":"ack","id":"k","receiptſ":true}`,
+	} {
+		var want Routing
+		jerr := json.Unmarshal([]byte(s), &want)
+		got, err := ParseRouting([]byte(s))
+		if jerr != nil {
+			if err == nil {
+				t.Errorf("%s: accepted, encoding/json refused: %v", s, jerr)
+			}
+			continue
+		}
+		if want.V == 0 {
+			want.V = Version
+		}
+		if err == nil && *got != want {
+			t.Errorf("%s: got %+v, want %+v", s, *got, want)
+		}
+	}
+}
