@@ -74,9 +74,9 @@ func main() {
 	if *only != "" {
 		_, p, _ := strings.Cut(*only, ":")
 		port, _ := strconv.Atoi(p)
-		fmt.Println("| relay | offered msgs/s | delivered msgs/s | p50 ms | p99 ms | max ms | lost |")
-		fmt.Println("|---|---|---|---|---|---|---|")
-		run(*only, port, *agents, steps, *duration)
+		fmt.Println("| relay | offered msgs/s | delivered msgs/s | p50 ms | p99 ms | max ms | lost | relay CPU µs/msg |")
+		fmt.Println("|---|---|---|---|---|---|---|---|")
+		run(*only, 0, port, *agents, steps, *duration)
 		return
 	}
 	bin := filepath.Join(tmp, "kars-mesh")
@@ -84,8 +84,8 @@ func main() {
 		log.Fatalf("building kars-mesh: %v\n%s", err, out)
 	}
 	fmt.Printf("# AgentMesh relay, %d agents, 1 KiB ciphertext frames, %s per step\n\n", *agents, *duration)
-	fmt.Println("| relay | offered msgs/s | delivered msgs/s | p50 ms | p99 ms | max ms | lost |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	fmt.Println("| relay | offered msgs/s | delivered msgs/s | p50 ms | p99 ms | max ms | lost | relay CPU µs/msg |")
+	fmt.Println("|---|---|---|---|---|---|---|---|")
 
 	self, err := os.Executable()
 	if err != nil {
@@ -94,14 +94,14 @@ func main() {
 	port := freePort()
 	bare := startProc(self, "-role", "bare", "-port", strconv.Itoa(port))
 	waitHealth(port)
-	run("bare (floor)", port, *agents, steps, *duration)
+	run("bare (floor)", bare.Process.Pid, port, *agents, steps, *duration)
 	stopProc(bare)
 
 	port = freePort()
 	kars := startProc(bin, "-state", filepath.Join(tmp, "state"), "-registry-listen", addr(port), "-relay-listen", addr(port),
 		"-allow-unregistered", "-max-queued-messages", "100000")
 	waitHealth(port)
-	run("kars", port, *agents, steps, *duration)
+	run("kars", kars.Process.Pid, port, *agents, steps, *duration)
 	stopProc(kars)
 
 	if *python != "" {
@@ -112,7 +112,7 @@ func main() {
 		port := freePort()
 		tk := startProc(*python, "-W", "ignore", "-m", "agentmesh.relay", "--port", strconv.Itoa(port), "--log-level", "warning")
 		waitHealth(port)
-		run("toolkit (Python)", port, *agents, steps, *duration)
+		run("toolkit (Python)", tk.Process.Pid, port, *agents, steps, *duration)
 		stopProc(tk)
 	}
 }
@@ -179,7 +179,29 @@ type stats struct {
 	from time.Time // frames scheduled before this are warm-up
 }
 
-func run(name string, port, n int, steps []int, d time.Duration) {
+// cpuTime is a process's user+system CPU time so far, from
+// /proc/<pid>/stat (fields 14 and 15, in clock ticks of 10 ms), or 0.
+// CPU per message does not depend on what else shares the machine, as
+// latency does.
+func cpuTime(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond
+}
+
+func run(name string, pid, port, n int, steps []int, d time.Duration) {
 	st := &stats{}
 	ags := connectAll(port, n, st)
 	defer func() {
@@ -201,6 +223,7 @@ func run(name string, port, n int, steps []int, d time.Duration) {
 		st.mu.Unlock()
 		total := int(float64(rate) * (warm + d).Seconds())
 		dropped := 0
+		cpu0 := cpuTime(pid)
 		for k := range total {
 			at := start.Add(time.Duration(float64(k) / float64(rate) * float64(time.Second)))
 			if w := time.Until(at); w > 0 {
@@ -219,6 +242,7 @@ func run(name string, port, n int, steps []int, d time.Duration) {
 			}
 		}
 		measured := int(float64(rate) * d.Seconds())
+		cpu := cpuTime(pid) - cpu0 // the send window, warm-up included
 		deadline := time.Now().Add(10 * time.Second)
 		for time.Now().Before(deadline) {
 			st.mu.Lock()
@@ -245,7 +269,11 @@ func run(name string, port, n int, steps []int, d time.Duration) {
 		if len(lat) > 0 {
 			span += lat[len(lat)-1].Seconds()
 		}
-		fmt.Printf("| %s | %d | %.0f | %.2f | %.2f | %.2f | %d |\n", name, rate, float64(len(lat))/span, q(0.5), q(0.99), q(1), max(0, measured-len(lat)))
+		perMsg := "–"
+		if pid != 0 {
+			perMsg = fmt.Sprintf("%.0f", float64(cpu.Microseconds())/float64(total))
+		}
+		fmt.Printf("| %s | %d | %.0f | %.2f | %.2f | %.2f | %d | %s |\n", name, rate, float64(len(lat))/span, q(0.5), q(0.99), q(1), max(0, measured-len(lat)), perMsg)
 		time.Sleep(2 * time.Second) // drain
 	}
 }

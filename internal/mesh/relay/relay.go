@@ -236,7 +236,13 @@ func (r *Relay) readConnect(ctx context.Context, ws *websocket.Conn) (*wire.Fram
 		defer c()
 		b, _ := json.Marshal(wire.Frame{V: wire.Version, Type: wire.TypeError, Detail: detail})
 		ws.Write(wctx, websocket.MessageText, b)
-		ws.Close(code, detail)
+		// A close reason is at most 123 bytes (RFC 6455 §5.5); the error
+		// frame above carries the whole detail.
+		reason := detail
+		if len(reason) > 120 {
+			reason = reason[:120]
+		}
+		ws.Close(code, reason)
 		return nil, nil, errors.New(detail)
 	}
 	f, err := wire.Parse(raw)
@@ -277,17 +283,20 @@ func (r *Relay) readConnect(ctx context.Context, ws *websocket.Conn) (*wire.Fram
 }
 
 func (r *Relay) readLoop(c *conn) {
+	// One timer, reset per frame, rather than a context per read: the
+	// read path runs for every frame the relay sees.
+	var idle atomic.Bool
+	timer := time.AfterFunc(r.opt.IdleTimeout, func() {
+		idle.Store(true)
+		c.ws.Close(closeIdle, "no frame for "+r.opt.IdleTimeout.String())
+	})
+	defer timer.Stop()
 	for {
-		rctx, cancel := context.WithTimeout(c.ctx, r.opt.IdleTimeout)
-		_, raw, err := c.ws.Read(rctx)
-		idle := rctx.Err() == context.DeadlineExceeded
-		cancel()
-		if err != nil {
-			if idle {
-				c.ws.Close(closeIdle, "no frame for "+r.opt.IdleTimeout.String())
-			}
+		_, raw, err := c.ws.Read(c.ctx)
+		if err != nil || idle.Load() {
 			return
 		}
+		timer.Reset(r.opt.IdleTimeout)
 		if now := r.opt.Now(); now.Sub(c.lastSeen) >= time.Second {
 			c.lastSeen = now
 			r.seen(c.did)
@@ -404,10 +413,16 @@ func (c *conn) kick() {
 func (r *Relay) writer(c *conn) {
 	defer c.cancel()
 	var cursor uint64
+	// A write that stalls for writeTimeout (a peer that stopped
+	// reading) closes the connection; one timer serves every write.
+	stall := time.AfterFunc(time.Hour, func() { c.ws.CloseNow() })
+	stall.Stop()
+	defer stall.Stop()
 	write := func(b []byte) bool {
-		wctx, cancel := context.WithTimeout(c.ctx, writeTimeout)
-		defer cancel()
-		return c.ws.Write(wctx, websocket.MessageText, b) == nil
+		stall.Reset(writeTimeout)
+		err := c.ws.Write(c.ctx, websocket.MessageText, b)
+		stall.Stop()
+		return err == nil
 	}
 	for {
 		select {

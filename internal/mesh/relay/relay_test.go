@@ -1,0 +1,109 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/kars-io/kars/internal/mesh/identity"
+	"github.com/kars-io/kars/internal/mesh/wire"
+)
+
+func startRelay(t *testing.T, opt Options) (string, *Inbox) {
+	t.Helper()
+	in, err := OpenInbox(t.TempDir(), 100, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(in, opt)
+	srv := httptest.NewServer(r)
+	t.Cleanup(func() { r.Close(); srv.Close(); in.Close() })
+	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", in
+}
+
+// dial sends first and returns the close status the relay ends with.
+func closeStatus(t *testing.T, url string, first []byte) websocket.StatusCode {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	if first != nil {
+		ws.Write(ctx, websocket.MessageText, first)
+	}
+	for {
+		if _, _, err := ws.Read(ctx); err != nil {
+			return websocket.CloseStatus(err)
+		}
+	}
+}
+
+func TestConnectRefusals(t *testing.T) {
+	url, _ := startRelay(t, Options{})
+	id, _ := identity.New(rand.Reader)
+	other, _ := identity.New(rand.Reader)
+	hb, _ := (&wire.Frame{V: 1, Type: wire.TypeHeartbeat}).Marshal()
+	if got := closeStatus(t, url, hb); got != closeNotConnect {
+		t.Errorf("heartbeat first: %d", got)
+	}
+	// A proof for another key than the DID names.
+	f := wire.ConnectFrame(id, time.Now())
+	f.From = other.DID()
+	b, _ := f.Marshal()
+	if got := closeStatus(t, url, b); got != closeProof {
+		t.Errorf("foreign DID: %d", got)
+	}
+	// A stale proof.
+	b, _ = wire.ConnectFrame(id, time.Now().Add(-10*time.Minute)).Marshal()
+	if got := closeStatus(t, url, b); got != closeProof {
+		t.Errorf("stale proof: %d", got)
+	}
+	// The same proof twice: the second is a replay.
+	b, _ = wire.ConnectFrame(id, time.Now()).Marshal()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.Write(ctx, websocket.MessageText, b)
+	defer ws.CloseNow()
+	if got := closeStatus(t, url, b); got != closeProof {
+		t.Errorf("replayed proof: %d", got)
+	}
+}
+
+func TestIdleConnectionClosed(t *testing.T) {
+	url, _ := startRelay(t, Options{IdleTimeout: 300 * time.Millisecond})
+	id, _ := identity.New(rand.Reader)
+	b, _ := wire.ConnectFrame(id, time.Now()).Marshal()
+	start := time.Now()
+	if got := closeStatus(t, url, b); got != closeIdle {
+		t.Fatalf("idle connection closed with %d", got)
+	}
+	if time.Since(start) < 300*time.Millisecond {
+		t.Fatal("closed before the idle timeout")
+	}
+}
+
+func TestExpire(t *testing.T) {
+	_, in := startRelay(t, Options{})
+	now := time.Now()
+	in.Put("did:mesh:00000000000000000000000000000001", "s", "old", []byte("x"), now.Add(-73*time.Hour))
+	in.Put("did:mesh:00000000000000000000000000000001", "s", "new", []byte("y"), now)
+	if n := in.Expire(now.Add(-DefaultTTL)); n != 1 {
+		t.Fatalf("expired %d, want 1", n)
+	}
+	got := in.After("did:mesh:00000000000000000000000000000001", 0, 10)
+	if len(got) != 1 || got[0].id != "new" {
+		t.Fatalf("left %v", got)
+	}
+}
