@@ -177,6 +177,7 @@ type stats struct {
 	mu   sync.Mutex
 	lat  []time.Duration
 	from time.Time // frames scheduled before this are warm-up
+	all  int       // frames delivered in the step, warm-up included
 }
 
 // cpuTime is a process's user+system CPU time so far, from
@@ -219,6 +220,7 @@ func run(name string, pid, port, n int, steps []int, d time.Duration) {
 		start := time.Now()
 		st.mu.Lock()
 		st.lat = st.lat[:0]
+		st.all = 0
 		st.from = start.Add(warm)
 		st.mu.Unlock()
 		total := int(float64(rate) * (warm + d).Seconds())
@@ -242,7 +244,6 @@ func run(name string, pid, port, n int, steps []int, d time.Duration) {
 			}
 		}
 		measured := int(float64(rate) * d.Seconds())
-		cpu := cpuTime(pid) - cpu0 // the send window, warm-up included
 		deadline := time.Now().Add(10 * time.Second)
 		for time.Now().Before(deadline) {
 			st.mu.Lock()
@@ -253,8 +254,10 @@ func run(name string, pid, port, n int, steps []int, d time.Duration) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		cpu := cpuTime(pid) - cpu0 // sending and draining, warm-up included
 		st.mu.Lock()
 		lat := slices.Clone(st.lat)
+		all := st.all
 		st.mu.Unlock()
 		slices.Sort(lat)
 		q := func(p float64) float64 {
@@ -271,7 +274,7 @@ func run(name string, pid, port, n int, steps []int, d time.Duration) {
 		}
 		perMsg := "–"
 		if pid != 0 {
-			perMsg = fmt.Sprintf("%.0f", float64(cpu.Microseconds())/float64(total))
+			perMsg = fmt.Sprintf("%.0f", float64(cpu.Microseconds())/float64(max(all, 1)))
 		}
 		fmt.Printf("| %s | %d | %.0f | %.2f | %.2f | %.2f | %d | %s |\n", name, rate, float64(len(lat))/span, q(0.5), q(0.99), q(1), max(0, measured-len(lat)), perMsg)
 		time.Sleep(2 * time.Second) // drain
@@ -354,6 +357,7 @@ func (a *agent) read(st *stats) {
 		ns, _ := strconv.ParseInt(nanos, 10, 64)
 		at := time.Unix(0, ns)
 		st.mu.Lock()
+		st.all++
 		if !at.Before(st.from) {
 			st.lat = append(st.lat, now.Sub(at))
 		}
