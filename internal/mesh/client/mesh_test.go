@@ -342,6 +342,13 @@ func TestRelayRefusals(t *testing.T) {
 	if err := alice.conn.Send(ctx, msg("forged", bob.c.ID.DID())); err == nil || !strings.Contains(err.Error(), "from does not match") {
 		t.Errorf("forged from: %v", err)
 	}
+	// Mail for an agent nobody registered.
+	nobody, _ := identity.New(rand.Reader)
+	stray := msg("stray", alice.c.ID.DID())
+	stray.To = nobody.DID()
+	if err := alice.conn.Send(ctx, stray); err == nil || !strings.Contains(err.Error(), "not registered") {
+		t.Errorf("unregistered recipient: %v", err)
+	}
 	// The per-recipient quota (3 here).
 	for i := range 3 {
 		if err := alice.conn.Send(ctx, msg(fmt.Sprint("q", i), alice.c.ID.DID())); err != nil {

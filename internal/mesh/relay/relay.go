@@ -15,6 +15,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -325,7 +326,9 @@ func (r *Relay) readLoop(c *conn) {
 // connection. The frame is forwarded byte for byte as the sender wrote
 // it; the relay only checks that it claims the sender's own DID.
 func (r *Relay) route(c *conn, f *wire.Routing, raw []byte) {
-	if identity.CheckDID(f.From, c.pub) != nil {
+	// from == the connected DID is the common case; anything else must
+	// be the other DID form of the same key.
+	if f.From != c.did && identity.CheckDID(f.From, c.pub) != nil {
 		r.errorTo(c, f.ID, "from does not match the connected agent")
 		return
 	}
@@ -333,17 +336,11 @@ func (r *Relay) route(c *conn, f *wire.Routing, raw []byte) {
 		r.errorTo(c, f.ID, "rate limit exceeded")
 		return
 	}
-	to := f.To
-	if r.opt.Directory != nil {
-		pub, ok := r.opt.Directory.PublicKey(to)
-		switch {
-		case ok:
-			to = identity.MeshDID(pub)
-		case r.opt.RequireRegistered:
-			// Mail for agents nobody registered would only fill the disk.
-			r.errorTo(c, f.ID, "recipient "+f.To+" is not registered")
-			return
-		}
+	to, ok := r.recipient(f.To)
+	if !ok {
+		// Mail for agents nobody registered would only fill the disk.
+		r.errorTo(c, f.ID, "recipient "+f.To+" is not registered")
+		return
 	}
 	ticket, dup, err := r.inbox.Put(to, c.did, f.ID, raw, r.opt.Now())
 	if errors.Is(err, ErrInboxFull) {
@@ -366,6 +363,26 @@ func (r *Relay) route(c *conn, f *wire.Routing, raw []byte) {
 		case <-c.ctx.Done():
 		}
 	}
+}
+
+// recipient maps to to the did:mesh: name its connection uses. With
+// RequireRegistered, unknown recipients are refused.
+func (r *Relay) recipient(to string) (string, bool) {
+	if r.opt.Directory == nil {
+		return to, true
+	}
+	if strings.HasPrefix(to, identity.PrefixMesh) {
+		if !r.opt.RequireRegistered {
+			return to, true
+		}
+		_, ok := r.opt.Directory.PublicKey(to)
+		return to, ok
+	}
+	pub, ok := r.opt.Directory.PublicKey(to)
+	if !ok {
+		return to, !r.opt.RequireRegistered
+	}
+	return identity.MeshDID(pub), true
 }
 
 // receipts tells the sender, in order, once each of its frames is
