@@ -3,10 +3,8 @@ package identity
 import (
 	"bytes"
 	"crypto/ecdh"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
-	"os/exec"
 	"strings"
 	"testing"
 )
@@ -142,18 +140,3 @@ func TestBase58(t *testing.T) {
 		}
 	}
 }
-
-// The package must stay pure: no network, files or other kars packages.
-func TestImportsArePure(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").Output()
-	if err != nil {
-		t.Skip("go list unavailable:", err)
-	}
-	for _, dep := range strings.Fields(string(out)) {
-		if dep == "net" || dep == "os/exec" || (strings.HasPrefix(dep, "github.com/kars-io/kars/") && !strings.HasPrefix(dep, "github.com/kars-io/kars/internal/mesh/identity")) {
-			t.Errorf("identity depends on %s", dep)
-		}
-	}
-}
-
-var _ = ed25519.PublicKeySize
