@@ -141,8 +141,12 @@ func (cn *Conn) detach(ws *websocket.Conn, err error) {
 	cn.mu.Unlock()
 }
 
+// heartbeat sends the §12.4 heartbeat frame every 30 s and checks the
+// relay is still there with a WebSocket ping: a relay that vanished
+// without closing (a partition, a killed host) would otherwise leave
+// the client waiting on a dead socket for as long as TCP takes to tell.
 func (cn *Conn) heartbeat(ws *websocket.Conn) {
-	t := time.NewTicker(30 * time.Second)
+	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -153,9 +157,19 @@ func (cn *Conn) heartbeat(ws *websocket.Conn) {
 			if cn.write(ws, b) != nil {
 				return
 			}
+			ctx, cancel := context.WithTimeout(cn.ctx, 10*time.Second)
+			err := ws.Ping(ctx)
+			cancel()
+			if err != nil {
+				ws.CloseNow() // the read loop ends and the connection is re-made
+				return
+			}
 		}
 	}
 }
+
+// heartbeatInterval is how often a connection heartbeats (§12.4).
+const heartbeatInterval = 30 * time.Second
 
 func (cn *Conn) write(ws *websocket.Conn, b []byte) error {
 	ctx, cancel := context.WithTimeout(cn.ctx, 10*time.Second)

@@ -76,6 +76,12 @@ type mesh struct {
 }
 
 func startMesh(t *testing.T, dir string, maxMsgs int) *mesh {
+	return startMeshAt(t, dir, maxMsgs, "127.0.0.1:0")
+}
+
+// startMeshAt serves on addr, so a restarted mesh can come back where
+// its clients expect it.
+func startMeshAt(t *testing.T, dir string, maxMsgs int, addr string) *mesh {
 	t.Helper()
 	m := &mesh{dir: dir}
 	var err error
@@ -90,7 +96,12 @@ func startMesh(t *testing.T, dir string, maxMsgs int) *mesh {
 	mux.Handle("/ws", m.relay)
 	mux.Handle("/", registry.New(m.store, registry.Options{}))
 	m.srv = httptest.NewUnstartedServer(mux)
-	m.tap = &tap{Listener: m.srv.Listener}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.srv.Listener.Close()
+	m.tap = &tap{Listener: ln}
 	m.srv.Listener = m.tap
 	m.srv.Start()
 	t.Cleanup(m.stop)
@@ -417,5 +428,41 @@ func TestRegistryAuth(t *testing.T) {
 	var se *StatusError
 	if _, err := bob.c.PublicKey(ctx, alice.c.ID.DID()); !errors.As(err, &se) || se.Status != http.StatusNotFound {
 		t.Errorf("after deregistering: %v", err)
+	}
+}
+
+// The client rides out a relay restart: a frame sent while the relay is
+// down is re-sent after the client reconnects by itself, and the
+// recipient, reconnected too, receives it.
+func TestReconnect(t *testing.T) {
+	dir := t.TempDir()
+	m := startMesh(t, dir, 1000)
+	addr := m.tap.Addr().String()
+	alice, bob := newAgent(t, m), newAgent(t, m)
+	alice.dial(t)
+	bob.dial(t)
+	m.stop()
+
+	sent := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		f := &wire.Frame{V: 1, Type: wire.TypeMessage, From: alice.c.ID.DID(), To: bob.c.ID.DID(), ID: "while-down",
+			Header: &wire.MessageHeader{DH: wire.B64(make([]byte, 32))}, Ciphertext: wire.B64(make([]byte, 40))}
+		sent <- alice.conn.Send(ctx, f)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	m2 := startMeshAt(t, dir, 1000, addr)
+	if err := <-sent; err != nil {
+		t.Fatalf("send across the restart: %v", err)
+	}
+	select {
+	case in := <-bob.conn.Recv():
+		if in.Frame.ID != "while-down" {
+			t.Fatalf("got %s", in.Frame.ID)
+		}
+	case <-time.After(20 * time.Second):
+		n, _ := m2.inbox.Queued(bob.c.ID.DID())
+		t.Fatalf("bob did not reconnect and receive within 20 s (connected %v, queued %d, client err %v)", m2.relay.Connected(bob.c.ID.DID()), n, bob.conn.err)
 	}
 }

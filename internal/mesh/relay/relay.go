@@ -78,8 +78,9 @@ type Relay struct {
 	replay wire.ReplayGuard
 	clock  ratelimit.Clock
 
-	mu    sync.Mutex
-	conns map[string]*conn
+	mu     sync.Mutex
+	conns  map[string]*conn
+	closed bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -114,6 +115,7 @@ func (r *Relay) Close() {
 	close(r.stop)
 	<-r.done
 	r.mu.Lock()
+	r.closed = true // connections still proving themselves close on arrival
 	cs := make([]*conn, 0, len(r.conns))
 	for _, c := range r.conns {
 		cs = append(cs, c)
@@ -196,6 +198,11 @@ func (r *Relay) serveWS(w http.ResponseWriter, req *http.Request) {
 		bucket: ratelimit.NewBucket(r.opt.SendRate), wantRcp: first.Receipts, ctx: ctx, cancel: cancel}
 
 	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		ws.Close(websocket.StatusGoingAway, "relay shutting down")
+		return
+	}
 	old := r.conns[c.did]
 	r.conns[c.did] = c
 	r.mu.Unlock()
