@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -12,9 +13,10 @@ import (
 
 	"github.com/kars-io/kars/internal/mesh/identity"
 	"github.com/kars-io/kars/internal/mesh/wire"
+	"github.com/kars-io/kars/internal/ratelimit"
 )
 
-func startRelay(t *testing.T, opt Options) (string, *Inbox) {
+func startRelay(t *testing.T, opt Options) (string, *Inbox, *Relay) {
 	t.Helper()
 	in, err := OpenInbox(t.TempDir(), 100, 1<<20)
 	if err != nil {
@@ -23,7 +25,7 @@ func startRelay(t *testing.T, opt Options) (string, *Inbox) {
 	r := New(in, opt)
 	srv := httptest.NewServer(r)
 	t.Cleanup(func() { r.Close(); srv.Close(); in.Close() })
-	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", in
+	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws", in, r
 }
 
 // dial sends first and returns the close status the relay ends with.
@@ -47,7 +49,7 @@ func closeStatus(t *testing.T, url string, first []byte) websocket.StatusCode {
 }
 
 func TestConnectRefusals(t *testing.T) {
-	url, _ := startRelay(t, Options{})
+	url, _, rel := startRelay(t, Options{})
 	id, _ := identity.New(rand.Reader)
 	other, _ := identity.New(rand.Reader)
 	hb, _ := (&wire.Frame{V: 1, Type: wire.TypeHeartbeat}).Marshal()
@@ -76,13 +78,16 @@ func TestConnectRefusals(t *testing.T) {
 	}
 	ws.Write(ctx, websocket.MessageText, b)
 	defer ws.CloseNow()
+	for !rel.Connected(id.DID()) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if got := closeStatus(t, url, b); got != closeProof {
 		t.Errorf("replayed proof: %d", got)
 	}
 }
 
 func TestIdleConnectionClosed(t *testing.T) {
-	url, _ := startRelay(t, Options{IdleTimeout: 300 * time.Millisecond})
+	url, _, _ := startRelay(t, Options{IdleTimeout: 300 * time.Millisecond})
 	id, _ := identity.New(rand.Reader)
 	b, _ := wire.ConnectFrame(id, time.Now()).Marshal()
 	start := time.Now()
@@ -95,7 +100,7 @@ func TestIdleConnectionClosed(t *testing.T) {
 }
 
 func TestExpire(t *testing.T) {
-	_, in := startRelay(t, Options{})
+	_, in, _ := startRelay(t, Options{})
 	now := time.Now()
 	in.Put("did:mesh:00000000000000000000000000000001", "s", "old", []byte("x"), now.Add(-73*time.Hour))
 	in.Put("did:mesh:00000000000000000000000000000001", "s", "new", []byte("y"), now)
@@ -105,5 +110,35 @@ func TestExpire(t *testing.T) {
 	got := in.After("did:mesh:00000000000000000000000000000001", 0, 10)
 	if len(got) != 1 || got[0].id != "new" {
 		t.Fatalf("left %v", got)
+	}
+}
+
+func TestSendRateLimit(t *testing.T) {
+	url, in, _ := startRelay(t, Options{SendRate: ratelimit.Limit{Events: 1, Per: time.Hour, Burst: 2}})
+	id, _ := identity.New(rand.Reader)
+	peer, _ := identity.New(rand.Reader)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	b, _ := wire.ConnectFrame(id, time.Now()).Marshal()
+	ws.Write(ctx, websocket.MessageText, b)
+	for i := range 3 {
+		f := wire.Frame{V: 1, Type: wire.TypeKnock, From: id.DID(), To: peer.DID(), ID: fmt.Sprint("k", i), Intent: &wire.Intent{Action: "x"}}
+		b, _ := f.Marshal()
+		ws.Write(ctx, websocket.MessageText, b)
+	}
+	_, b, err = ws.Read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, _ := wire.Parse(b); f == nil || f.Type != wire.TypeError || f.ID != "k2" || !strings.Contains(f.Detail, "rate limit") {
+		t.Fatalf("third frame answered with %s", b)
+	}
+	if n, _ := in.Queued(peer.DID()); n != 2 {
+		t.Fatalf("%d frames queued, want the 2 within the burst", n)
 	}
 }
