@@ -191,6 +191,14 @@ func (l *Log) Wait(t uint64) error {
 	return nil
 }
 
+// Tail returns the ticket of the last record appended: waiting on it
+// waits for everything appended so far.
+func (l *Log) Tail() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.queued
+}
+
 // Commit appends rec and waits for it to be durable.
 func (l *Log) Commit(rec []byte) error { return l.Wait(l.Append(rec)) }
 

@@ -152,14 +152,15 @@ func (in *Inbox) remove(recipient, id string) bool {
 
 // Put stores frame for recipient and returns the journal ticket to wait
 // on before telling the sender it is stored. A frame whose id is already
-// queued for recipient is a duplicate (§12.3 dedup): dup is true and
-// nothing is stored.
+// queued for recipient is a duplicate (§12.3 dedup): dup is true,
+// nothing is stored, and the ticket covers the original, which may not
+// be on disk yet.
 func (in *Inbox) Put(recipient, sender, id string, frame []byte, now time.Time) (ticket uint64, dup bool, err error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	q := in.queue(recipient)
 	if q.byID[id] != nil {
-		return 0, true, nil
+		return in.log.Tail(), true, nil
 	}
 	if len(q.byID) >= in.maxMsgs || q.bytes+len(frame) > in.maxByte {
 		if len(q.byID) == 0 {
