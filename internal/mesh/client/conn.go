@@ -13,10 +13,14 @@ import (
 	"github.com/kars-io/kars/internal/mesh/wire"
 )
 
-// Inbound is a frame the relay delivered.
+// Inbound is a frame the relay delivered. A frame that does not parse
+// comes with Err set and Frame nil: the caller decides what that is (a
+// security event, for the router) and acks its id if it has one.
 type Inbound struct {
 	Frame *wire.Frame
 	Raw   []byte
+	Err   error
+	ID    string // the envelope id, even when the frame did not parse
 }
 
 // Conn is a relay connection that survives disconnects: it reconnects
@@ -185,7 +189,19 @@ func (cn *Conn) readLoop(ws *websocket.Conn) error {
 		}
 		f, err := wire.Parse(raw)
 		if err != nil {
-			continue // a relay that speaks nonsense gets ignored, not trusted
+			in := Inbound{Raw: raw, Err: err}
+			if r, rerr := wire.ParseRouting(raw); rerr == nil {
+				if r.Type == wire.TypeAck || r.Type == wire.TypeError {
+					continue // the relay's own frames: nothing to hand on
+				}
+				in.ID = r.ID
+			}
+			select {
+			case cn.recv <- in:
+			case <-cn.ctx.Done():
+				return cn.ctx.Err()
+			}
+			continue
 		}
 		switch f.Type {
 		case wire.TypeAck:
@@ -202,7 +218,7 @@ func (cn *Conn) readLoop(ws *websocket.Conn) error {
 				continue
 			}
 			select {
-			case cn.recv <- Inbound{Frame: f, Raw: raw}:
+			case cn.recv <- Inbound{Frame: f, Raw: raw, ID: f.ID}:
 			case <-cn.ctx.Done():
 				return cn.ctx.Err()
 			}

@@ -376,6 +376,23 @@ func TestRelayRefusals(t *testing.T) {
 	if n, _ := m.inbox.Queued(bob.c.ID.DID()); n != 3 {
 		t.Errorf("%d queued, want 3", n)
 	}
+	// The relay forwards envelopes; a payload that does not parse reaches
+	// the recipient flagged, with its id to ack, not silently dropped.
+	bob.dial(t)
+	for range 3 {
+		bob.conn.Ack(recv(t, bob).ID)
+	}
+	waitFor(t, func() bool { n, _ := m.inbox.Queued(bob.c.ID.DID()); return n == 0 })
+	junk := msg("junk", alice.c.ID.DID())
+	junk.Ciphertext = "!!not base64!!"
+	raw, _ := junk.Marshal()
+	if err := alice.conn.Send(ctx, &wire.Frame{V: 1, Type: wire.TypeMessage, From: junk.From, To: junk.To, ID: "junk", Header: junk.Header, Ciphertext: junk.Ciphertext}); err != nil {
+		t.Fatalf("relaying a bad payload: %v (%s)", err, raw)
+	}
+	in := recv(t, bob)
+	if in.Err == nil || in.Frame != nil || in.ID != "junk" {
+		t.Fatalf("bad payload delivered as %+v", in)
+	}
 	// An unregistered agent cannot connect.
 	stranger, _ := identity.New(rand.Reader)
 	sc := &Client{Registry: m.srv.URL, Relay: alice.c.Relay, ID: stranger}
