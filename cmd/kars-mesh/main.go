@@ -34,6 +34,7 @@ func run() error {
 	state := flag.String("state", "", "directory for the registry and relay journals (required)")
 	maxMsgs := flag.Int("max-queued-messages", 10_000, "per-recipient limit on stored, unacknowledged frames")
 	maxBytes := flag.Int("max-queued-bytes", 64<<20, "per-recipient limit on stored, unacknowledged bytes")
+	maxTotal := flag.Int("max-total-bytes", 1<<30, "limit on stored, unacknowledged bytes for all recipients together (they are held in memory)")
 	ttl := flag.Duration("ttl", relay.DefaultTTL, "how long an unacknowledged frame is kept")
 	openRelay := flag.Bool("allow-unregistered", false, "let agents the registry does not know connect to the relay and receive mail")
 	flag.Parse()
@@ -50,7 +51,7 @@ func run() error {
 		return err
 	}
 	defer store.Close()
-	inbox, err := relay.OpenInbox(*state, *maxMsgs, *maxBytes)
+	inbox, err := relay.OpenInbox(*state, relay.Quotas{PerRecipientMessages: *maxMsgs, PerRecipientBytes: *maxBytes, TotalBytes: *maxTotal})
 	if err != nil {
 		return err
 	}

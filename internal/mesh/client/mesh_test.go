@@ -88,7 +88,7 @@ func startMeshAt(t *testing.T, dir string, maxMsgs int, addr string) *mesh {
 	if m.store, err = registry.OpenStore(dir); err != nil {
 		t.Fatal(err)
 	}
-	if m.inbox, err = relay.OpenInbox(dir, maxMsgs, 64<<20); err != nil {
+	if m.inbox, err = relay.OpenInbox(dir, relay.Quotas{PerRecipientMessages: maxMsgs, PerRecipientBytes: 64 << 20, TotalBytes: 1 << 30}); err != nil {
 		t.Fatal(err)
 	}
 	m.relay = relay.New(m.inbox, relay.Options{Directory: m.store, RequireRegistered: true})

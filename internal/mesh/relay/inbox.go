@@ -19,14 +19,27 @@ import (
 // how much — so delivery never reads the disk; the journal is what a
 // restart replays.
 type Inbox struct {
-	mu      sync.Mutex
-	log     *journal.Log
-	queues  map[string]*queue
-	seq     uint64
-	dead    int // journal records no longer live, for compaction
-	live    int
-	maxMsgs int
-	maxByte int
+	mu     sync.Mutex
+	log    *journal.Log
+	queues map[string]*queue
+	seq    uint64
+	dead   int // journal records no longer live, for compaction
+	live   int
+	total  int // bytes of every queued frame
+	q      Quotas
+}
+
+// Quotas bound what the relay holds. Queued frames live in memory (and
+// in the journal), so these bound its memory too.
+type Quotas struct {
+	// PerRecipientMessages and PerRecipientBytes bound one agent's
+	// queue.
+	PerRecipientMessages int
+	PerRecipientBytes    int
+	// TotalBytes bounds all queues together: registration is open to
+	// any key holder, so per-agent quotas alone would let someone with
+	// many identities exhaust the relay.
+	TotalBytes int
 }
 
 type entry struct {
@@ -48,12 +61,12 @@ type queue struct {
 // Quota errors.
 var (
 	ErrInboxFull = errors.New("relay: recipient's inbox is full")
+	ErrRelayFull = errors.New("relay: storage is full; try later")
 )
 
-// OpenInbox replays dir's journal. maxMsgs and maxBytes bound one
-// recipient's queue.
-func OpenInbox(dir string, maxMsgs, maxBytes int) (*Inbox, error) {
-	in := &Inbox{queues: map[string]*queue{}, maxMsgs: maxMsgs, maxByte: maxBytes}
+// OpenInbox replays dir's journal.
+func OpenInbox(dir string, q Quotas) (*Inbox, error) {
+	in := &Inbox{queues: map[string]*queue{}, q: q}
 	log, err := journal.Open(filepath.Join(dir, "relay.journal"), in.apply)
 	if err != nil {
 		return nil, err
@@ -88,6 +101,7 @@ func (in *Inbox) apply(rec []byte) error {
 		if q.byID[e.id] == nil {
 			q.add(e)
 			in.live++
+			in.total += len(e.frame)
 		} else {
 			in.dead++
 		}
@@ -131,6 +145,7 @@ func (in *Inbox) remove(recipient, id string) bool {
 	e.deleted = true
 	delete(q.byID, id)
 	q.bytes -= len(e.frame)
+	in.total -= len(e.frame)
 	q.gone++
 	in.live--
 	in.dead++
@@ -162,16 +177,24 @@ func (in *Inbox) Put(recipient, sender, id string, frame []byte, now time.Time) 
 	if q.byID[id] != nil {
 		return in.log.Tail(), true, nil
 	}
-	if len(q.byID) >= in.maxMsgs || q.bytes+len(frame) > in.maxByte {
+	var full error
+	switch {
+	case len(q.byID) >= in.q.PerRecipientMessages || q.bytes+len(frame) > in.q.PerRecipientBytes:
+		full = ErrInboxFull
+	case in.total+len(frame) > in.q.TotalBytes:
+		full = ErrRelayFull
+	}
+	if full != nil {
 		if len(q.byID) == 0 {
 			delete(in.queues, recipient)
 		}
-		return 0, false, ErrInboxFull
+		return 0, false, full
 	}
 	in.seq++
 	e := &entry{seq: in.seq, id: id, sender: sender, frame: frame, stored: now}
 	q.add(e)
 	in.live++
+	in.total += len(frame)
 	var enc encoder
 	enc.byte(opPut)
 	enc.u64(e.seq)

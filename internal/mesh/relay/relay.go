@@ -350,7 +350,7 @@ func (r *Relay) route(c *conn, f *wire.Routing, raw []byte) {
 		return
 	}
 	ticket, dup, err := r.inbox.Put(to, c.did, f.ID, raw, r.opt.Now())
-	if errors.Is(err, ErrInboxFull) {
+	if errors.Is(err, ErrInboxFull) || errors.Is(err, ErrRelayFull) {
 		r.errorTo(c, f.ID, err.Error())
 		return
 	}

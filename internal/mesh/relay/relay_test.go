@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"strings"
@@ -18,7 +19,7 @@ import (
 
 func startRelay(t *testing.T, opt Options) (string, *Inbox, *Relay) {
 	t.Helper()
-	in, err := OpenInbox(t.TempDir(), 100, 1<<20)
+	in, err := OpenInbox(t.TempDir(), Quotas{PerRecipientMessages: 100, PerRecipientBytes: 1 << 20, TotalBytes: 3 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,5 +141,25 @@ func TestSendRateLimit(t *testing.T) {
 	}
 	if n, _ := in.Queued(peer.DID()); n != 2 {
 		t.Fatalf("%d frames queued, want the 2 within the burst", n)
+	}
+}
+
+func TestTotalQuota(t *testing.T) {
+	_, in, _ := startRelay(t, Options{}) // 1 MiB per recipient, 3 MiB in all
+	big := make([]byte, 900<<10)
+	for i := range 3 {
+		if _, _, err := in.Put(fmt.Sprintf("did:mesh:%032d", i), "s", "m", big, time.Now()); err != nil {
+			t.Fatalf("recipient %d: %v", i, err)
+		}
+	}
+	if _, _, err := in.Put(fmt.Sprintf("did:mesh:%032d", 3), "s", "m", big, time.Now()); !errors.Is(err, ErrRelayFull) {
+		t.Fatalf("fourth recipient: %v", err)
+	}
+	if _, _, err := in.Put(fmt.Sprintf("did:mesh:%032d", 0), "s", "m2", big, time.Now()); !errors.Is(err, ErrInboxFull) {
+		t.Fatalf("second frame to a full recipient: %v", err)
+	}
+	in.Ack(fmt.Sprintf("did:mesh:%032d", 0), "m")
+	if _, _, err := in.Put(fmt.Sprintf("did:mesh:%032d", 3), "s", "m", big, time.Now()); err != nil {
+		t.Fatalf("after an ack freed room: %v", err)
 	}
 }

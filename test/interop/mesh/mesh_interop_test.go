@@ -235,7 +235,7 @@ func TestToolkitAgentOnKarsMesh(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	inbox, err := relay.OpenInbox(dir, 1000, 1<<20)
+	inbox, err := relay.OpenInbox(dir, relay.Quotas{PerRecipientMessages: 1000, PerRecipientBytes: 1 << 20, TotalBytes: 1 << 24})
 	if err != nil {
 		t.Fatal(err)
 	}
