@@ -39,6 +39,10 @@ type Options struct {
 	// BundleFetches bounds GET …/prekeys per caller, so no one drains
 	// another agent's one-time prekeys; zero means 120 per minute.
 	BundleFetches ratelimit.Limit
+	// Registrations bounds POST /v1/agents across all callers: anyone
+	// with a key may register, so this is what bounds the registry's
+	// growth; zero means 600 per minute, burst 600.
+	Registrations ratelimit.Limit
 }
 
 // Server serves the registry API.
@@ -66,6 +70,9 @@ func New(store *Store, opt Options) *Server {
 	}
 	if opt.BundleFetches.Unlimited() {
 		opt.BundleFetches = ratelimit.Limit{Events: 120, Per: time.Minute}
+	}
+	if opt.Registrations.Unlimited() {
+		opt.Registrations = ratelimit.Limit{Events: 600, Per: time.Minute}
 	}
 	s := &Server{store: store, opt: opt, mux: http.NewServeMux(), clock: ratelimit.NewClock(), buckets: map[string]*ratelimit.Bucket{}}
 	s.mux.HandleFunc("POST /v1/agents", s.register)
@@ -106,6 +113,9 @@ type registerRequest struct {
 // by proof_timestamp) or the spec's Ed25519-Timestamp header (§11.2)
 // signed by the key in the body.
 func (s *Server) register(w http.ResponseWriter, r *http.Request) {
+	if !s.allow("register", s.opt.Registrations, w, r) {
+		return
+	}
 	var req registerRequest
 	if !s.decode(w, r, &req) {
 		return

@@ -12,6 +12,7 @@ import (
 	"github.com/kars-io/kars/internal/mesh/identity"
 	"github.com/kars-io/kars/internal/mesh/wire"
 	"github.com/kars-io/kars/internal/mesh/x3dh"
+	"github.com/kars-io/kars/internal/ratelimit"
 )
 
 func server(t *testing.T) *httptest.Server {
@@ -106,5 +107,25 @@ func TestPrekeyUploadChecks(t *testing.T) {
 	req, _ := http.NewRequest("GET", srv.URL+path, nil)
 	if resp, _ := http.DefaultClient.Do(req); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("anonymous fetch: %d", resp.StatusCode)
+	}
+}
+
+func TestRegistrationRate(t *testing.T) {
+	st, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	srv := httptest.NewServer(New(st, Options{Registrations: ratelimit.Limit{Events: 2, Per: time.Hour}}))
+	defer srv.Close()
+	codes := []int{}
+	for range 3 {
+		id, _ := identity.New(rand.Reader)
+		pk := wire.B64(id.PublicKey())
+		ts := time.Now().UTC().Format(time.RFC3339Nano)
+		codes = append(codes, post(t, srv, "POST", "/v1/agents", map[string]any{"public_key": pk, "proof": wire.B64(id.Sign([]byte(pk + ts))), "proof_timestamp": ts}, ""))
+	}
+	if codes[0] != http.StatusCreated || codes[1] != http.StatusCreated || codes[2] != http.StatusTooManyRequests {
+		t.Fatalf("codes %v, want 201 201 429", codes)
 	}
 }
