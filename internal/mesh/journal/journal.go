@@ -294,6 +294,106 @@ func (l *Log) Rewrite(live func(emit func(rec []byte)) error) error {
 	return nil
 }
 
+// Compaction is a rewrite that does its I/O without holding up
+// appends, begun by BeginCompaction and ended by Finish.
+type Compaction struct {
+	l    *Log
+	mark int // len(buf) at the start: what the live set supersedes
+}
+
+// BeginCompaction starts a rewrite. Call it under the lock that orders
+// the caller's appends, at the moment the caller snapshots its live
+// records; then, without that lock, pass the snapshot to Finish.
+// Appends continue meanwhile; they wait (are not yet durable) until
+// Finish, which puts them after the snapshot in the new file.
+func (l *Log) BeginCompaction() (*Compaction, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.flushing {
+		l.cond.Wait()
+	}
+	if l.err != nil {
+		return nil, l.err
+	}
+	if l.closed {
+		return nil, ErrClosed
+	}
+	l.flushing = true // no other writer until Finish
+	return &Compaction{l: l, mark: len(l.buf)}, nil
+}
+
+// Finish writes live (the snapshot taken with BeginCompaction) and then
+// every record appended since to a new file, fsyncs it, renames it over
+// the log and fsyncs the directory. If anything fails the log carries
+// on in its old file with nothing lost.
+func (c *Compaction) Finish(live [][]byte) error {
+	l := c.l
+	tmp := l.path + ".compact"
+	nf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	var size int64
+	if err == nil {
+		w := bufio.NewWriterSize(nf, 1<<16)
+		var b []byte
+		for _, rec := range live {
+			b = frame(b[:0], rec)
+			size += int64(len(b))
+			w.Write(b)
+		}
+		err = w.Flush()
+		if err == nil {
+			err = nf.Sync()
+		}
+	}
+	l.mu.Lock()
+	whole, upto := l.buf, l.queued
+	l.buf = nil
+	l.mu.Unlock()
+	if err == nil {
+		tail := whole[c.mark:]
+		if _, err = nf.Write(tail); err == nil {
+			size += int64(len(tail))
+			err = nf.Sync()
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, l.path)
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(l.path))
+	}
+	if err != nil {
+		if nf != nil {
+			nf.Close()
+		}
+		os.Remove(tmp)
+		// Back to the old file: everything taken goes there.
+		_, werr := l.f.Write(whole)
+		if werr == nil {
+			werr = l.f.Sync()
+		}
+		l.mu.Lock()
+		l.flushing = false
+		if werr != nil {
+			l.err = fmt.Errorf("journal %s: %w", l.path, werr)
+		} else {
+			l.size += int64(len(whole))
+			l.durable = max(l.durable, upto)
+		}
+		l.cond.Broadcast()
+		l.mu.Unlock()
+		return fmt.Errorf("journal: compaction: %w", err)
+	}
+	l.mu.Lock()
+	old := l.f
+	l.f, l.size = nf, size
+	l.durable = max(l.durable, upto)
+	l.flushing = false
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	old.Close()
+	return nil
+}
+
 // Close flushes queued records and closes the file.
 func (l *Log) Close() error {
 	l.mu.Lock()

@@ -19,14 +19,15 @@ import (
 // how much — so delivery never reads the disk; the journal is what a
 // restart replays.
 type Inbox struct {
-	mu     sync.Mutex
-	log    *journal.Log
-	queues map[string]*queue
-	seq    uint64
-	dead   int // journal records no longer live, for compaction
-	live   int
-	total  int // bytes of every queued frame
-	q      Quotas
+	mu         sync.Mutex
+	log        *journal.Log
+	queues     map[string]*queue
+	seq        uint64
+	dead       int // journal records no longer live, for compaction
+	live       int
+	compacting bool // a journal compaction is writing
+	total      int  // bytes of every queued frame
+	q          Quotas
 }
 
 // Quotas bound what the relay holds. Queued frames live in memory (and
@@ -195,15 +196,7 @@ func (in *Inbox) Put(recipient, sender, id string, frame []byte, now time.Time) 
 	q.add(e)
 	in.live++
 	in.total += len(frame)
-	var enc encoder
-	enc.byte(opPut)
-	enc.u64(e.seq)
-	enc.u64(uint64(now.UnixNano()))
-	enc.str(recipient)
-	enc.str(sender)
-	enc.str(id)
-	enc.bytes(frame)
-	t := in.log.Append(enc.b)
+	t := in.log.Append(putRecord(recipient, e))
 	in.maybeCompact()
 	return t, false, nil
 }
@@ -221,6 +214,7 @@ func (in *Inbox) Ack(recipient, id string) bool {
 	enc.str(recipient)
 	enc.str(id)
 	in.log.Append(enc.b) // durability of deletes can lag: a lost ack only redelivers
+	in.dead++            // the ack record is dead weight once written
 	in.maybeCompact()
 	return true
 }
@@ -264,6 +258,7 @@ func (in *Inbox) Expire(cutoff time.Time) int {
 		enc.str(k.r)
 		enc.str(k.id)
 		in.log.Append(enc.b)
+		in.dead++
 	}
 	in.maybeCompact()
 	return len(old)
@@ -283,40 +278,64 @@ func (in *Inbox) Queued(recipient string) (msgs, bytes int) {
 func (in *Inbox) Wait(ticket uint64) error { return in.log.Wait(ticket) }
 
 // maybeCompact rewrites the journal once dead records outnumber live
-// ones and there are enough of them that the pause (the rewrite holds
-// the inbox for a few fsyncs) is rare: at 10,000 frames/s, every few
-// seconds. Callers hold mu.
+// ones and there are at least 32,768 of them. Only the snapshot is
+// taken under the inbox lock; encoding, writing and fsyncing happen in
+// a goroutine while routing goes on (journal.BeginCompaction). Callers
+// hold mu.
 func (in *Inbox) maybeCompact() {
-	if in.dead < 1<<15 || in.dead < in.live {
+	if in.compacting || in.dead < 1<<15 || in.dead < in.live {
 		return
 	}
-	err := in.log.Rewrite(func(emit func([]byte)) error {
-		recips := make([]string, 0, len(in.queues))
-		for r := range in.queues {
-			recips = append(recips, r)
-		}
-		sort.Strings(recips)
-		for _, r := range recips {
-			for _, e := range in.queues[r].entries {
-				if e.deleted {
-					continue
-				}
-				var enc encoder
-				enc.byte(opPut)
-				enc.u64(e.seq)
-				enc.u64(uint64(e.stored.UnixNano()))
-				enc.str(r)
-				enc.str(e.sender)
-				enc.str(e.id)
-				enc.bytes(e.frame)
-				emit(enc.b)
+	c, err := in.log.BeginCompaction()
+	if err != nil {
+		return
+	}
+	type live struct {
+		recipient string
+		e         *entry
+	}
+	var snap []live
+	recips := make([]string, 0, len(in.queues))
+	for r := range in.queues {
+		recips = append(recips, r)
+	}
+	sort.Strings(recips)
+	for _, r := range recips {
+		for _, e := range in.queues[r].entries {
+			if !e.deleted {
+				snap = append(snap, live{r, e})
 			}
 		}
-		return nil
-	})
-	if err == nil {
-		in.dead = 0
 	}
+	in.compacting = true
+	in.dead = 0
+	go func() {
+		// An entry's fields other than deleted never change, so the
+		// snapshot encodes without the lock.
+		recs := make([][]byte, 0, len(snap))
+		for _, x := range snap {
+			recs = append(recs, putRecord(x.recipient, x.e))
+		}
+		err := c.Finish(recs)
+		in.mu.Lock()
+		in.compacting = false
+		if err != nil {
+			in.dead = 1 << 15 // try again on the next change
+		}
+		in.mu.Unlock()
+	}()
+}
+
+func putRecord(recipient string, e *entry) []byte {
+	var enc encoder
+	enc.byte(opPut)
+	enc.u64(e.seq)
+	enc.u64(uint64(e.stored.UnixNano()))
+	enc.str(recipient)
+	enc.str(e.sender)
+	enc.str(e.id)
+	enc.bytes(e.frame)
+	return enc.b
 }
 
 type encoder struct{ b []byte }
