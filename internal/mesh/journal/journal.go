@@ -45,11 +45,14 @@ type Log struct {
 	queued   uint64 // ticket of the last Append
 	durable  uint64 // every ticket ≤ durable is on disk
 	flushing bool
-	err      error // sticky write error: the log refuses further work
-	size     int64 // bytes on disk, including buf once flushed
-	closed   bool
-	kick     chan struct{}
-	stopped  chan struct{}
+	// compacting: a Compaction is between Begin and Finish; no flush
+	// starts meanwhile, so appends stay in buf for the new file.
+	compacting bool
+	err        error // sticky write error: the log refuses further work
+	size       int64 // bytes on disk, including buf once flushed
+	closed     bool
+	kick       chan struct{}
+	stopped    chan struct{}
 }
 
 // Open opens (creating if needed) the log at path and calls replay for
@@ -157,7 +160,7 @@ func (l *Log) background() {
 	defer close(l.stopped)
 	for range l.kick {
 		l.mu.Lock()
-		for l.flushing {
+		for l.flushing || l.compacting {
 			l.cond.Wait()
 		}
 		if l.closed {
@@ -182,7 +185,7 @@ func (l *Log) Wait(t uint64) error {
 		if l.closed {
 			return ErrClosed
 		}
-		if l.flushing {
+		if l.flushing || l.compacting {
 			l.cond.Wait()
 			continue
 		}
@@ -244,7 +247,7 @@ func (l *Log) Size() int64 {
 func (l *Log) Rewrite(live func(emit func(rec []byte)) error) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for l.flushing {
+	for l.flushing || l.compacting {
 		l.cond.Wait()
 	}
 	if l.err != nil {
@@ -301,24 +304,28 @@ type Compaction struct {
 	mark int // len(buf) at the start: what the live set supersedes
 }
 
+// ErrCompacting is returned by BeginCompaction while one is running.
+var ErrCompacting = errors.New("journal: a compaction is already running")
+
 // BeginCompaction starts a rewrite. Call it under the lock that orders
 // the caller's appends, at the moment the caller snapshots its live
-// records; then, without that lock, pass the snapshot to Finish.
-// Appends continue meanwhile; they wait (are not yet durable) until
-// Finish, which puts them after the snapshot in the new file.
+// records; then, without that lock, pass the snapshot to Finish. It
+// never waits: a flush already writing finishes into the old file,
+// which the snapshot supersedes. Appends continue meanwhile but are not
+// made durable until Finish puts them after the snapshot in the new
+// file.
 func (l *Log) BeginCompaction() (*Compaction, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for l.flushing {
-		l.cond.Wait()
-	}
-	if l.err != nil {
+	switch {
+	case l.err != nil:
 		return nil, l.err
-	}
-	if l.closed {
+	case l.closed:
 		return nil, ErrClosed
+	case l.compacting:
+		return nil, ErrCompacting
 	}
-	l.flushing = true // no other writer until Finish
+	l.compacting = true
 	return &Compaction{l: l, mark: len(l.buf)}, nil
 }
 
@@ -345,6 +352,9 @@ func (c *Compaction) Finish(live [][]byte) error {
 		}
 	}
 	l.mu.Lock()
+	for l.flushing { // a flush begun before BeginCompaction
+		l.cond.Wait()
+	}
 	whole, upto := l.buf, l.queued
 	l.buf = nil
 	l.mu.Unlock()
@@ -372,7 +382,7 @@ func (c *Compaction) Finish(live [][]byte) error {
 			werr = l.f.Sync()
 		}
 		l.mu.Lock()
-		l.flushing = false
+		l.compacting = false
 		if werr != nil {
 			l.err = fmt.Errorf("journal %s: %w", l.path, werr)
 		} else {
@@ -387,7 +397,7 @@ func (c *Compaction) Finish(live [][]byte) error {
 	old := l.f
 	l.f, l.size = nf, size
 	l.durable = max(l.durable, upto)
-	l.flushing = false
+	l.compacting = false
 	l.cond.Broadcast()
 	l.mu.Unlock()
 	old.Close()
@@ -401,7 +411,7 @@ func (l *Log) Close() error {
 	if l.closed {
 		return nil
 	}
-	for l.flushing {
+	for l.flushing || l.compacting {
 		l.cond.Wait()
 	}
 	if l.durable < l.queued && l.err == nil {
