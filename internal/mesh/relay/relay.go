@@ -9,6 +9,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -299,11 +300,19 @@ func (r *Relay) readLoop(c *conn) {
 		c.ws.Close(closeIdle, "no frame for "+r.opt.IdleTimeout.String())
 	})
 	defer timer.Stop()
+	// Frames are read into one reused buffer; only a routed frame, which
+	// the inbox keeps, gets its own copy.
+	var buf bytes.Buffer
 	for {
-		_, raw, err := c.ws.Read(c.ctx)
+		_, rd, err := c.ws.Reader(c.ctx)
+		if err == nil {
+			buf.Reset()
+			_, err = buf.ReadFrom(rd)
+		}
 		if err != nil || idle.Load() {
 			return
 		}
+		raw := buf.Bytes()
 		timer.Reset(r.opt.IdleTimeout)
 		if now := r.opt.Now(); now.Sub(c.lastSeen) >= time.Second {
 			c.lastSeen = now
@@ -316,7 +325,7 @@ func (r *Relay) readLoop(c *conn) {
 		}
 		switch {
 		case wire.Routed(f.Type):
-			r.route(c, f, raw)
+			r.route(c, f, bytes.Clone(raw))
 		case f.Type == wire.TypeAck:
 			r.inbox.Ack(c.did, f.ID)
 		case f.Type == wire.TypeHeartbeat:
