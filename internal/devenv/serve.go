@@ -25,8 +25,8 @@ import (
 	"github.com/kars-io/kars/internal/controller"
 	"github.com/kars-io/kars/internal/devcluster"
 	"github.com/kars-io/kars/internal/localsubstrate"
-	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/sandbox/local"
 	"github.com/kars-io/kars/internal/version"
 )
