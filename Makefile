@@ -27,14 +27,17 @@ $(BIN)/staticcheck: $(GEN)/go.mod $(GEN)/go.sum
 	@mkdir -p $(BIN)
 	cd $(GEN) && go build -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 
-generate: $(BIN)/controller-gen ## regenerate deepcopy code and CRD YAML from api/, RBAC from internal/controller
+generate: $(BIN)/controller-gen ## regenerate deepcopy code and CRD YAML from api/, RBAC from internal/controller, the chart's copies of both
 	$(BIN)/controller-gen object:headerFile=hack/boilerplate.go.txt paths=./api/...
 	$(BIN)/controller-gen crd:maxDescLen=400 paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(BIN)/controller-gen rbac:roleName=kars-controller paths=./internal/controller/... output:rbac:artifacts:config=config/rbac
+	rm -f deploy/helm/kars/files/crds/*.yaml && cp config/crd/bases/*.yaml deploy/helm/kars/files/crds/
+	cp config/rbac/role.yaml deploy/helm/kars/files/rbac/role.yaml
+	cp config/seccomp/kars-strict.json deploy/helm/kars/files/seccomp/kars-strict.json
 
 verify-generated: generate ## fail when generated files differ from what is committed
-	@if [ -n "$$(git status --porcelain -- api config)" ]; then \
-	  git status --porcelain -- api config; git diff --stat -- api config; \
+	@if [ -n "$$(git status --porcelain -- api config deploy/helm/kars/files)" ]; then \
+	  git status --porcelain -- api config deploy/helm/kars/files; git diff --stat -- api config deploy/helm/kars/files; \
 	  echo "generated code is stale: run 'make generate' and commit the result"; exit 1; fi
 
 lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck

@@ -26,7 +26,7 @@ const (
 // +kubebuilder:validation:XValidation:rule="self.action == 'RevokePairing' ? self.target.kind == 'KarsPairing' : self.target.kind == 'KarsSandbox'",message="target.kind must be KarsPairing for RevokePairing and KarsSandbox for every other action"
 // +kubebuilder:validation:XValidation:rule="self.action != 'SetModel' || (has(self.params) && 'model' in self.params)",message="SetModel needs params.model"
 // +kubebuilder:validation:XValidation:rule="oldSelf.approval.state == 'Pending' || self.approval.state == oldSelf.approval.state",message="an approval decision is final: approval.state cannot change once Approved or Rejected"
-// +kubebuilder:validation:XValidation:rule="self.action == oldSelf.action && self.target == oldSelf.target && self.params == oldSelf.params",message="action, target and params are immutable: propose a new action instead"
+// +kubebuilder:validation:XValidation:rule="self.action == oldSelf.action && self.target == oldSelf.target && has(self.params) == has(oldSelf.params) && (!has(self.params) || self.params == oldSelf.params)",message="action, target and params are immutable: propose a new action instead"
 type KarsSREActionSpec struct {
 	// Action to take.
 	Action SREActionType `json:"action"`

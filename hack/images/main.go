@@ -51,6 +51,10 @@ var images = []image{
 	{name: "kars-egress-guard", user: "0:0"},
 	// The reference agent, a contract-v1 BYO image.
 	{name: "kars-agent", user: "1000:1000", labels: map[string]string{"org.kars.runtime.contract": "v1"}},
+	// The chart's DaemonSet that writes the seccomp profile on each node
+	// (root: the kubelet's seccomp folder is root's), and the mesh.
+	{name: "kars-seccomp-installer", user: "0:0"},
+	{name: "kars-mesh", user: "65532:65532"},
 }
 
 // epoch makes layers reproducible: the same binaries give the same digest.
