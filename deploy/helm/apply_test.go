@@ -39,7 +39,7 @@ func applyRendered(t *testing.T, c client.Client, vals map[string]any) []*unstru
 		t.Fatal(err)
 	}
 	for _, o := range objs {
-		if err := c.Patch(ctx, o, client.Apply, client.FieldOwner("kars-test"), client.ForceOwnership); err != nil {
+		if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(o), client.FieldOwner("kars-test"), client.ForceOwnership); err != nil {
 			t.Fatalf("API server refused %s %s: %v", o.GetKind(), o.GetName(), err)
 		}
 		if o.GetKind() == "CustomResourceDefinition" {

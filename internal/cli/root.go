@@ -41,5 +41,6 @@ func NewRoot() *cobra.Command {
 	c.register(root)
 	root.AddCommand(newVersionCmd(), newAuditCmd(&c), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
 		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd(), newMigrateCmd(&c), newConvertCmd())
+	root.AddCommand(newUpCmd(&c))
 	return root
 }
