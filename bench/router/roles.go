@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,11 +20,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	_ "net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,7 +35,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/router"
@@ -130,22 +132,13 @@ func runBare(upstream string) {
 }
 
 // runKars runs the real router (router.Serve, as cmd/kars-router does),
-// logging to a file as it would log to the container's stdout. window is
-// the audit commit window, as -audit-commit-window takes it; empty means
-// kars-router's default.
-func runKars(cfgPath, window string) {
+// logging to a file as it would log to the container's stdout.
+func runKars(cfgPath string) {
 	limit, err := router.ParseMemorySize(os.Getenv(router.EnvMemoryLimit))
 	if err != nil {
 		log.Fatal(err)
 	}
 	router.SetMemoryLimit(limit) // as cmd/kars-router does with -memory-limit
-	commitWindow := audit.DefaultCommitWindow
-	if window != "" {
-		var err error
-		if commitWindow, err = time.ParseDuration(window); err != nil {
-			log.Fatal(err)
-		}
-	}
 	logf, err := os.Create(filepath.Join(filepath.Dir(cfgPath), "router.log"))
 	if err != nil {
 		log.Fatal(err)
@@ -163,11 +156,20 @@ func runKars(cfgPath, window string) {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
+	// KARS_BENCH_PPROF=dir serves net/http/pprof on loopback and writes its
+	// address to dir/pprof.<pid>, for heap and goroutine profiles mid-step.
+	if dir := os.Getenv("KARS_BENCH_PPROF"); dir != "" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			log.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("pprof.%d", os.Getpid())), []byte("http://"+ln.Addr().String()+"\n"), 0o644)
+		go http.Serve(ln, nil) // net/http/pprof registers on the default mux
+	}
 	err = router.Serve(signalled(), router.ServeOptions{
-		ConfigPath:        cfgPath,
-		Logger:            slog.New(slog.NewJSONHandler(logs, nil)),
-		Ready:             func(addrs map[string]string) { fmt.Printf("http://%s http://%s\n", addrs["agent"], addrs["admin"]) },
-		AuditCommitWindow: commitWindow,
+		ConfigPath: cfgPath,
+		Logger:     slog.New(slog.NewJSONHandler(logs, nil)),
+		Ready:      func(addrs map[string]string) { fmt.Printf("http://%s http://%s\n", addrs["agent"], addrs["admin"]) },
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -223,8 +225,49 @@ type result struct {
 	RPS                float64
 	P50, P90, P99, Max int64
 	Concurrent         int64 // streams mode: most streams open at once
-	// SyncsPerSec is filled in by the orchestrator (loadCounted).
-	SyncsPerSec float64 `json:"-"`
+	// Filled in by the orchestrator (loadCounted): the router's audit
+	// syncs and entries a second, and its CPU time per call in µs.
+	SyncsPerSec   float64 `json:"-"`
+	EntriesPerSec float64 `json:"-"`
+	CPUPerCall    float64 `json:"-"`
+}
+
+// fsyncResult is the write+fdatasync loop's latency in microseconds.
+type fsyncResult struct {
+	N             int
+	P50, P90, P99 int64
+}
+
+// runFsync is the durability baseline: for d, it writes one line the size
+// of a kars audit entry to a file in dir and fdatasyncs it, again and again,
+// as an audit log with no batching would, and prints the latency of each
+// write+fdatasync.
+func runFsync(dir, d string) {
+	dur, err := time.ParseDuration(d)
+	if err != nil {
+		log.Fatal(err)
+	}
+	f, err := os.CreateTemp(dir, "fsync-baseline-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	line := append(bytes.Repeat([]byte("x"), 520), '\n')
+	var lat []int64
+	for end := time.Now().Add(dur); time.Now().Before(end); {
+		t0 := time.Now()
+		if _, err := f.Write(line); err != nil {
+			log.Fatal(err)
+		}
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			log.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0).Microseconds())
+	}
+	slices.Sort(lat)
+	q := func(p float64) int64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	json.NewEncoder(os.Stdout).Encode(fsyncResult{N: len(lat), P50: q(0.5), P90: q(0.9), P99: q(0.99)})
 }
 
 const prompt = `{"model":"gpt-4.1","max_tokens":16,"messages":[{"role":"system","content":"You are a benchmark."},{"role":"user","content":"Summarise the kars trust boundary in one sentence.%s"}]%s}`

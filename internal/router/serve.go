@@ -54,11 +54,6 @@ type ServeOptions struct {
 	Listeners map[string]net.Listener
 	// Ready, if set, is called with the bound addresses once serving.
 	Ready func(addrs map[string]string)
-	// AuditCommitWindow is how long the audit log may hold a batch of
-	// entries for more to join it while calls keep arriving
-	// (audit.Options.CommitWindow); zero syncs every batch at once.
-	// kars-router passes audit.DefaultCommitWindow unless told otherwise.
-	AuditCommitWindow time.Duration
 }
 
 // Serve runs kars-router until ctx is done: it loads and watches the
@@ -94,8 +89,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			return err
 		}
 	}
-	sink, err := audit.Open(audit.Options{Dir: cfg.Audit.Dir, Sandbox: cfg.Sandbox.Namespace + "/" + cfg.Sandbox.Name, SigningKey: key,
-		CommitWindow: o.AuditCommitWindow})
+	sink, err := audit.Open(audit.Options{Dir: cfg.Audit.Dir, Sandbox: cfg.Sandbox.Namespace + "/" + cfg.Sandbox.Name, SigningKey: key})
 	if err != nil {
 		return err
 	}
