@@ -25,6 +25,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"sort"
@@ -119,16 +121,34 @@ func selfSigned(certFile string) *tls.Config {
 		NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
 }
 
-// runBare is the floor: the standard library's reverse proxy with the same
-// connection pooling as kars-router, doing nothing but forwarding.
+// runBare is the floor: the standard library's reverse proxy and
+// transport, doing nothing but forwarding.
 func runBare(upstream string) {
 	u, err := url.Parse(upstream)
 	if err != nil {
 		log.Fatal(err)
 	}
 	p := httputil.NewSingleHostReverseProxy(u)
-	p.Transport = router.DefaultTransport()
+	p.Transport = stdTransport()
 	serve(p, "")
+}
+
+// stdTransport is net/http's Transport as kars-router configured it before
+// it had its own (upstreamhttp): the bare proxy's, so that the floor stays
+// the standard library's.
+func stdTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Minute,
+		ReadBufferSize:        2 << 10,
+		WriteBufferSize:       1 << 10,
+	}
 }
 
 // runKars runs the real router (router.Serve, as cmd/kars-router does),
@@ -159,11 +179,28 @@ func runKars(cfgPath string) {
 	// KARS_BENCH_PPROF=dir serves net/http/pprof on loopback and writes its
 	// address to dir/pprof.<pid>, for heap and goroutine profiles mid-step.
 	if dir := os.Getenv("KARS_BENCH_PPROF"); dir != "" {
+		runtime.MemProfileRate = 512 // every allocation, near enough
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			log.Fatal(err)
 		}
 		os.WriteFile(filepath.Join(dir, fmt.Sprintf("pprof.%d", os.Getpid())), []byte("http://"+ln.Addr().String()+"\n"), 0o644)
+		http.HandleFunc("/debug/runtime-metrics", func(w http.ResponseWriter, _ *http.Request) {
+			all := metrics.All()
+			samples := make([]metrics.Sample, len(all))
+			for i, d := range all {
+				samples[i].Name = d.Name
+			}
+			metrics.Read(samples)
+			for _, s := range samples {
+				switch s.Value.Kind() {
+				case metrics.KindUint64:
+					fmt.Fprintf(w, "%s %d\n", s.Name, s.Value.Uint64())
+				case metrics.KindFloat64:
+					fmt.Fprintf(w, "%s %g\n", s.Name, s.Value.Float64())
+				}
+			}
+		})
 		go http.Serve(ln, nil) // net/http/pprof registers on the default mux
 	}
 	err = router.Serve(signalled(), router.ServeOptions{

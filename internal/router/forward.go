@@ -32,7 +32,7 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 	var lastErr error
 	for i, u := range order {
 		last := i == len(order)-1
-		resp, err := s.try(c, u)
+		resp, secret, err := s.try(c, u)
 		if err != nil {
 			lastErr = err
 			u.health.fail(time.Now(), 0)
@@ -55,7 +55,7 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 			u.health.succeed()
 		}
 		c.Upstream = u.ID()
-		s.relay(c, resp)
+		s.relay(c, resp, secret)
 		return
 	}
 	status := http.StatusBadGateway
@@ -69,27 +69,29 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 	c.Refuse(&inference.APIError{Status: status, Type: "server_error", Code: "kars_upstream_unavailable", Message: msg, Retryable: true})
 }
 
-// try sends the call to one target.
-func (s forwardStage) try(c *Call, u *upstream) (*http.Response, error) {
+// try sends the call to one target. It returns the credential it sent, to
+// scrub it from anything echoed back.
+func (s forwardStage) try(c *Call, u *upstream) (*http.Response, []byte, error) {
 	c.Attempts++
 	body, err := inference.UpstreamBody(c.Route.Op, c.Body, u.BodyModel(c.Route.Op), c.Req.Stream)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req, err := u.NewRequest(c.R.Context(), c.Route.Op, body, c.R.Header)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	t0 := time.Now()
 	resp, err := u.client.Do(req)
 	c.UpstreamLatency = time.Since(t0)
 	s.r.metrics.upstreamLatency.WithLabelValues(u.ID()).Observe(c.UpstreamLatency.Seconds())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	// Keep the credential we sent, to scrub it from anything echoed back.
-	resp.Request = req
-	return resp, nil
+	// The request (its body, headers and URL) is not kept for the
+	// response's life, which for a stream is minutes.
+	resp.Request = nil
+	return resp, []byte(sentSecret(req)), nil
 }
 
 // failover reports statuses on which another target is worth trying.

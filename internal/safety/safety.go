@@ -264,7 +264,6 @@ func (p *Policy) CheckBody(body []byte) Verdict {
 type StreamCheck struct {
 	p        *Policy
 	shielded bool
-	m        members // the current event's, reused
 }
 
 // NewStream starts checking one stream.
@@ -277,11 +276,15 @@ func (s *StreamCheck) Event(data []byte) Verdict {
 	if len(data) == 0 || data[0] != '{' || !gjson.ValidBytes(data) {
 		return v
 	}
-	s.m.read(gjson.ParseBytes(data))
-	if s.p.annotations(&s.m, &v) {
+	// The members live only during the call: a stream's checker is held
+	// for the stream's life, and would otherwise keep the last event's
+	// parsed copy alive.
+	var m members
+	m.read(gjson.ParseBytes(data))
+	if s.p.annotations(&m, &v) {
 		s.shielded = true
 	}
-	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(&s.m) {
+	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(&m) {
 		v.Block = true
 		v.Reason = "content safety: the stream produced content before any Prompt Shields annotation and requirePromptShields is set"
 	}
