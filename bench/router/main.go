@@ -39,11 +39,16 @@ import (
 )
 
 func main() {
-	role := flag.String("role", "", "internal: upstream, bare, kars, load or fsync")
+	role := flag.String("role", "", "internal: upstream, bare, kars, load, fsync or config")
 	duration := flag.Duration("duration", 5*time.Second, "length of each fixed-rate and throughput step")
 	rates := flag.String("rates", "100,500,1000,2000", "open-loop request rates to measure")
 	steps := flag.String("steps", "latency,throughput,streams,reload", "steps to run, comma-separated")
 	streams := flag.Int("streams", 1000, "concurrent streams in the streams step")
+	flag.Func("kars-env", "extra NAME=value for kars-router's environment, e.g. GOGC=50 (repeatable)", func(v string) error {
+		karsEnv = append(karsEnv, v)
+		return nil
+	})
+	flag.StringVar(&karsBinary, "kars-router", "", "kars-router binary to measure (default: go build ./cmd/kars-router); \"role\" runs the router inside this harness instead, where KARS_BENCH_CPUPROFILE, KARS_BENCH_PPROF and KARS_BENCH_MAXSTACK work")
 	flag.Parse()
 	switch *role {
 	case "upstream":
@@ -56,6 +61,10 @@ func main() {
 		runLoad(flag.Args())
 	case "fsync":
 		runFsync(flag.Arg(0), flag.Arg(1))
+	case "config":
+		// For running the roles by hand: write a router config for the
+		// upstream at flag.Arg(1) in flag.Arg(0) and print its path.
+		fmt.Println(writeKarsConfig(flag.Arg(0), flag.Arg(1), 0))
 	case "":
 		orchestrate(*duration, strings.Split(*rates, ","), strings.Split(*steps, ","), *streams)
 	default:
@@ -128,6 +137,50 @@ func (c *child) stop() {
 	}
 }
 
+// karsBinary is the kars-router binary the harness measures, or "role";
+// karsEnv is added to its environment.
+var (
+	karsBinary string
+	karsEnv    []string
+)
+
+// startKars starts kars-router on cfgPath, pinned to CPU 1, with extra
+// environment variables, logging to router.log beside the config as it
+// would log to its container's stdout, and waits until it is healthy.
+func startKars(env []string, cfgPath string) *child {
+	env = append(env, karsEnv...)
+	if karsBinary == "role" {
+		return startEnv("1", env, "-role", "kars", cfgPath)
+	}
+	agent, admin := karsPorts(filepath.Dir(cfgPath))
+	cmd := exec.Command(karsBinary, "-config", cfgPath)
+	if _, err := exec.LookPath("taskset"); err == nil {
+		cmd = exec.Command("taskset", "-c", "1", karsBinary, "-config", cfgPath)
+	}
+	cmd.Env = append(os.Environ(), env...)
+	logf, err := os.OpenFile(filepath.Join(filepath.Dir(cfgPath), "router.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		log.Fatal(err)
+	}
+	c := &child{cmd: cmd, addr: "http://" + agent, admin: "http://" + admin}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get(c.admin + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return c
+			}
+		}
+		if time.Now().After(deadline) {
+			log.Fatalf("kars-router on %s did not become healthy; see %s", cfgPath, logf.Name())
+		}
+	}
+}
+
 // run runs a role to completion pinned to cpu and decodes the JSON it
 // prints into v.
 func run(cpu string, v any, args ...string) {
@@ -163,6 +216,12 @@ func orchestrate(duration time.Duration, rates, steps []string, nStreams int) {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(work)
+	if karsBinary == "" {
+		karsBinary = filepath.Join(work, "kars-router")
+		if out, err := exec.Command("go", "build", "-o", karsBinary, "./cmd/kars-router").CombinedOutput(); err != nil {
+			log.Fatalf("building kars-router (run the harness from the repository root, or pass -kars-router): %v: %s", err, out)
+		}
+	}
 	upstream := start("0", "-role", "upstream")
 	defer upstream.stop()
 	cfgPath := writeKarsConfig(work, upstream.addr, 0)
@@ -185,7 +244,7 @@ func orchestrate(duration time.Duration, rates, steps []string, nStreams int) {
 		switch step {
 		case "latency":
 			bare := start("1", "-role", "bare", upstream.addr)
-			kars := start("1", "-role", "kars", cfgPath)
+			kars := startKars(nil, cfgPath)
 			latencyStep(duration, warm, rates, upstream, bare, kars, filepath.Join(work, "audit"))
 			kars.stop()
 			bare.stop()
@@ -269,7 +328,7 @@ func throughputStep(duration time.Duration, warm, work string, upstream *child) 
 	b1 := max("bare", bare, "azure")
 	diskWork := filepath.Join(work, "throughput-disk")
 	os.Mkdir(diskWork, 0o700)
-	kd := start("1", "-role", "kars", writeKarsConfig(diskWork, upstream.addr, 0))
+	kd := startKars(nil, writeKarsConfig(diskWork, upstream.addr, 0))
 	disk := max("kars, audit log on disk", kd, "openai")
 	kd.stop()
 	var tmpfs result
@@ -278,7 +337,7 @@ func throughputStep(duration time.Duration, warm, work string, upstream *child) 
 		if shm, err := os.MkdirTemp("/dev/shm", "kars-bench-"); err == nil {
 			shmWork := filepath.Join(work, "throughput-tmpfs")
 			os.Mkdir(shmWork, 0o700)
-			kt := start("1", "-role", "kars", writeKarsConfigAudit(shmWork, upstream.addr, 0, shm))
+			kt := startKars(nil, writeKarsConfigAudit(shmWork, upstream.addr, 0, shm))
 			tmpfs, haveTmpfs = max("kars, audit log on tmpfs", kt, "openai"), true
 			kt.stop()
 			os.RemoveAll(shm)
@@ -304,7 +363,7 @@ func streamsStep(work string, upstream *child, cfgPath string, n int) {
 	fmt.Println()
 	fmt.Println("| upstream | RSS idle MB | RSS peak MB | router CPU s | CPU ms/stream | streams open at once | completed | errors | goroutines at peak | stacks MB | heap in use MB | Go runtime MB | goal |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-	kars := start("1", "-role", "kars", cfgPath)
+	kars := startKars(nil, cfgPath)
 	streamsRSS("HTTP/1.1 (plain, like Ollama or vLLM)", kars, n, 60)
 	kars.stop()
 	// Azure OpenAI, OpenAI and Anthropic speak HTTP/2 over TLS: streams
@@ -313,7 +372,7 @@ func streamsStep(work string, upstream *child, cfgPath string, n int) {
 	tlsUp := start("0", "-role", "upstream", certFile)
 	tlsWork := filepath.Join(work, "tls")
 	os.Mkdir(tlsWork, 0o700)
-	tlsKars := startEnv("1", []string{"SSL_CERT_FILE=" + certFile}, "-role", "kars", writeKarsConfig(tlsWork, tlsUp.addr, 0))
+	tlsKars := startKars([]string{"SSL_CERT_FILE=" + certFile}, writeKarsConfig(tlsWork, tlsUp.addr, 0))
 	streamsRSS("HTTPS, HTTP/2 (like Azure OpenAI)", tlsKars, n, 80)
 	tlsKars.stop()
 	tlsUp.stop()
@@ -322,7 +381,7 @@ func streamsStep(work string, upstream *child, cfgPath string, n int) {
 
 // reloadStep runs 1,000 rps while the config is replaced 20 times.
 func reloadStep(duration time.Duration, work string, upstream *child, cfgPath string) {
-	kars := start("1", "-role", "kars", cfgPath)
+	kars := startKars(nil, cfgPath)
 	defer kars.stop()
 	fmt.Println("## Config reload under load")
 	fmt.Println()
@@ -468,7 +527,12 @@ func scrape(admin string) map[string]float64 {
 	if admin == "" {
 		return out
 	}
-	resp, err := http.Get(admin + "/metrics")
+	// Uncompressed: the harness scrapes every 50 ms during the streams
+	// step, and a gzip writer (~650 KB of deflate state) per scrape would
+	// be the harness's weight on the router's heap, not the streams'.
+	req, _ := http.NewRequest("GET", admin+"/metrics", nil)
+	req.Header.Set("Accept-Encoding", "identity")
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return out
 	}

@@ -26,6 +26,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
@@ -158,6 +159,7 @@ func runKars(cfgPath string) {
 	if err != nil {
 		log.Fatal(err)
 	}
+	router.SetMinProcs()         // as cmd/kars-router does
 	router.SetMemoryLimit(limit) // as cmd/kars-router does with -memory-limit
 	logf, err := os.Create(filepath.Join(filepath.Dir(cfgPath), "router.log"))
 	if err != nil {
@@ -175,6 +177,13 @@ func runKars(cfgPath string) {
 		}
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
+	}
+	// KARS_BENCH_MAXSTACK=n crashes the router when a goroutine's stack
+	// grows past n bytes after start-up (fsnotify's reader has a 64 KiB
+	// frame), printing where (debug.SetMaxStack): a probe for what makes
+	// a stream's goroutine deep.
+	if n, err := strconv.Atoi(os.Getenv("KARS_BENCH_MAXSTACK")); err == nil {
+		time.AfterFunc(300*time.Millisecond, func() { debug.SetMaxStack(n) })
 	}
 	// KARS_BENCH_PPROF=dir serves net/http/pprof on loopback and writes its
 	// address to dir/pprof.<pid>, for heap and goroutine profiles mid-step.
@@ -225,10 +234,11 @@ func writeKarsConfigAudit(dir, upstream string, gen int64, auditDir string) stri
 	key := filepath.Join(dir, "upstream-key")
 	os.WriteFile(key, []byte(fakeprovider.New().APIKey), 0o600)
 	os.WriteFile(filepath.Join(dir, "admin-token"), []byte("bench-admin-token"), 0o600)
+	agent, admin := karsPorts(dir)
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: "kars-bench", Name: "bench", AgentID: "kars-bench/bench"},
-		Listen:        "127.0.0.1:0",
+		Listen:        agent,
 		Models: routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1",
 			Deployment: "gpt-41", Endpoint: upstream, Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: key}}},
 		Budget:        &routerconfig.Budget{PerRequest: 100_000, Daily: 1 << 50, Monthly: 1<<50 + gen},
@@ -239,7 +249,7 @@ func writeKarsConfigAudit(dir, upstream string, gen int64, auditDir string) stri
 			{Name: "inference", Effect: governance.EffectAllow, Actions: []string{"inference:*:gpt-4.1*"}},
 		}},
 		Audit:    routerconfig.Audit{Dir: auditDir},
-		Admin:    routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "admin-token")},
+		Admin:    routerconfig.Admin{Listen: admin, TokenFile: filepath.Join(dir, "admin-token")},
 		StateDir: filepath.Join(dir, "state"),
 	}
 	b, err := routerconfig.Marshal(c)
@@ -254,6 +264,31 @@ func writeKarsConfigAudit(dir, upstream string, gen int64, auditDir string) stri
 		log.Fatal(err)
 	}
 	return path
+}
+
+// karsPorts returns the agent and admin addresses of the router whose
+// config lives in dir: free loopback ports, chosen once and kept in
+// dir/ports so that a rewritten config keeps them.
+func karsPorts(dir string) (agent, admin string) {
+	path := filepath.Join(dir, "ports")
+	if b, err := os.ReadFile(path); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			return f[0], f[1]
+		}
+	}
+	var addrs []string
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			log.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		defer ln.Close()
+	}
+	if err := os.WriteFile(path, []byte(addrs[0]+" "+addrs[1]+"\n"), 0o600); err != nil {
+		log.Fatal(err)
+	}
+	return addrs[0], addrs[1]
 }
 
 // result is one load step's outcome; latencies in microseconds.

@@ -45,6 +45,7 @@ func main() {
 	}
 	logs := router.NewLogWriter(os.Stderr)
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: lvl}))
+	router.SetMinProcs()
 	if soft := router.SetMemoryLimit(limit); soft > 0 {
 		log.Info("Go memory limit set from the container's", "container_bytes", limit, "soft_limit_bytes", soft)
 	}

@@ -28,6 +28,16 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 		serveModels(c)
 		return
 	}
+	// Choosing the target is kept out of this frame, which stays on the
+	// stack while a stream is relayed.
+	if resp, secret := s.call(c); resp != nil {
+		s.relay(c, resp, secret)
+	}
+}
+
+// call tries the candidates in order and returns the response to relay and
+// the credential sent with it, or refuses the call and returns nil.
+func (s forwardStage) call(c *Call) (*http.Response, []byte) {
 	order := healthOrder(c.Candidates, time.Now())
 	var lastErr error
 	for i, u := range order {
@@ -39,7 +49,7 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 			s.r.metrics.upstreamErrors.WithLabelValues(u.ID(), "transport").Inc()
 			if c.R.Context().Err() != nil {
 				c.Status = 499 // the agent went away; nothing to answer
-				return
+				return nil, nil
 			}
 			continue
 		}
@@ -55,8 +65,7 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 			u.health.succeed()
 		}
 		c.Upstream = u.ID()
-		s.relay(c, resp, secret)
-		return
+		return resp, secret
 	}
 	status := http.StatusBadGateway
 	if errors.Is(lastErr, context.DeadlineExceeded) {
@@ -67,6 +76,7 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 		msg += ": " + lastErr.Error()
 	}
 	c.Refuse(&inference.APIError{Status: status, Type: "server_error", Code: "kars_upstream_unavailable", Message: msg, Retryable: true})
+	return nil, nil
 }
 
 // try sends the call to one target. It returns the credential it sent, to

@@ -26,7 +26,11 @@ func (s forwardStage) relay(c *Call, resp *http.Response, secret []byte) {
 	defer resp.Body.Close()
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if c.Req.Stream && resp.StatusCode == http.StatusOK && mt == "text/event-stream" {
-		if startStream(c, resp.Header) {
+		ok := startStream(c, resp.Header)
+		if sw, taken := c.W.(*streamWriter); taken {
+			defer sw.close()
+		}
+		if ok {
 			s.relayStream(c, resp, secret)
 		}
 		return
@@ -86,8 +90,10 @@ func copyResponseHeaders(dst, src http.Header) {
 	}
 }
 
-// startStream sends the stream's response header to the agent. It reports
-// false if the agent is gone.
+// startStream sends the stream's response header to the agent, on the
+// agent's connection taken over from net/http where it can be (see
+// streamWriter), after which c.W writes there. It reports false if the
+// agent is gone.
 func startStream(c *Call, upstream http.Header) bool {
 	h := c.W.Header()
 	copyResponseHeaders(h, upstream)
@@ -95,6 +101,14 @@ func startStream(c *Call, upstream http.Header) bool {
 	h.Set("X-Accel-Buffering", "no")
 	c.written = true
 	c.Status = http.StatusOK
+	if sw, ok := takeOverStream(c.W, c.R); ok {
+		c.W = sw
+		if sw.err != nil {
+			c.Status = 499
+			return false
+		}
+		return true
+	}
 	c.W.WriteHeader(http.StatusOK)
 	if err := http.NewResponseController(c.W).Flush(); err != nil {
 		c.Status = 499
@@ -118,11 +132,7 @@ func (s forwardStage) relayStream(c *Call, resp *http.Response, secret []byte) {
 	r := &streamRelay{c: c, rc: http.NewResponseController(c.W), meter: inference.NewStreamMeter(c.Route.Dialect, c.Route.Op),
 		check: c.Gen.safety.NewStream(), events: inference.NewSSEReader(resp.Body), secret: secret}
 	defer r.settle()
-	for {
-		ev, err := r.events.Next()
-		if !r.event(ev, err) {
-			return
-		}
+	for r.next() {
 	}
 }
 
@@ -134,6 +144,15 @@ type streamRelay struct {
 	check  *safety.StreamCheck
 	events *inference.SSEReader
 	secret []byte
+	ev     inference.Event // the event being handled
+	err    error
+}
+
+// next waits for the upstream's next event and handles it. It reports
+// whether the stream goes on.
+func (r *streamRelay) next() bool {
+	r.ev, r.err = r.events.Next()
+	return r.event()
 }
 
 // settle records the usage as it finally is.
@@ -149,8 +168,8 @@ func (r *streamRelay) commit() error {
 
 // event handles what events.Next returned, and reports whether the stream
 // goes on.
-func (r *streamRelay) event(ev inference.Event, err error) bool {
-	c := r.c
+func (r *streamRelay) event() bool {
+	c, ev, err := r.c, &r.ev, r.err
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			if !c.committed && r.commit() != nil {
@@ -161,7 +180,7 @@ func (r *streamRelay) event(ev inference.Event, err error) bool {
 		// The upstream broke off (or sent garbage): what was streamed
 		// is metered; tell the agent it is cut.
 		if len(ev.Raw) > 0 {
-			r.meter.Observe(ev)
+			r.meter.Observe(*ev)
 		}
 		c.Status = http.StatusBadGateway
 		r.commit()
@@ -175,7 +194,7 @@ func (r *streamRelay) event(ev inference.Event, err error) bool {
 		raw = bytes.ReplaceAll(raw, r.secret, redacted)
 		ev.Data = bytes.ReplaceAll(ev.Data, r.secret, redacted)
 	}
-	usageOnly := r.meter.Observe(ev)
+	usageOnly := r.meter.Observe(*ev)
 	v := r.check.Event(ev.Data)
 	c.Findings = append(c.Findings, v.Findings...)
 	if v.Block {

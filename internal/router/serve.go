@@ -170,7 +170,30 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	passed = nil
 	log.Info("kars-router starting", "sandbox", cfg.Sandbox.Namespace+"/"+cfg.Sandbox.Name, "digest", snap.Digest,
 		"agent", cfg.AgentListen(), "admin", cfg.AdminListen(), "activated", activated, "stages", r.Stages())
-	return ServeListeners(ctx, log, listeners, o.Ready)
+	err = ServeListeners(ctx, log, listeners, o.Ready)
+	// Streams run on connections taken over from the HTTP servers
+	// (streamWriter), which their Shutdown does not wait for: wait for the
+	// calls themselves before the audit log and the ledger close.
+	if !waitIdle(r, shutdownGrace) {
+		log.Warn("calls still in flight after the shutdown grace period; they are cut off", "in_flight", r.InFlight())
+	}
+	return err
+}
+
+// shutdownGrace is how long shutdown waits for calls in flight.
+const shutdownGrace = 30 * time.Second
+
+// waitIdle waits until r has no call in flight, for at most d, and reports
+// whether it got there.
+func waitIdle(r *Router, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for r.InFlight() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 // ServeListeners serves every listener until ctx is done or one fails, then
@@ -211,7 +234,7 @@ func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready 
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	shutdown, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, s := range servers {

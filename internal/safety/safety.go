@@ -264,6 +264,9 @@ func (p *Policy) CheckBody(body []byte) Verdict {
 type StreamCheck struct {
 	p        *Policy
 	shielded bool
+	// m is the current event's members, kept here rather than in Event's
+	// frame: a stream's checks run at the bottom of a deep stack.
+	m members
 }
 
 // NewStream starts checking one stream.
@@ -276,15 +279,14 @@ func (s *StreamCheck) Event(data []byte) Verdict {
 	if len(data) == 0 || data[0] != '{' || !gjson.ValidBytes(data) {
 		return v
 	}
-	// The members live only during the call: a stream's checker is held
-	// for the stream's life, and would otherwise keep the last event's
-	// parsed copy alive.
-	var m members
-	m.read(gjson.ParseBytes(data))
-	if s.p.annotations(&m, &v) {
+	s.m.read(gjson.ParseBytes(data))
+	// Forget the event once checked: the checker lives as long as the
+	// stream and would otherwise keep the event's parsed copy alive.
+	defer func() { s.m = members{} }()
+	if s.p.annotations(&s.m, &v) {
 		s.shielded = true
 	}
-	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(&m) {
+	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(&s.m) {
 		v.Block = true
 		v.Reason = "content safety: the stream produced content before any Prompt Shields annotation and requirePromptShields is set"
 	}
