@@ -160,6 +160,7 @@ func runKars(cfgPath string) {
 		log.Fatal(err)
 	}
 	router.SetMinProcs()         // as cmd/kars-router does
+	defer router.TuneGC()()      // as cmd/kars-router does
 	router.SetMemoryLimit(limit) // as cmd/kars-router does with -memory-limit
 	logf, err := os.Create(filepath.Join(filepath.Dir(cfgPath), "router.log"))
 	if err != nil {

@@ -46,6 +46,7 @@ func main() {
 	logs := router.NewLogWriter(os.Stderr)
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: lvl}))
 	router.SetMinProcs()
+	defer router.TuneGC()()
 	if soft := router.SetMemoryLimit(limit); soft > 0 {
 		log.Info("Go memory limit set from the container's", "container_bytes", limit, "soft_limit_bytes", soft)
 	}
