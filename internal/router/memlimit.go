@@ -66,8 +66,9 @@ func SetMemoryLimit(container int64) int64 {
 // MinProcs is the fewest Ps (runtime.GOMAXPROCS) kars-router runs with.
 const MinProcs = 2
 
-// SetMinProcs raises GOMAXPROCS to MinProcs when the runtime chose fewer,
-// and returns the value in force. Go picks GOMAXPROCS from the CPUs the
+// SetMinProcs raises GOMAXPROCS to MinProcs when the runtime chose fewer
+// (and the GOMAXPROCS environment variable does not set it), and returns
+// the value in force. Go picks GOMAXPROCS from the CPUs the
 // process may run on (sched_getaffinity) and rounds a cgroup CPU limit up
 // to at least 2; pinned to one CPU (taskset, or Kubernetes' static CPU
 // manager) it runs one P. With one P, the audit log's committer holds it
@@ -78,7 +79,7 @@ const MinProcs = 2
 // sync with two Ps). A second P lets calls keep arriving while a sync is in
 // flight; on one CPU the two share it.
 func SetMinProcs() int {
-	if n := runtime.GOMAXPROCS(0); n >= MinProcs {
+	if n := runtime.GOMAXPROCS(0); n >= MinProcs || os.Getenv("GOMAXPROCS") != "" {
 		return n
 	}
 	runtime.GOMAXPROCS(MinProcs)
