@@ -26,6 +26,9 @@ func (s forwardStage) relay(c *Call, resp *http.Response, secret []byte) {
 	defer resp.Body.Close()
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if c.Req.Stream && resp.StatusCode == http.StatusOK && mt == "text/event-stream" {
+		// The request body (a whole conversation, often tens of KiB) is
+		// not needed for the stream's life, only its hash for the entry.
+		c.payload, c.Body = payloadHash(c.Body), nil
 		ok := startStream(c, resp.Header)
 		if sw, taken := c.W.(*streamWriter); taken {
 			defer sw.close()

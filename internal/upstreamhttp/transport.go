@@ -12,13 +12,14 @@
 // the standard library's; only connection management is its own. A
 // connection in use costs the net.Conn and one read buffer; an idle one
 // only the net.Conn. HTTPS hosts are asked for HTTP/2 (ALPN) and served by
-// golang.org/x/net/http2's Transport, whose connection pool dials one
-// connection per host at a time; hosts that answer HTTP/1.1 are remembered
-// and served over TLS by the HTTP/1.1 path.
+// a net/http Transport that dials one connection per host at a time
+// (MaxConnsPerHost 1: a connection whose streams are all in use leaves the
+// pool, and the next one is dialled then); hosts that answer HTTP/1.1 are
+// remembered and served over TLS by the HTTP/1.1 path.
 //
 // It never uses a proxy from the environment (the router is the sandbox's
 // egress), and asks for no compression on HTTP/1.1. It imports only the
-// standard library and x/net/http2.
+// standard library.
 package upstreamhttp
 
 import (
@@ -26,13 +27,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // Transport is an http.RoundTripper for http and https URLs. The zero
@@ -59,7 +57,7 @@ type Transport struct {
 	TLSClientConfig *tls.Config
 
 	once sync.Once
-	h2   *http2.Transport
+	h2   *http.Transport
 
 	mu      sync.Mutex
 	idle    map[string][]*conn       // by key, most recently used last
@@ -90,21 +88,16 @@ func orDefault(d, def time.Duration) time.Duration {
 
 func (t *Transport) init() {
 	t.once.Do(func() {
-		// Offer both protocols: a server without HTTP/2 answers the
-		// handshake with HTTP/1.1 instead of failing it.
-		cfg := &tls.Config{}
-		if t.TLSClientConfig != nil {
-			cfg = t.TLSClientConfig.Clone()
-		}
-		cfg.NextProtos = []string{http2.NextProtoTLS, "http/1.1"}
-		t.h2 = &http2.Transport{
-			TLSClientConfig: cfg,
-			DialTLSContext:  t.dialH2,
-			IdleConnTimeout: t.idleTimeout(),
+		t.h2 = &http.Transport{
+			Proxy:                 nil,
+			DialTLSContext:        t.dialH2,
+			ForceAttemptHTTP2:     true,
+			MaxConnsPerHost:       1,
+			IdleConnTimeout:       t.idleTimeout(),
+			ResponseHeaderTimeout: t.ResponseHeaderTimeout,
 			// A stream may be quiet for minutes while a model thinks;
 			// pings tell a dead connection from a slow answer.
-			ReadIdleTimeout: time.Minute,
-			PingTimeout:     15 * time.Second,
+			HTTP2: &http.HTTP2Config{SendPingTimeout: time.Minute, PingTimeout: 15 * time.Second},
 		}
 	})
 }
@@ -123,7 +116,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	key := connKey(u.Scheme, u.Host)
 	if u.Scheme == "https" && !t.isH1(key) {
-		resp, err := t.roundTripH2(req)
+		resp, err := t.h2.RoundTrip(req)
 		if !errors.Is(err, errNotH2) {
 			return resp, err
 		}
@@ -132,26 +125,6 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return t.roundTripH1(req, key)
-}
-
-// roundTripH2 sends req over HTTP/2, with ResponseHeaderTimeout enforced
-// by cancelling the request's context.
-func (t *Transport) roundTripH2(req *http.Request) (*http.Response, error) {
-	if t.ResponseHeaderTimeout <= 0 {
-		return t.h2.RoundTrip(req)
-	}
-	ctx, cancel := context.WithCancelCause(req.Context())
-	timer := time.AfterFunc(t.ResponseHeaderTimeout, func() { cancel(errHeaderTimeout) })
-	resp, err := t.h2.RoundTrip(req.WithContext(ctx))
-	if !timer.Stop() && err != nil && errors.Is(context.Cause(ctx), errHeaderTimeout) {
-		err = errHeaderTimeout
-	}
-	if err != nil {
-		cancel(nil)
-		return nil, err
-	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil
 }
 
 var errHeaderTimeout = errors.New("upstreamhttp: timeout awaiting response headers")
@@ -177,17 +150,31 @@ func (t *Transport) isH1(key string) bool {
 	return t.h1Hosts[key]
 }
 
-// dialH2 is the HTTP/2 transport's dialer. A host that negotiates
-// HTTP/1.1 is remembered, and its connection kept for the HTTP/1.1 path.
-func (t *Transport) dialH2(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+// dialH2 is the HTTP/2 transport's dialer. It offers both protocols, so
+// that a server without HTTP/2 answers with HTTP/1.1 instead of failing
+// the handshake; such a host is remembered, and its connection kept for
+// the HTTP/1.1 path.
+func (t *Transport) dialH2(ctx context.Context, network, addr string) (net.Conn, error) {
+	key := "https://" + addr
+	if t.isH1(key) {
+		return nil, errNotH2
+	}
+	cfg := &tls.Config{}
+	if t.TLSClientConfig != nil {
+		cfg = t.TLSClientConfig.Clone()
+	}
+	if cfg.ServerName == "" {
+		host, _, _ := net.SplitHostPort(addr)
+		cfg.ServerName = host
+	}
+	cfg.NextProtos = []string{"h2", "http/1.1"}
 	tc, err := t.dialTLS(ctx, addr, cfg)
 	if err != nil {
 		return nil, err
 	}
-	if tc.ConnectionState().NegotiatedProtocol == http2.NextProtoTLS {
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
 		return tc, nil
 	}
-	key := "https://" + addr
 	t.mu.Lock()
 	if t.h1Hosts == nil {
 		t.h1Hosts = map[string]bool{}
@@ -259,16 +246,4 @@ func closeBody(req *http.Request) {
 	if req.Body != nil {
 		req.Body.Close()
 	}
-}
-
-// cancelOnClose releases a request's context when its body is closed.
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelCauseFunc
-}
-
-func (b *cancelOnClose) Close() error {
-	err := b.ReadCloser.Close()
-	b.cancel(nil)
-	return err
 }
