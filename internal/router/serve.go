@@ -54,11 +54,6 @@ type ServeOptions struct {
 	BufferBytes int64
 	// Ready, if set, is called with the bound addresses once serving.
 	Ready func(addrs map[string]string)
-	// AuditCommitWindow is how long the audit log may hold a batch of
-	// entries for more to join it while calls keep arriving
-	// (audit.Options.CommitWindow); zero syncs every batch at once.
-	// kars-router passes audit.DefaultCommitWindow unless told otherwise.
-	AuditCommitWindow time.Duration
 }
 
 // Serve runs kars-router until ctx is done: it loads and watches the
@@ -94,8 +89,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			return err
 		}
 	}
-	sink, err := audit.Open(audit.Options{Dir: cfg.Audit.Dir, Sandbox: cfg.Sandbox.Namespace + "/" + cfg.Sandbox.Name, SigningKey: key,
-		CommitWindow: o.AuditCommitWindow})
+	sink, err := audit.Open(audit.Options{Dir: cfg.Audit.Dir, Sandbox: cfg.Sandbox.Namespace + "/" + cfg.Sandbox.Name, SigningKey: key})
 	if err != nil {
 		return err
 	}
@@ -177,7 +171,30 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	passed = nil
 	log.Info("kars-router starting", "sandbox", cfg.Sandbox.Namespace+"/"+cfg.Sandbox.Name, "digest", snap.Digest,
 		"agent", cfg.AgentListen(), "admin", cfg.AdminListen(), "activated", activated, "stages", r.Stages())
-	return ServeListeners(ctx, log, listeners, o.Ready)
+	err = ServeListeners(ctx, log, listeners, o.Ready)
+	// Streams run on connections taken over from the HTTP servers
+	// (streamWriter), which their Shutdown does not wait for: wait for the
+	// calls themselves before the audit log and the ledger close.
+	if !waitIdle(r, shutdownGrace) {
+		log.Warn("calls still in flight after the shutdown grace period; they are cut off", "in_flight", r.InFlight())
+	}
+	return err
+}
+
+// shutdownGrace is how long shutdown waits for calls in flight.
+const shutdownGrace = 30 * time.Second
+
+// waitIdle waits until r has no call in flight, for at most d, and reports
+// whether it got there.
+func waitIdle(r *Router, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for r.InFlight() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 // ServeListeners serves every listener until ctx is done or one fails, then
@@ -218,7 +235,7 @@ func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready 
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	shutdown, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, s := range servers {
