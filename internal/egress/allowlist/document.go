@@ -3,10 +3,11 @@ package allowlist
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 
-	"sigs.k8s.io/yaml"
+	"go.yaml.in/yaml/v3"
 )
 
 // DocumentMediaType is the artifact type of a published allowlist (the
@@ -33,11 +34,11 @@ const (
 //
 // Each host is an entry as ParseEntry reads it.
 type Document struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
+	APIVersion string `json:"apiVersion" yaml:"apiVersion"`
+	Kind       string `json:"kind" yaml:"kind"`
 	// Sandbox the list was built for ("namespace/name"); informational.
-	Sandbox string   `json:"sandbox,omitempty"`
-	Hosts   []string `json:"hosts"`
+	Sandbox string   `json:"sandbox,omitempty" yaml:"sandbox,omitempty"`
+	Hosts   []string `json:"hosts" yaml:"hosts"`
 }
 
 // Document identity.
@@ -53,8 +54,14 @@ func Parse(data []byte) (*Document, []Entry, error) {
 		return nil, nil, fmt.Errorf("allowlist: %d bytes, more than the %d allowed", len(data), MaxDocumentBytes)
 	}
 	var d Document
-	if err := yaml.UnmarshalStrict(data, &d); err != nil {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true) // unknown fields are errors; yaml.v3 refuses repeated keys itself
+	if err := dec.Decode(&d); err != nil {
 		return nil, nil, fmt.Errorf("allowlist: %w", err)
+	}
+	var extra any
+	if dec.Decode(&extra) != io.EOF {
+		return nil, nil, fmt.Errorf("allowlist: more than one YAML document")
 	}
 	if d.APIVersion != DocumentAPIVersion || d.Kind != DocumentKind {
 		return nil, nil, fmt.Errorf("allowlist: apiVersion %q kind %q, want %s %s", d.APIVersion, d.Kind, DocumentAPIVersion, DocumentKind)
