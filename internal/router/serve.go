@@ -115,6 +115,14 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer r.Wait() // before the trust store closes: no penalty is dropped
+	var resolvers []string
+	if cfg.Egress != nil {
+		resolvers = cfg.Egress.Resolvers
+	}
+	eg, err := NewEgress(r, cfg.StateDir, resolvers)
+	if err != nil {
+		return err
+	}
 	watcher.OnChange = func(_, cur *routerconfig.Snapshot) {
 		if err := r.Apply(cur); err != nil {
 			log.Error("config reload rejected; the previous config stays in force", "digest", cur.Digest, "err", err)
@@ -137,6 +145,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		stopBG()
 		wg.Wait() // the ledger's final flush happens here
 	}()
+	if err := eg.Start(bg, cfg, &wg); err != nil {
+		return err
+	}
 
 	admin := Listener{Name: "admin", Addr: cfg.AdminListen(), Handler: r.AdminHandler(cfg.Admin.TokenFile, AdminBackends{
 		AuditTail: func(_ context.Context, n int) (any, error) { return AuditTail(cfg.Audit.Dir, n) },
@@ -146,6 +157,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		AuditHead: func() (any, error) { return NewAuditHead(sink.Head(), key), nil },
 		Trust:     trustStore.View,
 		Reload:    watcher.Reload,
+		Egress:    eg.AdminHandler(),
 	})}
 	if cfg.Admin.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
@@ -155,7 +167,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	listeners := []Listener{
-		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler()},
+		{Name: "agent", Addr: cfg.AgentListen(), Handler: eg.Wrap(r.AgentHandler())},
 		admin,
 	}
 	// Take the passed sockets named for the configured ports; close the

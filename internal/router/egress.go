@@ -1,0 +1,573 @@
+package router
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kars-io/kars/internal/audit"
+	"github.com/kars-io/kars/internal/behavior"
+	"github.com/kars-io/kars/internal/egress/allowlist"
+	"github.com/kars-io/kars/internal/egress/artifact"
+	"github.com/kars-io/kars/internal/egress/blocklist"
+	"github.com/kars-io/kars/internal/egress/dns"
+	"github.com/kars-io/kars/internal/egress/learn"
+	"github.com/kars-io/kars/internal/egress/policy"
+	"github.com/kars-io/kars/internal/egress/proxy"
+	"github.com/kars-io/kars/internal/egress/resolve"
+	"github.com/kars-io/kars/internal/governance"
+	"github.com/kars-io/kars/internal/routerconfig"
+)
+
+// Egress is the router's egress side: the forward proxy (mounted on the
+// agent port for explicit proxying, and on its own listener for
+// connections the egress guard redirects), the DNS stub, the blocklist
+// loader and the learned-destinations record. Every destination is decided
+// by internal/egress/policy for the config generation in force, passed
+// through the governance engine as egress:<host>:<port>, audited (durably,
+// before anything is sent upstream) and recorded.
+type Egress struct {
+	r        *Router
+	log      *slog.Logger
+	proxy    *proxy.Proxy
+	dns      *dns.Server
+	resolver *resolve.Resolver
+	learned  *learn.Recorder
+	events   *eventHub
+	m        *egressMetrics
+	stateDir string
+	ctx      context.Context
+	now      func() time.Time
+
+	compiled atomic.Pointer[egressPolicy]
+	blMu     sync.Mutex
+	bl       atomic.Pointer[blocklistRunner]
+}
+
+// egressPolicy is the policy compiled from one config generation.
+type egressPolicy struct {
+	gen *generation
+	pol policy.Policy
+	gov governance.DecisionProvider
+	// blocklist is the runner the policy consults (nil: none).
+	blocklist *blocklistRunner
+}
+
+// blocklistRunner is one blocklist configuration's loader.
+type blocklistRunner struct {
+	key    string
+	loader *blocklist.Loader
+	ready  atomic.Bool
+	cancel context.CancelFunc
+}
+
+// Contains implements policy.Blocklist.
+func (b *blocklistRunner) Contains(host string) (string, bool) { return b.loader.Contains(host) }
+
+// NewEgress builds the egress side of r. stateDir holds the learned
+// record and the blocklist cache. Run it with Start.
+func NewEgress(r *Router, stateDir string, resolvers []string) (*Egress, error) {
+	rec, err := learn.Open(filepath.Join(stateDir, learn.FileName))
+	if err != nil {
+		return nil, err
+	}
+	e := &Egress{r: r, log: r.log, learned: rec, events: newEventHub(1024), m: newEgressMetrics(r.opts.Registry),
+		stateDir: stateDir, ctx: context.Background(), now: time.Now}
+	e.resolver = resolve.New(resolve.SystemLookup(resolvers))
+	e.proxy = &proxy.Proxy{Decider: e, Resolver: e.resolver, Log: r.log}
+	e.dns = &dns.Server{Resolver: e.resolver, Log: r.log, Decide: e.decideName, Observe: e.observeDNS}
+	return e, nil
+}
+
+// Start runs the background work (expiry sweeps, the learned record's
+// writer, the blocklist loader) until ctx is done, and serves the
+// transparent proxy and the DNS stub on the configured addresses (or on
+// the given listeners). It returns once the listeners are bound.
+func (e *Egress) Start(ctx context.Context, cfg *routerconfig.Config, wg *sync.WaitGroup) error {
+	e.ctx = ctx
+	e.policyFor(e.r.gen.Load()) // starts the blocklist loader
+	wg.Go(func() { e.proxy.Run(ctx) })
+	wg.Go(func() {
+		e.learned.Run(ctx, 5*time.Second, func(err error) { e.log.Error("learned egress record write failed", "err", err) })
+	})
+	var closers []func() error
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	eg := cfg.Egress
+	if eg != nil && eg.TransparentListen != "" {
+		ln, err := net.Listen("tcp4", eg.TransparentListen)
+		if err != nil {
+			return fmt.Errorf("egress transparent listener: %w", err)
+		}
+		closers = append(closers, ln.Close)
+		wg.Go(func() {
+			if err := e.proxy.ServeTransparent(ln); err != nil {
+				e.log.Error("transparent egress listener failed", "err", err)
+			}
+		})
+	}
+	if eg != nil && eg.DNSListen != "" {
+		pc, err := net.ListenPacket("udp4", eg.DNSListen)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("egress DNS listener (udp): %w", err)
+		}
+		closers = append(closers, pc.Close)
+		ln, err := net.Listen("tcp4", eg.DNSListen)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("egress DNS listener (tcp): %w", err)
+		}
+		closers = append(closers, ln.Close)
+		wg.Go(func() { e.dns.ServeUDP(pc) })
+		wg.Go(func() { e.dns.ServeTCP(ln) })
+	}
+	wg.Go(func() {
+		<-ctx.Done()
+		closeAll()
+		e.proxy.Close()
+		if b := e.bl.Load(); b != nil {
+			b.cancel()
+		}
+	})
+	return nil
+}
+
+// Wrap serves proxy requests (CONNECT, absolute-form HTTP) arriving on the
+// agent port with the forward proxy, and everything else with next.
+func (e *Egress) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if proxy.IsProxyRequest(req) {
+			e.proxy.ServeHTTP(w, req)
+			return
+		}
+		next.ServeHTTP(w, req)
+	})
+}
+
+// policyFor returns the egress policy of generation g, compiling it the
+// first time g is seen. A new generation re-checks the open tunnels.
+func (e *Egress) policyFor(g *generation) *egressPolicy {
+	if p := e.compiled.Load(); p != nil && p.gen == g {
+		return p
+	}
+	c := g.snap.Config
+	ep := &egressPolicy{gen: g}
+	var rules []allowlist.Rule
+	eg := c.Egress
+	if eg == nil {
+		eg = &routerconfig.Egress{}
+	}
+	if eg.Mode == routerconfig.EgressLearn {
+		ep.pol.Mode = policy.Learn
+	}
+	add := func(name string, hosts []string, ports []int32, expires time.Time, into *[]allowlist.Rule) {
+		for _, h := range hosts {
+			en, err := allowlist.ParseEntry(h)
+			if err != nil {
+				continue // Validate refused such configs
+			}
+			if len(ports) > 0 && len(en.Ports) == 0 {
+				for _, p := range ports {
+					en.Ports = append(en.Ports, uint16(p))
+				}
+			}
+			*into = append(*into, allowlist.Rule{Entry: en, Name: name + " " + en.String(), Expires: expires})
+		}
+	}
+	add("allowedHosts", eg.AllowedHosts, nil, time.Time{}, &rules)
+	if a := eg.Allowlist; a != nil {
+		add("allowlist "+shortDigest(a.Digest), a.Hosts, nil, time.Time{}, &rules)
+	}
+	ep.pol.Allowlist = allowlist.Compile(rules)
+	var approvals []allowlist.Rule
+	for _, a := range eg.Approvals {
+		add("approval "+a.Name, a.Hosts, a.Ports, a.ExpiresAt, &approvals)
+	}
+	ep.pol.Approvals = allowlist.Compile(approvals)
+	if b := e.blocklistFor(eg.Blocklist); b != nil {
+		ep.blocklist = b
+		ep.pol.Blocklist = b
+		ep.pol.BlocklistRule = "blocklist"
+	}
+	var base governance.DecisionProvider
+	if c.Governance != nil {
+		base = e.r.engine
+	}
+	ep.gov = &behavior.Guard{Next: policy.NoRuleAllows{Next: base}, Monitor: g.monitor}
+	if old := e.compiled.Swap(ep); old != nil {
+		go e.proxy.Sweep(e.now(), true)
+	}
+	return ep
+}
+
+func shortDigest(d string) string {
+	if len(d) > len("sha256:")+12 {
+		return d[:len("sha256:")+12]
+	}
+	return d
+}
+
+// blocklistFor returns the runner for cfg, starting a new loader when the
+// configuration changed.
+func (e *Egress) blocklistFor(cfg *routerconfig.Blocklist) *blocklistRunner {
+	e.blMu.Lock()
+	defer e.blMu.Unlock()
+	if cfg == nil || len(cfg.Sources) == 0 {
+		if old := e.bl.Swap(nil); old != nil {
+			old.cancel()
+		}
+		return nil
+	}
+	keyRaw, _ := json.Marshal(cfg)
+	if cur := e.bl.Load(); cur != nil && cur.key == string(keyRaw) {
+		return cur
+	}
+	var srcs []blocklist.Source
+	client := &http.Client{Timeout: 2 * time.Minute, Transport: DefaultTransport()}
+	for _, s := range cfg.Sources {
+		switch {
+		case s.File != "":
+			name := s.Name
+			if name == "" {
+				name = "file:" + s.File
+			}
+			srcs = append(srcs, blocklist.FileSource(name, s.File))
+		case s.URL != "":
+			src, err := blocklist.URLSource(s.URL, client, false)
+			if err == nil {
+				srcs = append(srcs, src)
+			}
+		case s.OCI != "":
+			ref := s.OCI
+			srcs = append(srcs, blocklist.Source{Name: "oci://" + ref, Fetch: func(ctx context.Context, w io.Writer, etag string) (string, bool, error) {
+				return artifact.FetchBlob(ctx, artifact.Options{HTTPClient: client}, ref, etag, w, blocklist.MaxListBytes)
+			}})
+		}
+	}
+	ctx, cancel := context.WithCancel(e.ctx)
+	b := &blocklistRunner{key: string(keyRaw), cancel: cancel}
+	b.loader = &blocklist.Loader{Dir: filepath.Join(e.stateDir, "blocklist"), Sources: srcs, Interval: cfg.RefreshInterval(), Log: e.log,
+		OnUpdate: func(s *blocklist.Snapshot) {
+			if s.Version != "" {
+				b.ready.Store(true)
+			}
+			e.m.blocklist(s)
+		}}
+	go func() {
+		if err := b.loader.Start(ctx); err != nil {
+			e.log.Warn("blocklist: a source failed; the last good list stays in force", "err", err)
+		}
+		b.loader.Run(ctx)
+	}()
+	if old := e.bl.Swap(b); old != nil {
+		old.cancel()
+	}
+	return b
+}
+
+// Decide implements proxy.Decider: decide, then record durably.
+func (e *Egress) Decide(ctx context.Context, req proxy.Request) proxy.Verdict {
+	start := e.now()
+	g := e.r.gen.Load()
+	ep := e.policyFor(g)
+	var d policy.Decision
+	switch {
+	case e.r.auditFailing.Load():
+		// Fail closed; the refusal's own entry probes the log.
+		d = policy.Decision{Step: policy.StepInvalid, Rule: "kars-audit", Reason: "kars-router cannot write its audit log, so it allows no egress until it can"}
+	case ep.blocklist != nil && !ep.blocklist.ready.Load():
+		d = policy.Decision{Step: policy.StepBlocklist, Rule: "blocklist", Reason: "the blocklist has not been loaded yet; egress fails closed until it is"}
+	default:
+		d = ep.pol.Decide(req.Host, req.Port, start)
+		if d.Allow {
+			d = policy.Govern(d, ep.gov, g.agent, req.Host, req.Port)
+		} else {
+			g.monitor.ObserveDecision(g.agent, governance.Decision{Verdict: governance.Deny, Rule: d.Rule, Reason: d.Reason})
+		}
+	}
+	v := verdictOf(req, d)
+	rec := e.record(g, req, d, start)
+	if err := e.r.appendAudit(ctx, rec); err != nil {
+		v = proxy.Verdict{Status: http.StatusServiceUnavailable, Rule: "kars-audit",
+			Message: "kars egress: " + destOf(req) + " refused: the decision could not be written to the audit log (" + err.Error() + ")"}
+		d.Allow = false
+	}
+	e.after(req, d, v, start)
+	return v
+}
+
+// Still implements proxy.Decider: the current policy's verdict, without
+// recording.
+func (e *Egress) Still(req proxy.Request, now time.Time) proxy.Verdict {
+	g := e.r.gen.Load()
+	ep := e.policyFor(g)
+	d := ep.pol.Decide(req.Host, req.Port, now)
+	if d.Allow {
+		d = policy.Govern(d, ep.gov, g.agent, req.Host, req.Port)
+	}
+	return verdictOf(req, d)
+}
+
+// Refused implements proxy.Decider: an allowed name that resolved only to
+// refused addresses.
+func (e *Egress) Refused(ctx context.Context, req proxy.Request, reason string) {
+	start := e.now()
+	g := e.r.gen.Load()
+	d := policy.Decision{Step: policy.StepAddress, Rule: "refused-range", Reason: reason}
+	e.r.appendAudit(ctx, e.record(g, req, d, start))
+	e.after(req, d, verdictOf(req, d), start)
+}
+
+func destOf(req proxy.Request) string { return policy.Action(req.Host, req.Port)[len("egress:"):] }
+
+// verdictOf turns a decision into the proxy's verdict, with the message
+// the agent sees.
+func verdictOf(req proxy.Request, d policy.Decision) proxy.Verdict {
+	if d.Allow {
+		return proxy.Verdict{Allow: true, Rule: d.Rule, Expires: d.Expires}
+	}
+	status := http.StatusForbidden
+	if d.Verdict == governance.RateLimited {
+		status = http.StatusTooManyRequests
+	}
+	if d.Rule == "kars-audit" {
+		status = http.StatusServiceUnavailable
+	}
+	why := d.Reason
+	if d.Matched != "" {
+		why += " (" + d.Matched + ")"
+	}
+	return proxy.Verdict{Status: status, Rule: d.Rule,
+		Message: "kars egress: " + destOf(req) + " refused by " + d.Step.String() + " rule " + strconv.Quote(d.Rule) + ": " + why}
+}
+
+// record is the decision's audit entry.
+func (e *Egress) record(g *generation, req proxy.Request, d policy.Decision, start time.Time) audit.Record {
+	verdict := "deny"
+	switch {
+	case d.Allow:
+		verdict = "allow"
+	case d.Step == policy.StepGovernance:
+		verdict = d.Verdict.String()
+	}
+	attrs := map[string]string{"op": "egress", "step": d.Step.String(), "via": string(req.Via)}
+	if req.OrigDst.IsValid() {
+		attrs["orig_dst"] = req.OrigDst.String()
+	}
+	if req.Method != "" {
+		attrs["method"] = req.Method
+	}
+	if d.Matched != "" {
+		attrs["matched"] = d.Matched
+	}
+	if d.Step == policy.StepBlocklist {
+		if b := e.bl.Load(); b != nil {
+			attrs["blocklist_version"] = b.loader.Current().Version
+		}
+	}
+	if !d.Expires.IsZero() {
+		attrs["expires"] = d.Expires.UTC().Format(time.RFC3339)
+	}
+	return audit.Record{Sandbox: g.sandbox, Agent: g.agent, Action: policy.Action(req.Host, req.Port),
+		Decision: verdict, Rule: d.Rule, Reason: d.Reason, Latency: e.now().Sub(start), Attrs: attrs}
+}
+
+// after records a decision in the learned record, the metrics, the event
+// stream and the log.
+func (e *Egress) after(req proxy.Request, d policy.Decision, v proxy.Verdict, start time.Time) {
+	now := e.now()
+	e.learned.Record(req.Host, req.Port, v.Allow, d.Step.String(), d.Rule, now)
+	verdict := "deny"
+	if v.Allow {
+		verdict = "allow"
+	}
+	e.m.decisions.WithLabelValues(d.Step.String(), verdict, string(req.Via)).Inc()
+	e.events.publish(Event{Time: now, Kind: "connect", Host: req.Host, Port: req.Port, Via: string(req.Via),
+		OrigDst: addrString(req), Verdict: verdict, Step: d.Step.String(), Rule: d.Rule, Reason: v.Message})
+	e.log.LogAttrs(context.Background(), slog.LevelInfo, "egress",
+		slog.String("host", req.Host), slog.Int("port", int(req.Port)), slog.String("via", string(req.Via)),
+		slog.String("decision", verdict), slog.String("step", d.Step.String()), slog.String("rule", d.Rule),
+		slog.Duration("latency", now.Sub(start)))
+}
+
+func addrString(req proxy.Request) string {
+	if req.OrigDst.IsValid() {
+		return req.OrigDst.String()
+	}
+	return ""
+}
+
+// decideName answers the DNS stub: whether some connection to name could
+// be allowed now.
+func (e *Egress) decideName(name string) dns.Decision {
+	ep := e.policyFor(e.r.gen.Load())
+	if ep.blocklist != nil && !ep.blocklist.ready.Load() {
+		return dns.Decision{Rule: "blocklist", Reason: "the blocklist has not been loaded yet"}
+	}
+	d := ep.pol.DecideHost(name, e.now())
+	return dns.Decision{Allow: d.Allow, Rule: d.Rule, Reason: d.Reason}
+}
+
+func (e *Egress) observeDNS(q dns.Query) {
+	e.m.dns.WithLabelValues(q.RCode).Inc()
+	verdict := "allow"
+	if q.RCode != "RCodeSuccess" {
+		verdict = "deny"
+	}
+	e.events.publish(Event{Time: e.now(), Kind: "dns", Host: q.Name, Verdict: verdict, Rule: q.Rule, Reason: q.Reason, DNSType: q.Type, RCode: q.RCode})
+}
+
+// EgressStatus is the admin view of the egress side.
+type EgressStatus struct {
+	Mode            string              `json:"mode"`
+	AllowedHosts    int                 `json:"allowedHosts"`
+	AllowlistDigest string              `json:"allowlistDigest,omitempty"`
+	AllowlistHosts  int                 `json:"allowlistHosts"`
+	Approvals       []ApprovalStatus    `json:"approvals"`
+	Blocklist       *blocklist.Snapshot `json:"blocklist,omitempty"`
+	BlocklistAge    string              `json:"blocklistAge,omitempty"`
+	OpenTunnels     int                 `json:"openTunnels"`
+	Listeners       map[string]string   `json:"listeners"`
+	ConfigDigest    string              `json:"configDigest"`
+}
+
+// ApprovalStatus echoes an approval the router enforces; the controller
+// sets RouterConfirmed from it.
+type ApprovalStatus struct {
+	Name      string    `json:"name"`
+	UID       string    `json:"uid,omitempty"`
+	Hosts     []string  `json:"hosts"`
+	Ports     []int32   `json:"ports,omitempty"`
+	ExpiresAt time.Time `json:"expiresAt"`
+	Active    bool      `json:"active"`
+}
+
+// Status reports the egress configuration in force.
+func (e *Egress) Status() EgressStatus {
+	g := e.r.gen.Load()
+	ep := e.policyFor(g)
+	c := g.snap.Config
+	st := EgressStatus{Mode: ep.pol.Mode.String(), Approvals: []ApprovalStatus{}, OpenTunnels: len(e.proxy.Open()),
+		Listeners: map[string]string{}, ConfigDigest: g.snap.Digest}
+	now := e.now()
+	if eg := c.Egress; eg != nil {
+		st.AllowedHosts = len(eg.AllowedHosts)
+		if a := eg.Allowlist; a != nil {
+			st.AllowlistDigest, st.AllowlistHosts = a.Digest, len(a.Hosts)
+		}
+		for _, a := range eg.Approvals {
+			st.Approvals = append(st.Approvals, ApprovalStatus{Name: a.Name, UID: a.UID, Hosts: a.Hosts, Ports: a.Ports,
+				ExpiresAt: a.ExpiresAt, Active: now.Before(a.ExpiresAt)})
+		}
+		if eg.TransparentListen != "" {
+			st.Listeners["transparent"] = eg.TransparentListen
+		}
+		if eg.DNSListen != "" {
+			st.Listeners["dns"] = eg.DNSListen
+		}
+	}
+	st.Listeners["explicit"] = c.AgentListen()
+	if ep.blocklist != nil {
+		s := ep.blocklist.loader.Current()
+		st.Blocklist = s
+		st.BlocklistAge = s.Age(now).Round(time.Second).String()
+	}
+	return st
+}
+
+// AdminHandler serves /admin/v1/egress (status), /admin/v1/egress/learned
+// and /admin/v1/egress/events (?follow=1 streams NDJSON).
+func (e *Egress) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/v1/egress", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, e.Status())
+	})
+	mux.HandleFunc("GET /admin/v1/egress/learned", func(w http.ResponseWriter, _ *http.Request) {
+		es, dropped := e.learned.List()
+		if es == nil {
+			es = []learn.Entry{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"mode": e.policyFor(e.r.gen.Load()).pol.Mode.String(), "entries": es, "dropped": dropped})
+	})
+	mux.HandleFunc("GET /admin/v1/egress/events", e.events.serve)
+	return mux
+}
+
+// egressMetrics are the egress side's Prometheus series.
+type egressMetrics struct {
+	decisions      *prometheus.CounterVec
+	dns            *prometheus.CounterVec
+	blDomains      prometheus.Gauge
+	blAge          prometheus.GaugeFunc
+	blInfo         *prometheus.GaugeVec
+	blFailures     prometheus.Gauge
+	mu             sync.Mutex
+	oldest         time.Time
+	lastVersion    string
+	sourcesFailing int
+}
+
+func newEgressMetrics(reg *prometheus.Registry) *egressMetrics {
+	const ns = "kars_router_egress"
+	m := &egressMetrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "decisions_total",
+			Help: "Egress decisions by deciding step, verdict and how the connection arrived."}, []string{"step", "verdict", "via"}),
+		dns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dns_queries_total",
+			Help: "DNS queries the agent sent, by response code."}, []string{"rcode"}),
+		blDomains: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "blocklist_domains",
+			Help: "Distinct domains in the blocklist in force."}),
+		blInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "blocklist_info",
+			Help: "The blocklist version in force (1 for the current version)."}, []string{"version"}),
+		blFailures: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "blocklist_sources_failing",
+			Help: "Blocklist sources whose last refresh failed (their last good list stays in force)."}),
+	}
+	m.blAge = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "blocklist_age_seconds",
+		Help: "Age of the oldest list in the blocklist in force (0 without a blocklist)."}, func() float64 {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.oldest.IsZero() {
+			return 0
+		}
+		return time.Since(m.oldest).Seconds()
+	})
+	reg.MustRegister(m.decisions, m.dns, m.blDomains, m.blAge, m.blInfo, m.blFailures)
+	return m
+}
+
+func (m *egressMetrics) blocklist(s *blocklist.Snapshot) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.oldest = s.Oldest
+	m.blDomains.Set(float64(s.Domains))
+	if m.lastVersion != s.Version {
+		if m.lastVersion != "" {
+			m.blInfo.DeleteLabelValues(m.lastVersion)
+		}
+		m.lastVersion = s.Version
+	}
+	if s.Version != "" {
+		m.blInfo.WithLabelValues(s.Version).Set(1)
+	}
+	failing := 0
+	for _, src := range s.Sources {
+		if src.LastError != "" {
+			failing++
+		}
+	}
+	m.blFailures.Set(float64(failing))
+}
