@@ -1,13 +1,17 @@
 package router
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -51,13 +55,20 @@ type Egress struct {
 	now      func() time.Time
 
 	compiled atomic.Pointer[egressPolicy]
-	blMu     sync.Mutex
-	bl       atomic.Pointer[blocklistRunner]
+	// state is the egress state file in force (nil: none; the config's
+	// own fields apply).
+	state atomic.Pointer[routerconfig.EgressState]
+	blMu  sync.Mutex
+	bl    atomic.Pointer[blocklistRunner]
 }
 
-// egressPolicy is the policy compiled from one config generation.
+// egressPolicy is the policy compiled from one config generation and
+// egress state.
 type egressPolicy struct {
-	gen *generation
+	gen   *generation
+	state *routerconfig.EgressState
+	// eg is the merged egress configuration the policy was built from.
+	eg  *routerconfig.Egress
 	pol policy.Policy
 	gov governance.DecisionProvider
 	// blocklist is the runner the policy consults (nil: none).
@@ -147,6 +158,60 @@ func (e *Egress) Start(ctx context.Context, cfg *routerconfig.Config, wg *sync.W
 	return nil
 }
 
+// SetState puts an egress state in force (nil: none).
+func (e *Egress) SetState(s *routerconfig.EgressState) {
+	e.state.Store(s)
+	e.policyFor(e.r.gen.Load())
+}
+
+// WatchState reads the egress state file at path, then keeps it in force,
+// checking it every second on wg, until ctx is done: a changed file is validated and
+// swapped in; an invalid one is logged and the previous state stays; a
+// missing one means no state. root prefixes its blocklist file sources
+// (KARS_ROUTER_ROOT).
+func (e *Egress) WatchState(ctx context.Context, path, root string, wg *sync.WaitGroup) {
+	var last []byte
+	var missing bool
+	check := func() {
+		raw, err := os.ReadFile(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if !missing {
+				missing, last = true, nil
+				e.SetState(nil)
+			}
+			return
+		case err != nil:
+			e.log.Error("egress state unreadable; the previous one stays in force", "path", path, "err", err)
+			return
+		}
+		if !missing && last != nil && bytes.Equal(raw, last) {
+			return
+		}
+		missing, last = false, raw
+		st, err := routerconfig.ParseEgressState(raw)
+		if err != nil {
+			e.log.Error("egress state rejected; the previous one stays in force", "path", path, "err", err)
+			return
+		}
+		e.SetState(st.Under(root))
+		e.log.Info("egress state loaded", "approvals", len(st.Approvals), "allowlist", st.Allowlist != nil, "blocklist", st.Blocklist != nil)
+	}
+	check()
+	wg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				check()
+			}
+		}
+	})
+}
+
 // Wrap serves proxy requests (CONNECT, absolute-form HTTP) arriving on the
 // agent port with the forward proxy, and everything else with next.
 func (e *Egress) Wrap(next http.Handler) http.Handler {
@@ -162,16 +227,22 @@ func (e *Egress) Wrap(next http.Handler) http.Handler {
 // policyFor returns the egress policy of generation g, compiling it the
 // first time g is seen. A new generation re-checks the open tunnels.
 func (e *Egress) policyFor(g *generation) *egressPolicy {
-	if p := e.compiled.Load(); p != nil && p.gen == g {
+	st := e.state.Load()
+	if p := e.compiled.Load(); p != nil && p.gen == g && p.state == st {
 		return p
 	}
 	c := g.snap.Config
-	ep := &egressPolicy{gen: g}
+	ep := &egressPolicy{gen: g, state: st}
 	var rules []allowlist.Rule
-	eg := c.Egress
-	if eg == nil {
-		eg = &routerconfig.Egress{}
+	eg := &routerconfig.Egress{}
+	if c.Egress != nil {
+		merged := *c.Egress
+		eg = &merged
 	}
+	if st != nil {
+		eg.Allowlist, eg.Approvals, eg.Blocklist = st.Allowlist, st.Approvals, st.Blocklist
+	}
+	ep.eg = eg
 	if eg.Mode == routerconfig.EgressLearn {
 		ep.pol.Mode = policy.Learn
 	}
@@ -465,7 +536,7 @@ func (e *Egress) Status() EgressStatus {
 	st := EgressStatus{Mode: ep.pol.Mode.String(), Approvals: []ApprovalStatus{}, OpenTunnels: len(e.proxy.Open()),
 		Listeners: map[string]string{}, ConfigDigest: g.snap.Digest}
 	now := e.now()
-	if eg := c.Egress; eg != nil {
+	if eg := ep.eg; eg != nil {
 		st.AllowedHosts = len(eg.AllowedHosts)
 		if a := eg.Allowlist; a != nil {
 			st.AllowlistDigest, st.AllowlistHosts = a.Digest, len(a.Hosts)

@@ -280,3 +280,29 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+func TestEgressStateFile(t *testing.T) {
+	e := newEgressHarness(t, nil)
+	path := filepath.Join(e.dir, routerconfig.EgressStateFile)
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); wg.Wait() }()
+	e.eg.WatchState(ctx, path, "", &wg)
+	if code, _, _ := e.connect(t, "approved.test"); code != 403 {
+		t.Fatalf("before the state file: %d", code)
+	}
+	st := routerconfig.EgressState{Approvals: []routerconfig.EgressApproval{{Name: "ea", UID: "u", Hosts: []string{"approved.test"},
+		Ports: []int32{int32(e.port)}, ExpiresAt: time.Now().Add(time.Hour)}}}
+	raw, _ := json.Marshal(st)
+	os.WriteFile(path, raw, 0o600)
+	waitFor(t, func() bool { code, _, _ := e.connect(t, "approved.test"); return code == 200 })
+	// An invalid file is rejected and the last good state stays.
+	os.WriteFile(path, []byte(`{"approvals":[{"name":"x","hosts":["*.com"]}]}`), 0o600)
+	time.Sleep(1500 * time.Millisecond)
+	if code, _, _ := e.connect(t, "approved.test"); code != 200 {
+		t.Errorf("an invalid state file replaced the good one: %d", code)
+	}
+	os.Remove(path)
+	waitFor(t, func() bool { code, _, _ := e.connect(t, "approved.test"); return code == 403 })
+}
+

@@ -145,6 +145,8 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		stopBG()
 		wg.Wait() // the ledger's final flush happens here
 	}()
+	statePath := filepath.Join(filepath.Dir(routerconfig.UnderRoot(o.Root, o.ConfigPath)), routerconfig.EgressStateFile)
+	eg.WatchState(bg, statePath, o.Root, &wg)
 	if err := eg.Start(bg, cfg, &wg); err != nil {
 		return err
 	}

@@ -1,6 +1,9 @@
 package routerconfig
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -14,6 +17,14 @@ import (
 // DNS stub, and the lists they decide by (docs/egress.md). Nil means
 // Strict with empty lists — nothing but the model is reachable — and no
 // transparent or DNS listener.
+//
+// What changes without the sandbox's policy changing — the verified
+// allowlist, the active approvals, the blocklist's sources — lives in a
+// second file beside router.json, EgressStateFile (EgressState), so that
+// an approval or a blocklist refresh never changes the config digest the
+// RouterEnforcing handshake compares. The fields of the same name here are
+// for a router run without that file (tests, a hand-written config); the
+// state file's, when present, take their place.
 type Egress struct {
 	// Mode is Strict (default) or Learn.
 	Mode string `json:"mode,omitempty"`
@@ -201,5 +212,54 @@ func (e *Egress) under(root string) *Egress {
 		bl.Sources[i].File = UnderRoot(root, bl.Sources[i].File)
 	}
 	c.Blocklist = &bl
+	return &c
+}
+
+// EgressStateFile is the key of the router ConfigMap (and so the file
+// beside router.json) holding the EgressState.
+const EgressStateFile = "egress.json"
+
+// EgressState is the egress configuration the controller keeps current
+// apart from router.json: the verified allowlist, the active approvals and
+// the blocklist's sources.
+type EgressState struct {
+	Allowlist *EgressAllowlist `json:"allowlist,omitempty"`
+	Approvals []EgressApproval `json:"approvals,omitempty"`
+	Blocklist *Blocklist       `json:"blocklist,omitempty"`
+}
+
+// Validate reports every problem with s.
+func (s *EgressState) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	(&Egress{Allowlist: s.Allowlist, Approvals: s.Approvals, Blocklist: s.Blocklist}).validate(bad)
+	return errors.Join(errs...)
+}
+
+// ParseEgressState reads and validates an egress state file's content.
+func ParseEgressState(raw []byte) (*EgressState, error) {
+	var s EgressState
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return nil, fmt.Errorf("%s: %w", EgressStateFile, err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", EgressStateFile, err)
+	}
+	return &s, nil
+}
+
+// Under resolves the blocklist's file sources under root.
+func (s *EgressState) Under(root string) *EgressState {
+	if s == nil || root == "" {
+		return s
+	}
+	c := *s
+	if e := (&Egress{Blocklist: s.Blocklist}).under(root); e != nil {
+		c.Blocklist = e.Blocklist
+	}
 	return &c
 }
