@@ -42,6 +42,9 @@ type Environment struct {
 	// StorageClass names the StorageClass of the sandbox's volume claims
 	// (router state, workspace); empty means the cluster's default.
 	StorageClass string
+	// Blocklist is where every router fetches the egress blocklist from
+	// (the controller's --egress-blocklist); nil means none.
+	Blocklist *routerconfig.Blocklist
 }
 
 // AdminCredentials are the router's admin API credentials. The controller
@@ -67,6 +70,17 @@ type Input struct {
 	// Now decides whether an A2A exposure window is still open.
 	Now time.Time
 	Env Environment
+	// Egress is the sandbox's verified allowlist and active approvals, as
+	// the controller established them (docs/egress.md).
+	Egress EgressInput
+}
+
+// EgressInput is the part of a sandbox's egress policy that lives outside
+// its spec: the allowlist artifact after signature verification, and the
+// EgressApprovals that are active.
+type EgressInput struct {
+	Allowlist *routerconfig.EgressAllowlist
+	Approvals []routerconfig.EgressApproval
 }
 
 // Sandbox is the rendered desired state of one sandbox.
@@ -155,7 +169,7 @@ func Render(in Input) (*Sandbox, error) {
 	out.RouterConfig = &corev1.ConfigMap{
 		TypeMeta:   typeMeta("v1", "ConfigMap"),
 		ObjectMeta: meta(sb, names.RouterConfig, "router"),
-		Data:       map[string]string{routerconfig.FileName: string(cfgJSON)},
+		Data:       map[string]string{routerconfig.FileName: string(cfgJSON), routerconfig.EgressStateFile: egressState(in)},
 	}
 	out.RouterConfig.Annotations = map[string]string{AnnotationConfigDigest: digest}
 	if rt.Config != nil {
