@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,7 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/sandbox/local"
 )
 
@@ -68,8 +70,11 @@ type builtSpec struct {
 	// is its place under the router's directory.
 	routerConfig        []byte
 	routerConfigRelPath string
-	routerDir           string
-	agentPort           uint16
+	// hotFiles are the router ConfigMap's other keys (egress.json), which
+	// the router watches too: updated in place, kept out of the hash.
+	hotFiles  map[string][]byte
+	routerDir string
+	agentPort uint16
 }
 
 func buildSpec(in buildInput) (*builtSpec, error) {
@@ -122,7 +127,15 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		for rel, data := range files {
 			p := strings.TrimPrefix(path.Join(m.MountPath, rel), "/")
 			if v.ConfigMap != nil && v.ConfigMap.Name == in.desired.Names.RouterConfig {
-				// router.json is hot-reloaded: kept out of the restart hash.
+				// router.json and egress.json are hot-reloaded: kept out
+				// of the restart hash.
+				if path.Base(p) != routerconfig.FileName {
+					if b.hotFiles == nil {
+						b.hotFiles = map[string][]byte{}
+					}
+					b.hotFiles[p] = data
+					continue
+				}
 				b.routerConfig, b.routerConfigRelPath = data, p
 				continue
 			}
@@ -152,13 +165,18 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 	}
 	routerEnv := envList(routerC.Env)
 	routerEnv = append(routerEnv, "KARS_ROUTER_ROOT="+b.routerDir)
+	if os.Geteuid() != 0 {
+		// Rootless: the router runs on the host's network stack, where
+		// the egress listeners have no guard redirecting to them.
+		routerEnv = append(routerEnv, "KARS_ROUTER_NO_EGRESS_LISTENERS=1")
+	}
 	b.spec = local.Spec{
 		ID:        id,
 		StateRoot: in.stateRoot,
 		Workspace: in.workspace,
 		Isolation: isolation,
 		Router: local.Process{Path: routerPath, Args: containerArgs(routerC), Env: routerEnv,
-			Files: withPlaceholders(routerFiles, b.routerConfigRelPath, b.routerConfig)},
+			Files: withPlaceholders(routerFiles, b.routerConfigRelPath, b.routerConfig, b.hotFiles)},
 		Agent:          local.Process{Path: agentPath, Args: containerArgs(agentC), Env: envList(agentC.Env)},
 		RouterPorts:    []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)},
 		AgentPorts:     []uint16{b.agentPort},
@@ -183,9 +201,12 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 
 // withPlaceholders adds router.json and the directories the router writes
 // to, so that they exist, owned by the router, before it starts.
-func withPlaceholders(files map[string][]byte, configRel string, config []byte) map[string][]byte {
-	out := make(map[string][]byte, len(files)+3)
+func withPlaceholders(files map[string][]byte, configRel string, config []byte, hot map[string][]byte) map[string][]byte {
+	out := make(map[string][]byte, len(files)+len(hot)+3)
 	for k, v := range files {
+		out[k] = v
+	}
+	for k, v := range hot {
 		out[k] = v
 	}
 	out[configRel] = config

@@ -45,7 +45,6 @@ var routerURL = "http://127.0.0.1:" + strconv.Itoa(int(RouterAgentPort))
 // noProxy keeps the agent's calls to the router itself off the proxy.
 const noProxy = "127.0.0.1,localhost,::1"
 
-
 func podTemplate(in Input, names Names, rt *Runtime, a2a bool) (corev1.PodTemplateSpec, error) {
 	sb := in.Sandbox
 	agent, err := agentContainer(in, rt)

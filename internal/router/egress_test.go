@@ -305,4 +305,3 @@ func TestEgressStateFile(t *testing.T) {
 	os.Remove(path)
 	waitFor(t, func() bool { code, _, _ := e.connect(t, "approved.test"); return code == 403 })
 }
-

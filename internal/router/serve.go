@@ -59,7 +59,15 @@ type ServeOptions struct {
 	// (audit.Options.CommitWindow); zero syncs every batch at once.
 	// kars-router passes audit.DefaultCommitWindow unless told otherwise.
 	AuditCommitWindow time.Duration
+	// NoEgressListeners skips the transparent proxy and DNS stub
+	// listeners (env KARS_ROUTER_NO_EGRESS_LISTENERS=1): a router outside
+	// its pod's network namespace (the rootless local substrate) must not
+	// bind them on the host's loopback.
+	NoEgressListeners bool
 }
+
+// EnvNoEgressListeners turns ServeOptions.NoEgressListeners on.
+const EnvNoEgressListeners = "KARS_ROUTER_NO_EGRESS_LISTENERS"
 
 // Serve runs kars-router until ctx is done: it loads and watches the
 // config, opens the budget ledger and the audit log, and serves the agent
@@ -147,7 +155,14 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}()
 	statePath := filepath.Join(filepath.Dir(routerconfig.UnderRoot(o.Root, o.ConfigPath)), routerconfig.EgressStateFile)
 	eg.WatchState(bg, statePath, o.Root, &wg)
-	if err := eg.Start(bg, cfg, &wg); err != nil {
+	egCfg := cfg
+	if o.NoEgressListeners && cfg.Egress != nil {
+		c, e := *cfg, *cfg.Egress
+		e.TransparentListen, e.DNSListen = "", ""
+		c.Egress = &e
+		egCfg = &c
+	}
+	if err := eg.Start(bg, egCfg, &wg); err != nil {
 		return err
 	}
 
