@@ -172,12 +172,16 @@ func Rules(p Policy) ([]Rule, error) {
 		{UID: uid, Established: true, Verdict: Accept, Comment: "replies on accepted and allowed connections"},
 		{UID: uid, Family: IPv4, Proto: TCP, OutIface: "lo", Daddr: netip.MustParseAddr("127.0.0.1"), Dport: p.RouterPort, Verdict: Accept, Comment: "the router"},
 	}
+	// No oifname match on the redirected ports: the output hook keeps the
+	// device of the route the packet had before the NAT chain rewrote its
+	// destination (eth0 for a connection to the outside). 127.0.0.1 is
+	// only ever reached over lo.
 	if p.TransparentPort != 0 {
-		rs = append(rs, Rule{UID: uid, Family: IPv4, Proto: TCP, OutIface: "lo", Daddr: netip.MustParseAddr("127.0.0.1"), Dport: p.TransparentPort, Verdict: Accept, Comment: "redirected to the router's transparent proxy"})
+		rs = append(rs, Rule{UID: uid, Family: IPv4, Proto: TCP, Daddr: netip.MustParseAddr("127.0.0.1"), Dport: p.TransparentPort, Verdict: Accept, Comment: "redirected to the router's transparent proxy"})
 	}
 	if p.DNSPort != 0 {
 		for _, proto := range []Proto{UDP, TCP} {
-			rs = append(rs, Rule{UID: uid, Family: IPv4, Proto: proto, OutIface: "lo", Daddr: netip.MustParseAddr("127.0.0.1"), Dport: p.DNSPort, Verdict: Accept, Comment: "redirected to the router's DNS stub"})
+			rs = append(rs, Rule{UID: uid, Family: IPv4, Proto: proto, Daddr: netip.MustParseAddr("127.0.0.1"), Dport: p.DNSPort, Verdict: Accept, Comment: "redirected to the router's DNS stub"})
 		}
 	}
 	for _, d := range p.DNS {

@@ -41,9 +41,9 @@ func TestRules(t *testing.T) {
 				`meta skuid 1000 meta nfproto ipv4 tcp dport 53 redirect to :15053 comment "DNS goes to the router's stub"`,
 				`meta skuid 1000 ip daddr != 127.0.0.0/8 ip daddr != 169.254.169.254 meta l4proto tcp redirect to :15001 comment "every other connection goes to the router's transparent proxy"`,
 			}, base, []string{
-				`meta skuid 1000 oifname "lo" ip daddr 127.0.0.1 tcp dport 15001 accept comment "redirected to the router's transparent proxy"`,
-				`meta skuid 1000 oifname "lo" ip daddr 127.0.0.1 udp dport 15053 accept comment "redirected to the router's DNS stub"`,
-				`meta skuid 1000 oifname "lo" ip daddr 127.0.0.1 tcp dport 15053 accept comment "redirected to the router's DNS stub"`,
+				`meta skuid 1000 ip daddr 127.0.0.1 tcp dport 15001 accept comment "redirected to the router's transparent proxy"`,
+				`meta skuid 1000 ip daddr 127.0.0.1 udp dport 15053 accept comment "redirected to the router's DNS stub"`,
+				`meta skuid 1000 ip daddr 127.0.0.1 tcp dport 15053 accept comment "redirected to the router's DNS stub"`,
 			}, tail, []string{
 				`iifname "lo" accept comment "inside the pod"`,
 				`ct state established,related accept comment "replies"`,

@@ -107,7 +107,17 @@ func NewEgress(r *Router, stateDir string, resolvers []string) (*Egress, error) 
 // the given listeners). It returns once the listeners are bound.
 func (e *Egress) Start(ctx context.Context, cfg *routerconfig.Config, wg *sync.WaitGroup) error {
 	e.ctx = ctx
-	e.policyFor(e.r.gen.Load()) // starts the blocklist loader
+	// Egress fails closed until the blocklist is loaded: give the first
+	// load (the cached list, or the first fetch) a moment before serving.
+	if b := e.policyFor(e.r.gen.Load()).blocklist; b != nil {
+		deadline := time.Now().Add(30 * time.Second)
+		for !b.ready.Load() && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !b.ready.Load() {
+			e.log.Warn("blocklist not loaded yet; egress is refused until it is")
+		}
+	}
 	wg.Go(func() { e.proxy.Run(ctx) })
 	wg.Go(func() {
 		e.learned.Run(ctx, 5*time.Second, func(err error) { e.log.Error("learned egress record write failed", "err", err) })
