@@ -95,8 +95,8 @@ func TestRealClientsThroughTheRouter(t *testing.T) {
 		Egress: &routerconfig.Egress{
 			Mode: routerconfig.EgressStrict,
 			// blocked.kars.test is listed too: the blocklist wins.
-			AllowedHosts: []string{"allowed.kars.test", "allowed.kars.test:80", "blocked.kars.test", "meta.kars.test", "private.kars.test"},
-			Blocklist:    &routerconfig.Blocklist{Sources: []routerconfig.BlocklistSource{{File: "/blocklist.txt"}}},
+			AllowedHosts:      []string{"allowed.kars.test", "allowed.kars.test:80", "blocked.kars.test", "meta.kars.test", "private.kars.test"},
+			Blocklist:         &routerconfig.Blocklist{Sources: []routerconfig.BlocklistSource{{File: "/blocklist.txt"}}},
 			TransparentListen: "127.0.0.1:15001", DNSListen: "127.0.0.1:15053",
 			Resolvers: []string{dnsIP + ":53"},
 		},
