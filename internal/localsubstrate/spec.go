@@ -339,3 +339,7 @@ func limits(r corev1.ResourceRequirements) local.Limits {
 func suspended(d *appsv1.Deployment) bool {
 	return d.Spec.Replicas != nil && *d.Spec.Replicas == 0
 }
+
+// PodID is the local pod ID of a sandbox, the folder of its pod under the
+// substrate's StateRoot (`kars trace` reads the pod's state there).
+func PodID(sb *karsv1.KarsSandbox) string { return podID(sb) }
