@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"oras.land/oras-go/v2/registry/remote/credentials"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
@@ -289,6 +290,11 @@ func (c *cluster) enforce(ctx context.Context, cl client.Client, sb *karsv1.Kars
 		return fmt.Errorf("--registry %q: want REGISTRY/REPOSITORY", registry)
 	}
 	o := artifact.Options{PlainHTTP: plainHTTP || reg == devenv.RegistryAddr}
+	// Credentials as docker and oras keep them (~/.docker/config.json and
+	// its helpers, e.g. after `az acr login`).
+	if store, err := credentials.NewStoreFromDocker(credentials.StoreOptions{}); err == nil {
+		o.Credential = credentials.Credential(store)
+	}
 	digest, err := artifact.PushAllowlist(ctx, o, reg, repo, tag, doc.Marshal(), key)
 	if err != nil {
 		return err
