@@ -114,14 +114,18 @@ func (e Entry) Canonical() (Entry, error) {
 // String renders e as ParseEntry reads it when it has at most one port;
 // more ports are listed after the host as "host:{80,443}".
 func (e Entry) String() string {
+	host := e.Host
+	if strings.IndexByte(host, ':') >= 0 {
+		host = "[" + host + "]" // an IPv6 address
+	}
 	switch len(e.Ports) {
 	case 0:
-		return e.Host
+		return host
 	case 1:
 		return joinHostPort(e.Host, e.Ports[0])
 	}
 	var b strings.Builder
-	b.WriteString(e.Host)
+	b.WriteString(host)
 	b.WriteString(":{")
 	for i, p := range e.Ports {
 		if i > 0 {
