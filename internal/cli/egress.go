@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/controller"
 	"github.com/kars-io/kars/internal/devenv"
 	"github.com/kars-io/kars/internal/egress/allowlist"
 	"github.com/kars-io/kars/internal/egress/artifact"
@@ -249,10 +250,6 @@ func (c *cluster) enforce(ctx context.Context, cl client.Client, sb *karsv1.Kars
 	if err := c.routerGet(ctx, cl, sb, "/admin/v1/egress/learned", &l); err != nil {
 		return err
 	}
-	var st egressStatus
-	if err := c.routerGet(ctx, cl, sb, "/admin/v1/egress", &st); err != nil {
-		return err
-	}
 	var entries []allowlist.Entry
 	for _, e := range l.Entries {
 		// What the router let through — in Learn mode, by an approval or
@@ -262,13 +259,20 @@ func (c *cluster) enforce(ctx context.Context, cl client.Client, sb *karsv1.Kars
 		}
 		entries = append(entries, allowlist.Entry{Host: e.Host, Ports: []uint16{e.Port}})
 	}
-	for _, a := range st.Approvals {
-		if !a.Active {
+	// The approvals as the API holds them (the router may not have
+	// loaded one created a moment ago).
+	var approvals karsv1.EgressApprovalList
+	if err := cl.List(ctx, &approvals, client.InNamespace(sb.Namespace)); err != nil {
+		return fmt.Errorf("list EgressApprovals in %s: %w", sb.Namespace, err)
+	}
+	for i := range approvals.Items {
+		a := &approvals.Items[i]
+		if a.Spec.Sandbox != sb.Name || !time.Now().Before(controller.ApprovalExpiresAt(a)) {
 			continue
 		}
-		for _, h := range a.Hosts {
-			en := allowlist.Entry{Host: h}
-			for _, p := range a.Ports {
+		for _, h := range a.Spec.Hosts {
+			en := allowlist.Entry{Host: string(h)}
+			for _, p := range a.Spec.Ports {
 				en.Ports = append(en.Ports, uint16(p))
 			}
 			entries = append(entries, en)
