@@ -591,16 +591,15 @@ func (e *Egress) AdminHandler() http.Handler {
 
 // egressMetrics are the egress side's Prometheus series.
 type egressMetrics struct {
-	decisions      *prometheus.CounterVec
-	dns            *prometheus.CounterVec
-	blDomains      prometheus.Gauge
-	blAge          prometheus.GaugeFunc
-	blInfo         *prometheus.GaugeVec
-	blFailures     prometheus.Gauge
-	mu             sync.Mutex
-	oldest         time.Time
-	lastVersion    string
-	sourcesFailing int
+	decisions   *prometheus.CounterVec
+	dns         *prometheus.CounterVec
+	blDomains   prometheus.Gauge
+	blAge       prometheus.GaugeFunc
+	blInfo      *prometheus.GaugeVec
+	blFailures  prometheus.Gauge
+	mu          sync.Mutex
+	oldest      time.Time
+	lastVersion string
 }
 
 func newEgressMetrics(reg *prometheus.Registry) *egressMetrics {
