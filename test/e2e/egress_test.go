@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,9 +10,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,10 +138,14 @@ func TestEgressLearnApproveEnforce(t *testing.T) {
 		t.Helper()
 		return chatJSON(t, k, "web", "use http_get for "+url).Reply
 	}
-	// Learn: the agent reaches a host no list names, and it is recorded.
+	// Learn: the agent reaches a host no list names, and it is recorded;
+	// kars trace shows it from the kernel (eBPF) and from the router.
+	trace := startTrace(t, k, "web")
 	if r := fetch("http://" + learned + "/first"); !strings.Contains(r, "hello from "+learned+"/first") {
 		t.Fatalf("Learn mode fetch: %q", r)
 	}
+	trace.expect(t, `"source":"kernel"`, `"comm":"kars-agent"`, `"dest":"127.0.0.1:8443"`, `"verdict":"accepted"`)
+	trace.expect(t, `"source":"router"`, `"dest":"`+learned+`:80"`, `"verdict":"allow"`, `"rule":"learn"`)
 	out := k.must("egress", "web", "--learned")
 	if !strings.Contains(out, learned) || !strings.Contains(out, "learn") {
 		t.Fatalf("--learned does not list %s:\n%s", learned, out)
@@ -242,4 +249,65 @@ func waitFetch(t *testing.T, fetch func(string) string, url, want string) {
 		}
 	}
 	t.Fatalf("fetch %s: %q, want %q", url, r, want)
+}
+
+// traceOutput is a running `kars trace --network --json`.
+type traceOutput struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (o *traceOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Write(p)
+}
+
+func startTrace(t *testing.T, k *kars, name string) *traceOutput {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &traceOutput{}
+	cmd := exec.CommandContext(ctx, filepath.Join(k.bin, "kars"), "trace", name, "--network", "--json", "--recent", "0")
+	cmd.Env = k.env
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	// Attached once it says so.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		out.mu.Lock()
+		s := out.buf.String()
+		out.mu.Unlock()
+		if strings.Contains(s, "kernel view: eBPF") {
+			return out
+		}
+		if strings.Contains(s, "kernel view unavailable") {
+			t.Fatalf("kars trace: %s", s)
+		}
+	}
+	t.Fatalf("kars trace never attached: %s", out.buf.String())
+	return nil
+}
+
+// expect waits for a trace line holding every part.
+func (o *traceOutput) expect(t *testing.T, parts ...string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		o.mu.Lock()
+		lines := strings.Split(o.buf.String(), "\n")
+		o.mu.Unlock()
+		for _, l := range lines {
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(l, p)
+			}
+			if ok {
+				return
+			}
+		}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	t.Errorf("kars trace printed no line with %q:\n%s", parts, o.buf.String())
 }
