@@ -100,7 +100,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	fs.StringVar(&c.signerKeys, "egress-signer-keys", getenv("KARS_EGRESS_SIGNER_KEYS"), "PEM file of the public keys (cosign format) allowlist artifacts must be signed with; without it every allowlistRef fails closed (env KARS_EGRESS_SIGNER_KEYS)")
 	fs.StringVar(&c.plainRegistries, "egress-plain-http-registries", "", "comma-separated registry hosts reached over plain HTTP (a local registry)")
-	fs.StringVar(&c.blocklist, "egress-blocklist", getenv("KARS_EGRESS_BLOCKLIST"), "comma-separated blocklist sources every router enforces: https://… URLs, oci://REGISTRY/REPO:TAG artifacts (env KARS_EGRESS_BLOCKLIST)")
+	fs.StringVar(&c.blocklist, "egress-blocklist", getenv("KARS_EGRESS_BLOCKLIST"), "comma-separated blocklist sources every router enforces: https://… URLs, oci://REGISTRY/REPO:TAG artifacts, configmap:NAME[/KEY] (a ConfigMap in each sandbox's namespace) (env KARS_EGRESS_BLOCKLIST)")
 	fs.StringVar(&c.blocklistRefresh, "egress-blocklist-refresh", "6h", "how often routers refetch the blocklist (they keep the last good list when a fetch fails)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -157,7 +157,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
-	signers, blocklist, err := egressConfig(c)
+	signers, blocklist, blocklistCM, err := egressConfig(c)
 	if err != nil {
 		return err
 	}
@@ -168,6 +168,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 			ClusterDNS:      dns,
 			SeccompProfile:  c.seccompProfile,
 			Blocklist:       blocklist,
+			BlocklistConfigMap: blocklistCM,
 		},
 		MaxConcurrentReconciles: c.concurrency,
 		Signers:                 signers,

@@ -24,6 +24,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/render"
@@ -274,6 +275,9 @@ func volumeFiles(in buildInput, v corev1.Volume) (map[string][]byte, error) {
 		if v.ConfigMap.Name != cm.Name {
 			var err error
 			if cm, err = in.configMap(v.ConfigMap.Name); err != nil {
+				if apierrors.IsNotFound(err) && v.ConfigMap.Optional != nil && *v.ConfigMap.Optional {
+					return map[string][]byte{}, nil // as the kubelet mounts it: empty
+				}
 				return nil, err
 			}
 		}

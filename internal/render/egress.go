@@ -2,7 +2,11 @@ package render
 
 import (
 	"encoding/json"
+	"path"
+	"slices"
 	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/egress"
@@ -35,8 +39,37 @@ func egressConfig(sb *karsv1.KarsSandbox) *routerconfig.Egress {
 // allowlist, the active approvals and the installation's blocklist.
 func egressState(in Input) string {
 	st := routerconfig.EgressState{Allowlist: in.Egress.Allowlist, Approvals: in.Egress.Approvals, Blocklist: in.Env.Blocklist}
+	if cm := in.Env.BlocklistConfigMap; cm != nil {
+		bl := routerconfig.Blocklist{}
+		if st.Blocklist != nil {
+			bl = *st.Blocklist
+			bl.Sources = slices.Clone(bl.Sources)
+		}
+		bl.Sources = append(bl.Sources, routerconfig.BlocklistSource{File: path.Join(RouterBlocklistDir, cm.Key), Name: "configmap:" + cm.Name + "/" + cm.Key})
+		st.Blocklist = &bl
+	}
 	b, _ := json.Marshal(st)
 	return string(b)
+}
+
+// RouterBlocklistDir is where the blocklist ConfigMap is mounted in the
+// router container.
+const RouterBlocklistDir = "/etc/kars/blocklist"
+
+const volBlocklist = "egress-blocklist"
+
+// blocklistVolume mounts Environment.BlocklistConfigMap, optional: a
+// namespace without it leaves the source failing, and the router failing
+// closed until it appears (docs/egress.md).
+func blocklistVolume(env Environment) (*corev1.Volume, *corev1.VolumeMount) {
+	cm := env.BlocklistConfigMap
+	if cm == nil {
+		return nil, nil
+	}
+	return &corev1.Volume{Name: volBlocklist, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: cm.Name}, Optional: ptr(true),
+			Items: []corev1.KeyToPath{{Key: cm.Key, Path: cm.Key}}, DefaultMode: ptr(int32(0o444))}}},
+		&corev1.VolumeMount{Name: volBlocklist, MountPath: RouterBlocklistDir, ReadOnly: true}
 }
 
 // egressPorts are the TCP ports the router needs toward egress

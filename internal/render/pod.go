@@ -307,6 +307,9 @@ func routerContainer(in Input, names Names, a2a bool) corev1.Container {
 	if needsWorkloadIdentity(in.Inference) {
 		mounts = append(mounts, corev1.VolumeMount{Name: volIdentityToken, MountPath: WorkloadIdentityTokenDir, ReadOnly: true})
 	}
+	if _, m := blocklistVolume(in.Env); m != nil {
+		mounts = append(mounts, *m)
+	}
 	probe := func(p string, period int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -462,6 +465,9 @@ func volumes(in Input, names Names, rt *Runtime) []corev1.Volume {
 				}}})
 			}
 		}
+	}
+	if v, _ := blocklistVolume(in.Env); v != nil {
+		vs = append(vs, *v)
 	}
 	if rt.Config != nil {
 		vs = append(vs, corev1.Volume{Name: volAgentConfig, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{

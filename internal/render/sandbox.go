@@ -45,7 +45,14 @@ type Environment struct {
 	// Blocklist is where every router fetches the egress blocklist from
 	// (the controller's --egress-blocklist); nil means none.
 	Blocklist *routerconfig.Blocklist
+	// BlocklistConfigMap, when set, is a ConfigMap in each sandbox's
+	// namespace whose key is mounted into the router as a further
+	// blocklist source (kubelet-updated, reread at every refresh).
+	BlocklistConfigMap *ConfigMapKey
 }
+
+// ConfigMapKey names one key of a ConfigMap.
+type ConfigMapKey struct{ Name, Key string }
 
 // AdminCredentials are the router's admin API credentials. The controller
 // generates them once per sandbox and keeps them in the admin Secret; the
