@@ -8,7 +8,7 @@ CMDS       := $(notdir $(wildcard cmd/*))
 GOFLAGS    ?=
 export GOFLAGS
 
-.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients
+.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients egress-clients
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -56,8 +56,13 @@ interop-clients: test/interop/.venv/bin/python test/interop/node_modules/openai 
 test/interop/.venv/bin/python test/interop/node_modules/openai: test/interop/setup.sh test/interop/package-lock.json
 	test/interop/setup.sh
 
-test: controlplane agentsandbox verify-generated lint interop-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
-	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 go test -count=1 -timeout 45m ./...
+egress-clients: test/egress/.venv/bin/python ## install the Python httpx and requests clients the egress sandbox tests run
+
+test/egress/.venv/bin/python: test/egress/setup.sh test/egress/requirements.txt
+	test/egress/setup.sh
+
+test: controlplane agentsandbox verify-generated lint interop-clients egress-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
+	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 KARS_REQUIRE_EGRESS_CLIENTS=1 go test -count=1 -timeout 45m ./...
 
 dev: build controlplane ## run kars dev: the governed stack on this machine
 	$(BIN)/kars dev
