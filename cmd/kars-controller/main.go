@@ -163,11 +163,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	err = controller.Setup(mgr, controller.Options{
 		Env: render.Environment{
-			Catalog:         render.Catalog{Registry: c.registry, Version: c.imageVersion, GitSyncImage: c.gitSyncImage},
-			SystemNamespace: c.systemNamespace,
-			ClusterDNS:      dns,
-			SeccompProfile:  c.seccompProfile,
-			Blocklist:       blocklist,
+			Catalog:            render.Catalog{Registry: c.registry, Version: c.imageVersion, GitSyncImage: c.gitSyncImage},
+			SystemNamespace:    c.systemNamespace,
+			ClusterDNS:         dns,
+			SeccompProfile:     c.seccompProfile,
+			Blocklist:          blocklist,
 			BlocklistConfigMap: blocklistCM,
 		},
 		MaxConcurrentReconciles: c.concurrency,
