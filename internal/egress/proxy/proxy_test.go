@@ -531,3 +531,42 @@ func TestTransparentRawTCPByResolvedName(t *testing.T) {
 		t.Errorf("decided %+v", r)
 	}
 }
+
+// TestTransparentServerSpeaksFirst: a client that waits for the server
+// (SSH-like) is decided by the name it resolved and relayed.
+func TestTransparentServerSpeaksFirst(t *testing.T) {
+	e := newEnv(t)
+	banner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer banner.Close()
+	go func() {
+		for {
+			c, err := banner.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("SSH-2.0-test\r\n"))
+			c.Close()
+		}
+	}()
+	port := uint16(banner.Addr().(*net.TCPAddr).Port)
+	res := resolve.New(lookupTable(map[string][]string{"ssh.test": {"198.51.100.22"}}))
+	e.proxy.Resolver = res
+	e.proxy.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, banner.Addr().String())
+	}
+	dial := transparentEnv(t, e)
+	res.Resolve(context.Background(), "ssh.test")
+	e.dec.set(fmt.Sprintf("ssh.test:%d", port), time.Time{})
+	c := dial(fmt.Sprintf("198.51.100.22:%d", port))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "SSH-2.0-test\r\n" {
+		t.Fatalf("banner %q %v", line, err)
+	}
+	if r := e.dec.last(); r.Via != ViaTransparentTCP || r.Host != "ssh.test" {
+		t.Errorf("decided %+v", r)
+	}
+}

@@ -17,6 +17,10 @@ import (
 // SO_ORIGINAL_DST on Linux; tests may replace it.
 var OriginalDst = originalDst
 
+// firstByteTimeout is how long a redirected client may stay silent before
+// it is taken for a server-speaks-first protocol.
+const firstByteTimeout = time.Second
+
 // ServeTransparent serves connections the egress guard redirected, until
 // ln is closed.
 func (p *Proxy) ServeTransparent(ln net.Listener) error {
@@ -47,16 +51,18 @@ func (p *Proxy) serveTransparent(c net.Conn) {
 		reset(c)
 		return
 	}
-	c.SetReadDeadline(time.Now().Add(p.PeekTimeout))
+	// TLS and HTTP clients speak first, at once; SSH, SMTP and the like
+	// wait for the server. A client silent for FirstByteTimeout is such a
+	// protocol: decide it by the name the agent resolved.
+	c.SetReadDeadline(time.Now().Add(firstByteTimeout))
 	br := bufio.NewReaderSize(c, 4096)
 	first, err := br.Peek(1)
 	if err != nil {
-		// A client that sends nothing first (SSH, SMTP wait for the
-		// server): decide on the name the agent resolved.
 		c.SetReadDeadline(time.Time{})
 		p.serveTCP(c, br, orig, nil)
 		return
 	}
+	c.SetReadDeadline(time.Now().Add(p.PeekTimeout))
 	switch {
 	case first[0] == recordHandshake:
 		name, raw, err := ReadClientHello(br)
