@@ -100,6 +100,9 @@ type Proxy struct {
 	// PeekTimeout bounds how long a transparent connection may take to
 	// send its first bytes (ClientHello, request head); zero means 10 s.
 	PeekTimeout time.Duration
+	// MaxTunnels bounds the open tunnels (each holds two sockets and two
+	// goroutines); more are refused. Zero means DefaultMaxTunnels.
+	MaxTunnels int
 
 	once      sync.Once
 	transport *http.Transport
@@ -133,6 +136,9 @@ func (p *Proxy) init() {
 		}
 		if p.PeekTimeout == 0 {
 			p.PeekTimeout = 10 * time.Second
+		}
+		if p.MaxTunnels == 0 {
+			p.MaxTunnels = DefaultMaxTunnels
 		}
 		p.tunnels = map[*tunnel]struct{}{}
 		p.transport = &http.Transport{
@@ -188,9 +194,20 @@ func (p *Proxy) dialHost(ctx context.Context, host string, port uint16) (net.Con
 	return nil, fmt.Errorf("connect %s:%d: %w", host, port, errors.Join(errs...))
 }
 
+// DefaultMaxTunnels is the default bound on open tunnels: the agent cannot
+// exhaust the router's descriptors through its proxy.
+const DefaultMaxTunnels = 1024
+
 // connect decides req and, when allowed, dials it. On refusal it returns
 // the verdict with Allow false; a dial failure is an error.
 func (p *Proxy) connect(ctx context.Context, req Request) (net.Conn, Verdict, error) {
+	p.mu.Lock()
+	n := len(p.tunnels)
+	p.mu.Unlock()
+	if n >= p.MaxTunnels {
+		return nil, Verdict{Status: http.StatusServiceUnavailable, Rule: "kars-max-tunnels",
+			Message: fmt.Sprintf("kars egress proxy: %d tunnels are open, the most the router keeps; close some first", n)}, nil
+	}
 	v := p.Decider.Decide(ctx, req)
 	if !v.Allow {
 		return nil, v, nil

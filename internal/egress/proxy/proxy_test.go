@@ -570,3 +570,33 @@ func TestTransparentServerSpeaksFirst(t *testing.T) {
 		t.Errorf("decided %+v", r)
 	}
 }
+
+func TestMaxTunnels(t *testing.T) {
+	e := newEnv(t)
+	e.proxy.MaxTunnels = 1
+	key := fmt.Sprintf("allowed.test:%d", e.tlsPort)
+	e.dec.set(key, time.Time{})
+	open := func() int {
+		c, err := net.Dial("tcp", e.proxyLn.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\n\r\n", key)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode
+	}
+	if code := open(); code != 200 {
+		t.Fatalf("first tunnel: %d", code)
+	}
+	waitOpen := time.Now().Add(5 * time.Second)
+	for len(e.proxy.Open()) != 1 && time.Now().Before(waitOpen) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if code := open(); code != 503 {
+		t.Errorf("tunnel past the bound: %d, want 503", code)
+	}
+}
