@@ -64,7 +64,7 @@ func main() {
 	// on Kubernetes they are mounted where the config says.
 	root := os.Getenv(routerconfig.EnvRoot)
 	if err := router.Serve(ctx, router.ServeOptions{ConfigPath: *configPath, Root: root, Logger: log, Listeners: passed,
-		BufferBytes: router.BufferBytesFor(limit)}); err != nil {
+		BufferBytes: router.BufferBytesFor(limit), NoEgressListeners: os.Getenv(router.EnvNoEgressListeners) == "1"}); err != nil {
 		log.Error("kars-router stopped", "err", err)
 		logs.Close()
 		os.Exit(1)

@@ -109,6 +109,7 @@ func startController(ctx context.Context, base *rest.Config) error {
 			ClusterDNS:      []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 		},
 		Prober:              &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
+		Signers:             egressTestSigners(),
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
 	})
@@ -213,12 +214,18 @@ type standInRouter struct {
 	key   string
 	// audit, when set, is served as the router's audit head.
 	audit atomic.Pointer[AuditHead]
+	// egress is the egress state the router loaded (egress.json).
+	egress atomic.Pointer[routerconfig.EgressState]
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(got), s.token) != 1 {
 		http.Error(w, `{"error":"admin API requires the router's admin bearer token"}`, http.StatusUnauthorized)
+		return
+	}
+	if r.Method == http.MethodGet && r.URL.Path == EgressPath {
+		serveEgressStatus(w, s.egress.Load())
 		return
 	}
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {
@@ -247,6 +254,7 @@ func startRouter(t *testing.T, sb *karsv1.KarsSandbox) *standInRouter {
 	get(t, sb.Namespace, names.RouterAdmin, &sec)
 	sr := &standInRouter{token: sec.Data[render.AdminTokenKey], key: fmt.Sprintf("%s:%d", names.RouterHostname, render.RouterAdminPort)}
 	sr.snap.Store(loadRouterConfig(t, sb, names))
+	sr.egress.Store(loadEgressState(t, sb, names))
 	cert, err := tls.X509KeyPair(sec.Data[render.AdminCertKey], sec.Data[render.AdminKeyKey])
 	if err != nil {
 		t.Fatal(err)
@@ -272,6 +280,7 @@ func (s *standInRouter) reload(t *testing.T, sb *karsv1.KarsSandbox) {
 	t.Helper()
 	names, _ := render.NamesFor(sb)
 	s.snap.Store(loadRouterConfig(t, sb, names))
+	s.egress.Store(loadEgressState(t, sb, names))
 }
 
 func loadRouterConfig(t *testing.T, sb *karsv1.KarsSandbox, names render.Names) *routerconfig.Snapshot {

@@ -57,6 +57,9 @@ type Options struct {
 	// AuditAnchorInterval is how often the controller copies a running
 	// router's audit head into the sandbox's status; zero means 5 minutes.
 	AuditAnchorInterval time.Duration
+	// Signers are the keys allowlist artifacts must be signed with;
+	// nil trusts none, so every allowlistRef fails closed.
+	Signers *SignerPolicy
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -121,6 +124,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		registryBackoff: newBackoff(2*time.Second, 5*time.Minute),
 		routerBackoff:   newBackoff(time.Second, 30*time.Second),
 		anchorEvery:     o.AuditAnchorInterval,
+		egress:          newEgressInputs(o.Signers),
 	}
 	if sr.anchorEvery <= 0 {
 		sr.anchorEvery = 5 * time.Minute
@@ -141,8 +145,13 @@ func Setup(mgr ctrl.Manager, o Options) error {
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&karsv1.ToolPolicy{}, handler.EnqueueRequestsFromMapFunc(sandboxesUsing(c, indexToolPolicyRef)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&karsv1.EgressApproval{}, handler.EnqueueRequestsFromMapFunc(approvedSandbox),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
+		return err
+	}
+	if err := setupEgressApprovals(mgr, o); err != nil {
 		return err
 	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {

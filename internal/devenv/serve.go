@@ -150,7 +150,11 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 		Catalog:         render.Catalog{Registry: reg.host + "/kars", Version: version.Version, GitSyncImage: render.DefaultGitSyncImage},
 		SystemNamespace: SystemNamespace,
 	}
-	if err := controller.Setup(mgr, controller.Options{Env: env, Substrate: sub, Prober: &controller.HTTPSProber{DialContext: sub.DialContext}}); err != nil {
+	signers, err := devSigners()
+	if err != nil {
+		return err
+	}
+	if err := controller.Setup(mgr, controller.Options{Env: env, Substrate: sub, Prober: &controller.HTTPSProber{DialContext: sub.DialContext}, Signers: signers}); err != nil {
 		return err
 	}
 	mgrCtx, stopMgr := context.WithCancel(ctx)

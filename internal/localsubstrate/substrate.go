@@ -90,6 +90,7 @@ type entry struct {
 	hash      string
 	hostname  string
 	config    []byte
+	hot       map[string][]byte
 	cfgPath   string
 	agentPort uint16
 	sockets   []net.Listener
@@ -189,6 +190,18 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 			e.config = built.routerConfig
 			s.o.Log.Info("router config updated in place", "sandbox", key, "bytes", len(built.routerConfig))
 		}
+		for rel, data := range built.hotFiles {
+			if string(e.hot[rel]) == string(data) {
+				continue
+			}
+			if err := writeRouterFile(built.routerDir, rel, data); err != nil {
+				return obs, fmt.Errorf("update %s: %w", rel, err)
+			}
+			if e.hot == nil {
+				e.hot = map[string][]byte{}
+			}
+			e.hot[rel] = data
+		}
 		obs.Ready, obs.Message = s.probe(ctx, e)
 		if !obs.Ready {
 			// Runtimes take seconds to start (Python imports, OpenClaw's
@@ -205,7 +218,7 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	if e != nil {
 		s.stopEntry(ctx, key, e)
 	}
-	ne := &entry{hash: built.hash, hostname: desired.Names.RouterHostname, config: built.routerConfig,
+	ne := &entry{hash: built.hash, hostname: desired.Names.RouterHostname, config: built.routerConfig, hot: built.hotFiles,
 		cfgPath: filepath.Join(built.routerDir, built.routerConfigRelPath), agentPort: built.agentPort}
 	if e != nil {
 		ne.failures = e.failures

@@ -91,6 +91,7 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 		c.Governance = toolpolicy.FromSpec(tp.Namespace+"/"+tp.Name, &tp.Spec)
 	}
 	c.Behavior = behavior(sb.Spec.Governance.Behavior)
+	c.Egress = egressConfig(sb)
 	return c, nil
 }
 

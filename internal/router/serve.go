@@ -54,7 +54,15 @@ type ServeOptions struct {
 	BufferBytes int64
 	// Ready, if set, is called with the bound addresses once serving.
 	Ready func(addrs map[string]string)
+	// NoEgressListeners skips the transparent proxy and DNS stub
+	// listeners (env KARS_ROUTER_NO_EGRESS_LISTENERS=1): a router outside
+	// its pod's network namespace (the rootless local substrate) must not
+	// bind them on the host's loopback.
+	NoEgressListeners bool
 }
+
+// EnvNoEgressListeners turns ServeOptions.NoEgressListeners on.
+const EnvNoEgressListeners = "KARS_ROUTER_NO_EGRESS_LISTENERS"
 
 // Serve runs kars-router until ctx is done: it loads and watches the
 // config, opens the budget ledger and the audit log, and serves the agent
@@ -109,6 +117,14 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer r.Wait() // before the trust store closes: no penalty is dropped
+	var resolvers []string
+	if cfg.Egress != nil {
+		resolvers = cfg.Egress.Resolvers
+	}
+	eg, err := NewEgress(r, cfg.StateDir, resolvers)
+	if err != nil {
+		return err
+	}
 	watcher.OnChange = func(_, cur *routerconfig.Snapshot) {
 		if err := r.Apply(cur); err != nil {
 			log.Error("config reload rejected; the previous config stays in force", "digest", cur.Digest, "err", err)
@@ -131,6 +147,18 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		stopBG()
 		wg.Wait() // the ledger's final flush happens here
 	}()
+	statePath := filepath.Join(filepath.Dir(routerconfig.UnderRoot(o.Root, o.ConfigPath)), routerconfig.EgressStateFile)
+	eg.WatchState(bg, statePath, o.Root, &wg)
+	egCfg := cfg
+	if o.NoEgressListeners && cfg.Egress != nil {
+		c, e := *cfg, *cfg.Egress
+		e.TransparentListen, e.DNSListen = "", ""
+		c.Egress = &e
+		egCfg = &c
+	}
+	if err := eg.Start(bg, egCfg, &wg); err != nil {
+		return err
+	}
 
 	admin := Listener{Name: "admin", Addr: cfg.AdminListen(), Handler: r.AdminHandler(cfg.Admin.TokenFile, AdminBackends{
 		AuditTail: func(_ context.Context, n int) (any, error) { return AuditTail(cfg.Audit.Dir, n) },
@@ -140,6 +168,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		AuditHead: func() (any, error) { return NewAuditHead(sink.Head(), key), nil },
 		Trust:     trustStore.View,
 		Reload:    watcher.Reload,
+		Egress:    eg.AdminHandler(),
 	})}
 	if cfg.Admin.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
@@ -149,7 +178,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	listeners := []Listener{
-		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler()},
+		{Name: "agent", Addr: cfg.AgentListen(), Handler: eg.Wrap(r.AgentHandler())},
 		admin,
 	}
 	// Take the passed sockets named for the configured ports; close the
