@@ -115,11 +115,19 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer r.Wait() // before the trust store closes: no penalty is dropped
+	mesh, err := r.openMesh(cfg, o.Root, ts)
+	if err != nil {
+		return err
+	}
+	if mesh != nil {
+		defer mesh.Close() // after its Run ends with the background work
+	}
 	watcher.OnChange = func(_, cur *routerconfig.Snapshot) {
 		if err := r.Apply(cur); err != nil {
 			log.Error("config reload rejected; the previous config stays in force", "digest", cur.Digest, "err", err)
 			return
 		}
+		meshReloaded(mesh, cur.Config)
 		if cur.Config.AgentListen() != cfg.AgentListen() || cur.Config.AdminListen() != cfg.AdminListen() {
 			log.Warn("listen addresses changed in the config; they take effect on restart")
 		}
@@ -133,6 +141,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	wg.Go(func() {
 		ledger.Run(bg, time.Second, func(err error) { log.Error("budget ledger write failed", "err", err) })
 	})
+	if mesh != nil {
+		wg.Go(func() { mesh.Run(bg) })
+	}
 	defer func() {
 		stopBG()
 		wg.Wait() // the ledger's final flush happens here
@@ -146,6 +157,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		AuditHead: func() (any, error) { return NewAuditHead(sink.Head(), key), nil },
 		Trust:     trustStore.View,
 		Reload:    watcher.Reload,
+		Mesh:      meshAdmin(mesh),
 	})}
 	if cfg.Admin.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
@@ -154,8 +166,12 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		}
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	agentAPI := r.AgentHandler()
+	if mesh != nil {
+		mesh.Mount(agentAPI)
+	}
 	listeners := []Listener{
-		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler()},
+		{Name: "agent", Addr: cfg.AgentListen(), Handler: agentAPI},
 		admin,
 	}
 	// Take the passed sockets named for the configured ports; close the

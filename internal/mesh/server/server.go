@@ -1,0 +1,90 @@
+// Package server assembles a kars-mesh: the registry and the relay over
+// their journals in one state directory, served on one handler (the
+// registry under /v1 and /health, the relay at /ws). cmd/kars-mesh runs
+// it on a cluster; `kars dev` runs it inside its daemon.
+package server
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/kars-io/kars/internal/mesh/registry"
+	"github.com/kars-io/kars/internal/mesh/relay"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Dir holds registry.journal and relay.journal.
+	Dir string
+	// Quotas bound the relay's store; zero fields take the kars-mesh
+	// defaults (10,000 frames and 64 MiB per recipient, 1 GiB total).
+	Quotas relay.Quotas
+	// TTL is how long an unacknowledged frame is kept (72 h when zero).
+	TTL time.Duration
+	// AllowUnregistered lets agents the registry does not know connect
+	// to the relay.
+	AllowUnregistered bool
+	Logger            *slog.Logger
+}
+
+// Server is an open kars-mesh.
+type Server struct {
+	Store    *registry.Store
+	Inbox    *relay.Inbox
+	Registry *registry.Server
+	Relay    *relay.Relay
+	mux      *http.ServeMux
+}
+
+// Open opens the journals and builds the registry and relay.
+func Open(o Options) (*Server, error) {
+	if o.Dir == "" {
+		return nil, errors.New("kars-mesh: a state directory is required: the journals must outlive the process")
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	q := o.Quotas
+	if q.PerRecipientMessages == 0 {
+		q.PerRecipientMessages = 10_000
+	}
+	if q.PerRecipientBytes == 0 {
+		q.PerRecipientBytes = 64 << 20
+	}
+	if q.TotalBytes == 0 {
+		q.TotalBytes = 1 << 30
+	}
+	store, err := registry.OpenStore(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	inbox, err := relay.OpenInbox(o.Dir, q)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	s := &Server{Store: store, Inbox: inbox,
+		Registry: registry.New(store, registry.Options{Logger: o.Logger}),
+		Relay:    relay.New(inbox, relay.Options{Directory: store, RequireRegistered: !o.AllowUnregistered, TTL: o.TTL, Logger: o.Logger}),
+		mux:      http.NewServeMux(),
+	}
+	s.mux.Handle("/ws", s.Relay)
+	s.mux.Handle("/", s.Registry)
+	return s, nil
+}
+
+// Handler serves the registry and the relay.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Close stops the relay's sweeper and closes the journals. Stop serving
+// first.
+func (s *Server) Close() error {
+	s.Relay.Close()
+	return errors.Join(s.Inbox.Close(), s.Store.Close())
+}
