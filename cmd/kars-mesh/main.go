@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kars-io/kars/internal/mesh/registry"
 	"github.com/kars-io/kars/internal/mesh/relay"
+	"github.com/kars-io/kars/internal/mesh/server"
 )
 
 func main() {
@@ -41,38 +41,24 @@ func run() error {
 	if *state == "" {
 		return errors.New("-state is required: the journals must outlive the process")
 	}
-	if err := os.MkdirAll(*state, 0o700); err != nil {
-		return err
-	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-
-	store, err := registry.OpenStore(*state)
+	srv, err := server.Open(server.Options{Dir: *state, Logger: log, TTL: *ttl, AllowUnregistered: *openRelay,
+		Quotas: relay.Quotas{PerRecipientMessages: *maxMsgs, PerRecipientBytes: *maxBytes, TotalBytes: *maxTotal}})
 	if err != nil {
 		return err
 	}
-	defer store.Close()
-	inbox, err := relay.OpenInbox(*state, relay.Quotas{PerRecipientMessages: *maxMsgs, PerRecipientBytes: *maxBytes, TotalBytes: *maxTotal})
-	if err != nil {
-		return err
-	}
-	defer inbox.Close()
-	reg := registry.New(store, registry.Options{Logger: log})
-	rel := relay.New(inbox, relay.Options{Directory: store, RequireRegistered: !*openRelay, TTL: *ttl, Logger: log})
-	defer rel.Close()
+	defer srv.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	var servers []*http.Server
 	if *registryAddr == *relayAddr {
-		mux := http.NewServeMux()
-		mux.Handle("/ws", rel)
-		mux.Handle("/", reg)
-		servers = append(servers, &http.Server{Addr: *registryAddr, Handler: mux, ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, &http.Server{Addr: *registryAddr, Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second})
 	} else {
 		servers = append(servers,
-			&http.Server{Addr: *registryAddr, Handler: reg, ReadHeaderTimeout: 10 * time.Second},
-			&http.Server{Addr: *relayAddr, Handler: rel, ReadHeaderTimeout: 10 * time.Second})
+			&http.Server{Addr: *registryAddr, Handler: srv.Registry, ReadHeaderTimeout: 10 * time.Second},
+			&http.Server{Addr: *relayAddr, Handler: srv.Relay, ReadHeaderTimeout: 10 * time.Second})
 	}
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
