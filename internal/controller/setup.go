@@ -146,7 +146,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {
-		pr := &PolicyReconciler{client: c, kind: k, now: o.Now}
+		pr := &PolicyReconciler{client: c, kind: k, now: o.Now, mesh: o.Env.Mesh}
 		err := ctrl.NewControllerManagedBy(mgr).
 			Named(k.kind).
 			For(k.newObj(), builder.WithPredicates(predicate.GenerationChangedPredicate{})).

@@ -42,6 +42,10 @@ type Environment struct {
 	// StorageClass names the StorageClass of the sandbox's volume claims
 	// (router state, workspace); empty means the cluster's default.
 	StorageClass string
+	// Mesh, when set, makes every router the agent's AgentMesh endpoint
+	// on these kars-mesh endpoints (MeshEndpoints); nil leaves the mesh
+	// off.
+	Mesh *MeshEndpoints
 }
 
 // AdminCredentials are the router's admin API credentials. The controller
@@ -123,7 +127,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := RouterConfig(sb, in.Inference, in.Tools)
+	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Env.Mesh)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,102 @@
+package pairing
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+)
+
+// Result is what a redeemer learns: the pairing it now holds and where
+// its peer (the issuing sandbox) is.
+type Result struct {
+	Pairing      string    `json:"pairing"`
+	Name         string    `json:"name"`
+	Sandbox      string    `json:"sandbox,omitempty"`
+	Issuer       string    `json:"issuer,omitempty"`
+	Registry     string    `json:"registry"`
+	Relay        string    `json:"relay"`
+	ExpiresAt    time.Time `json:"expiresAt"`
+	Capabilities []string  `json:"capabilities"`
+}
+
+// Errors of Redeem, beyond the token's own.
+var (
+	ErrUnknownToken    = errors.New("pairing: no pairing holds this token (never issued, or deleted)")
+	ErrAlreadyRedeemed = errors.New("pairing: the token was already redeemed")
+	ErrRevoked         = errors.New("pairing: the pairing was revoked")
+)
+
+// Redeem binds the pairing whose token r presents to r's identity: the
+// token's signature (by the cluster's pairing key pub) and expiry, the
+// redeemer's proof, then a status update conditioned on the
+// resourceVersion it read. The API server's optimistic concurrency makes
+// exactly one of any number of concurrent redemptions win; the others
+// get a conflict, read the pairing again and find it bound. Presenting
+// the token again with the identity it is bound to returns the result
+// unchanged (a retry after a lost answer).
+func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r Redemption, now time.Time) (*Result, error) {
+	p, err := Verify(r.Token, pub, now)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := r.Check(now); err != nil {
+		return nil, err
+	}
+	hash := Hash(r.Token)
+	var list karsv1.KarsPairingList
+	if err := c.List(ctx, &list, client.MatchingLabels{LabelTokenHash: HashLabel(hash)}); err != nil {
+		return nil, fmt.Errorf("pairing: listing pairings: %w", err)
+	}
+	var kp *karsv1.KarsPairing
+	for i := range list.Items {
+		if string(list.Items[i].Spec.TokenHash) == hash {
+			kp = &list.Items[i]
+			break
+		}
+	}
+	if kp == nil {
+		return nil, ErrUnknownToken
+	}
+	for {
+		switch {
+		case kp.Spec.Revoked:
+			return nil, ErrRevoked
+		case !now.Before(kp.Spec.ExpiresAt.Time):
+			return nil, ErrExpired
+		case kp.Status.PeerIdentity == r.DID:
+			return result(kp, p), nil
+		case kp.Status.PeerIdentity != "":
+			return nil, ErrAlreadyRedeemed
+		}
+		kp.Status.Phase = karsv1.PairingActive
+		t := metav1.NewTime(now.UTC().Truncate(time.Second))
+		kp.Status.RedeemedAt, kp.Status.PeerIdentity = &t, r.DID
+		err := c.Status().Update(ctx, kp)
+		if err == nil {
+			return result(kp, p), nil
+		}
+		if !apierrors.IsConflict(err) {
+			return nil, fmt.Errorf("pairing: binding %s/%s: %w", kp.Namespace, kp.Name, err)
+		}
+		// Someone else wrote first (another redeemer, or the
+		// controller's status): read again and decide again.
+		fresh := &karsv1.KarsPairing{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(kp), fresh); err != nil {
+			return nil, fmt.Errorf("pairing: re-reading %s/%s: %w", kp.Namespace, kp.Name, err)
+		}
+		kp = fresh
+	}
+}
+
+func result(kp *karsv1.KarsPairing, p *Payload) *Result {
+	return &Result{Pairing: kp.Namespace + "/" + kp.Name, Name: p.Name, Sandbox: p.Sandbox, Issuer: p.Issuer,
+		Registry: p.Registry, Relay: p.Relay, ExpiresAt: kp.Spec.ExpiresAt.UTC(), Capabilities: p.Capabilities}
+}
