@@ -21,6 +21,7 @@ import (
 	"github.com/kars-io/kars/internal/mesh/bridge"
 	"github.com/kars-io/kars/internal/mesh/client"
 	"github.com/kars-io/kars/internal/mesh/identity"
+	"github.com/kars-io/kars/internal/mesh/policy"
 	"github.com/kars-io/kars/internal/mesh/server"
 	"github.com/kars-io/kars/internal/mesh/session"
 	"github.com/kars-io/kars/internal/mesh/wire"
@@ -162,16 +163,16 @@ func (r *meshRouter) agent(method, path string, body any) (int, map[string]any) 
 	return resp.StatusCode, out
 }
 
-func (r *meshRouter) pair(peers ...bridge.Peer) {
+func (r *meshRouter) pair(peers ...policy.Peer) {
 	r.t.Helper()
 	var out map[string]string
-	if code := r.admin("PUT", bridge.AdminPolicyPath, bridge.Policy{Peers: peers}, &out); code != 200 {
+	if code := r.admin("PUT", bridge.AdminPolicyPath, policy.Policy{Peers: peers}, &out); code != 200 {
 		r.t.Fatalf("policy push to %s: %d %v", r.name, code, out)
 	}
 }
 
-func peerOf(name, did string) bridge.Peer {
-	return bridge.Peer{Name: name, DID: did, Pairing: "test/" + name, Capabilities: []string{"handoff"}, ExpiresAt: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
+func peerOf(name, did string) policy.Peer {
+	return policy.Peer{Name: name, DID: did, Pairing: "test/" + name, Capabilities: []string{"handoff"}, ExpiresAt: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
 }
 
 // auditActions counts a router's audit entries by action and decision.
@@ -327,10 +328,10 @@ func TestMeshRefusals(t *testing.T) {
 
 	code, out := stranger.agent("POST", bridge.SendPath, map[string]any{"to": "planner", "text": "let me in"})
 	e, _ := out["error"].(map[string]any)
-	if code != 403 || e["rule"] != bridge.RuleKnock || !strings.Contains(fmt.Sprint(e["message"]), "not paired") {
+	if code != 403 || e["rule"] != policy.RuleKnock || !strings.Contains(fmt.Sprint(e["message"]), "not paired") {
 		t.Fatalf("stranger's send: %d %v", code, out)
 	}
-	if findEntry(planner.audit(), "mesh:receive:"+bridge.UnpairedPeer, "deny", "mesh_knock") == nil {
+	if findEntry(planner.audit(), "mesh:receive:"+policy.UnpairedPeer, "deny", "mesh_knock") == nil {
 		t.Fatal("planner did not audit the unpaired KNOCK")
 	}
 	if findEntry(stranger.audit(), "mesh:send:planner", "deny", "mesh_knock") == nil {
@@ -338,7 +339,7 @@ func TestMeshRefusals(t *testing.T) {
 	}
 	// A name no pairing gives.
 	code, out = planner.agent("POST", bridge.SendPath, map[string]any{"to": "nobody", "text": "hi"})
-	if e, _ := out["error"].(map[string]any); code != 403 || e["rule"] != bridge.RulePairing {
+	if e, _ := out["error"].(map[string]any); code != 403 || e["rule"] != policy.RulePairing {
 		t.Fatalf("send to an unpaired name: %d %v", code, out)
 	}
 
@@ -353,7 +354,7 @@ func TestMeshRefusals(t *testing.T) {
 	start := time.Now()
 	planner.pair() // revoked
 	code, out = planner.agent("POST", bridge.SendPath, map[string]any{"to": "worker", "text": "after"})
-	if e, _ := out["error"].(map[string]any); code != 403 || e["rule"] != bridge.RulePairing {
+	if e, _ := out["error"].(map[string]any); code != 403 || e["rule"] != policy.RulePairing {
 		t.Fatalf("send after revocation: %d %v", code, out)
 	}
 	if d := time.Since(start); d > 5*time.Second {
@@ -371,7 +372,7 @@ func TestMeshRefusals(t *testing.T) {
 		t.Fatalf("worker's send on its old session: %d %v", code, out)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for findEntry(planner.audit(), "mesh:receive:"+bridge.UnpairedPeer, "deny", "mesh_receive") == nil {
+	for findEntry(planner.audit(), "mesh:receive:"+policy.UnpairedPeer, "deny", "mesh_receive") == nil {
 		if time.Now().After(deadline) {
 			t.Fatal("planner did not audit the refused message")
 		}
@@ -447,7 +448,7 @@ func TestMeshSecurityEvents(t *testing.T) {
 		for {
 			c := 0
 			for _, e := range worker.audit() {
-				if e.Rule == bridge.RuleSecurity && e.Attrs["kind"] == kind && e.Action == "mesh:receive:mallory" {
+				if e.Rule == policy.RuleSecurity && e.Attrs["kind"] == kind && e.Action == "mesh:receive:mallory" {
 					c++
 				}
 			}

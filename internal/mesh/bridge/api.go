@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/kars-io/kars/internal/mesh/policy"
 	"io"
 	"net/http"
 	"strconv"
@@ -172,7 +173,7 @@ type PeerView struct {
 	Sandbox   string    `json:"sandbox,omitempty"`
 	ExpiresAt time.Time `json:"expiresAt"`
 	Trust     TrustView `json:"trust"`
-	// Admitted is false when Admit refuses the peer now; Refusal says
+	// Admitted is false when policy.Admit refuses the peer now; Refusal says
 	// why.
 	Admitted bool   `json:"admitted"`
 	Refusal  string `json:"refusal,omitempty"`
@@ -196,7 +197,7 @@ type SessionView struct {
 // Peers lists the policy's peers with their trust and sessions.
 func (b *Bridge) Peers() []PeerView {
 	b.mu.Lock()
-	pol := b.policy
+	pol := b.pol
 	sess := map[string]SessionView{}
 	for did, ps := range b.sessions {
 		sess[did] = SessionView{ExpiresAt: ps.expires.UTC(), Initiator: ps.initiator}
@@ -208,7 +209,7 @@ func (b *Bridge) Peers() []PeerView {
 		score := b.o.Trust.Score(p.DID)
 		v := PeerView{Name: p.Name, DID: p.DID, Pairing: p.Pairing, Sandbox: p.Sandbox, ExpiresAt: p.ExpiresAt.UTC(),
 			Trust: TrustView{Score: score, Tier: trust.TierOf(score).String(), MeetsThreshold: score >= th}}
-		r := Admit(p, score, th, pol.Graph, b.o.Self, b.o.Now())
+		r := policy.Admit(p, score, th, pol.Graph, b.o.Self, b.o.Now())
 		v.Admitted, v.Refusal = !r.Refused(), r.Reason
 		if s, ok := sess[p.DID]; ok {
 			v.Session = &s
@@ -269,7 +270,7 @@ func (b *Bridge) AdminHandler() http.Handler {
 			apiError(w, http.StatusBadRequest, "kars_bad_request", err.Error(), nil)
 			return
 		}
-		var p Policy
+		var p policy.Policy
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&p); err != nil {

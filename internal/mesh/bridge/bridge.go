@@ -7,7 +7,7 @@
 //
 //   - admits a peer only while a pairing names it, its trust score reaches
 //     the sandbox's threshold, and the trust graph (when it names this
-//     router) allows it (Admit);
+//     router) allows it (policy.Admit);
 //   - sends a signed KNOCK before the first session with a peer and
 //     accepts a session from a peer only after accepting its KNOCK;
 //   - decides every send as mesh:send:<peer> and every delivery as
@@ -52,6 +52,7 @@ import (
 	"github.com/kars-io/kars/internal/mesh/client"
 	"github.com/kars-io/kars/internal/mesh/identity"
 	"github.com/kars-io/kars/internal/mesh/journal"
+	"github.com/kars-io/kars/internal/mesh/policy"
 	"github.com/kars-io/kars/internal/mesh/session"
 	"github.com/kars-io/kars/internal/mesh/x3dh"
 	"github.com/kars-io/kars/internal/trust"
@@ -113,7 +114,7 @@ type Bridge struct {
 	connected chan struct{}
 
 	mu       sync.Mutex
-	policy   *Policy
+	pol      *policy.Policy
 	keys     *x3dh.Keys
 	sessions map[string]*peerSession // by peer DID
 	grants   map[string]time.Time    // accepted KNOCKs, by peer DID
@@ -190,7 +191,7 @@ func Open(o Options) (*Bridge, error) {
 	b := &Bridge{
 		o: o, log: o.Logger, self: self, priv: ed25519.NewKeyFromSeed(self.Seed()),
 		metrics: newMetrics(o.Registerer), connected: make(chan struct{}),
-		policy: pol, sessions: map[string]*peerSession{}, grants: map[string]time.Time{},
+		pol: pol, sessions: map[string]*peerSession{}, grants: map[string]time.Time{},
 		knocks: map[string]knockWait{}, awaiting: map[string]chan Message{},
 		busy: map[string]chan struct{}{}, peerKeys: map[string]ed25519.PublicKey{},
 		inbox: newInbox(),
@@ -288,16 +289,16 @@ func (b *Bridge) PublicKey() ed25519.PublicKey { return b.self.PublicKey() }
 func (b *Bridge) SetThreshold(t int) { b.threshold.Store(int64(t)) }
 
 // Policy returns the policy in force.
-func (b *Bridge) Policy() *Policy {
+func (b *Bridge) Policy() *policy.Policy {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.policy
+	return b.pol
 }
 
 // SetPolicy makes p the policy in force, durably, and cuts every session
 // with a peer p no longer names: a revoked or expired pairing ends the
 // conversation at once, whatever the ratchet state.
-func (b *Bridge) SetPolicy(p *Policy) error {
+func (b *Bridge) SetPolicy(p *policy.Policy) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -305,10 +306,10 @@ func (b *Bridge) SetPolicy(p *Policy) error {
 		return err
 	}
 	b.mu.Lock()
-	b.policy = p
+	b.pol = p
 	var ended []record
 	for did, ps := range b.sessions {
-		if _, ok := p.byDID(did); ok {
+		if _, ok := p.ByDID(did); ok {
 			continue
 		}
 		ps.s.Close()
@@ -316,7 +317,7 @@ func (b *Bridge) SetPolicy(p *Policy) error {
 		ended = append(ended, record{T: "end", Peer: did})
 	}
 	for did := range b.grants {
-		if _, ok := p.byDID(did); !ok {
+		if _, ok := p.ByDID(did); !ok {
 			delete(b.grants, did)
 			ended = append(ended, record{T: "end", Peer: did})
 		}

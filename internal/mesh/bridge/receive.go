@@ -10,6 +10,7 @@ import (
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/mesh/client"
+	"github.com/kars-io/kars/internal/mesh/policy"
 	"github.com/kars-io/kars/internal/mesh/session"
 	"github.com/kars-io/kars/internal/mesh/wire"
 )
@@ -25,7 +26,7 @@ const expiryGrace = time.Minute
 // in the relay's order.
 func (b *Bridge) handle(ctx context.Context, cn *client.Conn, in client.Inbound) {
 	if in.Err != nil || in.Frame == nil {
-		b.securityEvent(ctx, Peer{}, "", "malformed", fmt.Sprintf("a frame that does not parse: %v", in.Err), false)
+		b.securityEvent(ctx, policy.Peer{}, "", "malformed", fmt.Sprintf("a frame that does not parse: %v", in.Err), false)
 		if in.ID != "" {
 			cn.Ack(in.ID)
 		}
@@ -74,11 +75,11 @@ func (b *Bridge) auditDurably(ctx context.Context, rec audit.Record) error {
 // kars_router_mesh_security_events_total metric and, when penalize is
 // set, a trust penalty for the sender (written through before it
 // returns).
-func (b *Bridge) securityEvent(ctx context.Context, peer Peer, did, kind, reason string, penalize bool) {
+func (b *Bridge) securityEvent(ctx context.Context, peer policy.Peer, did, kind, reason string, penalize bool) {
 	b.metrics.security.WithLabelValues(kind).Inc()
 	name := peer.Name
 	if name == "" {
-		name = UnpairedPeer
+		name = policy.UnpairedPeer
 	}
 	attrs := map[string]string{"op": "security_event", "kind": kind}
 	if did != "" {
@@ -92,17 +93,17 @@ func (b *Bridge) securityEvent(ctx context.Context, peer Peer, did, kind, reason
 		}
 	}
 	b.log.Warn("mesh security event", "kind", kind, "peer", name, "did", did, "reason", reason)
-	b.auditDurably(ctx, audit.Record{Action: "mesh:receive:" + name, Decision: "deny", Rule: RuleSecurity,
+	b.auditDurably(ctx, audit.Record{Action: "mesh:receive:" + name, Decision: "deny", Rule: policy.RuleSecurity,
 		Reason: "security_event: " + kind + ": " + reason, Attrs: attrs})
 }
 
 // refuseInbound records an inbound frame the bridge will not let through
 // for a reason that is not an attack (no pairing, trust too low, the
 // graph, an expired session).
-func (b *Bridge) refuseInbound(ctx context.Context, peer Peer, did, op string, r Refusal) {
+func (b *Bridge) refuseInbound(ctx context.Context, peer policy.Peer, did, op string, r policy.Refusal) {
 	name := peer.Name
 	if name == "" {
-		name = UnpairedPeer
+		name = policy.UnpairedPeer
 	}
 	b.metrics.messages.WithLabelValues("receive", "deny").Inc()
 	b.auditDurably(ctx, audit.Record{Action: "mesh:receive:" + name, Decision: "deny", Rule: r.Rule, Reason: r.Reason,
@@ -113,9 +114,9 @@ func (b *Bridge) refuseInbound(ctx context.Context, peer Peer, did, op string, r
 // must stay at the relay (ctx ended before it was on record).
 func (b *Bridge) onMessage(ctx context.Context, f *wire.Frame) bool {
 	start := b.o.Now()
-	peer, ok := b.Policy().byDID(f.From)
+	peer, ok := b.Policy().ByDID(f.From)
 	if !ok {
-		b.refuseInbound(ctx, Peer{}, f.From, "mesh_receive", Refusal{RulePairing, "no active pairing names " + f.From})
+		b.refuseInbound(ctx, policy.Peer{}, f.From, "mesh_receive", policy.Refusal{Rule: policy.RulePairing, Reason: "no active pairing names " + f.From})
 		return true
 	}
 	if r := b.admit(peer); r.Refused() {
@@ -128,7 +129,7 @@ func (b *Bridge) onMessage(ctx context.Context, f *wire.Frame) bool {
 		// it starts (session.Accept checks the DID names it).
 		k, err := b.peerKey(ctx, peer)
 		if err != nil {
-			b.refuseInbound(ctx, peer, f.From, "mesh_receive", Refusal{RuleSession, "the sender's key could not be looked up: " + err.Error()})
+			b.refuseInbound(ctx, peer, f.From, "mesh_receive", policy.Refusal{Rule: policy.RuleSession, Reason: "the sender's key could not be looked up: " + err.Error()})
 			return true
 		}
 		peerKey = k
@@ -138,7 +139,7 @@ func (b *Bridge) onMessage(ctx context.Context, f *wire.Frame) bool {
 	case kind == "duplicate":
 		return true
 	case kind == "expired":
-		b.refuseInbound(ctx, peer, f.From, "mesh_receive", Refusal{RuleSession, err.Error()})
+		b.refuseInbound(ctx, peer, f.From, "mesh_receive", policy.Refusal{Rule: policy.RuleSession, Reason: err.Error()})
 		return true
 	case err != nil:
 		b.securityEvent(ctx, peer, f.From, kind, err.Error(), true)
@@ -297,19 +298,19 @@ func (b *Bridge) Take(ctx context.Context, n int, wait time.Duration) []Message 
 // audited and signed.
 func (b *Bridge) onKnock(ctx context.Context, cn *client.Conn, raw []byte, f *wire.Frame) {
 	start := b.o.Now()
-	peer, ok := b.Policy().byDID(f.From)
+	peer, ok := b.Policy().ByDID(f.From)
 	reject := func(reason string) {
 		b.metrics.knocks.WithLabelValues("in", "rejected").Inc()
 		b.answerKnock(cn, f, false, reason)
 	}
 	if !ok {
-		b.refuseInbound(ctx, Peer{}, f.From, "mesh_knock", Refusal{RulePairing, "KNOCK from " + f.From + ", which no active pairing names"})
+		b.refuseInbound(ctx, policy.Peer{}, f.From, "mesh_knock", policy.Refusal{Rule: policy.RulePairing, Reason: "KNOCK from " + f.From + ", which no active pairing names"})
 		reject("not paired")
 		return
 	}
 	key, err := b.peerKey(ctx, peer)
 	if err != nil {
-		b.refuseInbound(ctx, peer, f.From, "mesh_knock", Refusal{RuleKnock, "the KNOCK's sender key could not be looked up: " + err.Error()})
+		b.refuseInbound(ctx, peer, f.From, "mesh_knock", policy.Refusal{Rule: policy.RuleKnock, Reason: "the KNOCK's sender key could not be looked up: " + err.Error()})
 		reject("identity unknown to this router's registry")
 		return
 	}
@@ -380,7 +381,7 @@ func (b *Bridge) onKnockAnswer(ctx context.Context, raw []byte, f *wire.Frame) {
 	if !waiting || w.did != f.From {
 		return // an answer to nothing we wait for (late, or not from whom we knocked)
 	}
-	peer, ok := b.Policy().byDID(f.From)
+	peer, ok := b.Policy().ByDID(f.From)
 	if !ok {
 		return
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/mesh/client"
+	"github.com/kars-io/kars/internal/mesh/policy"
 	"github.com/kars-io/kars/internal/mesh/session"
 	"github.com/kars-io/kars/internal/mesh/wire"
 )
@@ -66,7 +67,7 @@ func (b *Bridge) Send(ctx context.Context, req SendRequest) (*SendResult, error)
 	}
 	cn := b.conn.Load()
 	pol := b.Policy()
-	peer, ok := pol.byName(req.To)
+	peer, ok := pol.ByName(req.To)
 	action := "mesh:send:" + req.To
 	rec := audit.Record{Action: action, PayloadSHA256: payloadHash(req.Text),
 		Attrs: map[string]string{"op": "mesh_send"}}
@@ -85,7 +86,7 @@ func (b *Bridge) Send(ctx context.Context, req SendRequest) (*SendResult, error)
 		return &RefusedError{Rule: rule, Reason: reason, Verdict: verdict}
 	}
 	if !ok {
-		return nil, refuse(RulePairing, fmt.Sprintf("no active pairing names %q: pair the sandboxes first (kars pair)", req.To), "")
+		return nil, refuse(policy.RulePairing, fmt.Sprintf("no active pairing names %q: pair the sandboxes first (kars pair)", req.To), "")
 	}
 	rec.Attrs["peer_did"] = peer.DID
 	if r := b.admit(peer); r.Refused() {
@@ -107,7 +108,7 @@ func (b *Bridge) Send(ctx context.Context, req SendRequest) (*SendResult, error)
 	b.metrics.messages.WithLabelValues("send", "allow").Inc()
 	if err := b.establish(ctx, cn, peer); err != nil {
 		// The decision stands, but nothing was sent: say so on record.
-		rule, reason := RuleKnock, err.Error()
+		rule, reason := policy.RuleKnock, err.Error()
 		var re *RefusedError
 		if errors.As(err, &re) {
 			rule = re.Rule
@@ -159,12 +160,12 @@ func (b *Bridge) Send(ctx context.Context, req SendRequest) (*SendResult, error)
 // seal encrypts pt for peer under its session and makes the advanced
 // ratchet durable before returning the frame: a crash after this point
 // cannot reuse the message key.
-func (b *Bridge) seal(peer Peer, pt []byte, id string) (*wire.Frame, error) {
+func (b *Bridge) seal(peer policy.Peer, pt []byte, id string) (*wire.Frame, error) {
 	b.mu.Lock()
 	ps := b.sessions[peer.DID]
 	if ps == nil {
 		b.mu.Unlock()
-		return nil, &RefusedError{Rule: RuleSession, Reason: "the session with " + peer.Name + " ended (a revocation?)"}
+		return nil, &RefusedError{Rule: policy.RuleSession, Reason: "the session with " + peer.Name + " ended (a revocation?)"}
 	}
 	f, err := ps.s.Seal(pt, id, b.o.Now())
 	if err != nil {
@@ -176,19 +177,19 @@ func (b *Bridge) seal(peer Peer, pt []byte, id string) (*wire.Frame, error) {
 	return f, b.jl.Wait(t)
 }
 
-// admit runs Admit for peer with its current score.
-func (b *Bridge) admit(peer Peer) Refusal {
+// admit runs policy.Admit for peer with its current score.
+func (b *Bridge) admit(peer policy.Peer) policy.Refusal {
 	b.mu.Lock()
-	g := b.policy.Graph
+	g := b.pol.Graph
 	b.mu.Unlock()
-	return Admit(peer, b.o.Trust.Score(peer.DID), int(b.threshold.Load()), g, b.o.Self, b.o.Now())
+	return policy.Admit(peer, b.o.Trust.Score(peer.DID), int(b.threshold.Load()), g, b.o.Self, b.o.Now())
 }
 
 // establish makes sure a live session with peer exists: if none does, it
 // sends a signed KNOCK (§10) and, once the peer accepts, runs X3DH
 // against the peer's bundle. Concurrent sends to one peer share one
 // KNOCK.
-func (b *Bridge) establish(ctx context.Context, cn *client.Conn, peer Peer) error {
+func (b *Bridge) establish(ctx context.Context, cn *client.Conn, peer policy.Peer) error {
 	for {
 		b.mu.Lock()
 		if ps := b.sessions[peer.DID]; ps != nil && b.o.Now().Before(ps.expires) {
@@ -229,7 +230,7 @@ type knockAnswer struct {
 	conditions *wire.Conditions
 }
 
-func (b *Bridge) knockAndInitiate(ctx context.Context, cn *client.Conn, peer Peer) error {
+func (b *Bridge) knockAndInitiate(ctx context.Context, cn *client.Conn, peer policy.Peer) error {
 	threshold := int(b.threshold.Load())
 	knockID := newID("k_")
 	f := &wire.Frame{V: wire.Version, Type: wire.TypeKnock, From: b.self.DID(), To: peer.DID, ID: knockID,
@@ -259,11 +260,11 @@ func (b *Bridge) knockAndInitiate(ctx context.Context, cn *client.Conn, peer Pee
 	case a = <-answer:
 	case <-kctx.Done():
 		b.metrics.knocks.WithLabelValues("out", "timeout").Inc()
-		return &RefusedError{Rule: RuleKnock, Reason: fmt.Sprintf("%s did not answer the KNOCK within %s (is its router running and paired with this one?)", peer.Name, b.o.KnockTimeout)}
+		return &RefusedError{Rule: policy.RuleKnock, Reason: fmt.Sprintf("%s did not answer the KNOCK within %s (is its router running and paired with this one?)", peer.Name, b.o.KnockTimeout)}
 	}
 	if !a.accepted {
 		b.metrics.knocks.WithLabelValues("out", "rejected").Inc()
-		return &RefusedError{Rule: RuleKnock, Reason: fmt.Sprintf("%s refused the KNOCK: %s", peer.Name, a.reason)}
+		return &RefusedError{Rule: policy.RuleKnock, Reason: fmt.Sprintf("%s refused the KNOCK: %s", peer.Name, a.reason)}
 	}
 	b.metrics.knocks.WithLabelValues("out", "accepted").Inc()
 	ttl := b.o.SessionTTL
@@ -292,7 +293,7 @@ func (b *Bridge) knockAndInitiate(ctx context.Context, cn *client.Conn, peer Pee
 
 // clientFor returns a registry client for peer: the router's own, or one
 // for the peer's federated registry.
-func (b *Bridge) clientFor(peer Peer) *client.Client {
+func (b *Bridge) clientFor(peer policy.Peer) *client.Client {
 	if peer.Registry == "" || peer.Registry == b.o.Registry {
 		return b.client
 	}
@@ -303,7 +304,7 @@ func (b *Bridge) clientFor(peer Peer) *client.Client {
 
 // peerKey returns a peer's Ed25519 key, from the registry that serves it
 // (and checked against its DID), cached.
-func (b *Bridge) peerKey(ctx context.Context, peer Peer) (ed25519.PublicKey, error) {
+func (b *Bridge) peerKey(ctx context.Context, peer policy.Peer) (ed25519.PublicKey, error) {
 	b.mu.Lock()
 	k, ok := b.peerKeys[peer.DID]
 	b.mu.Unlock()

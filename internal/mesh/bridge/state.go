@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/kars-io/kars/internal/mesh/policy"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -97,13 +98,13 @@ func loadIdentity(dir string) (*identity.Identity, error) {
 }
 
 // loadPolicy reads the persisted policy; none yet means no peers.
-func loadPolicy(dir string) (*Policy, error) {
+func loadPolicy(dir string) (*policy.Policy, error) {
 	path := filepath.Join(dir, policyFile)
 	b, err := statefile.Read(path)
 	if err != nil {
 		return nil, err
 	}
-	p := &Policy{}
+	p := &policy.Policy{}
 	if b == nil {
 		return p, nil
 	}
@@ -116,7 +117,7 @@ func loadPolicy(dir string) (*Policy, error) {
 	return p, nil
 }
 
-func savePolicy(dir string, p *Policy) error {
+func savePolicy(dir string, p *policy.Policy) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return err

@@ -1,4 +1,9 @@
-package bridge
+// Package policy is the mesh policy a router enforces: which peers its
+// sandbox is paired with and the part of the verified trust graph that
+// concerns it, and Admit, the gate every KNOCK and message passes. The
+// controller computes a Policy and pushes it to the router's admin API;
+// the router's mesh bridge enforces it. It is pure.
+package policy
 
 import (
 	"crypto/sha256"
@@ -104,8 +109,8 @@ func (p *Policy) Digest() string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-// byName and byDID find a peer.
-func (p *Policy) byName(name string) (Peer, bool) {
+// ByName and ByDID find a peer.
+func (p *Policy) ByName(name string) (Peer, bool) {
 	for _, pe := range p.Peers {
 		if pe.Name == name {
 			return pe, true
@@ -114,7 +119,7 @@ func (p *Policy) byName(name string) (Peer, bool) {
 	return Peer{}, false
 }
 
-func (p *Policy) byDID(did string) (Peer, bool) {
+func (p *Policy) ByDID(did string) (Peer, bool) {
 	for _, pe := range p.Peers {
 		if pe.DID == did {
 			return pe, true
