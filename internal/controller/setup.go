@@ -57,6 +57,10 @@ type Options struct {
 	// AuditAnchorInterval is how often the controller copies a running
 	// router's audit head into the sandbox's status; zero means 5 minutes.
 	AuditAnchorInterval time.Duration
+	// DeployMesh applies kars-mesh (render.MeshSystem) into the system
+	// namespace at start. The local substrate runs kars-mesh in the dev
+	// daemon instead.
+	DeployMesh bool
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -157,6 +161,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		if err != nil {
 			return err
 		}
+	}
+	if o.Env.Mesh != nil {
+		return setupMeshControllers(mgr, o)
 	}
 	return nil
 }

@@ -1,10 +1,15 @@
-package pairing
+// Package apiserver keeps kars's pairing state on the Kubernetes API
+// server: the cluster's pairing key (a Secret, and its public half in a
+// ConfigMap) and the redemption of tokens, which binds a KarsPairing to
+// the redeemer's identity under optimistic concurrency.
+package apiserver
 
 import (
 	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"github.com/kars-io/kars/internal/pairing"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -42,17 +47,17 @@ var (
 // get a conflict, read the pairing again and find it bound. Presenting
 // the token again with the identity it is bound to returns the result
 // unchanged (a retry after a lost answer).
-func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r Redemption, now time.Time) (*Result, error) {
-	p, err := Verify(r.Token, pub, now)
+func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r pairing.Redemption, now time.Time) (*Result, error) {
+	p, err := pairing.Verify(r.Token, pub, now)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := r.Check(now); err != nil {
 		return nil, err
 	}
-	hash := Hash(r.Token)
+	hash := pairing.Hash(r.Token)
 	var list karsv1.KarsPairingList
-	if err := c.List(ctx, &list, client.MatchingLabels{LabelTokenHash: HashLabel(hash)}); err != nil {
+	if err := c.List(ctx, &list, client.MatchingLabels{pairing.LabelTokenHash: pairing.HashLabel(hash)}); err != nil {
 		return nil, fmt.Errorf("pairing: listing pairings: %w", err)
 	}
 	var kp *karsv1.KarsPairing
@@ -70,7 +75,7 @@ func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r Redem
 		case kp.Spec.Revoked:
 			return nil, ErrRevoked
 		case !now.Before(kp.Spec.ExpiresAt.Time):
-			return nil, ErrExpired
+			return nil, pairing.ErrExpired
 		case kp.Status.PeerIdentity == r.DID:
 			return result(kp, p), nil
 		case kp.Status.PeerIdentity != "":
@@ -96,7 +101,7 @@ func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r Redem
 	}
 }
 
-func result(kp *karsv1.KarsPairing, p *Payload) *Result {
+func result(kp *karsv1.KarsPairing, p *pairing.Payload) *Result {
 	return &Result{Pairing: kp.Namespace + "/" + kp.Name, Name: p.Name, Sandbox: p.Sandbox, Issuer: p.Issuer,
 		Registry: p.Registry, Relay: p.Relay, ExpiresAt: kp.Spec.ExpiresAt.UTC(), Capabilities: p.Capabilities}
 }

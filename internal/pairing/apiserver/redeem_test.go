@@ -1,4 +1,4 @@
-package pairing
+package apiserver
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/kars-io/kars/internal/pairing"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,11 @@ func startAPIServer(t *testing.T, conflicts *atomic.Int64) client.Client {
 	return c
 }
 
+func testPayload(now time.Time) pairing.Payload {
+	return pairing.Payload{Name: "alice-laptop", Registry: "http://127.0.0.1:18080", Relay: "ws://127.0.0.1:18080/ws", Slots: 3,
+		Exp: now.Add(90 * 24 * time.Hour).Unix(), Capabilities: []string{"offload"}}
+}
+
 // issue creates a KarsPairing for a fresh token, as `kars pair generate`
 // does, and returns the token.
 func issue(t *testing.T, c client.Client, key ed25519.PrivateKey, ns, name string) string {
@@ -67,13 +73,13 @@ func issue(t *testing.T, c client.Client, key ed25519.PrivateKey, ns, name strin
 	now := time.Now()
 	p := testPayload(now)
 	p.Name = name
-	tok, err := Mint(rand.Reader, key, p)
+	tok, err := pairing.Mint(rand.Reader, key, p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := Hash(tok)
+	h := pairing.Hash(tok)
 	kp := &karsv1.KarsPairing{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{LabelTokenHash: HashLabel(h)}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{pairing.LabelTokenHash: pairing.HashLabel(h)}},
 		Spec: karsv1.KarsPairingSpec{TokenHash: karsv1.Digest(h), DisplayName: name, Slots: 3,
 			ExpiresAt: metav1.NewTime(time.Unix(p.Exp, 0)), Capabilities: []karsv1.PairingCapability{karsv1.CapabilityOffload}},
 	}
@@ -127,7 +133,7 @@ func TestConcurrentRedemptionExactlyOneWins(t *testing.T) {
 		for i := range racers {
 			wg.Go(func() {
 				<-start
-				_, results[i] = Redeem(ctx, c, pub, NewRedemption(tok, ids[i], now), now)
+				_, results[i] = Redeem(ctx, c, pub, pairing.NewRedemption(tok, ids[i], now), now)
 			})
 		}
 		close(start)
@@ -156,10 +162,10 @@ func TestConcurrentRedemptionExactlyOneWins(t *testing.T) {
 			t.Fatalf("%s: status %+v, winner %s", name, kp.Status, ids[winner].DID())
 		}
 		// The winner may present it again (a lost answer); a loser may not.
-		if _, err := Redeem(ctx, c, pub, NewRedemption(tok, ids[winner], now), now); err != nil {
+		if _, err := Redeem(ctx, c, pub, pairing.NewRedemption(tok, ids[winner], now), now); err != nil {
 			t.Fatalf("%s: the winner's retry: %v", name, err)
 		}
-		if _, err := Redeem(ctx, c, pub, NewRedemption(tok, ids[(winner+1)%racers], now), now); !errors.Is(err, ErrAlreadyRedeemed) {
+		if _, err := Redeem(ctx, c, pub, pairing.NewRedemption(tok, ids[(winner+1)%racers], now), now); !errors.Is(err, ErrAlreadyRedeemed) {
 			t.Fatalf("%s: a loser's retry: %v", name, err)
 		}
 	}
