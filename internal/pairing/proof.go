@@ -23,6 +23,10 @@ type Redemption struct {
 	Signature string `json:"signature"`
 }
 
+// RedeemPath is where a kars-mesh registry redeems tokens (POST, a
+// Redemption body, a Result answer).
+const RedeemPath = "/v1/pairings/redeem"
+
 // RedemptionWindow is how far a redemption's timestamp may be from the
 // verifier's clock.
 const RedemptionWindow = 5 * time.Minute
@@ -62,3 +66,23 @@ func (r *Redemption) Check(now time.Time) (ed25519.PublicKey, error) {
 	}
 	return pub, nil
 }
+
+// Result is what a redeemer learns: the pairing it now holds and where
+// its peer (the issuing sandbox) is.
+type Result struct {
+	Pairing      string    `json:"pairing"`
+	Name         string    `json:"name"`
+	Sandbox      string    `json:"sandbox,omitempty"`
+	Issuer       string    `json:"issuer,omitempty"`
+	Registry     string    `json:"registry"`
+	Relay        string    `json:"relay"`
+	ExpiresAt    time.Time `json:"expiresAt"`
+	Capabilities []string  `json:"capabilities"`
+}
+
+// Errors of a redemption, beyond the token's own and the proof's.
+var (
+	ErrUnknownToken    = errors.New("pairing: no pairing holds this token (never issued, or deleted)")
+	ErrAlreadyRedeemed = errors.New("pairing: the token was already redeemed")
+	ErrRevoked         = errors.New("pairing: the pairing was revoked")
+)

@@ -26,6 +26,7 @@ import (
 	"github.com/kars-io/kars/internal/mesh/session"
 	"github.com/kars-io/kars/internal/mesh/wire"
 	"github.com/kars-io/kars/internal/mesh/x3dh"
+	"github.com/kars-io/kars/internal/pairing"
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
@@ -36,10 +37,14 @@ type meshNet struct {
 	srv *server.Server
 }
 
-func startMeshNet(t *testing.T) *meshNet {
+func startMeshNet(t *testing.T, redeem ...func(context.Context, pairing.Redemption) (*pairing.Result, error)) *meshNet {
 	t.Helper()
 	dir := t.TempDir()
-	s, err := server.Open(server.Options{Dir: dir})
+	o := server.Options{Dir: dir}
+	if len(redeem) > 0 {
+		o.Redeem = redeem[0]
+	}
+	s, err := server.Open(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -613,5 +618,55 @@ func TestMeshSurvivesRestart(t *testing.T) {
 	}
 	if knocks != 1 {
 		t.Fatalf("%d KNOCKs, want the first only", knocks)
+	}
+}
+
+// TestMeshRedeem: `kars mesh auth` asks the router to redeem a token; the
+// router signs the redemption with its mesh identity (the CLI never holds
+// it) and presents it at the registry the token names, which verifies the
+// token's signature and the proof.
+func TestMeshRedeem(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	pub := key.Public().(ed25519.PublicKey)
+	var redeemed []string
+	m := startMeshNet(t, func(_ context.Context, r pairing.Redemption) (*pairing.Result, error) {
+		p, err := pairing.Verify(r.Token, pub, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		if _, err := r.Check(time.Now()); err != nil {
+			return nil, err
+		}
+		if len(redeemed) > 0 {
+			return nil, pairing.ErrAlreadyRedeemed
+		}
+		redeemed = append(redeemed, r.DID)
+		return &pairing.Result{Pairing: "kars-planner/b-worker", Name: p.Name, Issuer: p.Issuer, Registry: p.Registry, Relay: p.Relay}, nil
+	})
+	worker := startMeshRouter(t, m, "worker", meshGov)
+	tok, err := pairing.Mint(rand.Reader, key, pairing.Payload{Name: "b-worker", Issuer: "did:mesh:00112233445566778899aabbccddeeff",
+		Registry: m.url, Relay: m.relayURL(), Slots: 1, Exp: time.Now().Add(time.Hour).Unix(), Capabilities: []string{"handoff"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		DID    string
+		Result pairing.Result
+	}
+	if code := worker.admin("POST", bridge.AdminRedeemPath, map[string]string{"token": tok}, &out); code != 200 {
+		t.Fatalf("redeem: %d %+v", code, out)
+	}
+	if out.DID != worker.did || out.Result.Issuer != "did:mesh:00112233445566778899aabbccddeeff" || len(redeemed) != 1 || redeemed[0] != worker.did {
+		t.Fatalf("redeemed %v, answer %+v", redeemed, out)
+	}
+	var e map[string]any
+	if code := worker.admin("POST", bridge.AdminRedeemPath, map[string]string{"token": tok}, &e); code != 502 ||
+		!strings.Contains(fmt.Sprint(e), "409") {
+		t.Fatalf("second redemption: %d %v", code, e)
+	}
+	forged := tok[:len(tok)-4] + "AAAA"
+	if code := worker.admin("POST", bridge.AdminRedeemPath, map[string]string{"token": forged}, &e); code != 502 ||
+		!strings.Contains(fmt.Sprint(e), "403") {
+		t.Fatalf("forged token: %d %v", code, e)
 	}
 }

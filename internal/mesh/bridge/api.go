@@ -283,5 +283,20 @@ func (b *Bridge) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"digest": p.Digest()})
 	})
+	mux.HandleFunc("POST "+AdminRedeemPath, func(w http.ResponseWriter, req *http.Request) {
+		var in struct {
+			Token string `json:"token"`
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, req.Body, 16<<10)).Decode(&in); err != nil || in.Token == "" {
+			apiError(w, http.StatusBadRequest, "kars_bad_request", `the body must be {"token":"azc_pair_v1_…"}`, nil)
+			return
+		}
+		res, err := b.Redeem(req.Context(), in.Token)
+		if err != nil {
+			apiError(w, http.StatusBadGateway, "kars_mesh_redeem_failed", err.Error(), nil)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"did": b.self.DID(), "result": res})
+	})
 	return mux
 }

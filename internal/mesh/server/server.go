@@ -5,6 +5,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kars-io/kars/internal/mesh/registry"
+	"github.com/kars-io/kars/internal/pairing"
 	"github.com/kars-io/kars/internal/mesh/relay"
 )
 
@@ -28,6 +30,10 @@ type Options struct {
 	// to the relay.
 	AllowUnregistered bool
 	Logger            *slog.Logger
+	// Redeem, when set, serves POST /v1/pairings/redeem: a redeemer
+	// presents a pairing token and proof of its identity, and Redeem
+	// binds the token's KarsPairing to it (internal/pairing/apiserver).
+	Redeem func(ctx context.Context, r pairing.Redemption) (*pairing.Result, error)
 }
 
 // Server is an open kars-mesh.
@@ -76,6 +82,9 @@ func Open(o Options) (*Server, error) {
 	}
 	s.mux.Handle("/ws", s.Relay)
 	s.mux.Handle("/", s.Registry)
+	if o.Redeem != nil {
+		s.mux.Handle("POST "+pairing.RedeemPath, redeemHandler(o.Redeem, o.Logger))
+	}
 	return s, nil
 }
 

@@ -7,7 +7,6 @@ package apiserver
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"github.com/kars-io/kars/internal/pairing"
 	"time"
@@ -19,26 +18,6 @@ import (
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 )
 
-// Result is what a redeemer learns: the pairing it now holds and where
-// its peer (the issuing sandbox) is.
-type Result struct {
-	Pairing      string    `json:"pairing"`
-	Name         string    `json:"name"`
-	Sandbox      string    `json:"sandbox,omitempty"`
-	Issuer       string    `json:"issuer,omitempty"`
-	Registry     string    `json:"registry"`
-	Relay        string    `json:"relay"`
-	ExpiresAt    time.Time `json:"expiresAt"`
-	Capabilities []string  `json:"capabilities"`
-}
-
-// Errors of Redeem, beyond the token's own.
-var (
-	ErrUnknownToken    = errors.New("pairing: no pairing holds this token (never issued, or deleted)")
-	ErrAlreadyRedeemed = errors.New("pairing: the token was already redeemed")
-	ErrRevoked         = errors.New("pairing: the pairing was revoked")
-)
-
 // Redeem binds the pairing whose token r presents to r's identity: the
 // token's signature (by the cluster's pairing key pub) and expiry, the
 // redeemer's proof, then a status update conditioned on the
@@ -47,7 +26,7 @@ var (
 // get a conflict, read the pairing again and find it bound. Presenting
 // the token again with the identity it is bound to returns the result
 // unchanged (a retry after a lost answer).
-func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r pairing.Redemption, now time.Time) (*Result, error) {
+func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r pairing.Redemption, now time.Time) (*pairing.Result, error) {
 	p, err := pairing.Verify(r.Token, pub, now)
 	if err != nil {
 		return nil, err
@@ -68,18 +47,18 @@ func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r pairi
 		}
 	}
 	if kp == nil {
-		return nil, ErrUnknownToken
+		return nil, pairing.ErrUnknownToken
 	}
 	for {
 		switch {
 		case kp.Spec.Revoked:
-			return nil, ErrRevoked
+			return nil, pairing.ErrRevoked
 		case !now.Before(kp.Spec.ExpiresAt.Time):
 			return nil, pairing.ErrExpired
 		case kp.Status.PeerIdentity == r.DID:
 			return result(kp, p), nil
 		case kp.Status.PeerIdentity != "":
-			return nil, ErrAlreadyRedeemed
+			return nil, pairing.ErrAlreadyRedeemed
 		}
 		kp.Status.Phase = karsv1.PairingActive
 		t := metav1.NewTime(now.UTC().Truncate(time.Second))
@@ -101,7 +80,7 @@ func Redeem(ctx context.Context, c client.Client, pub ed25519.PublicKey, r pairi
 	}
 }
 
-func result(kp *karsv1.KarsPairing, p *pairing.Payload) *Result {
-	return &Result{Pairing: kp.Namespace + "/" + kp.Name, Name: p.Name, Sandbox: p.Sandbox, Issuer: p.Issuer,
+func result(kp *karsv1.KarsPairing, p *pairing.Payload) *pairing.Result {
+	return &pairing.Result{Pairing: kp.Namespace + "/" + kp.Name, Name: p.Name, Sandbox: p.Sandbox, Issuer: p.Issuer,
 		Registry: p.Registry, Relay: p.Relay, ExpiresAt: kp.Spec.ExpiresAt.UTC(), Capabilities: p.Capabilities}
 }

@@ -146,7 +146,7 @@ func TestConcurrentRedemptionExactlyOneWins(t *testing.T) {
 					t.Fatalf("%s: redeemers %d and %d both won", name, winner, i)
 				}
 				winner = i
-			case errors.Is(err, ErrAlreadyRedeemed):
+			case errors.Is(err, pairing.ErrAlreadyRedeemed):
 			default:
 				t.Fatalf("%s: redeemer %d: %v", name, i, err)
 			}
@@ -165,7 +165,7 @@ func TestConcurrentRedemptionExactlyOneWins(t *testing.T) {
 		if _, err := Redeem(ctx, c, pub, pairing.NewRedemption(tok, ids[winner], now), now); err != nil {
 			t.Fatalf("%s: the winner's retry: %v", name, err)
 		}
-		if _, err := Redeem(ctx, c, pub, pairing.NewRedemption(tok, ids[(winner+1)%racers], now), now); !errors.Is(err, ErrAlreadyRedeemed) {
+		if _, err := Redeem(ctx, c, pub, pairing.NewRedemption(tok, ids[(winner+1)%racers], now), now); !errors.Is(err, pairing.ErrAlreadyRedeemed) {
 			t.Fatalf("%s: a loser's retry: %v", name, err)
 		}
 	}
