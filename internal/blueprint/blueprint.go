@@ -198,8 +198,10 @@ func setRuntime(rt *karsv1.RuntimeSpec, o Options) error {
 }
 
 // DefaultToolPolicy allows inference and the reference agent's workspace
-// tools, rate-limits writes, and leaves everything else (shell, egress,
-// spawning, unknown tools) to the engine's default deny.
+// tools, rate-limits writes, lets the agent message the peers its
+// pairings name (the pairing is the consent; the router still gates each
+// peer by trust), and leaves everything else (shell, egress, spawning,
+// unknown tools) to the engine's default deny.
 func DefaultToolPolicy(meta metav1.ObjectMeta) *karsv1.ToolPolicy {
 	return &karsv1.ToolPolicy{ObjectMeta: meta, Spec: karsv1.ToolPolicySpec{
 		Rules: []karsv1.ToolRule{
@@ -207,6 +209,8 @@ func DefaultToolPolicy(meta metav1.ObjectMeta) *karsv1.ToolPolicy {
 			{Name: "read-only-tools", Effect: karsv1.EffectAllow, Actions: []string{"tool:calculator", "tool:current_time", "tool:list_files", "tool:read_file"}},
 			{Name: "workspace-writes", Effect: karsv1.EffectAllow, Actions: []string{"tool:write_file"},
 				RateLimit: &karsv1.RuleRateLimit{Requests: 30, WindowSeconds: 60}},
+			{Name: "mesh", Effect: karsv1.EffectAllow, Actions: []string{"tool:send_to_agent", "mesh:send:*", "mesh:receive:*"},
+				RateLimit: &karsv1.RuleRateLimit{Requests: 120, WindowSeconds: 60}},
 			{Name: "no-shell", Effect: karsv1.EffectDeny, Actions: []string{"shell:*"}, Priority: 100},
 		},
 	}}

@@ -26,6 +26,7 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/sandbox/local"
 )
@@ -49,6 +50,8 @@ type buildInput struct {
 	workspace string
 	// routerState is the router's persistent folder ("" for none).
 	routerState string
+	// mesh: the router reaches kars-mesh through MeshSocket.
+	mesh bool
 	hide        []string
 	quota       int64
 	binDir      string
@@ -162,6 +165,9 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 	}
 	routerEnv := envList(routerC.Env)
 	routerEnv = append(routerEnv, "KARS_ROUTER_ROOT="+b.routerDir)
+	if in.mesh {
+		routerEnv = append(routerEnv, routerconfig.EnvMeshDial+"=unix:"+MeshSocket)
+	}
 	b.spec = local.Spec{
 		ID:        id,
 		StateRoot: in.stateRoot,

@@ -17,14 +17,6 @@ import (
 	"github.com/kars-io/kars/internal/trust"
 )
 
-// EnvMeshDial names the environment variable that, when set to
-// "unix:<path>", makes the router reach the mesh registry and relay
-// through that Unix socket (resolved under KARS_ROUTER_ROOT) whatever
-// host their URLs name. The local substrate sets it: its routers live in
-// network namespaces of their own, and kars-mesh runs in the dev daemon
-// on the host's loopback.
-const EnvMeshDial = "KARS_MESH_DIAL"
-
 // MeshDir is the bridge's folder in the state directory.
 const MeshDir = "mesh"
 
@@ -58,10 +50,10 @@ func (r *Router) openMesh(cfg *routerconfig.Config, root string, ts *trust.Store
 		Self: []string{cfg.Sandbox.AgentID}, Threshold: cfg.Mesh.TrustThreshold,
 		Gov: meshGovernance{r}, Trust: ts, Registerer: r.opts.Registry, Logger: r.log,
 	}
-	if v := os.Getenv(EnvMeshDial); v != "" {
+	if v := os.Getenv(routerconfig.EnvMeshDial); v != "" {
 		sock, ok := strings.CutPrefix(v, "unix:")
 		if !ok || sock == "" {
-			return nil, fmt.Errorf("%s=%q: want unix:<path>", EnvMeshDial, v)
+			return nil, fmt.Errorf("%s=%q: want unix:<path>", routerconfig.EnvMeshDial, v)
 		}
 		sock = routerconfig.UnderRoot(root, sock)
 		o.Dial = func(ctx context.Context, _, _ string) (net.Conn, error) {

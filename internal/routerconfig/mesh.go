@@ -26,6 +26,14 @@ type Mesh struct {
 	RegistryMode string `json:"registryMode,omitempty"`
 }
 
+// EnvMeshDial names the environment variable that, when set to
+// "unix:<path>", makes the router reach the mesh registry and relay
+// through that Unix socket (resolved under EnvRoot) whatever host their
+// URLs name. The local substrate sets it: its routers live in network
+// namespaces of their own, and kars-mesh runs in the dev daemon on the
+// host's loopback.
+const EnvMeshDial = "KARS_MESH_DIAL"
+
 // validateMesh reports problems with m.
 func validateMesh(m *Mesh, bad func(field, format string, args ...any)) {
 	check := func(field, raw string, schemes ...string) {
