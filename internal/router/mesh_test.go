@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kars-io/kars/internal/agent"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/mesh/bridge"
@@ -668,5 +670,53 @@ func TestMeshRedeem(t *testing.T) {
 	if code := worker.admin("POST", bridge.AdminRedeemPath, map[string]string{"token": forged}, &e); code != 502 ||
 		!strings.Contains(fmt.Sprint(e), "403") {
 		t.Fatalf("forged token: %d %v", code, e)
+	}
+}
+
+// TestAgentsTalkThroughRouters: two kars-agents, each behind its own
+// router. `kars connect planner -m "@worker review this"` reaches worker's
+// agent, which answers with its own model (the offline model here); the
+// answer comes back as planner's reply. Both ends decided the tool and the
+// mesh actions.
+func TestAgentsTalkThroughRouters(t *testing.T) {
+	gov := &governance.Policy{Name: "agents", Rules: []governance.Rule{
+		{Name: "inference", Effect: governance.EffectAllow, Actions: []string{"inference:*"}},
+		{Name: "mesh", Effect: governance.EffectAllow, Actions: []string{"tool:send_to_agent", "mesh:*"}},
+	}}
+	m := startMeshNet(t)
+	planner := startMeshRouter(t, m, "planner", gov)
+	worker := startMeshRouter(t, m, "worker", gov)
+	planner.pair(peerOf("worker", worker.did))
+	worker.pair(peerOf("planner", planner.did))
+	newAgent := func(r *meshRouter) *agent.Agent {
+		a, err := agent.New(agent.Config{Sandbox: r.name, Namespace: "kars-" + r.name, RouterURL: "http://" + r.addrs["agent"],
+			Model: "kars-offline", Workspace: t.TempDir(), Instructions: "be brief"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	pa, wa := newAgent(planner), newAgent(worker)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go wa.ServeMesh(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)))
+
+	turn, err := pa.Chat(ctx, "default", "@worker review this")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(turn.Reply, "@worker: [kars-offline]") || !strings.Contains(turn.Reply, "Message from @planner: review this") {
+		t.Fatalf("planner's reply: %q", turn.Reply)
+	}
+	if len(turn.ToolCalls) != 1 || turn.ToolCalls[0].Name != agent.SendToAgentTool || turn.ToolCalls[0].Decision != "allow" {
+		t.Fatalf("tool calls %+v", turn.ToolCalls)
+	}
+	if findEntry(planner.audit(), "tool:send_to_agent", "allow", "") == nil || findEntry(planner.audit(), "mesh:send:worker", "allow", "mesh_send") == nil ||
+		findEntry(worker.audit(), "mesh:receive:planner", "allow", "mesh_receive") == nil || findEntry(worker.audit(), "inference:chat:kars-offline", "allow", "") == nil {
+		t.Fatal("a decision is missing from the audit logs")
+	}
+	// Worker's answer was decided as a send on its side.
+	if findEntry(worker.audit(), "mesh:send:planner", "allow", "mesh_send") == nil {
+		t.Fatal("worker's reply is not on its record")
 	}
 }
