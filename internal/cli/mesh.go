@@ -316,30 +316,37 @@ func newMeshAuthCmd(c *cluster) *cobra.Command {
 			for _, x := range res.Capabilities {
 				caps = append(caps, karsv1.PairingCapability(x))
 			}
+			// Here the pairing is named for the issuing sandbox: it is how
+			// this sandbox's agent addresses it (@planner).
+			name := p.Name
+			if _, issuer, ok := strings.Cut(res.Sandbox, "/"); ok {
+				name = issuer
+			}
 			h := pairing.Hash(token)
 			kp := &karsv1.KarsPairing{
-				ObjectMeta: metav1.ObjectMeta{Namespace: sb.Namespace, Name: p.Name,
-					Labels:      map[string]string{pairing.LabelTokenHash: pairing.HashLabel(h)},
+				// No token-hash label: this copy records a redemption made
+				// elsewhere and is not itself redeemable.
+				ObjectMeta: metav1.ObjectMeta{Namespace: sb.Namespace, Name: name,
 					Annotations: map[string]string{controller.AnnotationPeerRegistry: res.Registry, controller.AnnotationPeerRelay: res.Relay}},
-				Spec: karsv1.KarsPairingSpec{TokenHash: karsv1.Digest(h), DisplayName: p.Name, Slots: int32(p.Slots),
+				Spec: karsv1.KarsPairingSpec{TokenHash: karsv1.Digest(h), DisplayName: name, Slots: int32(p.Slots),
 					ExpiresAt: metav1.NewTime(res.ExpiresAt), Capabilities: caps, SandboxRef: &karsv1.LocalObjectReference{Name: sb.Name}},
 			}
 			if err := cl.Create(ctx, kp); err != nil {
-				return describeGetError(err, "KarsPairing", sb.Namespace+"/"+p.Name)
+				return describeGetError(err, "KarsPairing", sb.Namespace+"/"+name)
 			}
 			// This side's pairing is bound from the start: its peer is the
 			// issuer the redemption named.
 			now := metav1.NewTime(time.Now().UTC().Truncate(time.Second))
 			kp.Status.Phase, kp.Status.PeerIdentity, kp.Status.RedeemedAt = karsv1.PairingActive, res.Issuer, &now
 			if err := cl.Status().Update(ctx, kp); err != nil {
-				return describeGetError(err, "KarsPairing status", sb.Namespace+"/"+p.Name)
+				return describeGetError(err, "KarsPairing status", sb.Namespace+"/"+name)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "redeemed: %s (%s) is paired with %s (pairing %s there, %s/%s here), until %s\n",
-				sb.Name, redeemed.DID, res.Issuer, res.Pairing, sb.Namespace, p.Name, res.ExpiresAt.Format(time.RFC3339))
+				sb.Name, redeemed.DID, res.Issuer, res.Pairing, sb.Namespace, name, res.ExpiresAt.Format(time.RFC3339))
 			if err := waitPairingReady(ctx, cl, client.ObjectKeyFromObject(kp), time.Minute); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s's router admits @%s\n", sb.Name, p.Name)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s's router admits @%s\n", sb.Name, name)
 			return nil
 		},
 	}
