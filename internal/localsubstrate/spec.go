@@ -51,10 +51,10 @@ type buildInput struct {
 	// routerState is the router's persistent folder ("" for none).
 	routerState string
 	// mesh: the router reaches kars-mesh through MeshSocket.
-	mesh bool
-	hide        []string
-	quota       int64
-	binDir      string
+	mesh   bool
+	hide   []string
+	quota  int64
+	binDir string
 	// secret returns a Secret of the sandbox's namespace by name.
 	secret func(name string) (*corev1.Secret, error)
 	// configMap returns a ConfigMap of the sandbox's namespace by name.

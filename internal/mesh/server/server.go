@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/kars-io/kars/internal/mesh/registry"
-	"github.com/kars-io/kars/internal/pairing"
 	"github.com/kars-io/kars/internal/mesh/relay"
+	"github.com/kars-io/kars/internal/pairing"
 )
 
 // Options configure a Server.
