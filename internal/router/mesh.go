@@ -47,7 +47,7 @@ func (r *Router) openMesh(cfg *routerconfig.Config, root string, ts *trust.Store
 	}
 	o := bridge.Options{
 		Dir: filepath.Join(cfg.StateDir, MeshDir), Registry: cfg.Mesh.Registry, Relay: cfg.Mesh.Relay,
-		Self: []string{cfg.Sandbox.AgentID}, Threshold: cfg.Mesh.TrustThreshold,
+		Self: []string{cfg.Sandbox.AgentID}, Threshold: cfg.Mesh.TrustThreshold, Global: cfg.Mesh.RegistryMode == "global",
 		Gov: meshGovernance{r}, Trust: ts, Registerer: r.opts.Registry, Logger: r.log,
 	}
 	if v := os.Getenv(routerconfig.EnvMeshDial); v != "" {

@@ -54,6 +54,7 @@ import (
 	"github.com/kars-io/kars/internal/mesh/journal"
 	"github.com/kars-io/kars/internal/mesh/policy"
 	"github.com/kars-io/kars/internal/mesh/session"
+	"github.com/kars-io/kars/internal/mesh/wire"
 	"github.com/kars-io/kars/internal/mesh/x3dh"
 	"github.com/kars-io/kars/internal/trust"
 )
@@ -86,6 +87,9 @@ type Options struct {
 	Self []string
 	// Threshold is the trust score peers need.
 	Threshold int
+	// Global publishes the identity for federation (registryMode:
+	// global): it registers with wire.CapabilityGlobal.
+	Global bool
 	Gov       Governance
 	// Trust keeps peers' scores (keyed by DID).
 	Trust *trust.Store
@@ -433,7 +437,11 @@ func (b *Bridge) Run(ctx context.Context) error {
 func (b *Bridge) connect(ctx context.Context) (*client.Conn, error) {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := b.client.Register(cctx, []string{"kars-router"}, map[string]string{"kind": "kars-router"}); err != nil {
+	caps, mode := []string{"kars-router"}, "local"
+	if b.o.Global {
+		caps, mode = append(caps, wire.CapabilityGlobal), "global"
+	}
+	if _, err := b.client.Register(cctx, caps, map[string]string{"kind": "kars-router", "registry_mode": mode}); err != nil {
 		return nil, err
 	}
 	b.mu.Lock()

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"time"
 
+	"github.com/kars-io/kars/internal/mesh/federation"
 	"github.com/kars-io/kars/internal/pairing"
 	"github.com/kars-io/kars/internal/ratelimit"
 	"github.com/kars-io/kars/internal/strictjson"
@@ -21,6 +21,7 @@ import (
 var redeemRate = ratelimit.Limit{Events: 60, Per: time.Minute, Burst: 60}
 
 // redeemHandler serves POST /v1/pairings/redeem with a Redemption body.
+// redeem tries this mesh's pairings and then its federation peers'.
 // Answers: 200 Result; 400 malformed or bad proof; 403 a token this
 // cluster did not sign; 404 no such pairing; 409 already redeemed by
 // another identity; 410 expired or revoked; 429 over the rate.
@@ -56,23 +57,15 @@ func redeemHandler(redeem func(context.Context, pairing.Redemption) (*pairing.Re
 			return
 		}
 		res, err := redeem(req.Context(), r)
-		switch {
-		case err == nil:
+		switch status := federation.StatusOf(err); status {
+		case http.StatusOK:
 			log.Info("pairing redeemed", "pairing", res.Pairing, "did", r.DID)
 			reply(http.StatusOK, res)
-		case errors.Is(err, pairing.ErrMalformed), errors.Is(err, pairing.ErrProof):
-			fail(http.StatusBadRequest, err.Error())
-		case errors.Is(err, pairing.ErrSignature):
-			fail(http.StatusForbidden, err.Error())
-		case errors.Is(err, pairing.ErrUnknownToken):
-			fail(http.StatusNotFound, err.Error())
-		case errors.Is(err, pairing.ErrAlreadyRedeemed):
-			fail(http.StatusConflict, err.Error())
-		case errors.Is(err, pairing.ErrExpired), errors.Is(err, pairing.ErrRevoked):
-			fail(http.StatusGone, err.Error())
-		default:
+		case http.StatusInternalServerError:
 			log.Error("pairing redemption failed", "err", err)
-			fail(http.StatusInternalServerError, "the redemption could not be recorded; retry")
+			fail(status, "the redemption could not be recorded; retry")
+		default:
+			fail(status, err.Error())
 		}
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/kars-io/kars/internal/mesh/federation"
 	"github.com/kars-io/kars/internal/mesh/registry"
 	"github.com/kars-io/kars/internal/mesh/relay"
 	"github.com/kars-io/kars/internal/pairing"
@@ -34,6 +35,9 @@ type Options struct {
 	// presents a pairing token and proof of its identity, and Redeem
 	// binds the token's KarsPairing to it (internal/pairing/apiserver).
 	Redeem func(ctx context.Context, r pairing.Redemption) (*pairing.Result, error)
+	// Federation, when set, links this mesh to its peers' (Name, TLS,
+	// Peers; the store and Redeem are this server's).
+	Federation *federation.Options
 }
 
 // Server is an open kars-mesh.
@@ -42,7 +46,10 @@ type Server struct {
 	Inbox    *relay.Inbox
 	Registry *registry.Server
 	Relay    *relay.Relay
-	mux      *http.ServeMux
+	// Federation is nil unless Options.Federation was set; serve its
+	// Handler on a mutual-TLS listener and Run it.
+	Federation *federation.Federation
+	mux        *http.ServeMux
 }
 
 // Open opens the journals and builds the registry and relay.
@@ -75,17 +82,46 @@ func Open(o Options) (*Server, error) {
 		store.Close()
 		return nil, err
 	}
-	s := &Server{Store: store, Inbox: inbox,
-		Registry: registry.New(store, registry.Options{Logger: o.Logger}),
-		Relay:    relay.New(inbox, relay.Options{Directory: store, RequireRegistered: !o.AllowUnregistered, TTL: o.TTL, Logger: o.Logger}),
-		mux:      http.NewServeMux(),
+	s := &Server{Store: store, Inbox: inbox, mux: http.NewServeMux()}
+	ro := relay.Options{Directory: store, RequireRegistered: !o.AllowUnregistered, TTL: o.TTL, Logger: o.Logger}
+	rgo := registry.Options{Logger: o.Logger}
+	if fo := o.Federation; fo != nil {
+		fo.Store, fo.Redeem, fo.Logger = store, o.Redeem, o.Logger
+		if s.Federation, err = federation.New(*fo); err != nil {
+			inbox.Close()
+			store.Close()
+			return nil, err
+		}
+		ro.Remote, rgo.Remote = s.Federation, s.Federation
+	}
+	s.Relay = relay.New(inbox, ro)
+	s.Registry = registry.New(store, rgo)
+	if s.Federation != nil {
+		s.Federation.Attach(s.Relay)
 	}
 	s.mux.Handle("/ws", s.Relay)
 	s.mux.Handle("/", s.Registry)
-	if o.Redeem != nil {
-		s.mux.Handle("POST "+pairing.RedeemPath, redeemHandler(o.Redeem, o.Logger))
+	if redeem := s.redeemer(o.Redeem); redeem != nil {
+		s.mux.Handle("POST "+pairing.RedeemPath, redeemHandler(redeem, o.Logger))
 	}
 	return s, nil
+}
+
+// redeemer redeems tokens here and, for tokens another mesh issued,
+// through the federation.
+func (s *Server) redeemer(local func(context.Context, pairing.Redemption) (*pairing.Result, error)) func(context.Context, pairing.Redemption) (*pairing.Result, error) {
+	if s.Federation == nil {
+		return local
+	}
+	return func(ctx context.Context, r pairing.Redemption) (*pairing.Result, error) {
+		if local != nil {
+			res, err := local(ctx, r)
+			if !errors.Is(err, pairing.ErrSignature) {
+				return res, err
+			}
+		}
+		return s.Federation.Redeem(ctx, r)
+	}
 }
 
 // Handler serves the registry and the relay.
