@@ -66,6 +66,8 @@ type config struct {
 	burst            int
 	logLevel         string
 	showVersion      bool
+	mesh             bool
+	deployMesh       bool
 }
 
 func parseFlags(args []string, getenv func(string) string, out io.Writer) (*config, error) {
@@ -94,6 +96,8 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.IntVar(&c.burst, "kube-api-burst", 100, "API request burst")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	fs.BoolVar(&c.mesh, "mesh", true, "make every router its agent's AgentMesh endpoint on kars-mesh in the system namespace, and reconcile KarsPairings and TrustGraphs")
+	fs.BoolVar(&c.deployMesh, "deploy-mesh", true, "apply kars-mesh (Deployment, Service, volume claim, RBAC) into the system namespace")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -149,14 +153,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
+	env := render.Environment{
+		Catalog:         render.Catalog{Registry: c.registry, Version: c.imageVersion, GitSyncImage: c.gitSyncImage},
+		SystemNamespace: c.systemNamespace,
+		ClusterDNS:      dns,
+		SeccompProfile:  c.seccompProfile,
+	}
+	if c.mesh {
+		env.Mesh = render.ClusterMesh(c.systemNamespace)
+	}
 	err = controller.Setup(mgr, controller.Options{
-		Env: render.Environment{
-			Catalog:         render.Catalog{Registry: c.registry, Version: c.imageVersion, GitSyncImage: c.gitSyncImage},
-			SystemNamespace: c.systemNamespace,
-			ClusterDNS:      dns,
-			SeccompProfile:  c.seccompProfile,
-		},
+		Env:                     env,
 		MaxConcurrentReconciles: c.concurrency,
+		DeployMesh:              c.mesh && c.deployMesh,
 	})
 	if err != nil {
 		return fmt.Errorf("set up controllers: %w", err)

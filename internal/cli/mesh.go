@@ -37,7 +37,7 @@ func newMeshCmd(c *cluster) *cobra.Command {
 		Use:   "mesh",
 		Short: "Inspect and operate the AgentMesh: identities, trust, sessions, federation",
 	}
-	cmd.AddCommand(newMeshStatusCmd(c), newMeshListCmd(c), newMeshPromoteCmd(c), newMeshAuthCmd(c))
+	cmd.AddCommand(newMeshStatusCmd(c), newMeshListCmd(c), newMeshPromoteCmd(c), newMeshPeerCmd(c), newMeshAuthCmd(c))
 	return cmd
 }
 

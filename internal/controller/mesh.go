@@ -361,26 +361,30 @@ func setupMeshControllers(mgr ctrl.Manager, o Options) error {
 	live := mgr.GetAPIReader()
 	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		// The system namespace may not exist yet (kars dev creates it
-		// after the controller starts): retry until it does.
+		// after the controller starts): retry until it does. Then look
+		// again every minute: `kars mesh peer enable` changes the
+		// federation configuration kars-mesh is rendered from.
 		wait := time.Second
 		for {
 			err := ensureMeshSystem(ctx, c, live, o)
-			if err == nil {
-				return nil
+			if err != nil {
+				log.FromContext(ctx).Info("mesh system objects not ready; retrying", "err", err, "in", wait)
+				wait = min(2*wait, time.Minute)
+			} else {
+				wait = time.Minute
 			}
-			log.FromContext(ctx).Info("mesh system objects not ready; retrying", "err", err, "in", wait)
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-time.After(wait):
 			}
-			wait = min(2*wait, time.Minute)
 		}
 	}))
 }
 
 // ensureMeshSystem creates the cluster's pairing key and, with
-// DeployMesh, applies kars-mesh.
+// DeployMesh, applies kars-mesh (with federation when the
+// kars-mesh-federation ConfigMap and Secret exist).
 func ensureMeshSystem(ctx context.Context, c client.Client, live client.Reader, o Options) error {
 	// The key objects are not kars-rendered, so the cache does not hold
 	// them: read through the API server.
@@ -390,7 +394,20 @@ func ensureMeshSystem(ctx context.Context, c client.Client, live client.Reader, 
 	if !o.DeployMesh {
 		return nil
 	}
-	objs, err := render.MeshSystem(render.MeshSystemInput{Env: o.Env})
+	in := render.MeshSystemInput{Env: o.Env, Redeem: true}
+	cm := &corev1.ConfigMap{}
+	switch err := live.Get(ctx, client.ObjectKey{Namespace: o.Env.SystemNamespace, Name: render.FederationName}, cm); {
+	case err == nil:
+		in.FederationPort, in.FederationSecret = render.FederationPort, render.FederationName
+		for _, line := range strings.Split(cm.Data["peers"], "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				in.FederationPeers = append(in.FederationPeers, line)
+			}
+		}
+	case !apierrors.IsNotFound(err):
+		return err
+	}
+	objs, err := render.MeshSystem(in)
 	if err != nil {
 		return err
 	}
@@ -400,7 +417,6 @@ func ensureMeshSystem(ctx context.Context, c client.Client, live client.Reader, 
 			return fmt.Errorf("deploy kars-mesh: %w", err)
 		}
 	}
-	log.FromContext(ctx).Info("kars-mesh applied", "namespace", o.Env.SystemNamespace)
 	return nil
 }
 

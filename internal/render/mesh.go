@@ -7,6 +7,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -70,6 +71,12 @@ type MeshSystemInput struct {
 	// FederationSecret names the Secret holding the federation TLS
 	// certificate, key and the peers' CA (tls.crt, tls.key, ca.crt).
 	FederationSecret string
+	// FederationPeers are the meshes to dial, "name=wss://host:port/federation".
+	FederationPeers []string
+	// Redeem lets kars-mesh redeem pairing tokens: it gets a
+	// ServiceAccount token and the RBAC to bind KarsPairings (their
+	// status) and to read the pairing key's public half, nothing more.
+	Redeem bool
 }
 
 // MeshSystem renders kars-mesh into the system namespace: a
@@ -129,9 +136,15 @@ func MeshSystem(in MeshSystemInput) ([]client.Object, error) {
 		volumes = append(volumes, corev1.Volume{Name: "federation", VolumeSource: corev1.VolumeSource{
 			Secret: &corev1.SecretVolumeSource{SecretName: in.FederationSecret, DefaultMode: ptr(int32(0o400))}}})
 		mounts = append(mounts, corev1.VolumeMount{Name: "federation", MountPath: "/var/run/secrets/kars-mesh/federation", ReadOnly: true})
+		for _, p := range in.FederationPeers {
+			args = append(args, "-federation-peer="+p)
+		}
+	}
+	if in.Redeem {
+		args = append(args, "-redeem", "-system-namespace="+env.SystemNamespace)
 	}
 	sa := &corev1.ServiceAccount{TypeMeta: typeMeta("v1", "ServiceAccount"), ObjectMeta: om(),
-		AutomountServiceAccountToken: ptr(false)}
+		AutomountServiceAccountToken: ptr(in.Redeem)}
 	pvc := &corev1.PersistentVolumeClaim{TypeMeta: typeMeta("v1", "PersistentVolumeClaim"), ObjectMeta: om(),
 		Spec: corev1.PersistentVolumeClaimSpec{
 			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
@@ -154,7 +167,7 @@ func MeshSystem(in MeshSystemInput) ([]client.Object, error) {
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					ServiceAccountName:           MeshName,
-					AutomountServiceAccountToken: ptr(false),
+					AutomountServiceAccountToken: ptr(in.Redeem),
 					SecurityContext:              &corev1.PodSecurityContext{FSGroup: ptr(uid), RunAsNonRoot: ptr(true), SeccompProfile: runtimeDefault()},
 					Containers: []corev1.Container{{
 						Name: MeshName, Image: env.Catalog.Image(MeshName), Args: args, Ports: ports,
@@ -191,5 +204,46 @@ func MeshSystem(in MeshSystemInput) ([]client.Object, error) {
 		np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{
 			Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: ptr(intstr.FromInt32(in.FederationPort))}}})
 	}
-	return []client.Object{sa, pvc, dep, svc, np}, nil
+	objs := []client.Object{sa, pvc, dep, svc, np}
+	if in.Redeem {
+		objs = append(objs, meshRBAC(env.SystemNamespace, labels)...)
+	}
+	return objs, nil
 }
+
+// meshRBAC lets kars-mesh redeem tokens: find KarsPairings by their
+// token-hash label and bind one through its status (optimistic
+// concurrency on the status subresource), and read the pairing key's
+// public half. It can neither create pairings nor read any Secret.
+func meshRBAC(ns string, labels map[string]string) []client.Object {
+	cr := &rbacv1.ClusterRole{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "ClusterRole"),
+		ObjectMeta: metav1.ObjectMeta{Name: MeshName, Labels: labels},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{karsv1.GroupVersion.Group}, Resources: []string{"karspairings"}, Verbs: []string{"get", "list"}},
+			{APIGroups: []string{karsv1.GroupVersion.Group}, Resources: []string{"karspairings/status"}, Verbs: []string{"get", "update"}},
+		}}
+	crb := &rbacv1.ClusterRoleBinding{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+		ObjectMeta: metav1.ObjectMeta{Name: MeshName, Labels: labels},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: MeshName},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: MeshName, Namespace: ns}}}
+	role := &rbacv1.Role{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "Role"),
+		ObjectMeta: metav1.ObjectMeta{Name: MeshName, Namespace: ns, Labels: labels},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{PairingKeyName}, Verbs: []string{"get"}}}}
+	rb := &rbacv1.RoleBinding{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "RoleBinding"),
+		ObjectMeta: metav1.ObjectMeta{Name: MeshName, Namespace: ns, Labels: labels},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: MeshName},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: MeshName, Namespace: ns}}}
+	return []client.Object{cr, crb, role, rb}
+}
+
+// PairingKeyName is the pairing key's Secret and ConfigMap in the system
+// namespace (internal/pairing/apiserver.KeyName).
+const PairingKeyName = "kars-pairing-key"
+
+// FederationName names the federation Secret (tls.crt, tls.key, ca.crt)
+// and ConfigMap (data "peers": one name=url per line) in the system
+// namespace that `kars mesh peer enable` writes.
+const FederationName = "kars-mesh-federation"
+
+// FederationPort is kars-mesh's federation listener.
+const FederationPort int32 = 18766

@@ -17,17 +17,21 @@ func TestGoldenMeshSystem(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden(t, "mesh-system.yaml", toYAML(t, objs...))
-	fed, err := MeshSystem(MeshSystemInput{Env: env, FederationPort: 18766, FederationSecret: "kars-mesh-federation"})
+	fed, err := MeshSystem(MeshSystemInput{Env: env, FederationPort: FederationPort, FederationSecret: FederationName,
+		FederationPeers: []string{"cluster-b=wss://mesh.cluster-b.example:18766/federation"}, Redeem: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "mesh-system-federation.yaml", toYAML(t, fed...))
+	if dep := objs[2].(*appsv1.Deployment); *dep.Spec.Template.Spec.AutomountServiceAccountToken {
+		t.Fatal("kars-mesh without redemption must run without a ServiceAccount token")
+	}
 	dep := fed[2].(*appsv1.Deployment)
 	c := dep.Spec.Template.Spec.Containers[0]
-	if *c.SecurityContext.RunAsNonRoot != true || *c.SecurityContext.ReadOnlyRootFilesystem != true || *dep.Spec.Template.Spec.AutomountServiceAccountToken {
-		t.Fatal("kars-mesh must run non-root, read-only, without a ServiceAccount token")
+	if !*c.SecurityContext.RunAsNonRoot || !*c.SecurityContext.ReadOnlyRootFilesystem || len(fed) != 9 {
+		t.Fatalf("kars-mesh must run non-root and read-only; %d objects", len(fed))
 	}
-	if !strings.Contains(strings.Join(c.Args, " "), "-federation-ca=") {
+	if args := strings.Join(c.Args, " "); !strings.Contains(args, "-federation-ca=") || !strings.Contains(args, "-federation-peer=cluster-b=") || !strings.Contains(args, "-redeem") {
 		t.Fatalf("federation args: %v", c.Args)
 	}
 	if _, err := MeshSystem(MeshSystemInput{Env: env, FederationPort: 18766}); err == nil {

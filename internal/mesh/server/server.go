@@ -50,6 +50,7 @@ type Server struct {
 	// Handler on a mutual-TLS listener and Run it.
 	Federation *federation.Federation
 	mux        *http.ServeMux
+	regMux     *http.ServeMux
 }
 
 // Open opens the journals and builds the registry and relay.
@@ -82,7 +83,7 @@ func Open(o Options) (*Server, error) {
 		store.Close()
 		return nil, err
 	}
-	s := &Server{Store: store, Inbox: inbox, mux: http.NewServeMux()}
+	s := &Server{Store: store, Inbox: inbox, mux: http.NewServeMux(), regMux: http.NewServeMux()}
 	ro := relay.Options{Directory: store, RequireRegistered: !o.AllowUnregistered, TTL: o.TTL, Logger: o.Logger}
 	rgo := registry.Options{Logger: o.Logger}
 	if fo := o.Federation; fo != nil {
@@ -101,8 +102,11 @@ func Open(o Options) (*Server, error) {
 	}
 	s.mux.Handle("/ws", s.Relay)
 	s.mux.Handle("/", s.Registry)
+	s.regMux.Handle("/", s.Registry)
 	if redeem := s.redeemer(o.Redeem); redeem != nil {
-		s.mux.Handle("POST "+pairing.RedeemPath, redeemHandler(redeem, o.Logger))
+		h := redeemHandler(redeem, o.Logger)
+		s.mux.Handle("POST "+pairing.RedeemPath, h)
+		s.regMux.Handle("POST "+pairing.RedeemPath, h)
 	}
 	return s, nil
 }
@@ -123,6 +127,10 @@ func (s *Server) redeemer(local func(context.Context, pairing.Redemption) (*pair
 		return s.Federation.Redeem(ctx, r)
 	}
 }
+
+// RegistryHandler serves the registry (and redemption) without the
+// relay, for a registry port of its own.
+func (s *Server) RegistryHandler() http.Handler { return s.regMux }
 
 // Handler serves the registry and the relay.
 func (s *Server) Handler() http.Handler { return s.mux }

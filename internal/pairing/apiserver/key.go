@@ -11,6 +11,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kars-io/kars/internal/render"
 )
 
 // KeyName names the cluster's pairing key objects in the system
@@ -18,7 +20,7 @@ import (
 // and by operators who mint tokens, `kars pair generate`), and a
 // ConfigMap holding only the public key (read by kars-mesh, which
 // verifies tokens on redemption and must never be able to mint them).
-const KeyName = "kars-pairing-key"
+const KeyName = render.PairingKeyName
 
 // Keys of the objects' data.
 const (
