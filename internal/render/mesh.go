@@ -228,7 +228,7 @@ func meshRBAC(ns string, labels map[string]string) []client.Object {
 		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: MeshName, Namespace: ns}}}
 	role := &rbacv1.Role{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "Role"),
 		ObjectMeta: metav1.ObjectMeta{Name: MeshName, Namespace: ns, Labels: labels},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{PairingKeyName}, Verbs: []string{"get"}}}}
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{PairingKeyName}, Verbs: []string{"get"}}}}
 	rb := &rbacv1.RoleBinding{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "RoleBinding"),
 		ObjectMeta: metav1.ObjectMeta{Name: MeshName, Namespace: ns, Labels: labels},
 		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: MeshName},

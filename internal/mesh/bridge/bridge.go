@@ -90,7 +90,7 @@ type Options struct {
 	// Global publishes the identity for federation (registryMode:
 	// global): it registers with wire.CapabilityGlobal.
 	Global bool
-	Gov       Governance
+	Gov    Governance
 	// Trust keeps peers' scores (keyed by DID).
 	Trust *trust.Store
 	// Registerer receives the bridge's metrics; nil registers none.
