@@ -22,6 +22,9 @@ const (
 	InboxPath = "/kars/v1/mesh/inbox"
 	PeersPath = "/kars/v1/mesh/peers"
 	TrustPath = "/kars/v1/mesh/trust"
+	// AGTTrustPath is TrustPath under the name the Agent Governance
+	// Toolkit's integrations query.
+	AGTTrustPath = "/agt/trust"
 )
 
 // The admin API paths (:8444, the controller's bearer token).
@@ -44,6 +47,7 @@ func (b *Bridge) Mount(mux *http.ServeMux) {
 	mux.HandleFunc("GET "+InboxPath, b.serveInbox)
 	mux.HandleFunc("GET "+PeersPath, b.servePeers)
 	mux.HandleFunc("GET "+TrustPath, b.serveTrust)
+	mux.HandleFunc("GET "+AGTTrustPath, b.serveTrust)
 }
 
 // apiError answers in the OpenAI error shape the rest of the agent API
