@@ -280,6 +280,12 @@ func (b *Bridge) knockAndInitiate(ctx context.Context, cn *client.Conn, peer pol
 		return fmt.Errorf("X3DH with %s: %w", peer.Name, err)
 	}
 	b.mu.Lock()
+	if _, still := b.pol.ByDID(peer.DID); !still {
+		// Revoked while the KNOCK was in flight.
+		b.mu.Unlock()
+		s.Close()
+		return &RefusedError{Rule: policy.RulePairing, Reason: "the pairing with " + peer.Name + " was revoked while the KNOCK was in flight"}
+	}
 	if old := b.sessions[peer.DID]; old != nil {
 		old.s.Close()
 	}
