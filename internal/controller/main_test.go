@@ -222,6 +222,9 @@ type standInRouter struct {
 	// the admin API's mesh endpoints, so the controller's policy pushes
 	// land where a router keeps them.
 	mesh *bridge.Bridge
+	// other, when set, answers the admin endpoints besides the digest and
+	// the audit head (tests of SRE actions).
+	other atomic.Pointer[http.HandlerFunc]
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -241,6 +244,10 @@ func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(h)
+		return
+	}
+	if h := s.other.Load(); h != nil && r.URL.Path != DigestPath {
+		(*h)(w, r)
 		return
 	}
 	if r.Method != http.MethodGet || r.URL.Path != DigestPath {

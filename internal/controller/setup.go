@@ -172,9 +172,11 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		}
 	}
 	if o.Env.Mesh != nil {
-		return setupMeshControllers(mgr, o)
+		if err := setupMeshControllers(mgr, o); err != nil {
+			return err
+		}
 	}
-	return nil
+	return setupSREActions(mgr, o)
 }
 
 func setupIndexes(ctx context.Context, fi client.FieldIndexer) error {
