@@ -10,14 +10,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	eventsv1 "k8s.io/api/events/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/controller"
+	"github.com/kars-io/kars/internal/operator"
 )
 
 func newSRECmd(c *cluster) *cobra.Command {
@@ -90,7 +89,7 @@ func newSRECmd(c *cluster) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if err := DecideSREAction(cmd.Context(), cl, a, state, user, comment, time.Now()); err != nil {
+				if err := operator.DecideSREAction(cmd.Context(), cl, a, state, user, comment, time.Now()); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s/%s: %s %s by %s\n", a.Namespace, a.Name, a.Spec.Action, strings.ToLower(state), user)
@@ -154,8 +153,7 @@ func (c *cluster) sreAction(ctx context.Context, id string) (client.Client, *kar
 	return nil, nil, fmt.Errorf("%d SRE actions are named %q; say which with NAMESPACE/NAME or --namespace", len(found), id)
 }
 
-// whoAmI asks the API server who the caller is (SelfSubjectReview), which
-// is the name an approval must carry.
+// whoAmI asks the API server who the caller is.
 func (c *cluster) whoAmI(ctx context.Context) (string, error) {
 	cfg, err := c.restConfig()
 	if err != nil {
@@ -165,32 +163,7 @@ func (c *cluster) whoAmI(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	r, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("ask the API server who you are (SelfSubjectReview): %w", err)
-	}
-	if r.Status.UserInfo.Username == "" {
-		return "", fmt.Errorf("the API server did not say who you are")
-	}
-	return r.Status.UserInfo.Username, nil
-}
-
-// DecideSREAction records an approval or rejection by user on a, refusing
-// what the controller would not run anyway: a decided, finished or expired
-// action.
-func DecideSREAction(ctx context.Context, cl client.Client, a *karsv1.KarsSREAction, state, user, comment string, now time.Time) error {
-	if s := a.Spec.Approval.State; s != "" && s != "Pending" {
-		return fmt.Errorf("%s/%s was already %s by %s: decisions are final", a.Namespace, a.Name, strings.ToLower(s), a.Spec.Approval.DecidedBy)
-	}
-	if exp := controller.ExpiresAt(a); !now.Before(exp) || a.Status.Phase == controller.SREPhaseExpired {
-		return fmt.Errorf("%s/%s expired at %s: propose it again if it is still needed", a.Namespace, a.Name, exp.Local().Format(time.RFC3339))
-	}
-	before := a.DeepCopy()
-	a.Spec.Approval = karsv1.SREApproval{State: state, DecidedBy: user, Comment: comment}
-	if err := cl.Patch(ctx, a, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("record the decision on %s/%s: %w", a.Namespace, a.Name, err)
-	}
-	return nil
+	return operator.WhoAmI(ctx, cs)
 }
 
 func sreRank(a *karsv1.KarsSREAction) int {

@@ -12,6 +12,7 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/blueprint"
+	"github.com/kars-io/kars/internal/operator"
 	"github.com/kars-io/kars/internal/testenv"
 )
 
@@ -106,7 +107,7 @@ func TestSRECommands(t *testing.T) {
 func TestDecideRefusesExpired(t *testing.T) {
 	a := &karsv1.KarsSREAction{ObjectMeta: metav1.ObjectMeta{Namespace: "n", Name: "old", CreationTimestamp: metav1.NewTime(time.Now().Add(-time.Hour))},
 		Spec: karsv1.KarsSREActionSpec{TTLMinutes: 15, Approval: karsv1.SREApproval{State: "Pending"}}}
-	err := DecideSREAction(context.Background(), nil, a, "Approved", "alice", "", time.Now())
+	err := operator.DecideSREAction(context.Background(), nil, a, "Approved", "alice", "", time.Now())
 	if err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("err = %v", err)
 	}

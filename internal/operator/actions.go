@@ -1,0 +1,104 @@
+package operator
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/controller"
+)
+
+// Actions are the changes the operator makes, each with the user's own
+// credentials. The TUI asks for confirmation before calling any of them.
+type Actions interface {
+	// SetSuspended suspends (true) or resumes (false) a sandbox.
+	SetSuspended(ctx context.Context, sandbox types.NamespacedName, suspended bool) error
+	// DecideSRE approves ("Approved") or rejects ("Rejected") an SRE action.
+	DecideSRE(ctx context.Context, action types.NamespacedName, state string) error
+}
+
+// KubeActions implements Actions on the API server.
+type KubeActions struct {
+	// Client writes with the user's credentials.
+	Client client.Client
+	// Clientset asks the API server who the user is (SelfSubjectReview):
+	// a decision records that name, which the chart's admission policy
+	// checks against the request's user.
+	Clientset kubernetes.Interface
+	// Now is the clock decisions are checked against; nil means time.Now.
+	Now func() time.Time
+}
+
+// SetSuspended implements Actions.
+func (k *KubeActions) SetSuspended(ctx context.Context, key types.NamespacedName, suspended bool) error {
+	var sb karsv1.KarsSandbox
+	if err := k.Client.Get(ctx, key, &sb); err != nil {
+		return fmt.Errorf("read KarsSandbox %s: %w", key, err)
+	}
+	if sb.Spec.Suspended == suspended {
+		return nil
+	}
+	before := sb.DeepCopy()
+	sb.Spec.Suspended = suspended
+	if err := k.Client.Patch(ctx, &sb, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("patch KarsSandbox %s: %w", key, err)
+	}
+	return nil
+}
+
+// DecideSRE implements Actions.
+func (k *KubeActions) DecideSRE(ctx context.Context, key types.NamespacedName, state string) error {
+	var a karsv1.KarsSREAction
+	if err := k.Client.Get(ctx, key, &a); err != nil {
+		return fmt.Errorf("read KarsSREAction %s: %w", key, err)
+	}
+	user, err := WhoAmI(ctx, k.Clientset)
+	if err != nil {
+		return err
+	}
+	now := time.Now
+	if k.Now != nil {
+		now = k.Now
+	}
+	return DecideSREAction(ctx, k.Client, &a, state, user, "decided in kars operator", now())
+}
+
+// WhoAmI asks the API server who the caller is (SelfSubjectReview), which
+// is the name an approval must carry.
+func WhoAmI(ctx context.Context, cs kubernetes.Interface) (string, error) {
+	r, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("ask the API server who you are (SelfSubjectReview): %w", err)
+	}
+	if r.Status.UserInfo.Username == "" {
+		return "", fmt.Errorf("the API server did not say who you are")
+	}
+	return r.Status.UserInfo.Username, nil
+}
+
+// DecideSREAction records an approval or rejection by user on a, refusing
+// what the controller would not run anyway: a decided, finished or expired
+// action. The patch carries a's resourceVersion, so a decision made on a
+// stale view fails instead of overwriting another.
+func DecideSREAction(ctx context.Context, cl client.Client, a *karsv1.KarsSREAction, state, user, comment string, now time.Time) error {
+	if s := a.Spec.Approval.State; s != "" && s != "Pending" {
+		return fmt.Errorf("%s/%s was already %s by %s: decisions are final", a.Namespace, a.Name, strings.ToLower(s), a.Spec.Approval.DecidedBy)
+	}
+	if exp := controller.ExpiresAt(a); !now.Before(exp) || a.Status.Phase == controller.SREPhaseExpired {
+		return fmt.Errorf("%s/%s expired at %s: propose it again if it is still needed", a.Namespace, a.Name, exp.Local().Format(time.RFC3339))
+	}
+	before := a.DeepCopy()
+	a.Spec.Approval = karsv1.SREApproval{State: state, DecidedBy: user, Comment: comment}
+	if err := cl.Patch(ctx, a, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("record the decision on %s/%s: %w", a.Namespace, a.Name, err)
+	}
+	return nil
+}

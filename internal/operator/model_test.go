@@ -1,0 +1,337 @@
+package operator
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/muesli/termenv"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden frames in testdata/")
+
+func TestMain(m *testing.M) {
+	// Golden frames show clock times: render them in one zone everywhere.
+	time.Local = time.UTC
+	os.Exit(m.Run())
+}
+
+// t0 is the fixtures' creation time.
+var t0 = time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+
+func sandbox(ns, name string, phase karsv1.SandboxPhase) *karsv1.KarsSandbox {
+	return &karsv1.KarsSandbox{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, CreationTimestamp: metav1.NewTime(t0)},
+		Spec: karsv1.KarsSandboxSpec{Runtime: karsv1.RuntimeSpec{Kind: karsv1.RuntimeOpenClaw},
+			InferenceRef: karsv1.LocalObjectReference{Name: name + "-inference"}},
+		Status: karsv1.KarsSandboxStatus{Phase: phase},
+	}
+}
+
+func inference(ns, name, model string, daily int64) *karsv1.InferencePolicy {
+	ip := &karsv1.InferencePolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	ip.Spec.ModelPreference.Primary = karsv1.ModelTarget{Provider: karsv1.ProviderAzureOpenAI, Model: model}
+	if daily > 0 {
+		ip.Spec.TokenBudget = &karsv1.TokenBudget{Daily: daily}
+	}
+	return ip
+}
+
+func sre(ns, name string, action karsv1.SREActionType, target, state string) *karsv1.KarsSREAction {
+	return &karsv1.KarsSREAction{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, CreationTimestamp: metav1.NewTime(t0)},
+		Spec: karsv1.KarsSREActionSpec{Action: action, Target: karsv1.SREActionTarget{Kind: "KarsSandbox", Name: target},
+			Reason: "spend doubled in an hour", ProposedBy: "sre-agent", TTLMinutes: 30, Approval: karsv1.SREApproval{State: state}},
+	}
+}
+
+func event(ns, name, typ, reason, kind, obj, note string, at time.Time) *eventsv1.Event {
+	return &eventsv1.Event{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(name), CreationTimestamp: metav1.NewTime(at)},
+		EventTime:  metav1.NewMicroTime(at), Type: typ, Reason: reason, Note: note,
+		Regarding: corev1.ObjectReference{Kind: kind, Name: obj, Namespace: ns},
+	}
+}
+
+// recorder is an Actions that records calls (the real one, KubeActions, is
+// tested against the API server in live_test.go).
+type recorder struct {
+	mu    sync.Mutex
+	calls []string
+	err   error
+}
+
+func (r *recorder) SetSuspended(_ context.Context, k types.NamespacedName, s bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, fmt.Sprintf("suspend %s %v", k, s))
+	return r.err
+}
+
+func (r *recorder) DecideSRE(_ context.Context, k types.NamespacedName, state string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, fmt.Sprintf("decide %s %s", k, state))
+	return r.err
+}
+
+func plain() *lipgloss.Renderer {
+	r := lipgloss.NewRenderer(io.Discard)
+	r.SetColorProfile(termenv.Ascii)
+	return r
+}
+
+// fixture is a model over two sandboxes, one with a budget, SRE actions,
+// an egress approval and events.
+func fixture(t *testing.T, w, h int, a Actions) *Model {
+	t.Helper()
+	m := New(Options{Renderer: plain(), Actions: a, Title: "https://127.0.0.1:6443"})
+	send(m, tea.WindowSizeMsg{Width: w, Height: h})
+	bot := sandbox("kars-bot", "bot", karsv1.SandboxRunning)
+	bot.Status.Model = "gpt-4.1"
+	analyst := sandbox("kars-analyst", "analyst", karsv1.SandboxDegraded)
+	analyst.Status.Conditions = []metav1.Condition{{Type: karsv1.ConditionReady, Status: "False", Reason: "RouterUnreachable", Message: "the router did not answer"}}
+	ea := &karsv1.EgressApproval{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "github", CreationTimestamp: metav1.NewTime(t0)},
+		Spec:   karsv1.EgressApprovalSpec{Sandbox: "bot", Hosts: []karsv1.Hostname{"api.github.com"}, Reason: "release notes"},
+		Status: karsv1.EgressApprovalStatus{Phase: "Active", ExpiresAt: &metav1.Time{Time: t0.Add(24 * time.Hour)}}}
+	done := sre("kars-bot", "restart-bot", karsv1.SRERestartSandbox, "bot", "Approved")
+	done.Status.Phase = "Succeeded"
+	done.CreationTimestamp = metav1.NewTime(t0.Add(-time.Hour))
+	for _, o := range []ObjectMsg{
+		{Obj: bot}, {Obj: analyst},
+		{Obj: inference("kars-bot", "bot-inference", "gpt-4.1", 200_000)},
+		{Obj: inference("kars-analyst", "analyst-inference", "gpt-4.1-mini", 0)},
+		{Obj: sre("kars-bot", "suspend-bot", karsv1.SRESuspendSandbox, "bot", "Pending")},
+		{Obj: done}, {Obj: ea},
+		{Obj: event("kars-bot", "e1", "Normal", "SREActionExecuted", "KarsSREAction", "restart-bot", "RestartSandbox KarsSandbox/bot: pod restarted", t0.Add(-50*time.Minute))},
+		{Obj: event("kars-bot", "e2", "Warning", "ApplyFailed", "KarsSandbox", "bot", "quota exceeded", t0.Add(-10*time.Minute))},
+		{Obj: event("kars-bot", "e3", "Normal", "Pulled", "Pod", "bot-abc", "not a kars object", t0)},
+	} {
+		send(m, o)
+	}
+	send(m, SyncedMsg{})
+	return m
+}
+
+// send delivers msg and runs the command it returns (an action), feeding
+// its result back, as the bubbletea runtime does.
+func send(m *Model, msg tea.Msg) {
+	_, cmd := m.Update(msg)
+	if cmd == nil {
+		return
+	}
+	if out := cmd(); out != nil {
+		if _, ok := out.(tea.QuitMsg); !ok {
+			m.Update(out)
+		}
+	}
+}
+
+func key(s string) tea.KeyMsg {
+	switch s {
+	case "tab":
+		return tea.KeyMsg{Type: tea.KeyTab}
+	case "up":
+		return tea.KeyMsg{Type: tea.KeyUp}
+	case "down":
+		return tea.KeyMsg{Type: tea.KeyDown}
+	}
+	return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)}
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("frame %s differs from %s:\n--- got ---\n%s\n--- want ---\n%s", name, path, got, want)
+	}
+}
+
+// checkSize asserts a frame fits the terminal: never more lines or wider
+// lines than it has.
+func checkSize(t *testing.T, frame string, w, h int) {
+	t.Helper()
+	lines := strings.Split(frame, "\n")
+	if len(lines) != h {
+		t.Errorf("%d lines, terminal has %d", len(lines), h)
+	}
+	for i, l := range lines {
+		if n := lipgloss.Width(l); n > w {
+			t.Errorf("line %d is %d wide, terminal has %d: %q", i, n, w, l)
+		}
+	}
+}
+
+func TestFrames(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		w, h int
+		keys []string
+	}{
+		{"first-sandbox", 120, 30, []string{"up"}},
+		{"second-sandbox", 120, 30, []string{"down"}},
+		{"sre-focus", 120, 30, []string{"down", "tab"}},
+		{"narrow", 60, 16, []string{"down"}},
+		{"tiny", 30, 6, []string{"down"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := fixture(t, c.w, c.h, &recorder{})
+			for _, k := range c.keys {
+				send(m, key(k))
+			}
+			frame := m.View()
+			checkSize(t, frame, c.w, c.h)
+			golden(t, c.name, frame)
+		})
+	}
+}
+
+func TestLoadingAndEmpty(t *testing.T) {
+	m := New(Options{Renderer: plain()})
+	send(m, tea.WindowSizeMsg{Width: 100, Height: 8})
+	if f := m.View(); !strings.Contains(f, "loading…") || strings.Contains(f, "no sandboxes yet") {
+		t.Fatalf("before sync:\n%s", f)
+	}
+	send(m, SyncedMsg{Unwatched: map[string]string{"Event": "you may not list Event"}})
+	f := m.View()
+	checkSize(t, f, 100, 8)
+	golden(t, "empty", f)
+	if !strings.Contains(f, "(read-only)") {
+		t.Fatal("a model without actions must say it is read-only")
+	}
+	// Keys that act do nothing without actions.
+	send(m, key("s"))
+	if m.confirm != nil {
+		t.Fatal("asked to confirm with no sandbox and no actions")
+	}
+}
+
+func TestColourOnlyWithAColourProfile(t *testing.T) {
+	r := lipgloss.NewRenderer(io.Discard)
+	r.SetColorProfile(termenv.ANSI256)
+	m := New(Options{Renderer: r})
+	send(m, SyncedMsg{})
+	send(m, ObjectMsg{Obj: sandbox("ns", "bot", karsv1.SandboxFailed)})
+	if !strings.Contains(m.View(), "\x1b[") {
+		t.Fatal("no escape sequences under a colour profile")
+	}
+	if strings.Contains(fixture(t, 80, 24, nil).View(), "\x1b[") {
+		t.Fatal("escape sequences under the ASCII profile (NO_COLOR)")
+	}
+}
+
+// Every action asks first; "n" (or any key but y) changes nothing.
+func TestActionsAreConfirmed(t *testing.T) {
+	rec := &recorder{}
+	m := fixture(t, 120, 30, rec)
+	// The list is sorted: kars-analyst/analyst, then kars-bot/bot.
+	send(m, key("down"))
+	send(m, key("s"))
+	if f := m.View(); !strings.Contains(f, "suspend sandbox kars-bot/bot? [y/N]") {
+		t.Fatalf("no confirmation prompt:\n%s", f)
+	}
+	golden(t, "confirm-suspend", m.View())
+	send(m, key("n"))
+	if len(rec.calls) != 0 || !strings.Contains(m.View(), "cancelled: suspend kars-bot/bot") {
+		t.Fatalf("calls %v after n:\n%s", rec.calls, m.View())
+	}
+	send(m, key("s"))
+	send(m, key("y"))
+	if strings.Join(rec.calls, ";") != "suspend kars-bot/bot true" || !strings.Contains(m.View(), "done: suspend kars-bot/bot") {
+		t.Fatalf("calls %v:\n%s", rec.calls, m.View())
+	}
+
+	// A suspended sandbox offers resume.
+	bot := m.State().Sandbox(types.NamespacedName{Namespace: "kars-bot", Name: "bot"}).DeepCopy()
+	bot.Spec.Suspended = true
+	send(m, ObjectMsg{Obj: bot})
+	send(m, key("s"))
+	send(m, key("y"))
+	if rec.calls[len(rec.calls)-1] != "suspend kars-bot/bot false" {
+		t.Fatalf("calls %v", rec.calls)
+	}
+
+	// SRE decisions: only with an action selected, open actions only.
+	send(m, key("a"))
+	if m.confirm != nil || !strings.Contains(m.View(), "select an SRE action first (tab)") {
+		t.Fatalf("approve without a selected action:\n%s", m.View())
+	}
+	send(m, key("tab"))
+	send(m, key("a"))
+	if f := m.View(); !strings.Contains(f, "approve kars-bot/suspend-bot (SuspendSandbox on bot)? [y/N]") {
+		t.Fatalf("no approval prompt:\n%s", f)
+	}
+	send(m, key("y"))
+	send(m, key("down")) // the finished restart-bot
+	send(m, key("r"))
+	if m.confirm != nil || !strings.Contains(m.View(), "restart-bot is already Approved") {
+		t.Fatalf("offered to reject a decided action:\n%s", m.View())
+	}
+	send(m, key("up"))
+	send(m, key("r"))
+	send(m, key("y"))
+	want := "decide kars-bot/suspend-bot Approved;decide kars-bot/suspend-bot Rejected"
+	if got := strings.Join(rec.calls[2:], ";"); got != want {
+		t.Fatalf("calls %q, want %q", got, want)
+	}
+
+	// A failed action says why.
+	rec.err = fmt.Errorf("karssandboxes.kars.azure.com \"bot\" is forbidden")
+	send(m, key("tab"))
+	send(m, key("s"))
+	send(m, key("y"))
+	if !strings.Contains(m.View(), "failed: resume kars-bot/bot: karssandboxes.kars.azure.com \"bot\" is forbidden") {
+		t.Fatalf("no failure shown:\n%s", m.View())
+	}
+}
+
+// Watch events move the view: a deleted selected sandbox moves the
+// selection, events are capped and newest first, non-kars events ignored.
+func TestWatchEventsUpdateTheView(t *testing.T) {
+	m := fixture(t, 120, 30, nil)
+	send(m, key("down"))
+	if m.sel.Name != "bot" {
+		t.Fatalf("selected %v", m.sel)
+	}
+	send(m, ObjectMsg{Obj: sandbox("kars-bot", "bot", ""), Deleted: true})
+	if m.sel.Name != "analyst" || strings.Contains(m.View(), "kars-bot/bot ") {
+		t.Fatalf("selection %v after deleting the selected sandbox:\n%s", m.sel, m.View())
+	}
+	for i := range maxEvents + 10 {
+		send(m, ObjectMsg{Obj: event("kars-analyst", fmt.Sprint("n", i), "Normal", "Tick", "KarsSandbox", "analyst", fmt.Sprint("note ", i), t0.Add(time.Duration(i)*time.Second))})
+	}
+	evs := m.State().Events("kars-analyst")
+	if len(evs) != maxEvents || evs[0].Note != fmt.Sprint("note ", maxEvents+9) {
+		t.Fatalf("%d events, newest %q", len(evs), evs[0].Note)
+	}
+	if len(m.State().Events("kars-bot")) != 2 {
+		t.Fatalf("kept a Pod's event: %d", len(m.State().Events("kars-bot")))
+	}
+}
