@@ -63,7 +63,7 @@ func newOperatorCmd(c *cluster) *cobra.Command {
 				return nil
 			}
 			m := operator.New(operator.Options{Title: cfg.Host, Actions: &operator.KubeActions{Client: cl, Clientset: cs}})
-			p := tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(cmd.InOrStdin()), tea.WithOutput(cmd.OutOrStdout()))
+			p := tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(cmd.InOrStdin()), tea.WithOutput(cmd.OutOrStdout()), tea.WithFPS(operator.FPS))
 			if err := operator.Watch(ctx, cfg, c.namespace, p.Send); err != nil {
 				return err
 			}

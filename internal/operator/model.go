@@ -50,6 +50,11 @@ type confirmation struct {
 	what   string
 }
 
+// FPS is the frame rate the operator's program renders at: a watch event
+// reaches the screen within 1/FPS s, and bubbletea's renderer, which wakes
+// FPS times a second even when idle, stays cheap.
+const FPS = 20
+
 // Model is the operator's bubbletea model. It changes only in Update, on
 // the program's goroutine; watches reach it as messages.
 type Model struct {
