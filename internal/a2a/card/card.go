@@ -1,7 +1,7 @@
 // Package card builds, signs and verifies A2A AgentCards.
 //
 // A card signature is a detached JWS (RFC 7515) over the card's canonical
-// form (A2A 1.0 §8.4): the card without its "signatures" member, with empty
+// form (A2A 1.0, "Agent Card Signing"): the card without its "signatures" member, with empty
 // values removed, serialised by the JSON Canonicalization Scheme (RFC
 // 8785). The official SDKs (a2a-sdk for Python, @a2a-js/sdk) compute the
 // canonical form of the card as their protobuf types read it, which drops
@@ -241,7 +241,7 @@ func skillDescription(sk Skill) string {
 	return sk.Name
 }
 
-// v03Card is the A2A 0.3 AgentCard layout (0.3 §5.5), for
+// v03Card is the A2A 0.3 AgentCard layout, for
 // /.well-known/agent.json.
 type v03Card struct {
 	Name               string                    `json:"name"`
@@ -265,7 +265,7 @@ type v03Skill struct {
 }
 
 // V03JSON returns the A2A 0.3 card of spec as JSON (unsigned). Its
-// signature is over its own canonical form, as A2A 0.3 §5.5.7 specifies;
+// signature is over its own canonical form, as A2A 0.3 specifies for card signatures;
 // the 1.x SDKs convert a 0.3 card to the 1.0 schema before verifying, so
 // they verify the 1.0 card (agent-card.json), not this one.
 func V03JSON(s Spec) ([]byte, error) {

@@ -16,7 +16,7 @@ import (
 )
 
 // Signature is one detached JWS in the flattened JSON serialisation that
-// A2A uses for card signatures (A2A 1.0 §8.4.2, RFC 7515 §7.2.2 without
+// A2A uses for card signatures (RFC 7515 §7.2.2 without
 // the payload): the payload is the canonical card, carried by the card
 // itself.
 type Signature struct {
