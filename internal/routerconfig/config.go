@@ -68,6 +68,9 @@ type Config struct {
 	// StateDir is a writable directory, private to the router, where the
 	// budget ledger persists across restarts.
 	StateDir string `json:"stateDir"`
+	// A2A configures inbound A2A while the sandbox is exposed; nil means
+	// no A2A listener.
+	A2A *A2A `json:"a2a,omitempty"`
 }
 
 // Sandbox names the sandbox the router belongs to.

@@ -85,6 +85,9 @@ func (c *Config) Validate() error {
 	if (c.Admin.TLSCertFile == "") != (c.Admin.TLSKeyFile == "") {
 		bad("admin", "tlsCertFile and tlsKeyFile must be set together")
 	}
+	if c.A2A != nil {
+		c.A2A.validate(bad)
+	}
 	return errors.Join(errs...)
 }
 
