@@ -10,7 +10,18 @@ import (
 // the structs (fixed field order, omitted empty fields, sorted map keys). The
 // controller and the router both hash this encoding, so whitespace or key
 // order in the stored file never changes the digest.
+//
+// The A2A section is left out: it depends on the clock (the exposure
+// window) and on the gateway's identity, which the policy reconcilers that
+// recompute digests do not see. Exposure is enforced first by the gateway,
+// whose routing table the controller writes directly, and the router checks
+// its section's expiry itself (docs/a2a.md).
 func Canonical(c *Config) ([]byte, error) {
+	if c.A2A != nil {
+		cc := *c
+		cc.A2A = nil
+		c = &cc
+	}
 	return json.Marshal(c)
 }
 
