@@ -123,6 +123,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		if cur.Config.AgentListen() != cfg.AgentListen() || cur.Config.AdminListen() != cfg.AdminListen() {
 			log.Warn("listen addresses changed in the config; they take effect on restart")
 		}
+		if cur.Config.A2A != nil && cfg.A2A == nil {
+			log.Warn("A2A exposure enabled in the config; the A2A listener starts on restart")
+		}
 		log.Info("config reloaded", "digest", cur.Digest)
 	}
 	watcher.OnError = func(err error) { log.Error("config reload failed; the previous config stays in force", "err", err) }
@@ -157,6 +160,13 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	listeners := []Listener{
 		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler()},
 		admin,
+	}
+	if a := cfg.A2A; a != nil {
+		l, err := r.a2aListener(cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		listeners = append(listeners, l)
 	}
 	// Take the passed sockets named for the configured ports; close the
 	// rest, as a socket-activated service does with sockets it has no use

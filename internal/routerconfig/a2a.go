@@ -26,9 +26,6 @@ type A2A struct {
 	// SubjectPublicKeyInfo of the client certificates the gateway may
 	// present; any other client is refused in the TLS handshake.
 	GatewayPins []string `json:"gatewayPins"`
-	// CardKeyFile is the Ed25519 key that signs the sandbox's AgentCards,
-	// created by the router on its state volume on first use.
-	CardKeyFile string `json:"cardKeyFile"`
 	// PublicURL is the sandbox's public JSON-RPC endpoint at the gateway;
 	// the cards name it.
 	PublicURL string `json:"publicURL"`
@@ -116,9 +113,6 @@ func (a *A2A) validate(bad func(field, format string, args ...any)) {
 			bad(fmt.Sprintf("a2a.gatewayPins[%d]", i), "%q is not sha256:<64 lowercase hex>", p)
 		}
 	}
-	if a.CardKeyFile == "" {
-		bad("a2a.cardKeyFile", "is required")
-	}
 	if u, err := url.Parse(a.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" {
 		bad("a2a.publicURL", "%q must be an https:// URL", a.PublicURL)
 	}
@@ -165,6 +159,5 @@ func (a *A2A) under(root string) *A2A {
 	c := *a
 	c.TLSCertFile = UnderRoot(root, c.TLSCertFile)
 	c.TLSKeyFile = UnderRoot(root, c.TLSKeyFile)
-	c.CardKeyFile = UnderRoot(root, c.CardKeyFile)
 	return &c
 }

@@ -61,9 +61,9 @@ func newFixture(t *testing.T, mod func(*routerconfig.A2A)) *fixture {
 		TLSCertFile: certFile, TLSKeyFile: keyFile,
 		GatewayPins: []string{SPKIPin(f.gateway.Cert)},
 		PublicURL:   "https://gw.example/a2a/ns/research-bot", AgentURL: f.agent.URL,
-		ExpiresAt:   time.Now().Add(time.Hour),
-		Callers:     []routerconfig.A2ACaller{{Thumbprint: f.caller.Thumbprint(t), DisplayName: "partner-planner"}},
-		Skills:      []routerconfig.A2ASkill{{Name: "search.web", Description: "Web search"}, {Name: "summarize.text"}, {Name: "forbidden"}},
+		ExpiresAt:         time.Now().Add(time.Hour),
+		Callers:           []routerconfig.A2ACaller{{Thumbprint: f.caller.Thumbprint(t), DisplayName: "partner-planner"}},
+		Skills:            []routerconfig.A2ASkill{{Name: "search.web", Description: "Web search"}, {Name: "summarize.text"}, {Name: "forbidden"}},
 		MinimumTrustScore: 500, RateLimit: routerconfig.A2ARateLimit{RPM: 600, Burst: 50},
 		BodyCapBytes: 4096, SessionMaxSeconds: 60, AllowStreaming: true,
 	}
@@ -80,7 +80,7 @@ func newFixture(t *testing.T, mod func(*routerconfig.A2A)) *fixture {
 	}
 	f.ing = New(Options{
 		Sandbox: "ns/research-bot", Agent: "ns/research-bot", Version: "1.0.0",
-		Config:  func() *routerconfig.A2A { return f.cfg.Load() },
+		Config: func() *routerconfig.A2A { return f.cfg.Load() },
 		Decide: func(_ context.Context, action string, args map[string]any) governance.Decision {
 			return eng.Decide(&governance.Request{Agent: "ns/research-bot", Action: action, Args: args})
 		},
@@ -362,8 +362,12 @@ func TestRefusalsReachNothing(t *testing.T) {
 		{name: "window expired", hc: f.goodClient(), version: "1.0", body: body("search.web", 1),
 			before: func() { f.skew.Store(int64(2 * time.Hour)) }, after: func() { f.skew.Store(0) }, status: 403, reason: "kars_not_exposed"},
 		{name: "gateway pin removed by a reload", hc: f.goodClient(), version: "1.0", body: body("search.web", 1),
-			before: func() { c := *f.cfg.Load(); c.GatewayPins = []string{"sha256:" + strings.Repeat("0", 64)}; f.cfg.Store(&c) },
-			after:  func() { c := *f.cfg.Load(); c.GatewayPins = []string{SPKIPin(f.gateway.Cert)}; f.cfg.Store(&c) }},
+			before: func() {
+				c := *f.cfg.Load()
+				c.GatewayPins = []string{"sha256:" + strings.Repeat("0", 64)}
+				f.cfg.Store(&c)
+			},
+			after: func() { c := *f.cfg.Load(); c.GatewayPins = []string{SPKIPin(f.gateway.Cert)}; f.cfg.Store(&c) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.before != nil {
