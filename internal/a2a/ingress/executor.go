@@ -62,11 +62,17 @@ func (e executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter.
 			return
 		}
 		deadline := e.ing.sessions.deadline(c.caller, ec.ContextID, e.ing.now(), c.sessionMax)
-		actx, cancel := context.WithDeadline(ctx, deadline)
-		defer cancel()
+		dctx, cancelDeadline := context.WithDeadline(ctx, deadline)
+		defer cancelDeadline()
+		actx, cancel := context.WithCancelCause(dctx)
+		defer cancel(nil)
+		go e.ing.endWithExposure(actx, cancel)
 		reply, err := e.ing.callAgent(actx, c.agentURL, SessionID(c.caller, ec.ContextID), textOf(ec.Message))
 		if err != nil {
-			if errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			switch {
+			case errors.Is(context.Cause(actx), errExposureEnded):
+				err = errExposureEnded
+			case errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
 				err = fmt.Errorf("the A2A session exceeded sessionMaxSeconds (%s)", c.sessionMax)
 			}
 			msg := a2a.NewMessage(a2a.MessageRoleAgent, a2a.NewTextPart(err.Error()))
@@ -77,6 +83,32 @@ func (e executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter.
 			return
 		}
 		yield(a2a.NewStatusUpdateEvent(ec, a2a.TaskStateCompleted, nil), nil)
+	}
+}
+
+// errExposureEnded ends a turn whose sandbox stopped being exposed.
+var errExposureEnded = errors.New("the sandbox's A2A exposure ended")
+
+// exposurePoll is how often a running turn checks that the exposure is
+// still open: revocation (a reload without the a2a section) or expiry ends
+// the agent's turn too, not only new calls.
+const exposurePoll = 250 * time.Millisecond
+
+// endWithExposure cancels ctx's turn (with errExposureEnded) when the
+// exposure closes; it returns when ctx ends.
+func (i *Ingress) endWithExposure(ctx context.Context, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(exposurePoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if !i.o.Config().Open(i.now()) {
+				cancel(errExposureEnded)
+				return
+			}
+		}
 	}
 }
 
