@@ -22,12 +22,12 @@ package gateway
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -488,12 +488,12 @@ func (g *Gateway) refuse(w http.ResponseWriter, r *http.Request, c *call, id jso
 func (g *Gateway) record(ctx context.Context, c *call) error {
 	lat := g.now().Sub(c.start)
 	attrs := map[string]string{
-		"op":                "a2a-gateway",
-		"rpc_method":        c.method,
-		"caller_thumbprint": c.caller,
-		"caller_subject":    c.subject,
-		"caller_trust":      strconv.Itoa(c.trust),
-		"status":            strconv.Itoa(c.status),
+		"op":                 "a2a-gateway",
+		"rpc_method":         c.method,
+		"caller_thumbprint":  c.caller,
+		"caller_subject":     c.subject,
+		"caller_trust":       strconv.Itoa(c.trust),
+		"status":             strconv.Itoa(c.status),
 		"gateway_latency_us": strconv.FormatInt(lat.Microseconds(), 10),
 	}
 	if c.version != 0 {
