@@ -105,7 +105,7 @@ func TestA2AIngressServed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if task, ok := res.(*a2a.Task); !ok || task.Status.State != a2a.TaskStateCompleted {
+			if m, ok := res.(*a2a.Message); !ok || m.Parts[0].Text() != "echo: hello" {
 				t.Fatalf("result %+v", res)
 			}
 			if _, err := send("not.advertised"); err == nil {

@@ -77,6 +77,7 @@ type Gateway struct {
 	clock ratelimit.Clock
 	table atomic.Pointer[live]
 
+	cards   card.CachedVerifier
 	mu      sync.Mutex
 	buckets map[string]*ratelimit.Bucket
 }
@@ -321,7 +322,7 @@ func (g *Gateway) serveRPC(w http.ResponseWriter, r *http.Request, c *call, lr *
 			"send your signed AgentCard, base64url-encoded, in the "+rpc.HeaderCallerCard+" header")
 		return
 	}
-	v, err := card.VerifyCard(raw, card.FromJWK)
+	v, err := g.cards.Verify(raw)
 	if err != nil {
 		g.penalize(c)
 		g.refuse(w, r, c, id, http.StatusUnauthorized, rpc.CodeUnauthenticated, "kars_caller_card_invalid", "your AgentCard does not verify: "+err.Error())

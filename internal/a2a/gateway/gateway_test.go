@@ -56,10 +56,16 @@ func TestThroughTheGateway(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", v, err)
 		}
-		task := res.(*a2a.Task)
-		if task.Status.State != a2a.TaskStateCompleted || task.Artifacts[0].Parts[0].Text() != "echo: hi "+v {
-			t.Fatalf("%s: %+v", v, task)
+		if m, ok := res.(*a2a.Message); !ok || m.Parts[0].Text() != "echo: hi "+v {
+			t.Fatalf("%s: %+v", v, res)
 		}
+		bg := sendReq("search.web", "later "+v)
+		bg.Config = &a2a.SendMessageConfig{ReturnImmediately: true}
+		res, err = c.SendMessage(ctx, bg)
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		task := res.(*a2a.Task)
 		got, err := c.GetTask(ctx, &a2a.GetTaskRequest{ID: task.ID})
 		if err != nil || got.ID != task.ID {
 			t.Fatalf("%s get: %v", v, err)
@@ -103,8 +109,8 @@ func TestThroughTheGateway(t *testing.T) {
 			}
 		}
 	}
-	if forwarded != 6 {
-		t.Fatalf("%d forwarded calls audited by the gateway, want 6", forwarded)
+	if forwarded != 8 {
+		t.Fatalf("%d forwarded calls audited by the gateway, want 8", forwarded)
 	}
 	if score := s.trust.Score(s.caller.Thumbprint(t)); score <= 500 {
 		t.Fatalf("successful calls left trust at %d", score)

@@ -48,18 +48,21 @@ type chatReply struct {
 // Execute implements a2asrv.AgentExecutor.
 func (e executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter.Seq2[a2a.Event, error] {
 	return func(yield func(a2a.Event, error) bool) {
-		if ec.StoredTask == nil {
-			if !yield(a2a.NewSubmittedTask(ec, ec.Message), nil) {
-				return
-			}
-		}
-		if !yield(a2a.NewStatusUpdateEvent(ec, a2a.TaskStateWorking, nil), nil) {
-			return
-		}
 		c := callFrom(ctx)
 		if c == nil {
 			yield(nil, errors.New("a2a ingress: execution without a call"))
 			return
+		}
+		asMessage := c.replyAsMessage && ec.StoredTask == nil
+		if !asMessage {
+			if ec.StoredTask == nil {
+				if !yield(a2a.NewSubmittedTask(ec, ec.Message), nil) {
+					return
+				}
+			}
+			if !yield(a2a.NewStatusUpdateEvent(ec, a2a.TaskStateWorking, nil), nil) {
+				return
+			}
 		}
 		deadline := e.ing.sessions.deadline(c.caller, ec.ContextID, e.ing.now(), c.sessionMax)
 		dctx, cancelDeadline := context.WithDeadline(ctx, deadline)
@@ -75,8 +78,19 @@ func (e executor) Execute(ctx context.Context, ec *a2asrv.ExecutorContext) iter.
 			case errors.Is(actx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
 				err = fmt.Errorf("the A2A session exceeded sessionMaxSeconds (%s)", c.sessionMax)
 			}
+			if asMessage {
+				// No task to fail: the error is the answer.
+				yield(nil, a2a.NewError(a2a.ErrInternalError, err.Error()))
+				return
+			}
 			msg := a2a.NewMessage(a2a.MessageRoleAgent, a2a.NewTextPart(err.Error()))
 			yield(a2a.NewStatusUpdateEvent(ec, a2a.TaskStateFailed, msg), nil)
+			return
+		}
+		if asMessage {
+			reply := a2a.NewMessage(a2a.MessageRoleAgent, a2a.NewTextPart(reply))
+			reply.ContextID = ec.ContextID
+			yield(reply, nil)
 			return
 		}
 		if !yield(a2a.NewArtifactEvent(ec, a2a.NewTextPart(reply)), nil) {

@@ -94,8 +94,9 @@ type Ingress struct {
 	v10, v03 http.Handler
 	clock    ratelimit.Clock
 
-	mu      sync.Mutex
-	buckets map[string]*ratelimit.Bucket
+	callerCards card.CachedVerifier
+	mu          sync.Mutex
+	buckets     map[string]*ratelimit.Bucket
 	cards   atomic.Pointer[signedCards]
 	certs   certCache
 }
@@ -229,7 +230,10 @@ type call struct {
 	commitErr             error
 	status                int
 	decidedAt             time.Duration
-	policyDenied, limited bool
+	// replyAsMessage: a blocking SendMessage that starts no task is
+	// answered with the agent's reply as a Message (A2A's simple
+	// interaction): no task to store, get or cancel.
+	replyAsMessage bool
 }
 
 type callKey struct{}
@@ -349,7 +353,7 @@ func (i *Ingress) identify(r *http.Request, c *call) *refusal {
 	if err != nil || len(raw) == 0 {
 		return unauth("kars_caller_card_missing", "the caller's signed AgentCard did not come with the call")
 	}
-	v, err := card.VerifyCard(raw, card.FromJWK)
+	v, err := i.callerCards.Verify(raw)
 	if err != nil {
 		return unauth("kars_caller_card_invalid", "the caller's AgentCard does not verify: "+err.Error())
 	}
@@ -437,6 +441,8 @@ func (it interceptor) Before(ctx context.Context, cc *a2asrv.CallContext, req *a
 		return deny("kars_skill_missing", err.Error())
 	}
 	c.skill = skill
+	c.replyAsMessage = c.op == rpc.OpSendMessage && (m.Config == nil || !m.Config.ReturnImmediately) &&
+		m.Message != nil && m.Message.TaskID == ""
 	if !slices.ContainsFunc(c.cfg.Skills, func(s routerconfig.A2ASkill) bool { return s.Name == skill }) {
 		return deny("kars_skill_not_advertised", fmt.Sprintf("skill %q is not advertised by this sandbox", skill))
 	}

@@ -188,6 +188,40 @@ func taskOf(t *testing.T, r a2a.SendMessageResult) *a2a.Task {
 	return task
 }
 
+// awaitTask polls GetTask until the task is terminal.
+func awaitTask(t *testing.T, c *a2aclient.Client, id a2a.TaskID) *a2a.Task {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		task, err := c.GetTask(context.Background(), &a2a.GetTaskRequest{ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if task.Status.State.Terminal() || time.Now().After(deadline) {
+			return task
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func messageText(t *testing.T, r a2a.SendMessageResult) (string, string) {
+	t.Helper()
+	m, ok := r.(*a2a.Message)
+	if !ok {
+		t.Fatalf("result %T, want a message", r)
+	}
+	var out []string
+	for _, p := range m.Parts {
+		out = append(out, p.Text())
+	}
+	return strings.Join(out, ""), m.ContextID
+}
+
+func background(r *a2a.SendMessageRequest) *a2a.SendMessageRequest {
+	r.Config = &a2a.SendMessageConfig{ReturnImmediately: true}
+	return r
+}
+
 func artifactText(t *a2a.Task) string {
 	var out []string
 	for _, a := range t.Artifacts {
@@ -208,16 +242,17 @@ func TestGoSDKBothVersions(t *testing.T) {
 			c := f.sdk(v, f.goodClient())
 			ctx := context.Background()
 
+			// A blocking send is answered with the agent's reply.
 			res, err := c.SendMessage(ctx, msg("search.web", "find kars"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			task := taskOf(t, res)
-			if task.Status.State != a2a.TaskStateCompleted || artifactText(task) != "echo: find kars" {
-				t.Fatalf("task %+v", task)
+			reply, contextID := messageText(t, res)
+			if reply != "echo: find kars" {
+				t.Fatalf("reply %q", reply)
 			}
 			session, text := f.agent.Last()
-			if text != "find kars" || session != SessionID(f.caller.Thumbprint(t), task.ContextID) {
+			if text != "find kars" || session != SessionID(f.caller.Thumbprint(t), contextID) {
 				t.Fatalf("agent got %q in session %q", text, session)
 			}
 			rec := f.lastRecord()
@@ -230,9 +265,14 @@ func TestGoSDKBothVersions(t *testing.T) {
 				t.Fatalf("audit record %+v", rec)
 			}
 
-			got, err := c.GetTask(ctx, &a2a.GetTaskRequest{ID: task.ID})
-			if err != nil || got.ID != task.ID || got.Status.State != a2a.TaskStateCompleted {
-				t.Fatalf("get: %+v %v", got, err)
+			// A background send starts a task, fetched until done.
+			res, err = c.SendMessage(ctx, background(msg("search.web", "in the background")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			task := awaitTask(t, c, taskOf(t, res).ID)
+			if task.Status.State != a2a.TaskStateCompleted || artifactText(task) != "echo: in the background" {
+				t.Fatalf("task %+v", task)
 			}
 			if rec := f.lastRecord(); rec.Action != "a2a:receive:search.web" || rec.Attrs["rpc_method"] != map[rpc.Version]string{rpc.V10: "GetTask", rpc.V03: "tasks/get"}[v] {
 				t.Fatalf("get audited as %+v", rec)
@@ -422,11 +462,11 @@ func TestTaskOwnership(t *testing.T) {
 	ctx := context.Background()
 	a := f.sdk(rpc.V10, f.goodClient())
 	b := f.sdk(rpc.V10, f.client(f.gateway, other, a2atest.CallerCard(t, other, "other"), 700))
-	res, err := a.SendMessage(ctx, msg("search.web", "mine"))
+	res, err := a.SendMessage(ctx, background(msg("search.web", "mine")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	task := taskOf(t, res)
+	task := awaitTask(t, a, taskOf(t, res).ID)
 	if _, err := b.GetTask(ctx, &a2a.GetTaskRequest{ID: task.ID}); !errors.Is(err, a2a.ErrTaskNotFound) {
 		t.Fatalf("another caller got the task: %v", err)
 	}
@@ -453,23 +493,19 @@ func TestSessionMax(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := taskOf(t, res)
+	_, contextID := messageText(t, res)
 	// A turn that would outlast the session fails when the session ends.
 	f.agent.Delay.Store(int64(10 * time.Second))
 	start := time.Now()
 	m := msg("search.web", "slow")
-	m.Message.ContextID = first.ContextID
-	res, err = c.SendMessage(ctx, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if task := taskOf(t, res); task.Status.State != a2a.TaskStateFailed || time.Since(start) > 5*time.Second {
-		t.Fatalf("slow turn: %s after %s", task.Status.State, time.Since(start))
+	m.Message.ContextID = contextID
+	if _, err = c.SendMessage(ctx, m); err == nil || !strings.Contains(err.Error(), "sessionMaxSeconds") || time.Since(start) > 5*time.Second {
+		t.Fatalf("slow turn: %v after %s", err, time.Since(start))
 	}
 	f.agent.Delay.Store(0)
 	// Later messages to the context are refused.
 	m = msg("search.web", "again")
-	m.Message.ContextID = first.ContextID
+	m.Message.ContextID = contextID
 	turns := f.agent.Turns()
 	if _, err := c.SendMessage(ctx, m); err == nil || !strings.Contains(err.Error(), "sessionMaxSeconds") || f.agent.Turns() != turns {
 		t.Fatalf("expired session: %v", err)
