@@ -97,8 +97,8 @@ type Ingress struct {
 	callerCards card.CachedVerifier
 	mu          sync.Mutex
 	buckets     map[string]*ratelimit.Bucket
-	cards   atomic.Pointer[signedCards]
-	certs   certCache
+	cards       atomic.Pointer[signedCards]
+	certs       certCache
 }
 
 // Bounds on what the ingress remembers.
@@ -212,24 +212,24 @@ func (i *Ingress) TLSConfig() *tls.Config {
 // call is one JSON-RPC call's state, shared by the HTTP layer, the SDK
 // interceptor, the task store and the executor through the context.
 type call struct {
-	start                 time.Time
-	cfg                   *routerconfig.A2A
-	caller, subject       string
-	trust                 int
-	gatewayLatency        string
-	version               rpc.Version
-	op                    rpc.Op
-	method                string
-	payload               string
-	skill                 string
-	sessionMax            time.Duration
-	agentURL              string
-	decision, rule        string
-	reason, refusal       string
-	committed             bool
-	commitErr             error
-	status                int
-	decidedAt             time.Duration
+	start           time.Time
+	cfg             *routerconfig.A2A
+	caller, subject string
+	trust           int
+	gatewayLatency  string
+	version         rpc.Version
+	op              rpc.Op
+	method          string
+	payload         string
+	skill           string
+	sessionMax      time.Duration
+	agentURL        string
+	decision, rule  string
+	reason, refusal string
+	committed       bool
+	commitErr       error
+	status          int
+	decidedAt       time.Duration
 	// replyAsMessage: a blocking SendMessage that starts no task is
 	// answered with the agent's reply as a Message (A2A's simple
 	// interaction): no task to store, get or cancel.
