@@ -1,8 +1,4 @@
-// Package routewatch feeds the kars-a2a-gateway its routing table from the
-// ConfigMap the controller writes. It is the gateway binary's only use of
-// the Kubernetes API (get/list/watch on one ConfigMap); the gateway
-// package itself links no Kubernetes client.
-package routewatch
+package daemon
 
 import (
 	"context"
@@ -19,13 +15,13 @@ import (
 	"github.com/kars-io/kars/internal/a2a/routes"
 )
 
-// Watch keeps g's routing table equal to the ConfigMap
+// WatchRoutes keeps g's routing table equal to the ConfigMap
 // routes.ConfigMapName in namespace until ctx ends: a watch on that one
 // object, so a revoked exposure reaches the gateway as soon as the API
 // server has it. A missing ConfigMap, or one the gateway cannot read,
 // routes nothing (fail closed). synced is called once the first list is
 // in.
-func Watch(ctx context.Context, cs kubernetes.Interface, namespace string, g *gateway.Gateway, log *slog.Logger, synced func()) error {
+func WatchRoutes(ctx context.Context, cs kubernetes.Interface, namespace string, g *gateway.Gateway, log *slog.Logger, synced func()) error {
 	lw := cache.NewListWatchFromClient(cs.CoreV1().RESTClient(), "configmaps", namespace,
 		fields.OneTermEqualSelector("metadata.name", routes.ConfigMapName))
 	apply := func(obj any) {
