@@ -23,7 +23,8 @@ const metadataCIDR = "169.254.169.254/32"
 // networkPolicy is the pod-level safety net under the egress guard and the
 // router: deny everything both ways, then allow DNS, the router's upstreams
 // on their ports, the mesh in the system namespace, and ingress from the
-// system namespace to the router's admin (and, while exposed, A2A) port.
+// system namespace to the router's admin port and, while the sandbox is
+// exposed, from the A2A gateway's pods to its A2A port.
 //
 // A NetworkPolicy cannot tell the agent's packets from the router's; the
 // egress guard (UID owner rules) is what keeps the agent on loopback. It
@@ -36,9 +37,17 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 	}
 	system := &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: in.Env.SystemNamespace}}
 
-	ingressPorts := []networkingv1.NetworkPolicyPort{port(tcp, RouterAdminPort)}
+	ingress := []networkingv1.NetworkPolicyIngressRule{{
+		From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: system}},
+		Ports: []networkingv1.NetworkPolicyPort{port(tcp, RouterAdminPort)},
+	}}
 	if a2a {
-		ingressPorts = append(ingressPorts, port(tcp, RouterA2APort))
+		// The A2A port admits the gateway's pods only, not the whole
+		// system namespace.
+		ingress = append(ingress, networkingv1.NetworkPolicyIngressRule{
+			From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: system, PodSelector: &metav1.LabelSelector{MatchLabels: in.Env.A2AGateway.podLabels()}}},
+			Ports: []networkingv1.NetworkPolicyPort{port(tcp, RouterA2APort)},
+		})
 	}
 
 	dnsPeers := []networkingv1.NetworkPolicyPeer{{
@@ -76,10 +85,7 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 		Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: Selector(sb)},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: system}},
-				Ports: ingressPorts,
-			}},
+			Ingress: ingress,
 			Egress: egress,
 		},
 	}

@@ -42,6 +42,8 @@ type Environment struct {
 	// StorageClass names the StorageClass of the sandbox's volume claims
 	// (router state, workspace); empty means the cluster's default.
 	StorageClass string
+	// A2AGateway is the installation's kars-a2a-gateway.
+	A2AGateway A2AGateway
 }
 
 // AdminCredentials are the router's admin API credentials. The controller
@@ -66,6 +68,9 @@ type Input struct {
 	BYOImage string
 	// Now decides whether an A2A exposure window is still open.
 	Now time.Time
+	// A2A, when set, lets spec.a2a expose the sandbox (the controller
+	// checked the window's length and the gateway); nil never exposes.
+	A2A *A2AInput
 	Env Environment
 }
 
@@ -127,6 +132,13 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
+	exposed := in.A2A != nil && a2aOpen(sb, in.Now)
+	if exposed {
+		cfg.A2A = a2aSection(in, rt)
+		if err := cfg.Validate(); err != nil {
+			return nil, fail(ReasonInvalidSpec, "spec.a2a compiles to a router config the router refuses: %v", err)
+		}
+	}
 	cfgJSON, err := routerconfig.Marshal(cfg)
 	if err != nil {
 		return nil, err
@@ -135,7 +147,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Sandbox{Names: names, Runtime: rt, Config: cfg, ConfigDigest: digest, A2AExposed: a2aOpen(sb, in.Now)}
+	out := &Sandbox{Names: names, Runtime: rt, Config: cfg, ConfigDigest: digest, A2AExposed: exposed}
 
 	out.ServiceAccount = &corev1.ServiceAccount{
 		TypeMeta:                     typeMeta("v1", "ServiceAccount"),
