@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -100,6 +101,11 @@ func startController(ctx context.Context, base *rest.Config) error {
 		return err
 	}
 	routers = &routerFarm{servers: map[string]*standInRouter{}}
+	// The system namespace holds the A2A gateway's routing table and
+	// identity.
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kars-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
 	byoReg = httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
 	inspector = &countingInspector{inner: &ociimage.Checker{}}
 	err = Setup(mgr, Options{
@@ -107,6 +113,7 @@ func startController(ctx context.Context, base *rest.Config) error {
 			Catalog:         render.Catalog{Registry: "ghcr.io/kars-io", Version: "v0.1.0", GitSyncImage: render.DefaultGitSyncImage},
 			SystemNamespace: "kars-system",
 			ClusterDNS:      []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+			A2AGateway:      render.A2AGateway{PublicURL: "https://a2a.kars.test"},
 		},
 		Prober:              &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
 		Images:              inspector,

@@ -145,6 +145,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
 		return err
 	}
+	if err := setupA2ARoutes(mgr, c, sr.apply, o.Env, o.Now); err != nil {
+		return err
+	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {
 		pr := &PolicyReconciler{client: c, kind: k, now: o.Now}
 		err := ctrl.NewControllerManagedBy(mgr).

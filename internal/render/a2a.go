@@ -137,4 +137,3 @@ func CiliumNetworkPolicy(sb *karsv1.KarsSandbox, env Environment) (*unstructured
 	}
 	return u, nil
 }
-

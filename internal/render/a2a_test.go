@@ -15,10 +15,10 @@ var testPin = "sha256:" + strings.Repeat("ab", 32)
 func exposure(expires time.Time) karsv1.A2AExposure {
 	min := karsv1.TrustScore(700)
 	return karsv1.A2AExposure{
-		Enabled:          true,
-		ExpiresAt:        &metav1.Time{Time: expires},
-		AllowedCallers:   []karsv1.A2ACaller{{JWSThumbprint: karsv1.Digest("sha256:" + strings.Repeat("cd", 32)), DisplayName: "partner-planner"}},
-		AdvertisedSkills: []karsv1.A2ASkill{{Name: "search.web", Description: "Web search"}},
+		Enabled:           true,
+		ExpiresAt:         &metav1.Time{Time: expires},
+		AllowedCallers:    []karsv1.A2ACaller{{JWSThumbprint: karsv1.Digest("sha256:" + strings.Repeat("cd", 32)), DisplayName: "partner-planner"}},
+		AdvertisedSkills:  []karsv1.A2ASkill{{Name: "search.web", Description: "Web search"}},
 		MinimumTrustScore: &min,
 		RateLimit:         &karsv1.RequestRateLimit{RPM: 30, Burst: 5},
 		BodyCapBytes:      1 << 20, SessionMaxSeconds: 60,

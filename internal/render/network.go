@@ -85,8 +85,8 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 		Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: Selector(sb)},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-			Ingress: ingress,
-			Egress: egress,
+			Ingress:     ingress,
+			Egress:      egress,
 		},
 	}
 }
