@@ -3,8 +3,11 @@ package router
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"path/filepath"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/kars-io/kars/internal/a2a/ingress"
 	"github.com/kars-io/kars/internal/audit"
@@ -95,4 +98,47 @@ func (r *Router) a2aListener(stateDir string) (Listener, error) {
 	}
 	ing := r.A2AIngress(key)
 	return Listener{Name: "a2a", Addr: r.gen.Load().snap.Config.A2A.A2AListen(), Handler: ing, TLS: ing.TLSConfig()}, nil
+}
+
+// A2AInfo is the admin API's view of the sandbox's A2A exposure
+// (GET /admin/v1/a2a): what `kars a2a list-exposed` shows, and the card
+// key's thumbprint that callers pin when they verify the card.
+type A2AInfo struct {
+	Exposed           bool            `json:"exposed"`
+	PublicURL         string          `json:"publicURL,omitempty"`
+	ExpiresAt         *time.Time      `json:"expiresAt,omitempty"`
+	CardKeyThumbprint string          `json:"cardKeyThumbprint,omitempty"`
+	Card              json.RawMessage `json:"card,omitempty"`
+}
+
+// a2aInfo answers GET /admin/v1/a2a from the live config, signing the card
+// with the key in stateDir.
+func (r *Router) a2aInfo(stateDir string) func() (any, error) {
+	var once sync.Once
+	var ing *ingress.Ingress
+	var onceErr error
+	return func() (any, error) {
+		a := r.gen.Load().snap.Config.A2A
+		if a == nil {
+			return A2AInfo{}, nil
+		}
+		once.Do(func() {
+			key, err := a2aCardKey(stateDir)
+			if err != nil {
+				onceErr = err
+				return
+			}
+			ing = r.A2AIngress(key)
+		})
+		if onceErr != nil {
+			return nil, onceErr
+		}
+		signed, err := ing.Cards(a)
+		if err != nil {
+			return nil, err
+		}
+		exp := a.ExpiresAt
+		return A2AInfo{Exposed: a.Open(time.Now()), PublicURL: a.PublicURL, ExpiresAt: &exp,
+			CardKeyThumbprint: signed.Thumbprint, Card: signed.V1}, nil
+	}
 }

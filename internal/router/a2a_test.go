@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/tls"
 	"net/http"
 	"os"
@@ -129,6 +130,19 @@ func TestA2AIngressServed(t *testing.T) {
 			want, _ := card.KeyThumbprint(key.Public())
 			if v, err := card.VerifyCard(raw[:n], card.FromJWK); err != nil || v.Thumbprint != want {
 				t.Fatalf("card: %+v %v", v, err)
+			}
+			// The admin API names the card key that callers pin.
+			req, _ := http.NewRequest("GET", "http://"+addrs["admin"]+"/admin/v1/a2a", nil)
+			req.Header.Set("Authorization", "Bearer admin-token")
+			aresp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var info A2AInfo
+			json.NewDecoder(aresp.Body).Decode(&info)
+			aresp.Body.Close()
+			if !info.Exposed || info.CardKeyThumbprint != want || info.PublicURL != c.A2A.PublicURL {
+				t.Fatalf("admin a2a view %+v", info)
 			}
 			if err := stop(); err != nil {
 				t.Fatal(err)

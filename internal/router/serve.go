@@ -149,6 +149,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		AuditHead: func() (any, error) { return NewAuditHead(sink.Head(), key), nil },
 		Trust:     trustStore.View,
 		Reload:    watcher.Reload,
+		A2A:       r.a2aInfo(cfg.StateDir),
 	})}
 	if cfg.Admin.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
