@@ -412,4 +412,3 @@ func thumbprintOf(raw []byte) (string, error) {
 	}
 	return v.Thumbprint, nil
 }
-
