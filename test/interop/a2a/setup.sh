@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the official A2A SDKs that the A2A interop tests drive through the
+# kars-a2a-gateway: a2a-sdk (Python) into test/interop/a2a/.venv, every
+# package pinned in requirements.txt and installed without resolution, and
+# @a2a-js/sdk into test/interop/a2a/node_modules, exactly as package-lock.json
+# says. A rerun with unchanged pins does nothing.
+# CI runs this, then `KARS_REQUIRE_A2A_INTEROP=1 go test ./test/interop/a2a/`.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+want=$(cat requirements.txt package-lock.json | sha256sum | cut -c1-32)
+if [ -f .installed ] && [ "$(cat .installed)" = "$want" ] && [ -x .venv/bin/python ] && [ -d node_modules/@a2a-js/sdk ]; then
+	echo "A2A interop clients already installed (a2a-sdk 1.3.0, @a2a-js/sdk 1.3.0)"
+	exit 0
+fi
+rm -f .installed
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.txt
+.venv/bin/python -c 'from importlib.metadata import version; import a2a.client, a2a.utils.signing, jwt; print("python a2a-sdk", version("a2a-sdk"))'
+npm ci --no-audit --no-fund --loglevel=error
+node --input-type=module -e 'import { readFileSync } from "node:fs"; import "@a2a-js/sdk/client"; console.log("npm @a2a-js/sdk", JSON.parse(readFileSync("node_modules/@a2a-js/sdk/package.json")).version)'
+echo "$want" > .installed
