@@ -47,10 +47,15 @@ type client struct {
 }
 
 var clients = []client{
-	{name: "python", argv: func(dir string) []string { return []string{filepath.Join(dir, ".venv/bin/python"), filepath.Join(dir, "client.py")} },
+	{name: "python", argv: func(dir string) []string {
+		return []string{filepath.Join(dir, ".venv/bin/python"), filepath.Join(dir, "client.py")}
+	},
 		have: func(dir string) bool { _, err := os.Stat(filepath.Join(dir, ".venv/bin/python")); return err == nil }},
 	{name: "js", argv: func(dir string) []string { return []string{"node", filepath.Join(dir, "client.mjs")} },
-		have: func(dir string) bool { _, err := os.Stat(filepath.Join(dir, "node_modules/@a2a-js/sdk")); return err == nil }},
+		have: func(dir string) bool {
+			_, err := os.Stat(filepath.Join(dir, "node_modules/@a2a-js/sdk"))
+			return err == nil
+		}},
 }
 
 func require(t *testing.T, c client) string {
