@@ -1,6 +1,7 @@
 package routerconfig
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -160,4 +161,14 @@ func (a *A2A) under(root string) *A2A {
 	c.TLSCertFile = UnderRoot(root, c.TLSCertFile)
 	c.TLSKeyFile = UnderRoot(root, c.TLSKeyFile)
 	return &c
+}
+
+// SameA2A reports whether two a2a sections are equal (nil equals nil).
+func SameA2A(a, b *A2A) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
 }
