@@ -35,6 +35,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/a2a/peer"
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/ociimage"
 	"github.com/kars-io/kars/internal/render"
@@ -49,6 +50,8 @@ var (
 	counter   *requestCounter
 	routers   *routerFarm
 	byoReg    *httptest.Server
+	// partnerCards serves foreign agents' cards (A2AAgent tests) over TLS.
+	partnerCards *cardServer
 	inspector *countingInspector
 	startErr  error
 )
@@ -108,6 +111,7 @@ func startController(ctx context.Context, base *rest.Config) error {
 	}
 	byoReg = httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
 	inspector = &countingInspector{inner: &ociimage.Checker{}}
+	partnerCards = newCardServer()
 	err = Setup(mgr, Options{
 		Env: render.Environment{
 			Catalog:         render.Catalog{Registry: "ghcr.io/kars-io", Version: "v0.1.0", GitSyncImage: render.DefaultGitSyncImage},
@@ -118,6 +122,7 @@ func startController(ctx context.Context, base *rest.Config) error {
 		Prober:              &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
+		A2ACards:            &peer.Fetcher{AllowPrivate: true, RootCAs: partnerCards.pool()},
 	})
 	if err != nil {
 		return err

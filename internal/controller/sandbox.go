@@ -165,7 +165,11 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if err != nil {
 		return o, 0, err
 	}
-	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env, A2A: a2aIn})
+	peers, err := r.a2aPeers(ctx, sb, now)
+	if err != nil {
+		return o, 0, err
+	}
+	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env, A2A: a2aIn, A2APeers: peers})
 	if err != nil {
 		if reason := render.ReasonOf(err); reason != "" {
 			var re *render.Error

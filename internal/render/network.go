@@ -128,6 +128,13 @@ func upstreamPorts(in Input) []int32 {
 	if code := agentCodeOf(in.Sandbox.Spec.Runtime); code != nil && code.Git != nil {
 		set[gitPort(code.Git.URL)] = true
 	}
+	for _, p := range in.A2APeers {
+		if port := urlPort(p.Endpoint); port != 0 {
+			set[port] = true
+		} else {
+			set[443] = true
+		}
+	}
 	return slices.Sorted(maps.Keys(set))
 }
 

@@ -71,6 +71,8 @@ type Input struct {
 	// A2A, when set, lets spec.a2a expose the sandbox (the controller
 	// checked the window's length and the gateway); nil never exposes.
 	A2A *A2AInput
+	// A2APeers are the verified A2AAgents the agent may call.
+	A2APeers []routerconfig.A2APeer
 	Env Environment
 }
 
@@ -135,6 +137,9 @@ func Render(in Input) (*Sandbox, error) {
 	exposed := in.A2A != nil && a2aOpen(sb, in.Now)
 	if exposed {
 		cfg.A2A = a2aSection(in, rt)
+	}
+	cfg.A2APeers = in.A2APeers
+	if exposed || len(in.A2APeers) > 0 {
 		if err := cfg.Validate(); err != nil {
 			return nil, fail(ReasonInvalidSpec, "spec.a2a compiles to a router config the router refuses: %v", err)
 		}

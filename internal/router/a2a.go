@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/kars-io/kars/internal/a2a/ingress"
+	"github.com/kars-io/kars/internal/a2a/outbound"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/behavior"
 	"github.com/kars-io/kars/internal/governance"
@@ -62,24 +64,89 @@ func (r *Router) decideInbound(_ context.Context, action string, args map[string
 // approval or rate-limit it with rules of its own.
 const a2aSkillRule = "kars-a2a-advertised-skills"
 
-// withA2ASkills returns p with a2aSkillRule appended when c exposes skills
-// (p itself otherwise, or when p has no room for another rule).
-func withA2ASkills(p *governance.Policy, c *routerconfig.Config) *governance.Policy {
-	if p == nil || c.A2A == nil || len(c.A2A.Skills) == 0 || len(p.Rules) >= governance.MaxRules {
+// a2aPeerRule likewise allows calls to the registered agents listed in the
+// config: an A2AAgent naming the sandbox is the operator's permission.
+const a2aPeerRule = "kars-a2a-registered-agents"
+
+// withA2ARules returns p with a2aSkillRule and a2aPeerRule appended when c
+// exposes skills or lists peers (p itself otherwise, or when p has no room
+// for more rules). The rules are added at the lowest priority: a deny in p
+// still wins.
+func withA2ARules(p *governance.Policy, c *routerconfig.Config) *governance.Policy {
+	if p == nil {
 		return p
 	}
-	rule := governance.Rule{Name: a2aSkillRule, Effect: governance.EffectAllow}
-	for _, s := range c.A2A.Skills {
-		rule.Actions = append(rule.Actions, ingress.Action(s.Name))
+	var add []governance.Rule
+	if c.A2A != nil && len(c.A2A.Skills) > 0 {
+		rule := governance.Rule{Name: a2aSkillRule, Effect: governance.EffectAllow}
+		for _, s := range c.A2A.Skills {
+			rule.Actions = append(rule.Actions, ingress.Action(s.Name))
+		}
+		add = append(add, rule)
+	}
+	if len(c.A2APeers) > 0 {
+		rule := governance.Rule{Name: a2aPeerRule, Effect: governance.EffectAllow}
+		for _, peer := range c.A2APeers {
+			rule.Actions = append(rule.Actions, outbound.Action(peer.Name))
+		}
+		add = append(add, rule)
+	}
+	if len(add) == 0 || len(p.Rules)+len(add) > governance.MaxRules {
+		return p
 	}
 	cp := *p
-	cp.Rules = append(slices.Clip(p.Rules), rule)
+	cp.Rules = append(slices.Clip(p.Rules), add...)
 	return &cp
 }
 
-// advertised reports whether action invokes a skill c advertises.
-func advertised(c *routerconfig.Config, action string) bool {
-	return c.A2A != nil && slices.ContainsFunc(c.A2A.Skills, func(s routerconfig.A2ASkill) bool { return ingress.Action(s.Name) == action })
+// a2aAllowed reports whether action invokes a skill c advertises or calls
+// a peer c lists, and under which rule.
+func a2aAllowed(c *routerconfig.Config, action string) (string, bool) {
+	if c.A2A != nil && slices.ContainsFunc(c.A2A.Skills, func(s routerconfig.A2ASkill) bool { return ingress.Action(s.Name) == action }) {
+		return a2aSkillRule, true
+	}
+	if slices.ContainsFunc(c.A2APeers, func(p routerconfig.A2APeer) bool { return outbound.Action(p.Name) == action }) {
+		return a2aPeerRule, true
+	}
+	return "", false
+}
+
+// A2AOutbound is the agent API's handler for calls to registered agents
+// (internal/a2a/outbound), built on first use: the card key in stateDir is
+// the sandbox's identity towards them.
+func (r *Router) A2AOutbound(stateDir string) http.Handler {
+	var once sync.Once
+	var h http.Handler
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		once.Do(func() {
+			key, err := a2aCardKey(stateDir)
+			if err == nil {
+				g := r.gen.Load()
+				tr, _ := r.opts.Transport.(*http.Transport) // the upstream transport: its roots, no proxy
+				h, err = outbound.New(outbound.Options{Sandbox: g.sandbox, Agent: g.agent, Version: version.Version, CardKey: key, Logger: r.log, Transport: tr,
+					Config: func() *routerconfig.Config { return r.gen.Load().snap.Config },
+					Decide: func(action string, args map[string]any) governance.Decision {
+						g := r.gen.Load()
+						d := g.gov.Decide(&governance.Request{Agent: g.agent, Action: action, Args: args})
+						r.metrics.decisions.WithLabelValues(d.Verdict.String()).Inc()
+						return d
+					},
+					Audit: func(ctx context.Context, rec audit.Record) error { return r.appendAudit(ctx, rec) },
+				})
+			}
+			if err != nil {
+				r.log.Error("outbound A2A unavailable", "err", err)
+				h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+					http.Error(w, `{"error":{"message":"outbound A2A is unavailable: `+err.Error()+`"}}`, http.StatusServiceUnavailable)
+				})
+			}
+		})
+		if r.auditFailing.Load() {
+			http.Error(w, `{"error":{"code":"kars_audit_unavailable","message":"kars-router cannot write its audit log"}}`, http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, req)
+	})
 }
 
 // a2aCardKey loads (or creates) the card signing key in stateDir.

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kars-io/kars/internal/a2a/outbound"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/budget"
 	"github.com/kars-io/kars/internal/routerconfig"
@@ -158,8 +159,10 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		}
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	agentAPI := r.AgentHandler()
+	agentAPI.Handle(outbound.Prefix, r.A2AOutbound(cfg.StateDir))
 	listeners := []Listener{
-		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler()},
+		{Name: "agent", Addr: cfg.AgentListen(), Handler: agentAPI},
 		admin,
 	}
 	if a := cfg.A2A; a != nil {

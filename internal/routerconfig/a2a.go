@@ -163,12 +163,50 @@ func (a *A2A) under(root string) *A2A {
 	return &c
 }
 
-// SameA2A reports whether two a2a sections are equal (nil equals nil).
-func SameA2A(a, b *A2A) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	ja, _ := json.Marshal(a)
-	jb, _ := json.Marshal(b)
+// SameA2A reports whether two configs' A2A parts (the a2a section and the
+// peers), which the digest leaves out, are equal.
+func SameA2A(a, b *Config) bool {
+	ja, _ := json.Marshal([]any{a.A2A, a.A2APeers})
+	jb, _ := json.Marshal([]any{b.A2A, b.A2APeers})
 	return string(ja) == string(jb)
+}
+
+// A2APeer is a foreign A2A agent (an A2AAgent whose card the controller
+// verified) that the sandbox's agent may call through the router, as the
+// action a2a:call:<name>.
+type A2APeer struct {
+	// Name is the A2AAgent's name.
+	Name string `json:"name"`
+	// Endpoint is the peer's JSON-RPC URL (https).
+	Endpoint string `json:"endpoint"`
+	// ProtocolVersion is "1.0" or "0.3".
+	ProtocolVersion string `json:"protocolVersion"`
+	// Thumbprint is the pinned key of the peer's card.
+	Thumbprint string `json:"thumbprint"`
+	// Skills the agent may invoke; empty means every skill on the card.
+	Skills []string `json:"skills,omitempty"`
+	// RateLimit on calls to the peer; zero RPM means none.
+	RateLimit A2ARateLimit `json:"rateLimit,omitzero"`
+	// ExpiresAt ends the registration.
+	ExpiresAt *time.Time `json:"expiresAt,omitempty"`
+}
+
+func validatePeers(peers []A2APeer, bad func(field, format string, args ...any)) {
+	seen := map[string]bool{}
+	for i, p := range peers {
+		f := fmt.Sprintf("a2aPeers[%d]", i)
+		if p.Name == "" || seen[p.Name] {
+			bad(f+".name", "%q is empty or repeated", p.Name)
+		}
+		seen[p.Name] = true
+		if u, err := url.Parse(p.Endpoint); err != nil || u.Scheme != "https" || u.Host == "" {
+			bad(f+".endpoint", "%q must be an https:// URL", p.Endpoint)
+		}
+		if p.ProtocolVersion != "1.0" && p.ProtocolVersion != "0.3" {
+			bad(f+".protocolVersion", "%q is not 1.0 or 0.3", p.ProtocolVersion)
+		}
+		if !pinPattern.MatchString(p.Thumbprint) {
+			bad(f+".thumbprint", "%q is not sha256:<64 lowercase hex>", p.Thumbprint)
+		}
+	}
 }

@@ -71,6 +71,9 @@ type Config struct {
 	// A2A configures inbound A2A while the sandbox is exposed; nil means
 	// no A2A listener.
 	A2A *A2A `json:"a2a,omitempty"`
+	// A2APeers are the registered foreign agents the agent may call
+	// (a2a:call:<name>).
+	A2APeers []A2APeer `json:"a2aPeers,omitempty"`
 }
 
 // Sandbox names the sandbox the router belongs to.

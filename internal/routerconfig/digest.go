@@ -11,15 +11,16 @@ import (
 // controller and the router both hash this encoding, so whitespace or key
 // order in the stored file never changes the digest.
 //
-// The A2A section is left out: it depends on the clock (the exposure
-// window) and on the gateway's identity, which the policy reconcilers that
-// recompute digests do not see. Exposure is enforced first by the gateway,
-// whose routing table the controller writes directly, and the router checks
-// its section's expiry itself (docs/a2a.md).
+// The A2A parts (the a2a section and the peers) are left out: they depend
+// on the clock (the exposure window), the gateway's identity and verified
+// A2AAgents, which the policy reconcilers that recompute digests do not
+// see. Exposure is enforced first by the gateway, whose routing table the
+// controller writes directly, and the router checks expiry itself
+// (docs/a2a.md).
 func Canonical(c *Config) ([]byte, error) {
-	if c.A2A != nil {
+	if c.A2A != nil || c.A2APeers != nil {
 		cc := *c
-		cc.A2A = nil
+		cc.A2A, cc.A2APeers = nil, nil
 		c = &cc
 	}
 	return json.Marshal(c)

@@ -88,6 +88,7 @@ func (c *Config) Validate() error {
 	if c.A2A != nil {
 		c.A2A.validate(bad)
 	}
+	validatePeers(c.A2APeers, bad)
 	return errors.Join(errs...)
 }
 

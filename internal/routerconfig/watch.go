@@ -74,7 +74,7 @@ func (w *Watcher) Reload() (bool, error) {
 	}
 	old := w.cur.Load()
 	// The digest leaves the a2a section out (Canonical), so compare it too.
-	if old != nil && old.Digest == s.Digest && SameA2A(old.Config.A2A, s.Config.A2A) {
+	if old != nil && old.Digest == s.Digest && SameA2A(old.Config, s.Config) {
 		return false, nil
 	}
 	w.cur.Store(s)

@@ -115,6 +115,19 @@ func TestThroughTheGateway(t *testing.T) {
 	if score := s.trust.Score(s.caller.Thumbprint(t)); score <= 500 {
 		t.Fatalf("successful calls left trust at %d", score)
 	}
+	// Refusals reach an SDK caller as it expects them: authentication and
+	// authorisation as HTTP 401/403 (A2A's transport-level errors), the
+	// rest as JSON-RPC errors it decodes.
+	stranger := a2atest.NewIdentity(t, "stranger")
+	_, err = sdkClient(t, s.URL(), "1.0", s.callerClient(stranger, a2atest.CallerCard(t, stranger, "stranger"))).
+		SendMessage(ctx, sendReq("search.web", "hi"))
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("a caller not allowed, as the SDK reads it: %v", err)
+	}
+	_, err = sdkClient(t, s.URL(), "1.0", hc).SendMessage(ctx, sendReq("not.advertised", "hi"))
+	if err == nil || !strings.Contains(err.Error(), "not advertised") {
+		t.Errorf("a skill not advertised, as the SDK reads it: %v", err)
+	}
 }
 
 func rawSend(skill string, textLen int) []byte {

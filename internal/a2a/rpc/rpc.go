@@ -270,7 +270,8 @@ const (
 )
 
 // Error is a JSON-RPC error object (JSON-RPC 2.0 §5.1). Reason, when set,
-// is a stable kars code (kars_…) for the refusal, carried in data.
+// is a stable kars code (kars_…) for the refusal, carried in data as a
+// google.rpc.ErrorInfo of domain kars.io.
 type Error struct {
 	Code    int
 	Message string
@@ -288,14 +289,21 @@ type errorResponse struct {
 }
 
 type errorObject struct {
-	Code    int        `json:"code"`
-	Message string     `json:"message"`
-	Data    *errorData `json:"data,omitempty"`
+	Code    int         `json:"code"`
+	Message string      `json:"message"`
+	Data    []errorInfo `json:"data,omitempty"`
 }
 
-type errorData struct {
+// errorInfo is a google.rpc.ErrorInfo detail, the form A2A 1.0 gives
+// JSON-RPC error data (a list of typed details) and the SDKs decode.
+type errorInfo struct {
+	Type   string `json:"@type"`
 	Reason string `json:"reason"`
+	Domain string `json:"domain"`
 }
+
+// ErrorDomain names kars in the errors' details.
+const ErrorDomain = "kars.io"
 
 // Write sends e as a JSON-RPC error response for the request with id
 // (nil: null) under HTTP status.
@@ -305,7 +313,7 @@ func (e *Error) Write(w http.ResponseWriter, status int, id json.RawMessage) {
 	}
 	resp := errorResponse{JSONRPC: "2.0", ID: id, Error: errorObject{Code: e.Code, Message: e.Message}}
 	if e.Reason != "" {
-		resp.Error.Data = &errorData{Reason: e.Reason}
+		resp.Error.Data = []errorInfo{{Type: "type.googleapis.com/google.rpc.ErrorInfo", Reason: e.Reason, Domain: ErrorDomain}}
 	}
 	b, _ := json.Marshal(resp)
 	w.Header().Set("Content-Type", "application/json")

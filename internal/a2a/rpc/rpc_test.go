@@ -84,12 +84,15 @@ func TestErrorWrite(t *testing.T) {
 		ID      string `json:"id"`
 		Error   struct {
 			Code int `json:"code"`
-			Data struct {
+			Data []struct {
+				Type   string `json:"@type"`
 				Reason string `json:"reason"`
+				Domain string `json:"domain"`
 			} `json:"data"`
 		} `json:"error"`
 	}
-	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil || rec.Code != 403 || got.ID != "x" || got.Error.Code != CodeUnauthorized || got.Error.Data.Reason != "kars_skill_not_advertised" {
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil || rec.Code != 403 || got.ID != "x" || got.Error.Code != CodeUnauthorized || len(got.Error.Data) != 1 ||
+		got.Error.Data[0].Reason != "kars_skill_not_advertised" || got.Error.Data[0].Domain != ErrorDomain || got.Error.Data[0].Type != "type.googleapis.com/google.rpc.ErrorInfo" {
 		t.Fatalf("%d %s", rec.Code, rec.Body)
 	}
 }
