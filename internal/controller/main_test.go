@@ -46,14 +46,14 @@ import (
 // One control plane and one running controller serve every integration
 // test of the package (starting a control plane costs ~5 s).
 var (
-	k8s       client.Client
-	counter   *requestCounter
-	routers   *routerFarm
-	byoReg    *httptest.Server
+	k8s     client.Client
+	counter *requestCounter
+	routers *routerFarm
+	byoReg  *httptest.Server
 	// partnerCards serves foreign agents' cards (A2AAgent tests) over TLS.
 	partnerCards *cardServer
-	inspector *countingInspector
-	startErr  error
+	inspector    *countingInspector
+	startErr     error
 )
 
 func TestMain(m *testing.M) {

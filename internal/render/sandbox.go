@@ -73,7 +73,7 @@ type Input struct {
 	A2A *A2AInput
 	// A2APeers are the verified A2AAgents the agent may call.
 	A2APeers []routerconfig.A2APeer
-	Env Environment
+	Env      Environment
 }
 
 // Sandbox is the rendered desired state of one sandbox.

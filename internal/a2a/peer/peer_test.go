@@ -49,7 +49,9 @@ func partner(t *testing.T, signer *a2atest.Identity, inHeader bool) (*httptest.S
 	jwk, _ := card.JWKFor(key.Public())
 	jwk.Kid = "k1"
 	mux.HandleFunc("/.well-known/agent-card.json", func(w http.ResponseWriter, _ *http.Request) { w.Write(signed) })
-	mux.HandleFunc("/jwks.json", func(w http.ResponseWriter, _ *http.Request) { json.NewEncoder(w).Encode(card.JWKS{Keys: []card.JWK{jwk}}) })
+	mux.HandleFunc("/jwks.json", func(w http.ResponseWriter, _ *http.Request) {
+		json.NewEncoder(w).Encode(card.JWKS{Keys: []card.JWK{jwk}})
+	})
 	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/.well-known/agent-card.json", http.StatusFound)
 	})
