@@ -168,7 +168,7 @@ type call struct {
 	decision, rule     string
 	reason, refusal    string
 	status             int
-	upstream, endpoint string
+	endpoint           string
 }
 
 // ServeHTTP implements http.Handler.
