@@ -161,14 +161,14 @@ func (h *Handler) callerCard(cfg *routerconfig.Config) (string, error) {
 
 // call is one outbound call's record in the making.
 type call struct {
-	start              time.Time
-	peer               string
-	method, skill      string
-	payload            string
-	decision, rule     string
-	reason, refusal    string
-	status             int
-	endpoint           string
+	start           time.Time
+	peer            string
+	method, skill   string
+	payload         string
+	decision, rule  string
+	reason, refusal string
+	status          int
+	endpoint        string
 }
 
 // ServeHTTP implements http.Handler.
