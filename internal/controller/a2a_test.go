@@ -7,10 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"fmt"
+
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -78,6 +82,7 @@ func TestA2AExposureLifecycle(t *testing.T) {
 		t.Skip("needs the control plane")
 	}
 	ctx := context.Background()
+	installCiliumPolicyCRD(t)
 	ns := newNamespace(t, "kars-research-bot")
 	sb := minimalSandbox(ns, "research-bot", karsv1.RuntimeOpenClaw)
 	withPolicies(t, sb)
@@ -137,6 +142,16 @@ func TestA2AExposureLifecycle(t *testing.T) {
 		r.netpol.Spec.Ingress[1].From[0].PodSelector == nil {
 		t.Fatalf("network policy ingress %+v", r.netpol.Spec.Ingress)
 	}
+	// On a cluster with Cilium's CRD, the A2A port is also pinned to the
+	// gateway's ServiceAccount.
+	cnp := &unstructured.Unstructured{}
+	cnp.SetGroupVersionKind(ciliumPolicyGVK)
+	eventually(t, 20*time.Second, "the CiliumNetworkPolicy", func() error {
+		return k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "research-bot-a2a"}, cnp)
+	})
+	if !strings.Contains(fmt.Sprint(cnp.Object["spec"]), "k8s:io.cilium.k8s.policy.serviceaccount:kars-a2a-gateway") {
+		t.Fatalf("cnp spec %v", cnp.Object["spec"])
+	}
 	var route *routes.Route
 	eventually(t, 10*time.Second, "the gateway route", func() error {
 		var ok bool
@@ -195,6 +210,12 @@ func TestA2AExposureLifecycle(t *testing.T) {
 	})
 	t.Logf("route removed %s after the patch", time.Since(start).Round(time.Millisecond))
 	waitCondition(t, sb, karsv1.ConditionA2AExposed, metav1.ConditionFalse, ReasonA2ADisabled)
+	eventually(t, 10*time.Second, "the CiliumNetworkPolicy removed", func() error {
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "research-bot-a2a"}, cnp); !apierrors.IsNotFound(err) {
+			return errorf("still there (%v)", err)
+		}
+		return nil
+	})
 	eventually(t, 10*time.Second, "exposure rendered away", func() error {
 		r := observe(t, sb)
 		if len(r.netpol.Spec.Ingress) != 1 || len(r.svc.Spec.Ports) != 1 || strings.Contains(r.config.Data[routerconfig.FileName], `"a2a"`) {
@@ -216,4 +237,28 @@ func TestA2AExposureLifecycle(t *testing.T) {
 	if _, ok := routed(t, sb); ok {
 		t.Fatal("a 31-day window was routed")
 	}
+}
+
+// installCiliumPolicyCRD installs a minimal CiliumNetworkPolicy CRD (the
+// kind only, schema open), as a Cilium cluster has it.
+func installCiliumPolicyCRD(t *testing.T) {
+	t.Helper()
+	crd := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+		"metadata": map[string]any{"name": "ciliumnetworkpolicies.cilium.io"},
+		"spec": map[string]any{
+			"group": "cilium.io", "scope": "Namespaced",
+			"names": map[string]any{"kind": "CiliumNetworkPolicy", "plural": "ciliumnetworkpolicies", "singular": "ciliumnetworkpolicy", "listKind": "CiliumNetworkPolicyList"},
+			"versions": []any{map[string]any{"name": "v2", "served": true, "storage": true,
+				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
+		},
+	}}
+	if err := k8s.Create(context.Background(), crd); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the CiliumNetworkPolicy CRD served", func() error {
+		l := &unstructured.UnstructuredList{}
+		l.SetGroupVersionKind(ciliumPolicyGVK.GroupVersion().WithKind("CiliumNetworkPolicyList"))
+		return k8s.List(context.Background(), l)
+	})
 }
