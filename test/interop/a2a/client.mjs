@@ -115,9 +115,10 @@ async function main() {
   out.send = sent.parts ? textOf(sent.parts) : 'task:' + stateName(sent.status?.state);
 
   let task = await client.sendMessage(request('work in the background', a.skill, true));
-  for (let i = 0; i < 200 && !terminal(task.status.state); i++) {
-    await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < 200; i++) { // fetched at least once, until done
     task = await client.getTask({ tenant: '', id: task.id, historyLength: undefined });
+    if (terminal(task.status.state)) break;
+    await new Promise((r) => setTimeout(r, 50));
   }
   out.task = { state: stateName(task.status.state), text: task.artifacts.map((x) => textOf(x.parts)).join('') };
 
