@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -146,18 +147,8 @@ func (r *SandboxReconciler) a2aPeers(ctx context.Context, sb *karsv1.KarsSandbox
 		}
 		out = append(out, p)
 	}
-	slices.SortFunc(out, func(a, b routerconfig.A2APeer) int { return compareStrings(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b routerconfig.A2APeer) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // setupA2AAgents registers the A2AAgent reconciler and makes a verified

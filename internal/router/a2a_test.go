@@ -23,19 +23,6 @@ import (
 	"github.com/kars-io/kars/internal/routerconfig"
 )
 
-type gatewayHeaders struct {
-	next http.RoundTripper
-	h    map[string]string
-}
-
-func (g gatewayHeaders) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	for k, v := range g.h {
-		r.Header.Set(k, v)
-	}
-	return g.next.RoundTrip(r)
-}
-
 // TestA2AIngressServed runs kars-router from a config with an a2a section
 // and calls its A2A port as the gateway would, with the official Go SDK:
 // the default policy allows the advertised skill (and nothing else), the
@@ -83,13 +70,13 @@ func TestA2AIngressServed(t *testing.T) {
 			if addrs["a2a"] == "" {
 				t.Fatalf("no a2a listener: %v", addrs)
 			}
-			hc := &http.Client{Transport: gatewayHeaders{
-				next: &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{gw.TLS}, RootCAs: routerID.Pool(), ServerName: "router.test"}},
-				h: map[string]string{
+			hc := &http.Client{Transport: a2atest.Headers(
+				&http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{gw.TLS}, RootCAs: routerID.Pool(), ServerName: "router.test"}},
+				map[string]string{
 					rpc.HeaderCallerThumbprint: caller.Thumbprint(t),
 					rpc.HeaderCallerCard:       a2atest.CardHeader(a2atest.CallerCard(t, caller, "partner-planner")),
 					rpc.HeaderCallerTrust:      "600",
-				}}}
+				})}
 			url := "https://" + addrs["a2a"] + "/"
 			cl, err := a2aclient.NewFromEndpoints(context.Background(),
 				[]*a2a.AgentInterface{{URL: url, ProtocolBinding: a2a.TransportProtocolJSONRPC, ProtocolVersion: "1.0"}},

@@ -209,3 +209,25 @@ func (a *Agent) Last() (session, message string) {
 	defer a.mu.Unlock()
 	return a.last.Session, a.last.Message
 }
+
+// Headers returns a RoundTripper that sets h on every request before next
+// sends it: what a caller (its card) or the gateway (the caller's
+// identity) adds to each call.
+func Headers(next http.RoundTripper, h map[string]string) http.RoundTripper {
+	return headers{next, h}
+}
+
+type headers struct {
+	next http.RoundTripper
+	h    map[string]string
+}
+
+func (t headers) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, v := range t.h {
+		if v != "" {
+			r.Header.Set(k, v)
+		}
+	}
+	return t.next.RoundTrip(r)
+}

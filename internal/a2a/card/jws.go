@@ -56,19 +56,10 @@ const MaxProtectedBytes = 4 << 10
 // Sign signs payload with an Ed25519 key, putting hdr (with alg EdDSA and
 // the key as jwk) in the protected header.
 func Sign(key ed25519.PrivateKey, payload []byte, hdr Header) (Signature, error) {
-	j, err := JWKFor(key.Public())
+	protected, err := protect(hdr, "EdDSA", key.Public())
 	if err != nil {
 		return Signature{}, err
 	}
-	hdr.Alg, hdr.JWK = "EdDSA", &j
-	if hdr.Typ == "" {
-		hdr.Typ = "JOSE"
-	}
-	ph, err := json.Marshal(hdr)
-	if err != nil {
-		return Signature{}, err
-	}
-	protected := base64.RawURLEncoding.EncodeToString(ph)
 	sig := ed25519.Sign(key, signingInput(protected, payload))
 	return Signature{Protected: protected, Signature: base64.RawURLEncoding.EncodeToString(sig)}, nil
 }
@@ -76,19 +67,10 @@ func Sign(key ed25519.PrivateKey, payload []byte, hdr Header) (Signature, error)
 // SignES256 signs payload with a P-256 key (ES256), for tests and callers
 // that hold EC keys.
 func SignES256(key *ecdsa.PrivateKey, payload []byte, hdr Header) (Signature, error) {
-	j, err := JWKFor(&key.PublicKey)
+	protected, err := protect(hdr, "ES256", &key.PublicKey)
 	if err != nil {
 		return Signature{}, err
 	}
-	hdr.Alg, hdr.JWK = "ES256", &j
-	if hdr.Typ == "" {
-		hdr.Typ = "JOSE"
-	}
-	ph, err := json.Marshal(hdr)
-	if err != nil {
-		return Signature{}, err
-	}
-	protected := base64.RawURLEncoding.EncodeToString(ph)
 	sum := sha256.Sum256(signingInput(protected, payload))
 	r, s, err := ecdsa.Sign(rand.Reader, key, sum[:])
 	if err != nil {
@@ -98,6 +80,24 @@ func SignES256(key *ecdsa.PrivateKey, payload []byte, hdr Header) (Signature, er
 	r.FillBytes(raw[:32])
 	s.FillBytes(raw[32:])
 	return Signature{Protected: protected, Signature: base64.RawURLEncoding.EncodeToString(raw)}, nil
+}
+
+// protect completes hdr (alg, the key as jwk, typ JOSE by default) and
+// returns it base64url-encoded.
+func protect(hdr Header, alg string, pub crypto.PublicKey) (string, error) {
+	j, err := JWKFor(pub)
+	if err != nil {
+		return "", err
+	}
+	hdr.Alg, hdr.JWK = alg, &j
+	if hdr.Typ == "" {
+		hdr.Typ = "JOSE"
+	}
+	ph, err := json.Marshal(hdr)
+	if err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(ph), nil
 }
 
 // signingInput is ASCII(BASE64URL(protected) || '.' || BASE64URL(payload))

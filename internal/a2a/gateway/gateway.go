@@ -37,7 +37,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -77,9 +76,9 @@ type Gateway struct {
 	clock ratelimit.Clock
 	table atomic.Pointer[live]
 
-	cards   card.CachedVerifier
-	mu      sync.Mutex
-	buckets map[string]*ratelimit.Bucket
+	cards card.CachedVerifier
+	// buckets are per sandbox and caller, for allowed callers only.
+	buckets ratelimit.Keyed
 }
 
 // live is a routing table with, per route, the transport that reaches its
@@ -109,7 +108,7 @@ func New(o Options) (*Gateway, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	g := &Gateway{o: o, now: o.Now, log: o.Logger, clock: ratelimit.NewClock(), buckets: map[string]*ratelimit.Bucket{}}
+	g := &Gateway{o: o, now: o.Now, log: o.Logger, clock: ratelimit.NewClock()}
 	g.table.Store(&live{table: &routes.Table{}, routes: map[string]*liveRoute{}})
 	return g, nil
 }
@@ -343,7 +342,7 @@ func (g *Gateway) serveRPC(w http.ResponseWriter, r *http.Request, c *call, lr *
 			fmt.Sprintf("your trust score %d is below this agent's minimum %d", score, route.MinimumTrustScore))
 		return
 	}
-	if ok, retry := g.bucket(c.sandbox, c.caller, route.RateLimit).Allow(g.clock.Now()); !ok {
+	if ok, retry := g.buckets.Allow(c.sandbox+"\x00"+c.caller, ratelimit.PerMinute(route.RateLimit.RPM, route.RateLimit.Burst), g.clock.Now()); !ok {
 		g.o.Trust.RecordFailure(c.caller)
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((retry+time.Second-1)/time.Second))))
 		g.refuse(w, r, c, id, http.StatusTooManyRequests, rpc.CodeRateLimited, "kars_rate_limited",
@@ -437,28 +436,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, c *call, lr *l
 		(&rpc.Error{Code: rpc.CodeInternalError, Message: "the gateway could not write its audit log", Reason: "kars_audit_unavailable"}).Write(w, http.StatusServiceUnavailable, nil)
 		return
 	}
-	for _, h := range []string{"Content-Type", "Cache-Control", "Retry-After", rpc.HeaderRouterLatency} {
-		if v := resp.Header.Get(h); v != "" {
-			w.Header().Set(h, v)
-		}
-	}
-	w.WriteHeader(resp.StatusCode)
-	flusher, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
-			}
-			if flusher != nil {
-				flusher.Flush()
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
+	rpc.Relay(w, resp, "Content-Type", "Cache-Control", "Retry-After", rpc.HeaderRouterLatency)
 }
 
 // joinCancel returns a context canceled when either a or b is.
@@ -519,21 +497,6 @@ func (g *Gateway) record(ctx context.Context, c *call) error {
 		g.log.Error("gateway audit append failed", "err", err)
 	}
 	return err
-}
-
-func (g *Gateway) bucket(sandbox, caller string, lim routes.RateLimit) *ratelimit.Bucket {
-	l := ratelimit.Limit{Events: lim.RPM, Per: time.Minute, Burst: lim.Burst}
-	key := sandbox + "\x00" + caller
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	b, ok := g.buckets[key]
-	if !ok {
-		b = ratelimit.NewBucket(l)
-		g.buckets[key] = b
-	} else if b.Limit() != l {
-		b.SetLimit(l)
-	}
-	return b
 }
 
 func payloadHash(b []byte) string {

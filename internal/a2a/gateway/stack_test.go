@@ -136,18 +136,5 @@ func (s *stack) callerClient(id *a2atest.Identity, cardRaw []byte) *http.Client 
 	if cardRaw != nil {
 		h[rpc.HeaderCallerCard] = a2atest.CardHeader(cardRaw)
 	}
-	return &http.Client{Transport: addHeaders{tr, h}}
-}
-
-type addHeaders struct {
-	next http.RoundTripper
-	h    map[string]string
-}
-
-func (a addHeaders) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	for k, v := range a.h {
-		r.Header.Set(k, v)
-	}
-	return a.next.RoundTrip(r)
+	return &http.Client{Transport: a2atest.Headers(tr, h)}
 }

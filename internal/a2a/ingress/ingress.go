@@ -40,7 +40,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -95,10 +94,10 @@ type Ingress struct {
 	clock    ratelimit.Clock
 
 	callerCards card.CachedVerifier
-	mu          sync.Mutex
-	buckets     map[string]*ratelimit.Bucket
-	cards       atomic.Pointer[signedCards]
-	certs       certCache
+	// buckets are per caller; only allowed callers (at most 64) get one.
+	buckets ratelimit.Keyed
+	cards   atomic.Pointer[signedCards]
+	certs   certCache
 }
 
 // Bounds on what the ingress remembers.
@@ -118,7 +117,7 @@ func New(o Options) *Ingress {
 	}
 	i := &Ingress{o: o, now: o.Now, log: o.Logger, agent: o.AgentClient,
 		store: newTaskStore(maxTasks, taskTTL, o.Now), sessions: newSessions(maxSessions),
-		clock: ratelimit.NewClock(), buckets: map[string]*ratelimit.Bucket{}}
+		clock: ratelimit.NewClock()}
 	if i.agent == nil {
 		i.agent = &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}}
 	}
@@ -320,7 +319,7 @@ func (i *Ingress) serveRPC(w http.ResponseWriter, r *http.Request, cfg *routerco
 			msg: fmt.Sprintf("the caller's trust score %d is below this sandbox's minimum %d", c.trust, cfg.MinimumTrustScore)})
 		return
 	}
-	if ok, retry := i.bucket(c.caller, cfg.RateLimit).Allow(i.clock.Now()); !ok {
+	if ok, retry := i.buckets.Allow(c.caller, ratelimit.PerMinute(cfg.RateLimit.RPM, cfg.RateLimit.Burst), i.clock.Now()); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((retry+time.Second-1)/time.Second))))
 		refuse(refusal{status: http.StatusTooManyRequests, code: rpc.CodeRateLimited, reason: "kars_rate_limited",
 			msg: fmt.Sprintf("the caller exceeded this sandbox's rate limit (%d/min, burst %d)", cfg.RateLimit.RPM, cfg.RateLimit.Burst)})
@@ -398,22 +397,6 @@ func payloadHash(b []byte) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
-}
-
-// bucket returns the caller's rate-limit bucket, adjusted to lim.
-func (i *Ingress) bucket(caller string, lim routerconfig.A2ARateLimit) *ratelimit.Bucket {
-	l := ratelimit.Limit{Events: lim.RPM, Per: time.Minute, Burst: lim.Burst}
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	b, ok := i.buckets[caller]
-	if !ok {
-		// Only allowed callers get here, and there are at most 64.
-		b = ratelimit.NewBucket(l)
-		i.buckets[caller] = b
-	} else if b.Limit() != l {
-		b.SetLimit(l)
-	}
-	return b
 }
 
 // interceptor runs inside the SDK with the typed request: it binds the

@@ -110,27 +110,12 @@ func (f *fixture) client(gw *a2atest.Identity, caller *a2atest.Identity, cardRaw
 	if gw != nil {
 		tr.TLSClientConfig.Certificates = []tls.Certificate{gw.TLS}
 	}
-	return &http.Client{Transport: headers{tr, map[string]string{
+	return &http.Client{Transport: a2atest.Headers(tr, map[string]string{
 		rpc.HeaderCallerThumbprint: caller.Thumbprint(f.t),
 		rpc.HeaderCallerCard:       a2atest.CardHeader(cardRaw),
 		rpc.HeaderCallerTrust:      strconv.Itoa(trust),
 		rpc.HeaderGatewayLatency:   "123",
-	}}}
-}
-
-type headers struct {
-	next http.RoundTripper
-	h    map[string]string
-}
-
-func (h headers) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	for k, v := range h.h {
-		if v != "" {
-			r.Header.Set(k, v)
-		}
-	}
-	return h.next.RoundTrip(r)
+	})}
 }
 
 func (f *fixture) goodClient() *http.Client {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -154,7 +155,7 @@ func (s *taskStore) List(ctx context.Context, req *a2a.ListTasksRequest) (*a2a.L
 		if c := b.st.updated.Compare(a.st.updated); c != 0 {
 			return c
 		}
-		return cmpString(string(b.id), string(a.id))
+		return strings.Compare(string(b.id), string(a.id))
 	})
 	out := &a2a.ListTasksResponse{TotalSize: len(mine), PageSize: size, Tasks: []*a2a.Task{}}
 	for i := offset; i < len(mine) && i < offset+size; i++ {
@@ -174,16 +175,6 @@ func (s *taskStore) List(ctx context.Context, req *a2a.ListTasksRequest) (*a2a.L
 		out.NextPageToken = strconv.Itoa(offset + size)
 	}
 	return out, nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (s *taskStore) expiredLocked(st *storedTask, now time.Time) bool {

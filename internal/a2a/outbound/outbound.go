@@ -80,9 +80,9 @@ type Handler struct {
 	clock  ratelimit.Clock
 	cert   tls.Certificate
 
+	buckets ratelimit.Keyed // per peer
 	mu      sync.Mutex
-	buckets map[string]*ratelimit.Bucket
-	cards   map[string]string // card URL key → header value
+	cards   map[string]string // card URL → header value
 }
 
 // New returns a handler; it makes the TLS client certificate of the card
@@ -115,7 +115,7 @@ func New(o Options) (*Handler, error) {
 	tc.Certificates = []tls.Certificate{cert}
 	tr.TLSClientConfig = tc
 	return &Handler{o: o, client: &http.Client{Transport: tr}, clock: ratelimit.NewClock(), cert: cert,
-		buckets: map[string]*ratelimit.Bucket{}, cards: map[string]string{}}, nil
+		cards: map[string]string{}}, nil
 }
 
 func selfSigned(key ed25519.PrivateKey, sandbox string, now time.Time) (tls.Certificate, error) {
@@ -241,7 +241,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if p.RateLimit.RPM > 0 {
-		if ok, _ := h.bucket(name, p.RateLimit).Allow(h.clock.Now()); !ok {
+		if ok, _ := h.buckets.Allow(name, ratelimit.PerMinute(p.RateLimit.RPM, p.RateLimit.Burst), h.clock.Now()); !ok {
 			c.decision = "refused"
 			refuse(http.StatusTooManyRequests, rpc.CodeRateLimited, "kars_rate_limited", fmt.Sprintf("calls to %s exceed %d/min", name, p.RateLimit.RPM))
 			return
@@ -271,28 +271,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		(&rpc.Error{Code: rpc.CodeInternalError, Message: "kars-router could not write its audit log", Reason: "kars_audit_unavailable"}).Write(w, http.StatusServiceUnavailable, id)
 		return
 	}
-	for _, k := range []string{"Content-Type", "Cache-Control", "Retry-After"} {
-		if v := resp.Header.Get(k); v != "" {
-			w.Header().Set(k, v)
-		}
-	}
-	w.WriteHeader(resp.StatusCode)
-	flusher, _ := w.(http.Flusher)
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return
-			}
-			if flusher != nil {
-				flusher.Flush()
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
+	rpc.Relay(w, resp, "Content-Type", "Cache-Control", "Retry-After")
 }
 
 // serveCard answers an A2A client's card lookup with a local card for the
@@ -329,20 +308,6 @@ func skillOf(params json.RawMessage) string {
 		}
 	}
 	return ""
-}
-
-func (h *Handler) bucket(name string, lim routerconfig.A2ARateLimit) *ratelimit.Bucket {
-	l := ratelimit.Limit{Events: lim.RPM, Per: time.Minute, Burst: lim.Burst}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	b, ok := h.buckets[name]
-	if !ok {
-		b = ratelimit.NewBucket(l)
-		h.buckets[name] = b
-	} else if b.Limit() != l {
-		b.SetLimit(l)
-	}
-	return b
 }
 
 // record appends the call's audit entry.

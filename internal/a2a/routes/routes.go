@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -76,21 +77,11 @@ type RateLimit struct {
 // unchanged table is an unchanged ConfigMap.
 func Marshal(t *Table) ([]byte, error) {
 	c := Table{Routes: slices.Clone(t.Routes)}
-	slices.SortFunc(c.Routes, func(a, b Route) int { return compare(a.Sandbox, b.Sandbox) })
+	slices.SortFunc(c.Routes, func(a, b Route) int { return strings.Compare(a.Sandbox, b.Sandbox) })
 	if c.Routes == nil {
 		c.Routes = []Route{}
 	}
 	return json.MarshalIndent(c, "", "  ")
-}
-
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Parse reads a table, refusing unknown members and incomplete routes: a
@@ -127,7 +118,7 @@ func (t *Table) Lookup(sandbox string, now time.Time) (*Route, bool) {
 	if t == nil {
 		return nil, false
 	}
-	i, ok := slices.BinarySearchFunc(t.Routes, sandbox, func(r Route, s string) int { return compare(r.Sandbox, s) })
+	i, ok := slices.BinarySearchFunc(t.Routes, sandbox, func(r Route, s string) int { return strings.Compare(r.Sandbox, s) })
 	if !ok {
 		// Tables written by hand may be unsorted.
 		i = slices.IndexFunc(t.Routes, func(r Route) bool { return r.Sandbox == sandbox })

@@ -322,3 +322,32 @@ func (e *Error) Write(w http.ResponseWriter, status int, id json.RawMessage) {
 	w.WriteHeader(status)
 	w.Write(append(b, '\n'))
 }
+
+// Relay answers w with resp: the named headers, the status, and the body
+// as it arrives, flushed after every read so that a Server-Sent Events
+// stream reaches the caller event by event. It returns when the body ends
+// or the caller goes away.
+func Relay(w http.ResponseWriter, resp *http.Response, headers ...string) {
+	for _, h := range headers {
+		if v := resp.Header.Get(h); v != "" {
+			w.Header().Set(h, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	flusher, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
