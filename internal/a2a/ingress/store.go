@@ -100,18 +100,22 @@ func (s *taskStore) Get(ctx context.Context, id a2a.TaskID) (*taskstore.StoredTa
 		delete(s.tasks, id)
 		st = nil
 	}
+	var cp storedTask
+	if st != nil {
+		cp = *st // Update changes the stored fields in place
+	}
 	s.mu.Unlock()
-	if st == nil || !visible(ctx, st) {
+	if st == nil || !visible(ctx, &cp) {
 		return nil, a2a.ErrTaskNotFound
 	}
 	if c := callFrom(ctx); c != nil && c.skill == "" {
-		c.skill = st.skill // audit GetTask/CancelTask under the task's skill
+		c.skill = cp.skill // audit GetTask/CancelTask under the task's skill
 	}
 	var t a2a.Task
-	if err := json.Unmarshal(st.task, &t); err != nil {
+	if err := json.Unmarshal(cp.task, &t); err != nil {
 		return nil, fmt.Errorf("stored task %s: %w", id, err)
 	}
-	return &taskstore.StoredTask{Task: &t, Version: st.version}, nil
+	return &taskstore.StoredTask{Task: &t, Version: cp.version}, nil
 }
 
 // List implements taskstore.Store: the caller's tasks, most recently
