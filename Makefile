@@ -8,7 +8,7 @@ CMDS       := $(notdir $(wildcard cmd/*))
 GOFLAGS    ?=
 export GOFLAGS
 
-.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients images runtimes
+.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients egress-clients images runtimes
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -51,14 +51,20 @@ agentsandbox: ## build the pinned upstream agent-sandbox controller the co-exist
 test-unit: ## unit tests only (integration tests skip under -short)
 	go test -short ./...
 
-interop-clients: test/interop/.venv/bin/python test/interop/node_modules/openai ## install the official OpenAI Python and npm clients the interop tests drive
+interop-clients: test/interop/.venv/bin/python test/interop/node_modules/openai ## install the official OpenAI Python and npm clients and the Agent Governance Toolkit's agentmesh the interop tests drive
+	test/interop/mesh/setup.sh
 
 test/interop/.venv/bin/python test/interop/node_modules/openai: test/interop/setup.sh test/interop/package-lock.json
 	test/interop/setup.sh
 
-test: controlplane agentsandbox verify-generated lint interop-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
+egress-clients: test/egress/.venv/bin/python ## install the Python httpx and requests clients the egress sandbox tests run
+
+test/egress/.venv/bin/python: test/egress/setup.sh test/egress/requirements.txt
+	test/egress/setup.sh
+
+test: controlplane agentsandbox verify-generated lint interop-clients egress-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
 	$(MAKE) runtimes
-	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 KARS_REQUIRE_RUNTIMES=1 go test -count=1 -timeout 45m ./...
+	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 KARS_REQUIRE_RUNTIMES=1 KARS_REQUIRE_EGRESS_CLIENTS=1 go test -count=1 -timeout 45m ./...
 
 VERSION    ?= v0.0.0-dev
 REGISTRY   ?=

@@ -8,13 +8,14 @@ import (
 )
 
 // calcCases are the default calculator's answers, the same in the Python
-// and Node contract modules (and as kars-agent's): free text, as the
-// offline model sends it, reduced to its last arithmetic run that
-// evaluates.
+// and Node contract modules: free text, as the offline model sends it
+// with a runtime's context around it, reduced to one arithmetic run.
 var calcCases = map[string]string{
 	"6*7":                        "42",
 	"use the calculator for 6*7": "42",
-	"[Sun 2026-12-07 00:31 UTC] use the calculator for 6*7": "42",
+	"[Sun 2026-12-07 00:31 UTC] use the calculator for 6*7":                                "42",
+	"use the calculator for 6*7\n[OpenClaw 2026.9.6] Sun 2026-12-07 00:47 UTC, 3 sessions": "42",
+	"System: 1.2.3 at 12:30 - use the calculator for 2+3":                                  "5",
 	"(2 + 3) * 4":     "20",
 	"-3 - -2":         "-1",
 	"10 / 4":          "2.5",

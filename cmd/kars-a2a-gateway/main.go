@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kars-io/kars/internal/a2a/gateway/daemon"
-	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/version"
 )
 
@@ -79,7 +78,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := daemon.Serve(ctx, daemon.Options{Addr: *listen, PublicCert: public, ClientCert: client, StateDir: *stateDir,
-		Kube: cs, Namespace: *namespace, InitialTrust: *initialTrust, AuditCommitWindow: audit.DefaultCommitWindow, Logger: log}); err != nil {
+		Kube: cs, Namespace: *namespace, InitialTrust: *initialTrust, Logger: log}); err != nil {
 		log.Error("kars-a2a-gateway stopped", "err", err)
 		os.Exit(1)
 	}

@@ -46,7 +46,7 @@ var inferencePolicyKind = policyKind{
 	check: func(o client.Object) error {
 		ip := o.(*karsv1.InferencePolicy)
 		probe := &karsv1.KarsSandbox{ObjectMeta: metav1.ObjectMeta{Namespace: ip.Namespace, Name: "policy-check"}}
-		_, err := render.RouterConfig(probe, ip, nil)
+		_, err := render.RouterConfig(probe, ip, nil, nil)
 		return err
 	},
 }
@@ -70,6 +70,9 @@ type PolicyReconciler struct {
 	client client.Client
 	kind   policyKind
 	now    func() time.Time
+	// mesh is the environment's mesh endpoints, part of the compiled
+	// config whose digest a router reports.
+	mesh *render.MeshEndpoints
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -197,7 +200,7 @@ func (r *PolicyReconciler) enforces(ctx context.Context, sb *karsv1.KarsSandbox,
 			}
 		}
 	}
-	d, err := render.RouterConfigDigest(sb, ip, tp)
+	d, err := render.RouterConfigDigest(sb, ip, tp, r.mesh)
 	if err != nil {
 		return false, nil
 	}

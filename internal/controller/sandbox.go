@@ -45,6 +45,8 @@ type SandboxReconciler struct {
 	// anchorEvery is how often a running router's audit head is copied
 	// into the status (auditAnchor).
 	anchorEvery time.Duration
+	// egress establishes the verified allowlist and active approvals.
+	egress *egressInputs
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -169,7 +171,13 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if err != nil {
 		return o, 0, err
 	}
-	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env, A2A: a2aIn, A2APeers: peers})
+	egIn, allowCond, egNext, err := r.egress.input(ctx, r.apiReader, sb, names, now)
+	if err != nil {
+		return o, 0, err
+	}
+	o.allowlist = allowCond
+	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env,
+		Egress: egIn, A2A: a2aIn, A2APeers: peers})
 	if err != nil {
 		if reason := render.ReasonOf(err); reason != "" {
 			var re *render.Error
@@ -228,6 +236,9 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if o.a2a.retry {
 		requeue = minPositive(requeue, 2*time.Second)
 	}
+	// An expired approval leaves the router's egress state (the router
+	// itself stopped honouring it at expiresAt).
+	requeue = minPositive(requeue, egNext)
 	if d.A2AExposed {
 		// Close the exposure when its window ends, without waiting for an
 		// unrelated event.

@@ -61,6 +61,13 @@ type Options struct {
 	// A2ACards fetches registered A2A agents' cards; nil means a Fetcher
 	// that connects to public addresses only.
 	A2ACards *peer.Fetcher
+	// Signers are the keys allowlist artifacts must be signed with;
+	// nil trusts none, so every allowlistRef fails closed.
+	Signers *SignerPolicy
+	// DeployMesh applies kars-mesh (render.MeshSystem) into the system
+	// namespace at start. The local substrate runs kars-mesh in the dev
+	// daemon instead.
+	DeployMesh bool
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -125,6 +132,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		registryBackoff: newBackoff(2*time.Second, 5*time.Minute),
 		routerBackoff:   newBackoff(time.Second, 30*time.Second),
 		anchorEvery:     o.AuditAnchorInterval,
+		egress:          newEgressInputs(o.Signers),
 	}
 	if sr.anchorEvery <= 0 {
 		sr.anchorEvery = 5 * time.Minute
@@ -146,6 +154,8 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Watches(&karsv1.ToolPolicy{}, handler.EnqueueRequestsFromMapFunc(sandboxesUsing(c, indexToolPolicyRef)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&karsv1.A2AAgent{}, handler.EnqueueRequestsFromMapFunc(sandboxesOfAgent)).
+		Watches(&karsv1.EgressApproval{}, handler.EnqueueRequestsFromMapFunc(approvedSandbox),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
 		return err
@@ -159,8 +169,11 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	if err := setupA2AAgents(mgr, c, o.A2ACards, o.Now); err != nil {
 		return err
 	}
+	if err := setupEgressApprovals(mgr, o); err != nil {
+		return err
+	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {
-		pr := &PolicyReconciler{client: c, kind: k, now: o.Now}
+		pr := &PolicyReconciler{client: c, kind: k, now: o.Now, mesh: o.Env.Mesh}
 		err := ctrl.NewControllerManagedBy(mgr).
 			Named(k.kind).
 			For(k.newObj(), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
@@ -171,6 +184,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		if err != nil {
 			return err
 		}
+	}
+	if o.Env.Mesh != nil {
+		return setupMeshControllers(mgr, o)
 	}
 	return nil
 }

@@ -25,7 +25,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kars-io/kars/internal/a2a/gateway/daemon"
-	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/controller"
 )
 
@@ -81,7 +80,7 @@ func serveA2AGateway(ctx context.Context, p Paths, cfg *rest.Config, cl client.C
 	return daemon.Serve(ctx, daemon.Options{
 		Addr: A2AGatewayAddr, PublicCert: public, ClientCert: clientCert,
 		StateDir: filepath.Join(p.A2AGatewayDir(), "state"), Kube: cs, Namespace: SystemNamespace,
-		Dial: dial, AuditCommitWindow: audit.DefaultCommitWindow, Logger: log.With("component", "kars-a2a-gateway"),
+		Dial: dial, Logger: log.With("component", "kars-a2a-gateway"),
 	})
 }
 

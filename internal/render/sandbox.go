@@ -44,7 +44,21 @@ type Environment struct {
 	StorageClass string
 	// A2AGateway is the installation's kars-a2a-gateway.
 	A2AGateway A2AGateway
+	// Blocklist is where every router fetches the egress blocklist from
+	// (the controller's --egress-blocklist); nil means none.
+	Blocklist *routerconfig.Blocklist
+	// BlocklistConfigMap, when set, is a ConfigMap in each sandbox's
+	// namespace whose key is mounted into the router as a further
+	// blocklist source (kubelet-updated, reread at every refresh).
+	BlocklistConfigMap *ConfigMapKey
+	// Mesh, when set, makes every router the agent's AgentMesh endpoint
+	// on these kars-mesh endpoints (MeshEndpoints); nil leaves the mesh
+	// off.
+	Mesh *MeshEndpoints
 }
+
+// ConfigMapKey names one key of a ConfigMap.
+type ConfigMapKey struct{ Name, Key string }
 
 // AdminCredentials are the router's admin API credentials. The controller
 // generates them once per sandbox and keeps them in the admin Secret; the
@@ -74,6 +88,17 @@ type Input struct {
 	// A2APeers are the verified A2AAgents the agent may call.
 	A2APeers []routerconfig.A2APeer
 	Env      Environment
+	// Egress is the sandbox's verified allowlist and active approvals, as
+	// the controller established them (docs/egress.md).
+	Egress EgressInput
+}
+
+// EgressInput is the part of a sandbox's egress policy that lives outside
+// its spec: the allowlist artifact after signature verification, and the
+// EgressApprovals that are active.
+type EgressInput struct {
+	Allowlist *routerconfig.EgressAllowlist
+	Approvals []routerconfig.EgressApproval
 }
 
 // Sandbox is the rendered desired state of one sandbox.
@@ -130,7 +155,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := RouterConfig(sb, in.Inference, in.Tools)
+	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Env.Mesh)
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +197,7 @@ func Render(in Input) (*Sandbox, error) {
 	out.RouterConfig = &corev1.ConfigMap{
 		TypeMeta:   typeMeta("v1", "ConfigMap"),
 		ObjectMeta: meta(sb, names.RouterConfig, "router"),
-		Data:       map[string]string{routerconfig.FileName: string(cfgJSON)},
+		Data:       map[string]string{routerconfig.FileName: string(cfgJSON), routerconfig.EgressStateFile: egressState(in)},
 	}
 	out.RouterConfig.Annotations = map[string]string{AnnotationConfigDigest: digest}
 	if rt.Config != nil {

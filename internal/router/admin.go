@@ -32,6 +32,11 @@ type AdminBackends struct {
 	Reload func() (bool, error)
 	// A2A reports the sandbox's A2A exposure and its signed card.
 	A2A func() (any, error)
+	// Egress serves /admin/v1/egress and below (Egress.AdminHandler).
+	Egress http.Handler
+	// Mesh serves /admin/v1/mesh and below (the mesh bridge), nil when
+	// the mesh is off.
+	Mesh http.Handler
 }
 
 // AdminHandler returns the admin API. Health, readiness and metrics are open
@@ -151,6 +156,14 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 			return map[string]any{"changed": changed, "digest": r.Snapshot().Digest}, err
 		})
 	}))
+	if b.Egress != nil {
+		mux.Handle("GET /admin/v1/egress", auth(b.Egress.ServeHTTP))
+		mux.Handle("GET /admin/v1/egress/", auth(b.Egress.ServeHTTP))
+	}
+	if b.Mesh != nil {
+		mux.Handle("/admin/v1/mesh", auth(b.Mesh.ServeHTTP))
+		mux.Handle("/admin/v1/mesh/", auth(b.Mesh.ServeHTTP))
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no admin endpoint " + req.Method + " " + req.URL.Path})
 	})

@@ -61,6 +61,9 @@ type Config struct {
 	// engine. Nil runs the monitor with every pattern off, so only
 	// quarantines persisted in StateDir are enforced.
 	Behavior *Behavior `json:"behavior,omitempty"`
+	// Egress configures the agent's egress proxy, DNS stub and lists; nil
+	// means Strict with empty lists (see Egress).
+	Egress *Egress `json:"egress,omitempty"`
 	// Audit says where the hash-chained audit log lives.
 	Audit Audit `json:"audit"`
 	// Admin configures the controller-facing admin API.
@@ -74,6 +77,9 @@ type Config struct {
 	// A2APeers are the registered foreign agents the agent may call
 	// (a2a:call:<name>).
 	A2APeers []A2APeer `json:"a2aPeers,omitempty"`
+	// Mesh, when set, makes the router the agent's AgentMesh endpoint;
+	// nil leaves the mesh off.
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
 // Sandbox names the sandbox the router belongs to.

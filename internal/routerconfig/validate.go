@@ -69,6 +69,7 @@ func (c *Config) Validate() error {
 			bad("governance", "%v", err)
 		}
 	}
+	c.Egress.validate(bad)
 	if c.Audit.Dir == "" {
 		bad("audit.dir", "is required: every call is audited")
 	} else if !filepath.IsAbs(c.Audit.Dir) {
@@ -89,6 +90,9 @@ func (c *Config) Validate() error {
 		c.A2A.validate(bad)
 	}
 	validatePeers(c.A2APeers, bad)
+	if c.Mesh != nil {
+		validateMesh(c.Mesh, bad)
+	}
 	return errors.Join(errs...)
 }
 

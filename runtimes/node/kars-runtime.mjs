@@ -106,18 +106,28 @@ function arithmeticRuns(s) {
   return s.split(/[^0-9+\-*/(). ]/).map((r) => r.trim().replace(/^[ .]+|[ .]+$/g, "")).filter((r) => /[0-9]/.test(r));
 }
 
+const DATE_OR_VERSION = /\d{4}-\d{1,2}-\d{1,2}|\d+\.\d+\.\d+/;
+const MULDIV = /[\d)]\s*[*/]\s*[\d(-]/;
+const ADDSUB = /[\d)]\s*[+-]\s*[\d(-]/;
+
 /**
  * Evaluates + - * / and parentheses. Free text (as the offline model sends
- * it, with whatever a runtime prefixed - OpenClaw stamps the date) is
- * reduced to its last arithmetic run that evaluates.
+ * it, with whatever context a runtime adds before or after the user's
+ * words - OpenClaw stamps dates and versions) is reduced to one arithmetic
+ * run: dates and version numbers are skipped, then the first run with * or
+ * /, else with + or -, else any run that evaluates to a finite number.
  */
 export function calculate(expression) {
-  const runs = arithmeticRuns(String(expression ?? ""));
+  const runs = arithmeticRuns(String(expression ?? "")).filter((r) => !DATE_OR_VERSION.test(r));
   if (!runs.length) throw new Error(`no arithmetic expression in ${JSON.stringify(expression)}`);
+  const ordered = [...runs.filter((r) => MULDIV.test(r)), ...runs.filter((r) => !MULDIV.test(r) && ADDSUB.test(r))];
+  ordered.push(...runs.filter((r) => !ordered.includes(r)));
   let first;
-  for (const expr of runs.reverse()) {
+  for (const expr of ordered) {
     try {
-      return evaluate(expr);
+      const v = evaluate(expr);
+      if (!Number.isFinite(Number(v))) throw new Error(`${JSON.stringify(expr)} is not a finite number`);
+      return v;
     } catch (e) {
       first ??= e;
     }

@@ -150,15 +150,25 @@ def _arithmetic_runs(s: str) -> list[str]:
     return [r.strip(" .") for r in runs if any(c.isdigit() for c in r)]
 
 
+_DATE_OR_VERSION = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d+\.\d+\.\d+")
+_MULDIV = re.compile(r"[\d)]\s*[*/]\s*[\d(-]")
+_ADDSUB = re.compile(r"[\d)]\s*[+-]\s*[\d(-]")
+
+
 def calculate(expression: str) -> str:
     """Evaluates + - * / and parentheses. Free text (as the offline model
-    sends it, with whatever a runtime prefixed - OpenClaw stamps the date)
-    is reduced to its last arithmetic run that evaluates."""
-    runs = _arithmetic_runs(expression)
+    sends it, with whatever context a runtime adds before or after the
+    user's words - OpenClaw stamps dates and versions) is reduced to one
+    arithmetic run: dates and version numbers are skipped, then the first
+    run with * or /, else with + or -, else any run that evaluates to a
+    finite number."""
+    runs = [r for r in _arithmetic_runs(expression) if not _DATE_OR_VERSION.search(r)]
     if not runs:
         raise ValueError(f"no arithmetic expression in {expression!r}")
+    ordered = [r for r in runs if _MULDIV.search(r)] + [r for r in runs if not _MULDIV.search(r) and _ADDSUB.search(r)]
+    ordered += [r for r in runs if r not in ordered]
     err: Exception | None = None
-    for expr in reversed(runs):
+    for expr in ordered:
         try:
             return _evaluate(expr)
         except (ValueError, ZeroDivisionError) as e:

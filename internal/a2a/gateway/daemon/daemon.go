@@ -45,9 +45,7 @@ type Options struct {
 	// InitialTrust is a new caller's score (0..1000); zero means the
 	// trust package's default (500).
 	InitialTrust int
-	// AuditCommitWindow: audit.Options.CommitWindow.
-	AuditCommitWindow time.Duration
-	Logger            *slog.Logger
+	Logger       *slog.Logger
 	// Ready, when set, is called with the bound address once the routing
 	// table has synced and the listener serves.
 	Ready func(addr string)
@@ -69,7 +67,7 @@ func Serve(ctx context.Context, o Options) error {
 		return err
 	}
 	defer ts.Close()
-	sink, err := audit.Open(audit.Options{Dir: filepath.Join(o.StateDir, "audit"), Sandbox: "kars-a2a-gateway", CommitWindow: o.AuditCommitWindow})
+	sink, err := audit.Open(audit.Options{Dir: filepath.Join(o.StateDir, "audit"), Sandbox: "kars-a2a-gateway"})
 	if err != nil {
 		return err
 	}
