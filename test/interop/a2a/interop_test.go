@@ -3,7 +3,8 @@
 // installed by setup.sh. TestSDKsThroughGateway runs them against a
 // gateway and a router ingress on loopback; TestUnderKarsDev (kars_dev_test.go)
 // against a sandbox under `kars dev`. The tests skip when a client is not
-// installed, unless KARS_REQUIRE_A2A_INTEROP=1 (CI), where they fail.
+// installed (or, for TestUnderKarsDev, when kars dev cannot run here),
+// unless KARS_REQUIRE_INTEROP=1 (`make test`, CI), where they fail.
 package a2ainterop
 
 import (
@@ -62,12 +63,19 @@ func require(t *testing.T, c client) string {
 	t.Helper()
 	dir, _ := filepath.Abs(".")
 	if !c.have(dir) {
-		if os.Getenv("KARS_REQUIRE_A2A_INTEROP") != "" {
-			t.Fatalf("the %s A2A client is not installed: run test/interop/a2a/setup.sh", c.name)
-		}
-		t.Skipf("the %s A2A client is not installed (test/interop/a2a/setup.sh)", c.name)
+		skip(t, "the %s A2A client is not installed: run test/interop/a2a/setup.sh", c.name)
 	}
 	return dir
+}
+
+// skip skips the test, or fails it under KARS_REQUIRE_INTEROP=1, where
+// everything these tests need is meant to be installed.
+func skip(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("KARS_REQUIRE_INTEROP") == "1" {
+		t.Fatalf(format+" (KARS_REQUIRE_INTEROP=1)", args...)
+	}
+	t.Skipf(format, args...)
 }
 
 // result is what a client prints.
@@ -270,6 +278,9 @@ func startLocalStack(t *testing.T, callers ...*a2atest.Identity) *localStack {
 // 1.0) — after verifying the sandbox's card signature themselves; and the
 // gateway and router verify the cards the SDKs signed.
 func TestSDKsThroughGateway(t *testing.T) {
+	if testing.Short() {
+		t.Skip("interop tests start Python and Node processes; skipped under -short")
+	}
 	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
 			dir := require(t, c)

@@ -23,6 +23,7 @@ import (
 	"github.com/kars-io/kars/internal/a2a/rpc"
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/devenv"
+	"github.com/kars-io/kars/internal/devenv/devlock"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 )
 
@@ -97,7 +98,7 @@ func hostAddr(t *testing.T) string {
 			return ipn.IP.String()
 		}
 	}
-	t.Skip("no non-loopback IPv4 address for the fake upstream")
+	skip(t, "no non-loopback IPv4 address for the fake upstream")
 	return ""
 }
 
@@ -129,12 +130,15 @@ func TestUnderKarsDev(t *testing.T) {
 		t.Skip("end-to-end test")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("kars dev's local sandboxes need root (CI runs as root)")
+		skip(t, "kars dev's local sandboxes need root (CI runs as root)")
 	}
 	dir, _ := filepath.Abs(".")
 	for _, c := range clients {
 		require(t, c)
 	}
+	// test/e2e starts kars dev too, and `go test ./...` runs packages in
+	// parallel: wait for it (before the cleanup that stops kars dev).
+	devlock.Hold(t, 40*time.Minute)
 	assets, err := controlplane.AssetsDir()
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +154,7 @@ func TestUnderKarsDev(t *testing.T) {
 	})
 	if out, code := k.run("dev", "--assets", assets); code != 0 {
 		if strings.Contains(out, "address already in use") {
-			t.Skipf("another kars dev holds the fixed ports: %s", out)
+			skip(t, "another kars dev holds the fixed ports: %s", out)
 		}
 		t.Fatalf("kars dev: %s", out)
 	}

@@ -4,7 +4,8 @@
 # package pinned in requirements.txt and installed without resolution, and
 # @a2a-js/sdk into test/interop/a2a/node_modules, exactly as package-lock.json
 # says. A rerun with unchanged pins does nothing.
-# CI runs this, then `KARS_REQUIRE_A2A_INTEROP=1 go test ./test/interop/a2a/`.
+# `make interop-clients` (so `make test` and .ci/run) runs this; the tests then
+# fail instead of skipping under KARS_REQUIRE_INTEROP=1.
 set -euo pipefail
 cd "$(dirname "$0")"
 
