@@ -158,8 +158,24 @@ func (f *Fetcher) Fetch(ctx context.Context, cardURL, thumbprint, version string
 	if v.Thumbprint != thumbprint {
 		return nil, fmt.Errorf("the card is signed by %s, not by the pinned %s", v.Thumbprint, thumbprint)
 	}
-	out := &Verified{Name: v.Name}
-	canon, _ := card.Canonical(raw)
+	out, err := describe(raw, version)
+	if err != nil {
+		return nil, err
+	}
+	out.Name = v.Name
+	return out, nil
+}
+
+// describe reads what kars needs from a verified card: its digest (over
+// the RFC 8785 form), its skills, and the JSON-RPC endpoint for version —
+// a 1.0 card's supportedInterfaces entry, else a 0.3 card's url — which
+// must be https.
+func describe(raw []byte, version string) (*Verified, error) {
+	out := &Verified{}
+	canon, err := card.Canonical(raw)
+	if err != nil {
+		return nil, fmt.Errorf("card: %w", err)
+	}
 	sum := sha256.Sum256(canon)
 	out.CardDigest = "sha256:" + hex.EncodeToString(sum[:])
 	var c struct {
