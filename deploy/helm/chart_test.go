@@ -20,7 +20,8 @@ func allFeatures() map[string]any {
 			"exposeRegistry": map[string]any{"enabled": true, "host": "mesh.example.com", "ingressClassName": "azure-application-gateway",
 				"tlsSecretName": "mesh-tls", "annotations": map[string]any{"appgw.ingress.kubernetes.io/ssl-redirect": "true"}},
 		},
-		"image": map[string]any{"pullSecrets": []any{"acr"}},
+		"image":      map[string]any{"pullSecrets": []any{"acr"}},
+		"a2aGateway": map[string]any{"enabled": true, "url": "https://a2a.example.com"},
 	}
 }
 
@@ -143,6 +144,22 @@ func TestRenderParts(t *testing.T) {
 	if len(all["Ingress"]) != 1 || !strings.Contains(strings.Join(all["Deployment"], ","), "kars-mesh") {
 		t.Errorf("mesh with exposeRegistry: %v %v", all["Deployment"], all["Ingress"])
 	}
+	if strings.Contains(strings.Join(def["Deployment"], ","), "kars-a2a-gateway") {
+		t.Errorf("a2a gateway rendered without a2aGateway.enabled: %v", def["Deployment"])
+	}
+	for kind, want := range map[string]string{"Deployment": "kars-a2a-gateway", "Service": "kars-a2a-gateway", "NetworkPolicy": "kars-a2a-gateway",
+		"Role": "kars-a2a-gateway", "PersistentVolumeClaim": "kars-a2a-gateway-state"} {
+		if !strings.Contains(strings.Join(all[kind], ","), want) {
+			t.Errorf("a2aGateway.enabled render lacks %s %s (has %v)", kind, want, all[kind])
+		}
+	}
+	m, err := Render(allFeatures(), RenderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(m, "- --a2a-gateway-url=https://a2a.example.com") {
+		t.Error("the controller is not told the gateway's URL")
+	}
 	none := kinds(t, map[string]any{"crds": map[string]any{"install": false}, "admission": map[string]any{"enabled": false},
 		"seccomp": map[string]any{"installer": map[string]any{"enabled": false}}, "rbac": map[string]any{"userRoles": false}})
 	if len(none["CustomResourceDefinition"])+len(none["ValidatingAdmissionPolicy"])+len(none["DaemonSet"]) != 0 || len(none["ClusterRole"]) != 1 {
@@ -172,7 +189,7 @@ func TestRenderRefuses(t *testing.T) {
 		vals map[string]any
 		want string
 	}{
-		"a2a gateway not built":       {map[string]any{"a2aGateway": map[string]any{"enabled": true}}, "kars-a2a-gateway is not part of this kars build"},
+		"a2a gateway without a url":   {map[string]any{"a2aGateway": map[string]any{"enabled": true}}, "a2aGateway.url: set the gateway's public https:// base URL"},
 		"expose without mesh":         {map[string]any{"mesh": map[string]any{"exposeRegistry": map[string]any{"enabled": true, "host": "m.example.com"}}}, "needs mesh.enabled"},
 		"expose without host":         {map[string]any{"mesh": map[string]any{"enabled": true, "exposeRegistry": map[string]any{"enabled": true}}}, "needs mesh.exposeRegistry.host"},
 		"replicas without election":   {map[string]any{"controller": map[string]any{"leaderElection": map[string]any{"enabled": false}}}, "needs controller.leaderElection.enabled"},

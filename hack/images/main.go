@@ -54,9 +54,10 @@ var images = []image{
 	// The reference agent, a contract-v1 BYO image.
 	{name: "kars-agent", user: "1000:1000", labels: map[string]string{"org.kars.runtime.contract": "v1"}},
 	// The chart's DaemonSet that writes the seccomp profile on each node
-	// (root: the kubelet's seccomp folder is root's), and the mesh.
+	// (root: the kubelet's seccomp folder is root's).
 	{name: "kars-seccomp-installer", user: "0:0"},
-	{name: "kars-mesh", user: "65532:65532"},
+	// The public A2A endpoint (the chart runs it as 65532).
+	{name: "kars-a2a-gateway", user: "65532:65532"},
 }
 
 // epoch makes layers reproducible: the same binaries give the same digest.
