@@ -23,6 +23,9 @@ type Actions interface {
 	SetSuspended(ctx context.Context, sandbox types.NamespacedName, suspended bool) error
 	// DecideSRE approves ("Approved") or rejects ("Rejected") an SRE action.
 	DecideSRE(ctx context.Context, action types.NamespacedName, state string) error
+	// SetModel switches a sandbox's primary model, as `kars model set`
+	// does; the router reloads it without a restart.
+	SetModel(ctx context.Context, sandbox types.NamespacedName, model string) error
 }
 
 // KubeActions implements Actions on the API server.
@@ -50,6 +53,32 @@ func (k *KubeActions) SetSuspended(ctx context.Context, key types.NamespacedName
 	sb.Spec.Suspended = suspended
 	if err := k.Client.Patch(ctx, &sb, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("patch KarsSandbox %s: %w", key, err)
+	}
+	return nil
+}
+
+// SetModel implements Actions.
+func (k *KubeActions) SetModel(ctx context.Context, key types.NamespacedName, model string) error {
+	var sb karsv1.KarsSandbox
+	if err := k.Client.Get(ctx, key, &sb); err != nil {
+		return fmt.Errorf("read KarsSandbox %s: %w", key, err)
+	}
+	var ip karsv1.InferencePolicy
+	ipKey := types.NamespacedName{Namespace: sb.Namespace, Name: sb.Spec.InferenceRef.Name}
+	if err := k.Client.Get(ctx, ipKey, &ip); err != nil {
+		return fmt.Errorf("read InferencePolicy %s: %w", ipKey, err)
+	}
+	before := ip.DeepCopy()
+	p := &ip.Spec.ModelPreference.Primary
+	if p.Provider == karsv1.ProviderOffline {
+		return fmt.Errorf("sandbox %s uses the offline model, which has one model; set credentials with `kars credentials set %s` first", sb.Name, sb.Name)
+	}
+	p.Model = model
+	if p.Provider == karsv1.ProviderAzureOpenAI {
+		p.Deployment = model
+	}
+	if err := k.Client.Patch(ctx, &ip, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("patch InferencePolicy %s: %w", ipKey, err)
 	}
 	return nil
 }

@@ -131,11 +131,45 @@ func TestLive(t *testing.T) {
 	}
 	l.until(t, "suspended", func(f string) bool { return strings.Contains(f, "· suspended") })
 
+	// Switching the model: refused for the offline model, done for a
+	// provider's, and the watch brings the new model back.
+	typeModel := func(model string) {
+		send(l.m, key("m"))
+		send(l.m, key(model))
+		send(l.m, tea.KeyMsg{Type: tea.KeyEnter})
+		send(l.m, key("y"))
+	}
+	typeModel("gpt-4.1-mini")
+	if f := l.m.View(); !strings.Contains(f, "failed: switch kars-bot/bot to gpt-4.1-mini: sandbox bot uses the offline model") {
+		t.Fatalf("offline switch:\n%s", f)
+	}
+	objs, err = blueprint.Build(blueprint.Options{Name: "writer", Target: karsv1.ModelTarget{Provider: karsv1.ProviderOpenAI, Model: "gpt-4.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if err := cl.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.until(t, "the second sandbox", func(f string) bool { return strings.Contains(f, "kars-writer/writer") })
+	send(l.m, key("down"))
+	typeModel("gpt-4.1-mini")
+	var ip karsv1.InferencePolicy
+	if err := cl.Get(ctx, types.NamespacedName{Namespace: "kars-writer", Name: "writer-inference"}, &ip); err != nil {
+		t.Fatal(err)
+	}
+	if ip.Spec.ModelPreference.Primary.Model != "gpt-4.1-mini" {
+		t.Fatalf("primary %+v\n%s", ip.Spec.ModelPreference.Primary, l.m.View())
+	}
+	l.until(t, "the new model", func(f string) bool { return strings.Contains(f, "model gpt-4.1-mini") })
+	send(l.m, key("up"))
+
 	// Deleted, gone from the frame.
 	if err := cl.Delete(ctx, &sb); err != nil {
 		t.Fatal(err)
 	}
-	l.until(t, "deletion", func(f string) bool { return strings.Contains(f, "no sandboxes yet") })
+	l.until(t, "deletion", func(f string) bool { return !strings.Contains(f, "kars-bot/bot") && strings.Contains(f, "1 sandboxes") })
 }
 
 // A user who may only read sandboxes in one namespace sees them, is told

@@ -3,7 +3,9 @@ package operator
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
+	"unicode"
 
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/charmbracelet/lipgloss"
@@ -73,6 +75,8 @@ type Model struct {
 	sreSel  int
 	confirm *confirmation
 	status  string
+	// input, when not nil, is the model name being typed after "m".
+	input *string
 }
 
 // Options configure a Model.
@@ -129,6 +133,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 }
 
 func (m *Model) key(k string) tea.Cmd {
+	if m.input != nil {
+		m.typeModel(k)
+		return nil
+	}
 	if m.confirm != nil {
 		c := m.confirm
 		m.confirm = nil
@@ -162,8 +170,51 @@ func (m *Model) key(k string) tea.Cmd {
 		m.askDecision("Approved")
 	case "r":
 		m.askDecision("Rejected")
+	case "m":
+		if m.state.Sandbox(m.sel) == nil {
+			return nil
+		}
+		if m.actions == nil {
+			m.status = "read-only: no actions"
+			return nil
+		}
+		m.input = new(string)
 	}
 	return nil
+}
+
+// typeModel edits the model name being typed; enter asks to confirm the
+// switch, esc abandons it.
+func (m *Model) typeModel(k string) {
+	switch k {
+	case "esc", "ctrl+c":
+		m.input, m.status = nil, "cancelled: switch model"
+	case "backspace":
+		if r := []rune(*m.input); len(r) > 0 {
+			*m.input = string(r[:len(r)-1])
+		}
+	case "enter":
+		model := strings.TrimSpace(*m.input)
+		m.input = nil
+		if model == "" {
+			m.status = "cancelled: switch model"
+			return
+		}
+		key, act := m.sel, m.actions
+		m.confirm = &confirmation{
+			prompt: fmt.Sprintf("switch %s to model %s? [y/N]", key, model),
+			what:   "switch " + key.String() + " to " + model,
+			run:    func(ctx context.Context) error { return act.SetModel(ctx, key, model) },
+		}
+	default:
+		// Model and deployment names: letters, digits and . _ - : / only.
+		for _, r := range k {
+			if len(*m.input) >= 128 || !(r == '.' || r == '_' || r == '-' || r == ':' || r == '/' || unicode.IsLetter(r) || unicode.IsDigit(r)) {
+				return
+			}
+		}
+		*m.input += k
+	}
 }
 
 func (m *Model) move(d int) {

@@ -83,6 +83,13 @@ func (r *recorder) SetSuspended(_ context.Context, k types.NamespacedName, s boo
 	return r.err
 }
 
+func (r *recorder) SetModel(_ context.Context, k types.NamespacedName, model string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, fmt.Sprintf("model %s %s", k, model))
+	return r.err
+}
+
 func (r *recorder) DecideSRE(_ context.Context, k types.NamespacedName, state string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -309,6 +316,40 @@ func TestActionsAreConfirmed(t *testing.T) {
 	send(m, key("y"))
 	if !strings.Contains(m.View(), "failed: resume kars-bot/bot: karssandboxes.kars.azure.com \"bot\" is forbidden") {
 		t.Fatalf("no failure shown:\n%s", m.View())
+	}
+}
+
+// "m" takes a model name (only characters a model name has), enter asks to
+// confirm, esc abandons; nothing changes before "y".
+func TestSwitchModel(t *testing.T) {
+	rec := &recorder{}
+	m := fixture(t, 120, 30, rec)
+	send(m, key("down"))
+	send(m, key("m"))
+	for _, k := range []string{"g", "p", "t", "-", "4", ".", "1", "x", " ", "q", "!"} {
+		send(m, key(k))
+	}
+	send(m, tea.KeyMsg{Type: tea.KeyBackspace})
+	send(m, tea.KeyMsg{Type: tea.KeyBackspace}) // "q" and "x" typed, "!" and " " refused
+	if f := m.View(); !strings.Contains(f, "model for kars-bot/bot (enter to confirm, esc to cancel): gpt-4.1▏") {
+		t.Fatalf("input line:\n%s", f)
+	}
+	golden(t, "model-input", m.View())
+	send(m, key("-mini"))
+	send(m, tea.KeyMsg{Type: tea.KeyEnter})
+	if f := m.View(); !strings.Contains(f, "switch kars-bot/bot to model gpt-4.1-mini? [y/N]") || len(rec.calls) != 0 {
+		t.Fatalf("calls %v:\n%s", rec.calls, f)
+	}
+	send(m, key("y"))
+	if strings.Join(rec.calls, ";") != "model kars-bot/bot gpt-4.1-mini" {
+		t.Fatalf("calls %v", rec.calls)
+	}
+	send(m, key("m"))
+	send(m, key("o"))
+	send(m, tea.KeyMsg{Type: tea.KeyEsc})
+	send(m, key("q")) // quits, not typed: the input is gone
+	if len(rec.calls) != 1 || m.input != nil || !strings.Contains(m.View(), "cancelled: switch model") {
+		t.Fatalf("calls %v input %v:\n%s", rec.calls, m.input, m.View())
 	}
 }
 

@@ -63,7 +63,9 @@ func (m *Model) View() string {
 	line(&top, &m.styles.header, fmt.Sprintf("%s · %d sandboxes · %d open SRE actions · %s", title, len(order), m.state.OpenSREActions(), status))
 
 	// Footer: a pending confirmation, the last action's outcome, the keys.
-	if m.confirm != nil {
+	if m.input != nil {
+		line(&bottom, &m.styles.prompt, fmt.Sprintf("model for %s (enter to confirm, esc to cancel): %s▏", m.sel, *m.input))
+	} else if m.confirm != nil {
 		line(&bottom, &m.styles.prompt, m.confirm.prompt)
 	} else if m.status != "" {
 		st := &m.styles.good
@@ -72,7 +74,7 @@ func (m *Model) View() string {
 		}
 		line(&bottom, st, m.status)
 	}
-	keys := "↑/↓ select · tab SRE actions · s suspend/resume · a approve · r reject · q quit"
+	keys := "↑/↓ select · tab SRE actions · s suspend/resume · m model · a approve · r reject · q quit"
 	if m.actions == nil {
 		keys = "↑/↓ select · tab SRE actions · q quit (read-only)"
 	}
