@@ -125,6 +125,10 @@ func fixture(t *testing.T, w, h int, a Actions) *Model {
 		{Obj: inference("kars-analyst", "analyst-inference", "gpt-4.1-mini", 0)},
 		{Obj: sre("kars-bot", "suspend-bot", karsv1.SRESuspendSandbox, "bot", "Pending")},
 		{Obj: done}, {Obj: ea},
+		{Obj: &karsv1.KarsPairing{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "bot-to-worker"},
+			Spec: karsv1.KarsPairingSpec{SandboxRef: &karsv1.LocalObjectReference{Name: "bot"}, PeerSandbox: "kars-worker/worker",
+				Capabilities: []karsv1.PairingCapability{karsv1.CapabilityOffload}, ExpiresAt: metav1.NewTime(t0.Add(72 * time.Hour))},
+			Status: karsv1.KarsPairingStatus{Phase: "Redeemed"}}},
 		{Obj: event("kars-bot", "e1", "Normal", "SREActionExecuted", "KarsSREAction", "restart-bot", "RestartSandbox KarsSandbox/bot: pod restarted", t0.Add(-50*time.Minute))},
 		{Obj: event("kars-bot", "e2", "Warning", "ApplyFailed", "KarsSandbox", "bot", "quota exceeded", t0.Add(-10*time.Minute))},
 		{Obj: event("kars-bot", "e3", "Normal", "Pulled", "Pod", "bot-abc", "not a kars object", t0)},
@@ -371,6 +375,13 @@ func TestWatchEventsUpdateTheView(t *testing.T) {
 	evs := m.State().Events("kars-analyst")
 	if len(evs) != maxEvents || evs[0].Note != fmt.Sprint("note ", maxEvents+9) {
 		t.Fatalf("%d events, newest %q", len(evs), evs[0].Note)
+	}
+	worker := sandbox("kars-worker", "worker", karsv1.SandboxRunning)
+	if ps := m.State().Pairings(worker); len(ps) != 1 || ps[0].Name != "bot-to-worker" {
+		t.Fatalf("the peer's pairings: %v", ps)
+	}
+	if ps := m.State().Pairings(sandbox("kars-bot", "other", "")); len(ps) != 0 {
+		t.Fatalf("another sandbox's pairings: %v", ps)
 	}
 	if len(m.State().Events("kars-bot")) != 2 {
 		t.Fatalf("kept a Pod's event: %d", len(m.State().Events("kars-bot")))

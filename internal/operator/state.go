@@ -32,6 +32,7 @@ type State struct {
 	inference map[types.NamespacedName]*karsv1.InferencePolicy
 	sre       map[types.NamespacedName]*karsv1.KarsSREAction
 	egress    map[types.NamespacedName]*karsv1.EgressApproval
+	pairings  map[types.NamespacedName]*karsv1.KarsPairing
 	events    map[string][]*eventsv1.Event // by namespace, newest first
 
 	// order is the sandboxes sorted by namespace/name, rebuilt only when
@@ -46,6 +47,7 @@ func NewState() *State {
 		inference: map[types.NamespacedName]*karsv1.InferencePolicy{},
 		sre:       map[types.NamespacedName]*karsv1.KarsSREAction{},
 		egress:    map[types.NamespacedName]*karsv1.EgressApproval{},
+		pairings:  map[types.NamespacedName]*karsv1.KarsPairing{},
 		events:    map[string][]*eventsv1.Event{},
 	}
 }
@@ -71,6 +73,8 @@ func (s *State) Apply(obj client.Object, deleted bool) {
 		put(s.sre, key, o, deleted)
 	case *karsv1.EgressApproval:
 		put(s.egress, key, o, deleted)
+	case *karsv1.KarsPairing:
+		put(s.pairings, key, o, deleted)
 	case *eventsv1.Event:
 		s.applyEvent(o, deleted)
 	}
@@ -180,6 +184,20 @@ func (s *State) EgressApprovals(sb *karsv1.KarsSandbox) []*karsv1.EgressApproval
 		}
 		return out[i].Name < out[j].Name
 	})
+	return out
+}
+
+// Pairings returns the pairings of sandbox sb (those it issued and those
+// naming it as the peer), by name.
+func (s *State) Pairings(sb *karsv1.KarsSandbox) []*karsv1.KarsPairing {
+	var out []*karsv1.KarsPairing
+	for _, p := range s.pairings {
+		issued := p.Namespace == sb.Namespace && p.Spec.SandboxRef != nil && p.Spec.SandboxRef.Name == sb.Name
+		if issued || p.Spec.PeerSandbox == sb.Namespace+"/"+sb.Name {
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 

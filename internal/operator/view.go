@@ -247,6 +247,30 @@ func (m *Model) panels(w, rows int) []string {
 		add(fmt.Sprintf("  %-8s %s%s · %s", orDash(e.Status.Phase), strings.Join(hosts, ","), exp, e.Spec.Reason))
 	}
 
+	section("pairings")
+	ps := m.state.Pairings(sb)
+	if len(ps) == 0 {
+		add("  none")
+	}
+	if why, ok := m.unwatched["KarsPairing"]; ok {
+		add("  not watched: " + why)
+	}
+	for _, p := range ps {
+		peer := p.Spec.PeerSandbox
+		if peer == "" {
+			peer = orDash(p.Spec.DisplayName)
+		}
+		caps := make([]string, len(p.Spec.Capabilities))
+		for i, c := range p.Spec.Capabilities {
+			caps[i] = string(c)
+		}
+		phase := orDash(p.Status.Phase)
+		if p.Spec.Revoked {
+			phase = "Revoked"
+		}
+		add(fmt.Sprintf("  %-9s %-24s peer %s · %s · until %s", phase, p.Name, peer, strings.Join(caps, ","), p.Spec.ExpiresAt.Local().Format("Jan 2 15:04")))
+	}
+
 	section("events")
 	if why, ok := m.unwatched["Event"]; ok {
 		add("  not watched: " + why)

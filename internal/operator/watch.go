@@ -29,6 +29,7 @@ var watched = []struct {
 	{"InferencePolicy", &karsv1.InferencePolicy{}, &karsv1.InferencePolicyList{}},
 	{"KarsSREAction", &karsv1.KarsSREAction{}, &karsv1.KarsSREActionList{}},
 	{"EgressApproval", &karsv1.EgressApproval{}, &karsv1.EgressApprovalList{}},
+	{"KarsPairing", &karsv1.KarsPairing{}, &karsv1.KarsPairingList{}},
 	{"Event", &eventsv1.Event{}, &eventsv1.EventList{}},
 }
 
