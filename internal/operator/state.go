@@ -4,8 +4,9 @@
 //
 // The package is a pure core (State, the bubbletea Model and its View)
 // and a thin shell (Watch turns informer events into messages; KubeActions
-// changes objects on the API server). It must not import the controller's
-// reconcilers' side effects: it only reads exported names.
+// changes objects on the API server). From internal/controller it uses only
+// the SRE phases and ExpiresAt, so the TUI and the reconciler agree on when
+// a proposal expires.
 package operator
 
 import (
