@@ -390,3 +390,25 @@ func SystemRoots() ([]byte, error) {
 	}
 	return nil, errors.New("sandboxca: no system root bundle found")
 }
+
+// Files the agent trusts, written by Publish.
+const (
+	// AgentCAFile holds the CA certificate alone (NODE_EXTRA_CA_CERTS).
+	AgentCAFile = "ca.pem"
+	// AgentBundleFile holds the system's roots and the CA certificate
+	// (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE).
+	AgentBundleFile = "bundle.pem"
+)
+
+// Publish writes what the agent trusts into dir, readable by everyone:
+// AgentCAFile and AgentBundleFile. Only certificates: the key stays where
+// Ensure keeps it.
+func Publish(ca *CA, systemRoots []byte, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(dir, AgentCAFile), ca.CertPEM(), 0o644); err != nil {
+		return err
+	}
+	return writeFile(filepath.Join(dir, AgentBundleFile), Bundle(systemRoots, ca.CertPEM()), 0o644)
+}
