@@ -95,7 +95,8 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 // outside the cluster, sorted: each model endpoint's port (443 for the
 // public providers, none for Offline), the egress lists' ports
 // (egressPorts), the numeric ports of allow rules on egress actions
-// ("egress:host:port"), and the git repository's port. all reports that
+// ("egress:host:port"), the git repository's port and the credential
+// bindings' endpoints' ports. all reports that
 // the router needs every port (Learn mode).
 func upstreamPorts(in Input) ([]int32, bool) {
 	set := map[int32]bool{}
@@ -128,6 +129,13 @@ func upstreamPorts(in Input) ([]int32, bool) {
 	}
 	if code := agentCodeOf(in.Sandbox.Spec.Runtime); code != nil && code.Git != nil {
 		set[gitPort(code.Git.URL)] = true
+	}
+	for _, b := range in.Credentials {
+		for _, e := range b.Spec.Endpoints {
+			if p := urlPort(e); p != 0 {
+				set[p] = true
+			}
+		}
 	}
 	return slices.Sorted(maps.Keys(set)), all
 }

@@ -20,9 +20,10 @@ func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Nam
 // configured models only, every other action denied).
 //
 // Credentials appear only as file paths inside the router container; the
-// paths are the ones PodSpec mounts.
-func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (*routerconfig.Config, error) {
-	c, err := compile(sb, ip, tp)
+// paths are the ones PodSpec mounts. creds are the sandbox's usable
+// CredentialBindings (UsableCredentials).
+func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, creds ...karsv1.CredentialBinding) (*routerconfig.Config, error) {
+	c, err := compile(sb, ip, tp, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -36,15 +37,15 @@ func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1
 // without validating it (which compiles CEL and is the expensive part). The
 // policy reconcilers use it to tell whether a router enforces the current
 // generation of a policy.
-func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (string, error) {
-	c, err := compile(sb, ip, tp)
+func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, creds ...karsv1.CredentialBinding) (string, error) {
+	c, err := compile(sb, ip, tp, creds)
 	if err != nil {
 		return "", err
 	}
 	return routerconfig.Digest(c)
 }
 
-func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (*routerconfig.Config, error) {
+func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, creds []karsv1.CredentialBinding) (*routerconfig.Config, error) {
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
@@ -92,6 +93,9 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 	}
 	c.Behavior = behavior(sb.Spec.Governance.Behavior)
 	c.Egress = egressConfig(sb)
+	for _, b := range creds {
+		c.Credentials = append(c.Credentials, credentialConfig(sb, b))
+	}
 	return c, nil
 }
 
