@@ -18,6 +18,8 @@ package controller
 // +kubebuilder:rbac:groups=kars.azure.com,resources=karssandboxes/finalizers,verbs=update
 // +kubebuilder:rbac:groups=kars.azure.com,resources=egressapprovals,verbs=get;list;watch
 // +kubebuilder:rbac:groups=kars.azure.com,resources=egressapprovals/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=kars.azure.com,resources=credentialbindings,verbs=get;list;watch
+// +kubebuilder:rbac:groups=kars.azure.com,resources=credentialbindings/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=serviceaccounts;configmaps;secrets;services;persistentvolumeclaims,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete

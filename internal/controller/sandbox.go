@@ -170,7 +170,11 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 		return o, 0, err
 	}
 	o.allowlist = allowCond
-	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env, Egress: egIn})
+	creds, _, err := credentialBindings(ctx, r.client, sb)
+	if err != nil {
+		return o, 0, err
+	}
+	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env, Egress: egIn, Credentials: creds})
 	if err != nil {
 		if reason := render.ReasonOf(err); reason != "" {
 			var re *render.Error
