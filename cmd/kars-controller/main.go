@@ -70,6 +70,8 @@ type config struct {
 	plainRegistries  string
 	blocklist        string
 	blocklistRefresh string
+	mesh             bool
+	deployMesh       bool
 }
 
 func parseFlags(args []string, getenv func(string) string, out io.Writer) (*config, error) {
@@ -102,6 +104,8 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.StringVar(&c.plainRegistries, "egress-plain-http-registries", "", "comma-separated registry hosts reached over plain HTTP (a local registry)")
 	fs.StringVar(&c.blocklist, "egress-blocklist", getenv("KARS_EGRESS_BLOCKLIST"), "comma-separated blocklist sources every router enforces: https://… URLs, oci://REGISTRY/REPO:TAG artifacts, configmap:NAME[/KEY] (a ConfigMap in each sandbox's namespace) (env KARS_EGRESS_BLOCKLIST)")
 	fs.StringVar(&c.blocklistRefresh, "egress-blocklist-refresh", "6h", "how often routers refetch the blocklist (they keep the last good list when a fetch fails)")
+	fs.BoolVar(&c.mesh, "mesh", true, "make every router its agent's AgentMesh endpoint on kars-mesh in the system namespace, and reconcile KarsPairings and TrustGraphs")
+	fs.BoolVar(&c.deployMesh, "deploy-mesh", true, "apply kars-mesh (Deployment, Service, volume claim, RBAC) into the system namespace")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -161,17 +165,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return err
 	}
+	env := render.Environment{
+		Catalog:            render.Catalog{Registry: c.registry, Version: c.imageVersion, GitSyncImage: c.gitSyncImage},
+		SystemNamespace:    c.systemNamespace,
+		ClusterDNS:         dns,
+		SeccompProfile:     c.seccompProfile,
+		Blocklist:          blocklist,
+		BlocklistConfigMap: blocklistCM,
+	}
+	if c.mesh {
+		env.Mesh = render.ClusterMesh(c.systemNamespace)
+	}
 	err = controller.Setup(mgr, controller.Options{
-		Env: render.Environment{
-			Catalog:            render.Catalog{Registry: c.registry, Version: c.imageVersion, GitSyncImage: c.gitSyncImage},
-			SystemNamespace:    c.systemNamespace,
-			ClusterDNS:         dns,
-			SeccompProfile:     c.seccompProfile,
-			Blocklist:          blocklist,
-			BlocklistConfigMap: blocklistCM,
-		},
+		Env:                     env,
 		MaxConcurrentReconciles: c.concurrency,
 		Signers:                 signers,
+		DeployMesh:              c.mesh && c.deployMesh,
 	})
 	if err != nil {
 		return fmt.Errorf("set up controllers: %w", err)

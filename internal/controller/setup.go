@@ -60,6 +60,10 @@ type Options struct {
 	// Signers are the keys allowlist artifacts must be signed with;
 	// nil trusts none, so every allowlistRef fails closed.
 	Signers *SignerPolicy
+	// DeployMesh applies kars-mesh (render.MeshSystem) into the system
+	// namespace at start. The local substrate runs kars-mesh in the dev
+	// daemon instead.
+	DeployMesh bool
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -160,7 +164,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {
-		pr := &PolicyReconciler{client: c, kind: k, now: o.Now}
+		pr := &PolicyReconciler{client: c, kind: k, now: o.Now, mesh: o.Env.Mesh}
 		err := ctrl.NewControllerManagedBy(mgr).
 			Named(k.kind).
 			For(k.newObj(), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
@@ -171,6 +175,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		if err != nil {
 			return err
 		}
+	}
+	if o.Env.Mesh != nil {
+		return setupMeshControllers(mgr, o)
 	}
 	return nil
 }

@@ -52,9 +52,11 @@ type buildInput struct {
 	workspace string
 	// routerState is the router's persistent folder ("" for none).
 	routerState string
-	hide        []string
-	quota       int64
-	binDir      string
+	// mesh: the router reaches kars-mesh through MeshSocket.
+	mesh   bool
+	hide   []string
+	quota  int64
+	binDir string
 	// secret returns a Secret of the sandbox's namespace by name.
 	secret func(name string) (*corev1.Secret, error)
 	// configMap returns a ConfigMap of the sandbox's namespace by name.
@@ -180,6 +182,9 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		// Rootless: the router runs on the host's network stack, where
 		// the egress listeners have no guard redirecting to them.
 		routerEnv = append(routerEnv, "KARS_ROUTER_NO_EGRESS_LISTENERS=1")
+	}
+	if in.mesh {
+		routerEnv = append(routerEnv, routerconfig.EnvMeshDial+"=unix:"+MeshSocket)
 	}
 	b.spec = local.Spec{
 		ID:        id,

@@ -74,6 +74,9 @@ type Options struct {
 	// Runtimes configures where runtime adapters' environments are
 	// prepared and cached (runtimeenv.DefaultRoot when Root is empty).
 	Runtimes runtimeenv.Options
+	// MeshAddr, when set, is kars-mesh's TCP address on the host;
+	// routers reach it through MeshSocket.
+	MeshAddr string
 }
 
 // Substrate implements controller.Substrate with local pods.
@@ -145,7 +148,7 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	}
 	built, err := buildSpec(buildInput{
 		sb: sb, desired: desired, stateRoot: s.o.StateRoot, workspace: ws, binDir: s.o.BinDir,
-		routerState: s.routerState(sb), hide: s.o.Hide, quota: max(s.o.WorkspaceQuota, 0),
+		routerState: s.routerState(sb), hide: s.o.Hide, quota: max(s.o.WorkspaceQuota, 0), mesh: s.o.MeshAddr != "",
 		secret: func(name string) (*corev1.Secret, error) {
 			sec := &corev1.Secret{}
 			return sec, s.o.Client.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: name}, sec)
@@ -239,6 +242,10 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	if err := s.openSockets(sb, ne); err != nil {
 		_ = pod.Stop(ctx)
 		return obs, err
+	}
+	if err := s.openMeshSocket(built.routerDir, ne); err != nil {
+		_ = pod.Stop(ctx)
+		return obs, fmt.Errorf("mesh socket: %w", err)
 	}
 	ne.watchStop = make(chan struct{})
 	go s.watch(sb, ne, pod, ne.watchStop)

@@ -49,6 +49,10 @@ type Environment struct {
 	// namespace whose key is mounted into the router as a further
 	// blocklist source (kubelet-updated, reread at every refresh).
 	BlocklistConfigMap *ConfigMapKey
+	// Mesh, when set, makes every router the agent's AgentMesh endpoint
+	// on these kars-mesh endpoints (MeshEndpoints); nil leaves the mesh
+	// off.
+	Mesh *MeshEndpoints
 }
 
 // ConfigMapKey names one key of a ConfigMap.
@@ -148,7 +152,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Credentials...)
+	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Env.Mesh, in.Credentials...)
 	if err != nil {
 		return nil, err
 	}

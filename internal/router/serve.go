@@ -125,11 +125,19 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	if err != nil {
 		return err
 	}
+	mesh, err := r.openMesh(cfg, o.Root, ts)
+	if err != nil {
+		return err
+	}
+	if mesh != nil {
+		defer mesh.Close() // after its Run ends with the background work
+	}
 	watcher.OnChange = func(_, cur *routerconfig.Snapshot) {
 		if err := r.Apply(cur); err != nil {
 			log.Error("config reload rejected; the previous config stays in force", "digest", cur.Digest, "err", err)
 			return
 		}
+		meshReloaded(mesh, cur.Config)
 		if cur.Config.AgentListen() != cfg.AgentListen() || cur.Config.AdminListen() != cfg.AdminListen() {
 			log.Warn("listen addresses changed in the config; they take effect on restart")
 		}
@@ -143,6 +151,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	wg.Go(func() {
 		ledger.Run(bg, time.Second, func(err error) { log.Error("budget ledger write failed", "err", err) })
 	})
+	if mesh != nil {
+		wg.Go(func() { mesh.Run(bg) })
+	}
 	defer func() {
 		stopBG()
 		wg.Wait() // the ledger's final flush happens here
@@ -169,6 +180,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		Trust:     trustStore.View,
 		Reload:    watcher.Reload,
 		Egress:    eg.AdminHandler(),
+		Mesh:      meshAdmin(mesh),
 	})}
 	if cfg.Admin.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
@@ -177,8 +189,12 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		}
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	agentAPI := r.AgentHandler()
+	if mesh != nil {
+		mesh.Mount(agentAPI)
+	}
 	listeners := []Listener{
-		{Name: "agent", Addr: cfg.AgentListen(), Handler: eg.Wrap(r.AgentHandler())},
+		{Name: "agent", Addr: cfg.AgentListen(), Handler: eg.Wrap(agentAPI)},
 		admin,
 	}
 	// Take the passed sockets named for the configured ports; close the

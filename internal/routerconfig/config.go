@@ -75,6 +75,9 @@ type Config struct {
 	// StateDir is a writable directory, private to the router, where the
 	// budget ledger persists across restarts.
 	StateDir string `json:"stateDir"`
+	// Mesh, when set, makes the router the agent's AgentMesh endpoint;
+	// nil leaves the mesh off.
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
 // Sandbox names the sandbox the router belongs to.

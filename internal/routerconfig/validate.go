@@ -87,6 +87,9 @@ func (c *Config) Validate() error {
 	if (c.Admin.TLSCertFile == "") != (c.Admin.TLSKeyFile == "") {
 		bad("admin", "tlsCertFile and tlsKeyFile must be set together")
 	}
+	if c.Mesh != nil {
+		validateMesh(c.Mesh, bad)
+	}
 	return errors.Join(errs...)
 }
 
