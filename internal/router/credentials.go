@@ -25,7 +25,7 @@ import (
 // CADir is where, under the router's state directory, the sandbox's
 // credential CA lives (internal/egress/sandboxca). Its key never leaves
 // the router's volume.
-const CADir = "credential-ca"
+const CADir = sandboxca.DirName
 
 // credentials is the router's credential broker (proxy.Broker): the
 // credential bindings of the config generation in force, the sandbox CA

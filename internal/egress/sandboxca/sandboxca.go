@@ -44,6 +44,9 @@ import (
 	"time"
 )
 
+// DirName is the CA's directory in the router's state directory.
+const DirName = "credential-ca"
+
 // File names in the CA's directory.
 const (
 	KeyFile  = "ca.key"
