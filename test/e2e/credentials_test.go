@@ -177,8 +177,8 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 	if r := fetch(base + "/sendMessage?chat_id=42&text=hello-from-the-sandbox"); !strings.Contains(r, "HTTP 200") {
 		t.Fatalf("sendMessage: %q", r)
 	}
-	if sent := bot.Sent(); len(sent) != 1 || sent[0].Text != "hello-from-the-sandbox" || sent[0].Chat.ID != 42 {
-		t.Fatalf("the fake Telegram got %+v", sent)
+	if sent := sentTo(bot, 42); len(sent) != 1 || sent[0] != "hello-from-the-sandbox" {
+		t.Fatalf("the fake Telegram got %q for chat 42", sent)
 	}
 	sawToken := false
 	for _, p := range bot.Paths() {
@@ -191,18 +191,28 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 		t.Fatalf("the fake Telegram never saw the real token: %v", bot.Paths())
 	}
 
+	// The agent's Telegram channel (on since its pod got the binding): a
+	// message a user sends the bot is answered through the router.
+	bot.UserSays(99, "use the calculator to compute 6*7")
+	for deadline := time.Now().Add(2 * time.Minute); len(sentTo(bot, 99)) == 0 && time.Now().Before(deadline); time.Sleep(time.Second) {
+	}
+	if sent := sentTo(bot, 99); len(sent) != 1 || !strings.Contains(sent[0], "42") {
+		t.Fatalf("the agent's answer on Telegram: %q", sent)
+	}
+
 	// Misuse: the placeholder on another path of the bound host, and in a
 	// plain-HTTP request to another host the agent may reach.
 	k.must("egress", "tg", "--approve", otherIP, "--ports", "80", "--reason", "e2e misuse target", "--ticket", "E2E-18", "--ttl", "1h")
 	waitFetch(t, fetch, "http://"+otherIP+"/hello", "collected /hello")
-	before := len(bot.Paths())
 	for _, u := range []string{"https://" + tgIP + "/x/bot" + ph + "/getMe", "http://" + otherIP + "/bot" + ph + "/steal"} {
 		if r := fetch(u); !strings.Contains(r, "HTTP 403") || !strings.Contains(r, "refused") {
 			t.Errorf("misplaced placeholder %s: %q", u, r)
 		}
 	}
-	if n := len(bot.Paths()); n != before {
-		t.Errorf("a refused request reached the fake Telegram: %v", bot.Paths()[before:])
+	for _, p := range bot.Paths() {
+		if strings.HasPrefix(p, "/x/") {
+			t.Errorf("a refused request reached the fake Telegram: %s", p)
+		}
 	}
 	otherMu.Lock()
 	for _, p := range otherPaths {
@@ -263,11 +273,26 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 	if !strings.Contains(r, "HTTP 403") || !strings.Contains(r, "refused") {
 		t.Errorf("after revocation: %s", r)
 	}
-	for _, p := range bot.Paths()[before:] {
+	// From then on the token never reaches Telegram (the agent's channel
+	// is off with its binding gone).
+	revoked := len(bot.Paths())
+	time.Sleep(5 * time.Second)
+	for _, p := range bot.Paths()[revoked:] {
 		if strings.Contains(p, e2eBotToken) {
 			t.Errorf("after revocation the token reached Telegram: %s", p)
 		}
 	}
+}
+
+// sentTo is the text of the messages the bot sent to chat.
+func sentTo(bot *botapitest.Server, chat int64) []string {
+	var out []string
+	for _, m := range bot.Sent() {
+		if m.Chat.ID == chat {
+			out = append(out, m.Text)
+		}
+	}
+	return out
 }
 
 // waitBound waits for a CredentialBinding to be Ready and returns its
