@@ -40,6 +40,9 @@ import (
 // Telegram and nothing the agent can read.
 const e2eBotToken = "7012345678:AAHe2e-telegram-token_abcdefghijklmnop"
 
+// e2eGitHubToken is a GitHub-style bearer token, bound the same way.
+const e2eGitHubToken = "ghp_e2eGitHubStyleToken0123456789abcdef"
+
 // publicCA is a CA standing in for the public CAs that issue real hosts'
 // certificates: the router trusts it (kars dev's SSL_CERT_FILE), the
 // agent's own trust bundle does not hold it.
@@ -96,14 +99,31 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const tgIP, otherIP = "198.51.100.30", "198.51.100.31"
+	const tgIP, otherIP, ghIP = "198.51.100.30", "198.51.100.31", "198.51.100.32"
 	ca := newPublicCA(t)
 	bot := botapitest.New(e2eBotToken, "kars_e2e_bot")
 	var (
 		otherMu    sync.Mutex
 		otherPaths []string
+		ghAuth     []string
 	)
-	startNetnsHosts(t, []string{tgIP, otherIP}, func(ip string) (net.Listener, *http.Server, error) {
+	// A GitHub-style API that echoes the Authorization it got, as a
+	// careless or hostile service might: the router scrubs it.
+	github := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		otherMu.Lock()
+		ghAuth = append(ghAuth, r.Header.Get("Authorization"))
+		otherMu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"full_name":"kars-io/kars","you_sent":%q}`, r.Header.Get("Authorization"))
+	})
+	startNetnsHosts(t, []string{tgIP, otherIP, ghIP}, func(ip string) (net.Listener, *http.Server, error) {
+		if ip == ghIP {
+			l, err := net.Listen("tcp", ip+":443")
+			if err != nil {
+				return nil, nil, err
+			}
+			return tls.NewListener(l, ca.serverTLS(t, ip)), &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: github}, nil
+		}
 		if ip == tgIP {
 			l, err := net.Listen("tcp", ip+":443")
 			if err != nil {
@@ -145,7 +165,7 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 	ctx := context.Background()
 	const ns = "kars-tg"
 	if err := cl.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tg-bot"},
-		StringData: map[string]string{"token": e2eBotToken}}); err != nil {
+		StringData: map[string]string{"token": e2eBotToken, "gh": e2eGitHubToken}}); err != nil {
 		t.Fatal(err)
 	}
 	cb := &karsv1.CredentialBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "telegram"}, Spec: karsv1.CredentialBindingSpec{
@@ -158,6 +178,16 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 	if err := cl.Create(ctx, cb); err != nil {
 		t.Fatal(err)
 	}
+	if err := cl.Create(ctx, &karsv1.CredentialBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "github"}, Spec: karsv1.CredentialBindingSpec{
+		SandboxRef: karsv1.LocalObjectReference{Name: "tg"},
+		SecretRef:  karsv1.SecretKeyReference{Name: "tg-bot", Key: "gh"},
+		Endpoints:  []string{"https://" + ghIP + "/repos/"},
+		Placement:  karsv1.CredentialPlacement{Type: karsv1.PlacementHeader, Name: "Authorization", ValuePrefix: "Bearer "},
+		AgentEnv:   "GITHUB_TOKEN",
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	ghPH := waitBound(t, cl, ns, "github")
 	ph := waitBound(t, cl, ns, "telegram")
 	if !strings.HasPrefix(ph, credbind.Marker) {
 		t.Fatalf("placeholder %q", ph)
@@ -190,6 +220,18 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 	if !sawToken {
 		t.Fatalf("the fake Telegram never saw the real token: %v", bot.Paths())
 	}
+
+	// The GitHub-style token: http_get attaches the placeholder as a
+	// bearer token on the bound prefix; the API got the real token and the
+	// echo of it reaches the agent as the placeholder.
+	if r := fetch("https://" + ghIP + "/repos/kars-io/kars"); !strings.Contains(r, "HTTP 200") || !strings.Contains(r, `"you_sent":"Bearer `+ghPH+`"`) {
+		t.Errorf("GitHub-style call: %q", r)
+	}
+	otherMu.Lock()
+	if len(ghAuth) != 1 || ghAuth[0] != "Bearer "+e2eGitHubToken {
+		t.Errorf("the GitHub-style API got Authorization %q", ghAuth)
+	}
+	otherMu.Unlock()
 
 	// The agent's Telegram channel (on since its pod got the binding): a
 	// message a user sends the bot is answered through the router.
@@ -229,10 +271,10 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 		t.Fatal("no process holds the placeholder in its environment")
 	}
 	for _, pid := range agents {
-		assertMemoryLacks(t, pid, e2eBotToken)
+		assertMemoryLacks(t, pid, e2eBotToken, e2eGitHubToken)
 	}
-	assertTreeLacks(t, paths.Workspaces(), e2eBotToken)
-	assertTreeLacks(t, paths.RouterStates(), e2eBotToken) // the audit log and the CA
+	assertTreeLacks(t, paths.Workspaces(), e2eBotToken, e2eGitHubToken)
+	assertTreeLacks(t, paths.RouterStates(), e2eBotToken, e2eGitHubToken) // the audit log and the CA
 	findings := 0
 	filepath.Walk(paths.RouterStates(), func(p string, fi os.FileInfo, err error) error {
 		if err == nil && !fi.IsDir() && strings.Contains(p, "audit") {
@@ -324,8 +366,8 @@ func agentProcesses(t *testing.T, needle string) []int {
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 		if err == nil && bytes.Contains(b, []byte(needle)) {
-			if bytes.Contains(b, []byte(e2eBotToken)) {
-				t.Errorf("process %d's environment holds the token", pid)
+			if bytes.Contains(b, []byte(e2eBotToken)) || bytes.Contains(b, []byte(e2eGitHubToken)) {
+				t.Errorf("process %d's environment holds a token", pid)
 			}
 			out = append(out, pid)
 		}
@@ -345,7 +387,7 @@ func waitAgentEnv(t *testing.T, kv string) {
 
 // assertMemoryLacks reads every readable mapping of pid (as root reads
 // /proc/pid/mem) and fails if secret is in one.
-func assertMemoryLacks(t *testing.T, pid int, secret string) {
+func assertMemoryLacks(t *testing.T, pid int, secrets ...string) {
 	t.Helper()
 	maps, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
@@ -373,8 +415,10 @@ func assertMemoryLacks(t *testing.T, pid int, secret string) {
 		buf := make([]byte, b-a)
 		n, _ := mem.ReadAt(buf, int64(a))
 		scanned += n
-		if bytes.Contains(buf[:n], []byte(secret)) {
-			t.Errorf("process %d holds the token in its memory (%s)", pid, sc.Text())
+		for _, secret := range secrets {
+			if bytes.Contains(buf[:n], []byte(secret)) {
+				t.Errorf("process %d holds a token in its memory (%s)", pid, sc.Text())
+			}
 		}
 	}
 	if scanned == 0 {
@@ -382,7 +426,7 @@ func assertMemoryLacks(t *testing.T, pid int, secret string) {
 	}
 }
 
-func assertTreeLacks(t *testing.T, root, secret string) {
+func assertTreeLacks(t *testing.T, root string, secrets ...string) {
 	t.Helper()
 	files := 0
 	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
@@ -390,8 +434,11 @@ func assertTreeLacks(t *testing.T, root, secret string) {
 			return nil
 		}
 		files++
-		if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(secret)) {
-			t.Errorf("%s holds the token", p)
+		b, _ := os.ReadFile(p)
+		for _, secret := range secrets {
+			if bytes.Contains(b, []byte(secret)) {
+				t.Errorf("%s holds a token", p)
+			}
 		}
 		return nil
 	})
