@@ -82,7 +82,7 @@ func TestCredentialsTelegramLifecycle(t *testing.T) {
 	if out, err := kars("", "credentials", "update", name, "--telegram-token", token); err != nil {
 		t.Fatalf("second update: %v\n%s", err, out)
 	}
-	out, err := kars("", "credentials", "list", name)
+	out, err := kars("", "credentials", name)
 	if err != nil || !strings.Contains(out, "kars-bot/bot") || !strings.Contains(out, "https://api.telegram.org/bot") || strings.Contains(out, token) {
 		t.Errorf("list: %v\n%s", err, out)
 	}

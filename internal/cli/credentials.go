@@ -90,7 +90,10 @@ func newCredentialsCmd(c *cluster) *cobra.Command {
 		f.BoolVar(&telegramStdin, "telegram-token-stdin", false, "read the Telegram bot token from standard input")
 		cmd.AddCommand(sub)
 	}
-	cmd.AddCommand(newCredentialsListCmd(c), newCredentialsDeleteCmd(c))
+	list := newCredentialsListCmd(c)
+	cmd.AddCommand(list, newCredentialsDeleteCmd(c))
+	// `kars credentials [NAME]` alone lists, as `list` does.
+	cmd.Args, cmd.RunE = list.Args, list.RunE
 	return cmd
 }
 
