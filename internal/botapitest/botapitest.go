@@ -11,6 +11,7 @@ package botapitest
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -189,6 +190,36 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.sent = append(s.sent, m)
 		s.mu.Unlock()
 		reply(w, http.StatusOK, m, "")
+	case "editMessageText", "deleteMessage":
+		// A framework streaming its answer sends a preview, edits it and
+		// may delete it: Sent shows the chat as the user sees it.
+		chat, _ := strconv.ParseInt(p["chat_id"], 10, 64)
+		id, _ := strconv.ParseInt(p["message_id"], 10, 64)
+		s.mu.Lock()
+		i := slices.IndexFunc(s.sent, func(m Message) bool { return m.Chat.ID == chat && m.MessageID == id })
+		var m Message
+		if i >= 0 && method == "editMessageText" {
+			s.sent[i].Text = p["text"]
+			m = s.sent[i]
+		} else if i >= 0 {
+			s.sent = slices.Delete(s.sent, i, i+1)
+		}
+		s.mu.Unlock()
+		switch {
+		case i < 0:
+			reply(w, http.StatusBadRequest, nil, "Bad Request: message to edit not found")
+		case method == "editMessageText":
+			reply(w, http.StatusOK, m, "")
+		default:
+			reply(w, http.StatusOK, true, "")
+		}
+	case "getMyCommands":
+		reply(w, http.StatusOK, []any{}, "")
+	case "deleteWebhook", "setMyCommands", "deleteMyCommands", "sendChatAction", "setMessageReaction",
+		"setMyDescription", "setMyShortDescription", "setChatMenuButton":
+		// Methods a bot framework calls around its messages; they answer
+		// true when they succeed.
+		reply(w, http.StatusOK, true, "")
 	default:
 		reply(w, http.StatusNotFound, nil, "Not Found: method not found")
 	}
