@@ -34,6 +34,7 @@ import (
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/devenv"
 	"github.com/kars-io/kars/internal/egress/credbind"
+	"github.com/kars-io/kars/internal/render"
 )
 
 // e2eBotToken is the fake bot's real token: it must reach the fake
@@ -286,16 +287,40 @@ func TestTelegramCredentialBrokered(t *testing.T) {
 	if findings < 2 {
 		t.Errorf("%d credential findings in the audit log, want the 2 misuses", findings)
 	}
-	// The router's copy of the Secret is not readable to the agent's UID.
-	filepath.Walk(paths.Sandboxes(), func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() {
+	// Nothing but the API server's store and the router's own copy of the
+	// Secret holds a token — not kars dev's or the pods' logs, not any
+	// other file of a pod — and the router's copy is not readable to the
+	// agent's UID.
+	copies := 0
+	for _, root := range []string{k.dev, paths.PodRoot()} {
+		filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+			if err != nil {
+				return nil
+			}
+			if fi.IsDir() {
+				if p == paths.Cluster() {
+					return filepath.SkipDir // etcd: where Secrets live
+				}
+				return nil
+			}
+			if !fi.Mode().IsRegular() {
+				return nil
+			}
+			b, _ := os.ReadFile(p)
+			if !bytes.Contains(b, []byte(e2eBotToken)) && !bytes.Contains(b, []byte(e2eGitHubToken)) {
+				return nil
+			}
+			if !strings.Contains(p, "/router/") || !strings.Contains(p, render.RouterCredentialDir+"/tg-bot/") {
+				t.Errorf("%s holds a token", p)
+			} else if copies++; readableBy(p, 1000) {
+				t.Errorf("%s holds a token and UID 1000 can read it", p)
+			}
 			return nil
-		}
-		if b, _ := os.ReadFile(p); bytes.Contains(b, []byte(e2eBotToken)) && readableBy(p, 1000) {
-			t.Errorf("%s holds the token and UID 1000 can read it", p)
-		}
-		return nil
-	})
+		})
+	}
+	if copies == 0 {
+		t.Error("found no router copy of the Secret: the walk looked in the wrong places")
+	}
 
 	// Revocation: deleting the binding cuts the token off.
 	if err := cl.Delete(ctx, cb); err != nil {
