@@ -126,8 +126,12 @@ func kinds(t *testing.T, vals map[string]any) map[string][]string {
 // seccomp installer and admission policies are there by default.
 func TestRenderParts(t *testing.T) {
 	def := kinds(t, nil)
-	if len(def["CustomResourceDefinition"]) != 11 {
-		t.Errorf("CRDs: %v", def["CustomResourceDefinition"])
+	crds, err := filepath.Glob("../../config/crd/bases/*.yaml")
+	if err != nil || len(crds) == 0 {
+		t.Fatalf("no generated CRDs: %v", err)
+	}
+	if len(def["CustomResourceDefinition"]) != len(crds) {
+		t.Errorf("CRDs: %v, want the %d in config/crd/bases", def["CustomResourceDefinition"], len(crds))
 	}
 	for kind, want := range map[string]string{
 		"Deployment": "kars-controller", "DaemonSet": "kars-seccomp-installer", "ClusterRole": "kars-controller",
