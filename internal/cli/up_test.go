@@ -208,7 +208,7 @@ func TestUpInstallsUpgradesAndIsIdempotent(t *testing.T) {
 
 	// Bad values change nothing and say why.
 	code, _, errOut = cli("up", "--kubeconfig", kc, "--set", "a2aGateway.enabled=true")
-	if code == 0 || !strings.Contains(errOut, "kars-a2a-gateway is not part of this kars build") {
+	if code == 0 || !strings.Contains(errOut, "a2aGateway.url: set the gateway's public https:// base URL") {
 		t.Fatalf("a2a gateway: exit %d %s", code, errOut)
 	}
 	code, out, _ = cli("up", "--kubeconfig", kc, "--image-version", "v0.1.0", "--set", "controller.logLevel=debug", "--dry-run")
