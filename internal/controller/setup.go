@@ -64,6 +64,9 @@ type Options struct {
 	// namespace at start. The local substrate runs kars-mesh in the dev
 	// daemon instead.
 	DeployMesh bool
+	// Offload, with the mesh on, runs the offload broker and reconciles
+	// offload pairings and their sandboxes (docs/offload.md).
+	Offload *OffloadOptions
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -171,8 +174,14 @@ func Setup(mgr ctrl.Manager, o Options) error {
 			return err
 		}
 	}
-	if o.Env.Mesh != nil {
-		return setupMeshControllers(mgr, o)
+	if o.Env.Mesh == nil {
+		return nil
+	}
+	if err := setupMeshControllers(mgr, o); err != nil {
+		return err
+	}
+	if o.Offload != nil {
+		return setupOffload(mgr, o)
 	}
 	return nil
 }
