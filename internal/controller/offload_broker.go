@@ -824,7 +824,7 @@ func (b *offloadBroker) end(ctx context.Context, kp *karsv1.KarsPairing, req *of
 	}
 	b.record(ctx, audit.Record{Action: "offload:" + req.Op + ":" + kp.Name, Decision: "allow", Rule: ruleOffload,
 		Reason: "the host " + map[string]string{offload.EndAcknowledged: "acknowledged the result", offload.EndHandedOff: "took the offload back"}[reason] + "; the offload ends",
-		Attrs: map[string]string{"offload": req.Offload, "request": req.ID}})
+		Attrs:  map[string]string{"offload": req.Offload, "request": req.ID}})
 	info := offloadInfo(ns, "")
 	return offload.Answer(req.ID, offload.Message{Offload: &info})
 }

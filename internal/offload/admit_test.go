@@ -20,15 +20,15 @@ func TestAdmit(t *testing.T) {
 		return out
 	}
 	cases := []struct {
-		name      string
-		p         Pairing
-		live      []Live
-		req       *Request
-		code      string // refusal code, "" for admitted
-		say       string // the refusal names this
-		tokens    int64
-		ttl       time.Duration
-		existing  string
+		name     string
+		p        Pairing
+		live     []Live
+		req      *Request
+		code     string // refusal code, "" for admitted
+		say      string // the refusal names this
+		tokens   int64
+		ttl      time.Duration
+		existing string
 	}{
 		{name: "admitted, no budget", p: base, tokens: 0, ttl: 2 * time.Hour},
 		{name: "revoked", p: with(func(p *Pairing) { p.Revoked = true; p.RevokedAt = now.Add(-time.Minute) }), code: CodeRevoked, say: "revoked by the cluster's operator at 2026-12-07T09:59:00Z"},

@@ -23,21 +23,21 @@ func TestParseRequest(t *testing.T) {
 		}
 	}
 	bad := map[string]string{
-		`{"v":2,"op":"status","id":"s1"}`:                                     "version",
-		`{"v":1,"op":"status","id":"s 1"}`:                                    `"id"`,
-		`{"v":1,"op":"status","id":"s1","id":"s2"}`:                           "strict JSON",
-		`{"v":1,"op":"status","id":"s1","extra":1}`:                           "unknown field",
-		`{"v":1,"op":"status","id":"s1"} {}`:                                  "trailing",
-		`{"v":1,"op":"delete","id":"s1"}`:                                     "unknown op",
-		`{"v":1,"op":"ack","id":"a1"}`:                                        `names the "offload"`,
-		`{"v":1,"op":"ack","id":"a1","offload":"../etc"}`:                     "not an offload id",
-		`{"v":1,"op":"offload","id":"r1"}`:                                    `declares its "task"`,
+		`{"v":2,"op":"status","id":"s1"}`:                                                       "version",
+		`{"v":1,"op":"status","id":"s 1"}`:                                                      `"id"`,
+		`{"v":1,"op":"status","id":"s1","id":"s2"}`:                                             "strict JSON",
+		`{"v":1,"op":"status","id":"s1","extra":1}`:                                             "unknown field",
+		`{"v":1,"op":"status","id":"s1"} {}`:                                                    "trailing",
+		`{"v":1,"op":"delete","id":"s1"}`:                                                       "unknown op",
+		`{"v":1,"op":"ack","id":"a1"}`:                                                          `names the "offload"`,
+		`{"v":1,"op":"ack","id":"a1","offload":"../etc"}`:                                       "not an offload id",
+		`{"v":1,"op":"offload","id":"r1"}`:                                                      `declares its "task"`,
 		`{"v":1,"op":"offload","id":"r1","task":{"title":"","sha256":"` + sha + `","bytes":1}}`: "task.title",
-		`{"v":1,"op":"offload","id":"r1","task":{"title":"t","sha256":"` + strings.ToUpper(sha) + `","bytes":1}}`: "task.sha256",
-		`{"v":1,"op":"offload","id":"r1","task":{"title":"t","sha256":"` + sha + `","bytes":0}}`: "task.bytes",
+		`{"v":1,"op":"offload","id":"r1","task":{"title":"t","sha256":"` + strings.ToUpper(sha) + `","bytes":1}}`:           "task.sha256",
+		`{"v":1,"op":"offload","id":"r1","task":{"title":"t","sha256":"` + sha + `","bytes":0}}`:                            "task.bytes",
 		`{"v":1,"op":"offload","id":"r1","task":{"title":"t","sha256":"` + sha + `","bytes":1},"limits":{"max_tokens":-1}}`: "limits",
-		`{"v":1,"op":"offload","id":"r1","offload":"0123abcd","task":{"title":"t","sha256":"` + sha + `","bytes":1}}`: "names no",
-		`{"v":1,"op":"status","id":"s1","limits":{}}`:                         "takes no",
+		`{"v":1,"op":"offload","id":"r1","offload":"0123abcd","task":{"title":"t","sha256":"` + sha + `","bytes":1}}`:       "names no",
+		`{"v":1,"op":"status","id":"s1","limits":{}}`:                                                                       "takes no",
 	}
 	for in, want := range bad {
 		if _, err := ParseRequest([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
