@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -51,6 +52,10 @@ var (
 	byoReg    *httptest.Server
 	inspector *countingInspector
 	startErr  error
+	// testMesh is a real kars-mesh (registry, relay, redemption) on
+	// loopback, which the offload broker and the offload tests' hosts
+	// and routers connect to.
+	testMesh *httptest.Server
 )
 
 func TestMain(m *testing.M) {
@@ -78,6 +83,9 @@ func TestMain(m *testing.M) {
 		}
 		return m.Run()
 	}()
+	if testMeshDir != "" {
+		os.RemoveAll(testMeshDir)
+	}
 	os.Exit(code)
 }
 
@@ -103,6 +111,13 @@ func startController(ctx context.Context, base *rest.Config) error {
 	routers = &routerFarm{servers: map[string]*standInRouter{}}
 	byoReg = httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
 	inspector = &countingInspector{inner: &ociimage.Checker{}}
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kars-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	offloadOpts, err := startTestMesh(ctx)
+	if err != nil {
+		return err
+	}
 	err = Setup(mgr, Options{
 		Env: render.Environment{
 			Catalog:         render.Catalog{Registry: "ghcr.io/kars-io", Version: "v0.1.0", GitSyncImage: render.DefaultGitSyncImage},
@@ -114,6 +129,7 @@ func startController(ctx context.Context, base *rest.Config) error {
 		Signers:             egressTestSigners(),
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
+		Offload:             offloadOpts,
 	})
 	if err != nil {
 		return err
@@ -222,6 +238,9 @@ type standInRouter struct {
 	// the admin API's mesh endpoints, so the controller's policy pushes
 	// land where a router keeps them.
 	mesh *bridge.Bridge
+	// lifetime, when set, is served as the router's token ledger
+	// (GET /admin/v1/budget).
+	lifetime atomic.Pointer[int64]
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -236,6 +255,11 @@ func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if strings.HasPrefix(r.URL.Path, MeshStatusPath) && s.mesh != nil {
 		s.mesh.AdminHandler().ServeHTTP(w, r)
+		return
+	}
+	if n := s.lifetime.Load(); n != nil && r.Method == http.MethodGet && r.URL.Path == "/admin/v1/budget" {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"ledger":{"lifetime":%d}}`, *n)
 		return
 	}
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {

@@ -728,14 +728,30 @@ func (b *offloadBroker) create(ctx context.Context, objs []client.Object, did st
 			return fmt.Errorf("create %T %s: %w", o, o.GetName(), err)
 		}
 		if kp, ok := o.(*karsv1.KarsPairing); ok {
-			t := metav1.NewTime(b.now().UTC().Truncate(time.Second))
-			kp.Status.Phase, kp.Status.PeerIdentity, kp.Status.RedeemedAt = karsv1.PairingActive, did, &t
-			if err := b.c.Status().Update(ctx, kp); err != nil {
+			if err := b.bind(ctx, kp, did); err != nil {
 				return fmt.Errorf("bind KarsPairing %s/%s to the host: %w", kp.Namespace, kp.Name, err)
 			}
 		}
 	}
 	return nil
+}
+
+// bind binds an offload's own KarsPairing to the host, as a redemption
+// would. The mesh reconciler may write the new pairing's status first
+// (PendingPairing): a conflict is read again and bound again.
+func (b *offloadBroker) bind(ctx context.Context, kp *karsv1.KarsPairing, did string) error {
+	t := metav1.NewTime(b.now().UTC().Truncate(time.Second))
+	for range 10 {
+		kp.Status.Phase, kp.Status.PeerIdentity, kp.Status.RedeemedAt = karsv1.PairingActive, did, &t
+		err := b.c.Status().Update(ctx, kp)
+		if !apierrors.IsConflict(err) {
+			return err
+		}
+		if err := b.live.Get(ctx, client.ObjectKeyFromObject(kp), kp); err != nil {
+			return err
+		}
+	}
+	return errors.New("the pairing kept changing under the binding")
 }
 
 // findOffload returns kp's offload id, or a not_found refusal: another
