@@ -35,6 +35,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/mesh/bridge"
 	"github.com/kars-io/kars/internal/ociimage"
@@ -241,6 +242,9 @@ type standInRouter struct {
 	// lifetime, when set, is served as the router's token ledger
 	// (GET /admin/v1/budget).
 	lifetime atomic.Pointer[int64]
+	// tail, when set, is served as the router's audit tail
+	// (GET /admin/v1/audit/tail).
+	tail atomic.Pointer[[]audit.Entry]
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -260,6 +264,11 @@ func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if n := s.lifetime.Load(); n != nil && r.Method == http.MethodGet && r.URL.Path == "/admin/v1/budget" {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"ledger":{"lifetime":%d}}`, *n)
+		return
+	}
+	if es := s.tail.Load(); es != nil && r.Method == http.MethodGet && r.URL.Path == "/admin/v1/audit/tail" {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(*es)
 		return
 	}
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {

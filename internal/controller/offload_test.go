@@ -361,7 +361,54 @@ func TestOffloadEndToEnd(t *testing.T) {
 	if kp.Status.TokensUsed != used || kp.Status.TokensDay != offload.Day(time.Now()) || kp.Status.SlotsInUse != 0 {
 		t.Fatalf("pairing status %+v", kp.Status)
 	}
-	t.Logf("offload %s: request to ended event in %s", info.ID, time.Since(start).Round(time.Millisecond))
+	t.Logf("offload %s: request to namespace deleted in %s", info.ID, time.Since(start).Round(time.Millisecond))
+
+	// A second offload fits the freed slot; the host takes it back
+	// (handoff) with the state its router recorded.
+	info2, err := h.Offload(wctx, host.Task{Title: "draft a reply", Text: "Draft a reply to the notes."})
+	if err != nil {
+		t.Fatalf("second offload: %v", err)
+	}
+	sb2 := &karsv1.KarsSandbox{}
+	get(t, offload.Namespace(info2.ID), offload.SandboxName(info2.ID), sb2)
+	waitRendered(t, sb2)
+	r2 := startOffloadRouter(t, sb2)
+	markDeploymentReady(t, sb2)
+	used2 := int64(77)
+	r2.lifetime.Store(&used2)
+	now := time.Now().UTC()
+	tail := []audit.Entry{
+		{Seq: 1, Time: now, Record: audit.Record{Action: "inference:chat", Decision: "allow"}, Hash: "h1"},
+		{Seq: 2, Time: now, Record: audit.Record{Action: "tool:read_file", Decision: "allow"}, Hash: "h2"},
+		{Seq: 3, Time: now, Record: audit.Record{Action: "tool:shell", Decision: "deny"}, Hash: "h3"},
+		{Seq: 4, Time: now, Record: audit.Record{Action: "inference:chat", Decision: "allow"}, Hash: "h4"},
+	}
+	r2.tail.Store(&tail)
+	if _, err := h.WaitReady(wctx, info2.ID); err != nil {
+		t.Fatalf("second offload not ready: %v", err)
+	}
+	ho, err := h.Handoff(wctx, info2.ID)
+	if err != nil {
+		t.Fatalf("handoff: %v", err)
+	}
+	if ho.Offload != info2.ID || ho.TokensUsed != used2 || ho.Inferences != 2 || len(ho.ToolCalls) != 2 ||
+		ho.ToolCalls[1].Tool != "shell" || ho.ToolCalls[1].Decision != "deny" || ho.AuditSeq != 4 || ho.AuditHash != "h4" {
+		t.Fatalf("handoff summary %+v", ho)
+	}
+	ev2, err := h.WaitEvent(wctx, offload.EventEnded, info2.ID)
+	if err != nil || ev2.Offload.EndReason != offload.EndHandedOff {
+		t.Fatalf("ended event of the handed-off offload %+v, %v", ev2, err)
+	}
+	eventually(t, 20*time.Second, "both offloads charged", func() error {
+		kp := &karsv1.KarsPairing{}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "alice-laptop"}, kp); err != nil {
+			return err
+		}
+		if kp.Status.TokensUsed != used+used2 {
+			return fmt.Errorf("tokensUsed %d, want %d", kp.Status.TokensUsed, used+used2)
+		}
+		return nil
+	})
 
 	// The relay's store holds no plaintext of the task or the answer.
 	filepath.WalkDir(testMeshDir, func(p string, d fs.DirEntry, err error) error {
@@ -385,6 +432,7 @@ func TestOffloadEndToEnd(t *testing.T) {
 		{"offload:ready:alice-laptop", "allow", "offload", info.ID},
 		{"offload:ack:alice-laptop", "allow", "offload", info.ID},
 		{"offload:end:alice-laptop", "allow", "tokens_used", "1234"},
+		{"offload:handoff:alice-laptop", "allow", "offload", info2.ID},
 	} {
 		if !hasEntry(es, want.action, want.decision, want.attr, want.val) {
 			t.Errorf("the broker's audit log has no %+v", want)
