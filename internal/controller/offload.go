@@ -190,7 +190,10 @@ func (r *OffloadReconciler) Reconcile(ctx context.Context, req reconcile.Request
 		midnight := now.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour)
 		wake(midnight.Sub(now) + time.Second)
 	}
-	return reconcile.Result{RequeueAfter: next}, errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return reconcile.Result{}, err
+	}
+	return reconcile.Result{RequeueAfter: next}, nil
 }
 
 // observe tells the host once its offload is ready and records the

@@ -307,7 +307,7 @@ func TestOffloadEndToEnd(t *testing.T) {
 	r := startOffloadRouter(t, sb)
 	markDeploymentReady(t, sb)
 
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 180*time.Second)
 	defer cancel()
 	ready, err := h.WaitReady(wctx, info.ID)
 	if err != nil {
@@ -406,6 +406,33 @@ func TestOffloadEndToEnd(t *testing.T) {
 		}
 		if kp.Status.TokensUsed != used+used2 {
 			return fmt.Errorf("tokensUsed %d, want %d", kp.Status.TokensUsed, used+used2)
+		}
+		return nil
+	})
+
+	// Revocation stops a live offload: its namespace goes, the host is
+	// told.
+	info3, err := h.Offload(wctx, host.Task{Title: "third", Text: "A third task."})
+	if err != nil {
+		t.Fatalf("third offload: %v", err)
+	}
+	updateRetrying(t, client.ObjectKey{Namespace: ns, Name: "alice-laptop"}, &karsv1.KarsPairing{}, func(kp *karsv1.KarsPairing) { kp.Spec.Revoked = true })
+	rev, err := h.WaitEvent(wctx, offload.EventRevoked, "")
+	if err != nil || rev.Error == nil || rev.Error.Code != offload.CodeRevoked {
+		t.Fatalf("revoked event %+v, %v", rev, err)
+	}
+	eventually(t, 30*time.Second, "the revoked pairing's live offload is deleted", func() error {
+		nsObj := &corev1.Namespace{}
+		err := k8s.Get(ctx, client.ObjectKey{Name: offload.Namespace(info3.ID)}, nsObj)
+		if apierrors.IsNotFound(err) || (err == nil && nsObj.DeletionTimestamp != nil && nsObj.Annotations[offload.AnnotationEnd] == offload.EndRevoked) {
+			return nil
+		}
+		return fmt.Errorf("namespace %s: %v %v", info3.ID, nsObj.DeletionTimestamp, err)
+	})
+
+	eventually(t, 10*time.Second, "the revoked offload's end on record", func() error {
+		if !hasEntry(brokerAudit(t), "offload:end:alice-laptop", "allow", "reason", offload.EndRevoked) {
+			return errNotYet
 		}
 		return nil
 	})
@@ -514,5 +541,81 @@ func TestOffloadRefusals(t *testing.T) {
 	defer cancel2()
 	if _, err := h.Status(short, ""); err == nil {
 		t.Fatal("a revoked pairing's host was answered")
+	}
+
+	// A host whose pairing was revoked before it ever spoke is told so
+	// (the broker announces the revocation on a session of its own).
+	tok2 := offloadPairing(t, ns, "carol-laptop", 1, []karsv1.PairingCapability{karsv1.CapabilityOffload}, nil, time.Now().Add(24*time.Hour))
+	h2 := pairedHost(t, tok2)
+	waitPairing(t, ns, "carol-laptop", karsv1.PairingActive, metav1.ConditionTrue)
+	updateRetrying(t, client.ObjectKey{Namespace: ns, Name: "carol-laptop"}, &karsv1.KarsPairing{}, func(kp *karsv1.KarsPairing) { kp.Spec.Revoked = true })
+	waitPairing(t, ns, "carol-laptop", karsv1.PairingRevoked, metav1.ConditionFalse)
+	cctx, cancel3 := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel3()
+	_, err = h2.Offload(cctx, host.Task{Title: "t", Text: "x"})
+	if !errors.As(err, &oe) || oe.Code != offload.CodeRevoked {
+		t.Fatalf("a revoked host's offload: %v", err)
+	}
+	// A host whose pairing expired is refused at the KNOCK, and told why
+	// (the operator shortened the pairing: the host still believes it).
+	tok3 := offloadPairing(t, ns, "erin-laptop", 1, []karsv1.PairingCapability{karsv1.CapabilityOffload}, nil, time.Now().Add(24*time.Hour))
+	h3 := pairedHost(t, tok3)
+	waitPairing(t, ns, "erin-laptop", karsv1.PairingActive, metav1.ConditionTrue)
+	updateRetrying(t, client.ObjectKey{Namespace: ns, Name: "erin-laptop"}, &karsv1.KarsPairing{}, func(kp *karsv1.KarsPairing) {
+		kp.Spec.ExpiresAt = metav1.NewTime(time.Now().Add(-time.Second))
+	})
+	waitPairing(t, ns, "erin-laptop", karsv1.PairingExpired, metav1.ConditionFalse)
+	_, err = h3.Offload(cctx, host.Task{Title: "t", Text: "x"})
+	if err == nil || !strings.Contains(err.Error(), "refused the KNOCK") || !strings.Contains(err.Error(), "expired at") {
+		t.Fatalf("an expired host's KNOCK: %v", err)
+	}
+	if got := offloadsOf(t, "erin-laptop"); len(got) != 0 {
+		t.Fatalf("%d offload namespaces for an expired pairing", len(got))
+	}
+	if got := offloadsOf(t, "carol-laptop"); len(got) != 0 {
+		t.Fatalf("%d offload namespaces for a revoked pairing", len(got))
+	}
+}
+
+// TestOffloadTTL: an offload whose TTL passes ends without an ack; its
+// router never answered, so the whole allocation is charged (an offload
+// whose use cannot be measured is charged in the budget's favour), and
+// the host is told.
+func TestOffloadTTL(t *testing.T) {
+	requireController(t)
+	ctx := context.Background()
+	ns := newNamespace(t, "offload-ttl")
+	create(t, offlineInference(ns, "offload-model"))
+	tok := offloadPairing(t, ns, "dave-laptop", 1, []karsv1.PairingCapability{karsv1.CapabilityOffload}, &karsv1.TokenBudget{PerRequest: 300}, time.Now().Add(24*time.Hour))
+	h := pairedHost(t, tok)
+	waitPairing(t, ns, "dave-laptop", karsv1.PairingActive, metav1.ConditionTrue)
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	info, err := h.Offload(wctx, host.Task{Title: "short", Text: "quick", Limits: &offload.Limits{TTLSeconds: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := info.ExpiresAt.Sub(info.CreatedAt); d != 3*time.Second || info.TokensAllocated != 300 {
+		t.Fatalf("offload %+v: life %s", info, d)
+	}
+	ev, err := h.WaitEvent(wctx, offload.EventEnded, info.ID)
+	if err != nil || ev.Offload.EndReason != offload.EndTTL || ev.Offload.TokensUsed != 300 {
+		t.Fatalf("ended event %+v, %v", ev, err)
+	}
+	if !time.Now().After(info.ExpiresAt) {
+		t.Fatalf("ended before its TTL (%s)", info.ExpiresAt)
+	}
+	eventually(t, 20*time.Second, "the charge", func() error {
+		kp := &karsv1.KarsPairing{}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "dave-laptop"}, kp); err != nil {
+			return err
+		}
+		if kp.Status.TokensUsed != 300 || kp.Status.SlotsInUse != 0 {
+			return fmt.Errorf("status %+v", kp.Status)
+		}
+		return nil
+	})
+	if !hasEntry(brokerAudit(t), "offload:end:dave-laptop", "allow", "tokens_measured", "false") {
+		t.Error("the unmeasured charge is not on record as such")
 	}
 }

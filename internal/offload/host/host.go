@@ -291,12 +291,20 @@ func (h *Host) call(ctx context.Context, req offload.Request) (*offload.Message,
 	if req.ID == "" {
 		req.ID = requestID()
 	}
+	if e := h.revoked(); e != nil {
+		return nil, e
+	}
 	raw, _ := json.Marshal(req)
 	res, err := h.br.Send(ctx, bridge.SendRequest{To: BrokerPeer, Text: string(raw), Await: h.o.AnswerTimeout})
-	if err != nil {
-		return nil, err
-	}
-	if res.Reply == nil {
+	if err != nil || res.Reply == nil {
+		// A broker that stopped answering may have said why: the
+		// pairing was revoked.
+		if e := h.revoked(); e != nil {
+			return nil, e
+		}
+		if err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("offload host: the broker did not answer %s within %s", req.ID, h.o.AnswerTimeout)
 	}
 	m, err := offload.ParseMessage([]byte(res.Reply.Text))
@@ -363,6 +371,18 @@ func (h *Host) Handoff(ctx context.Context, id string) (*offload.Handoff, error)
 		return nil, err
 	}
 	return m.Handoff, nil
+}
+
+// revoked is the broker's revocation notice, if one arrived.
+func (h *Host) revoked() *offload.Error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ev := range h.events {
+		if ev.Event == offload.EventRevoked && ev.Error != nil {
+			return ev.Error
+		}
+	}
+	return nil
 }
 
 // Events returns and clears the broker's events received so far.
