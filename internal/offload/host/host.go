@@ -294,6 +294,15 @@ func (h *Host) call(ctx context.Context, req offload.Request) (*offload.Message,
 	if e := h.revoked(); e != nil {
 		return nil, e
 	}
+	// Just after Pair or Open the connection to the relay may still be
+	// coming up: wait for it rather than fail the first request.
+	for wait := time.Now().Add(h.o.AnswerTimeout); !h.br.Connected() && time.Now().Before(wait); {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	raw, _ := json.Marshal(req)
 	res, err := h.br.Send(ctx, bridge.SendRequest{To: BrokerPeer, Text: string(raw), Await: h.o.AnswerTimeout})
 	if err != nil || res.Reply == nil {
