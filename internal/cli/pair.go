@@ -413,7 +413,10 @@ func waitPairingPhase(ctx context.Context, cl client.Client, key client.ObjectKe
 	deadline := time.Now().Add(within)
 	for {
 		kp := &karsv1.KarsPairing{}
-		if err := cl.Get(ctx, key, kp); err == nil && kp.Status.Phase == phase {
+		err := cl.Get(ctx, key, kp)
+		if (err == nil && kp.Status.Phase == phase) || (phase == karsv1.PairingRevoked && apierrors.IsNotFound(err)) {
+			// A pairing deleted meanwhile (an offload's, whose namespace
+			// the revocation ends) admits nobody either.
 			return nil
 		} else if time.Now().After(deadline) {
 			return fmt.Errorf("KarsPairing %s is %q after %s, want %s", key, kp.Status.Phase, within, phase)

@@ -168,6 +168,36 @@ func TestKarsDevOffload(t *testing.T) {
 		t.Fatalf("pairing status %+v", kp.Status)
 	}
 	t.Logf("pairing charged %d tokens", kp.Status.TokensUsed)
+
+	// A live offload is listed by `kars mesh list`; `kars pair revoke`
+	// stops it and tells the host.
+	info2, err := h.Offload(wctx, host.Task{Title: "second", Text: "A second task."})
+	if err != nil {
+		t.Fatalf("second offload: %v", err)
+	}
+	if _, err := h.WaitReady(wctx, info2.ID); err != nil {
+		t.Fatalf("second offload not ready: %v", err)
+	}
+	if out := k.must("mesh", "list"); !strings.Contains(out, offload.SandboxName(info2.ID)) {
+		t.Errorf("kars mesh list does not show the live offload: %q", out)
+	}
+	k.must("pair", "revoke", "alice-laptop")
+	if ev, err := h.WaitEvent(wctx, offload.EventRevoked, ""); err != nil || ev.Error == nil || ev.Error.Code != offload.CodeRevoked {
+		t.Fatalf("revoked event %+v, %v", ev, err)
+	}
+	for {
+		err := cl.Get(ctx, client.ObjectKey{Name: offload.Namespace(info2.ID)}, &corev1.Namespace{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if wctx.Err() != nil {
+			t.Fatalf("the revoked pairing's offload namespace is still there: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if _, err := h.Status(wctx, ""); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("a revoked host's request: %v", err)
+	}
 }
 
 func updatePairing(t *testing.T, cl client.Client, fn func(*karsv1.KarsPairing)) {
