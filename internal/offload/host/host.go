@@ -72,6 +72,9 @@ type Host struct {
 	queues  map[string][]bridge.Message // by sender (the host's name for it)
 	events  []offload.Message
 	changed chan struct{}
+	// revokedBy is the broker's revocation notice, kept once it arrived:
+	// a revoked pairing stays revoked.
+	revokedBy *offload.Error
 }
 
 // ErrNotPaired is returned by Open when the folder holds no pairing.
@@ -250,6 +253,9 @@ func (h *Host) Run(ctx context.Context) error {
 			if m.From == BrokerPeer {
 				if ev, err := offload.ParseMessage([]byte(m.Text)); err == nil && ev.Op == offload.OpEvent {
 					h.events = append(h.events, *ev)
+					if ev.Event == offload.EventRevoked && ev.Error != nil {
+						h.revokedBy = ev.Error
+					}
 					continue
 				}
 			}
@@ -386,12 +392,7 @@ func (h *Host) Handoff(ctx context.Context, id string) (*offload.Handoff, error)
 func (h *Host) revoked() *offload.Error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, ev := range h.events {
-		if ev.Event == offload.EventRevoked && ev.Error != nil {
-			return ev.Error
-		}
-	}
-	return nil
+	return h.revokedBy
 }
 
 // Events returns and clears the broker's events received so far.
