@@ -461,7 +461,8 @@ func printPairings(ctx context.Context, cl client.Client, ns string, out io.Writ
 		return list.Items[i].Namespace+"/"+list.Items[i].Name < list.Items[j].Namespace+"/"+list.Items[j].Name
 	})
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAMESPACE\tNAME\tSANDBOX\tPEER\tPHASE\tPEER IDENTITY\tEXPIRES")
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tSANDBOX\tPEER\tPHASE\tPEER IDENTITY\tOFFLOADS\tTOKENS TODAY\tEXPIRES")
+	today := time.Now().UTC().Format("2006-01-02")
 	for _, kp := range list.Items {
 		sb, peer := "-", kp.Spec.PeerSandbox
 		if kp.Spec.SandboxRef != nil {
@@ -470,8 +471,22 @@ func printPairings(ctx context.Context, cl client.Client, ns string, out io.Writ
 		if peer == "" {
 			peer = "token:" + kp.Spec.DisplayName
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", kp.Namespace, kp.Name, sb, peer, dash(kp.Status.Phase), dash(kp.Status.PeerIdentity),
-			kp.Spec.ExpiresAt.Format(time.RFC3339))
+		// An offload pairing's live offloads (of its slots) and today's
+		// tokens (charged + held by live offloads, of the daily budget).
+		offloads, tokens := "-", "-"
+		if kp.Spec.SandboxRef == nil && kp.Spec.PeerSandbox == "" {
+			offloads = fmt.Sprintf("%d/%d", kp.Status.SlotsInUse, max(kp.Spec.Slots, 1))
+			used := int64(0)
+			if kp.Status.TokensDay == today {
+				used = kp.Status.TokensUsed
+			}
+			tokens = fmt.Sprintf("%d+%d", used, kp.Status.TokensReserved)
+			if tb := kp.Spec.TokenBudget; tb != nil && tb.Daily > 0 {
+				tokens += fmt.Sprintf("/%d", tb.Daily)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", kp.Namespace, kp.Name, sb, peer, dash(kp.Status.Phase), dash(kp.Status.PeerIdentity),
+			offloads, tokens, kp.Spec.ExpiresAt.Format(time.RFC3339))
 	}
 	return tw.Flush()
 }

@@ -181,6 +181,7 @@ func TestKarsDevOffload(t *testing.T) {
 	if out := k.must("mesh", "list"); !strings.Contains(out, offload.SandboxName(info2.ID)) {
 		t.Errorf("kars mesh list does not show the live offload: %q", out)
 	}
+	eventuallyOut(t, k, 30*time.Second, []string{"pair", "list"}, "1/1")
 	k.must("pair", "revoke", "alice-laptop")
 	if ev, err := h.WaitEvent(wctx, offload.EventRevoked, ""); err != nil || ev.Error == nil || ev.Error.Code != offload.CodeRevoked {
 		t.Fatalf("revoked event %+v, %v", ev, err)
@@ -217,4 +218,20 @@ func updatePairing(t *testing.T, cl client.Client, fn func(*karsv1.KarsPairing))
 		}
 	}
 	t.Fatal("the pairing kept changing")
+}
+
+// eventuallyOut runs kars args until its output holds want.
+func eventuallyOut(t *testing.T, k *kars, within time.Duration, args []string, want string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		out, _ := k.run(args...)
+		if strings.Contains(out, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kars %s: no %q in %q", strings.Join(args, " "), want, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
