@@ -35,6 +35,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/a2a/peer"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/mesh/bridge"
@@ -47,12 +48,14 @@ import (
 // One control plane and one running controller serve every integration
 // test of the package (starting a control plane costs ~5 s).
 var (
-	k8s       client.Client
-	counter   *requestCounter
-	routers   *routerFarm
-	byoReg    *httptest.Server
-	inspector *countingInspector
-	startErr  error
+	k8s     client.Client
+	counter *requestCounter
+	routers *routerFarm
+	byoReg  *httptest.Server
+	// partnerCards serves foreign agents' cards (A2AAgent tests) over TLS.
+	partnerCards *cardServer
+	inspector    *countingInspector
+	startErr     error
 	// testMesh is a real kars-mesh (registry, relay, redemption) on
 	// loopback, which the offload broker and the offload tests' hosts
 	// and routers connect to.
@@ -110,11 +113,14 @@ func startController(ctx context.Context, base *rest.Config) error {
 		return err
 	}
 	routers = &routerFarm{servers: map[string]*standInRouter{}}
-	byoReg = httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
-	inspector = &countingInspector{inner: &ociimage.Checker{}}
+	// The system namespace holds the A2A gateway's routing table and
+	// identity.
 	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kars-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
+	byoReg = httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	inspector = &countingInspector{inner: &ociimage.Checker{}}
+	partnerCards = newCardServer()
 	offloadOpts, err := startTestMesh(ctx)
 	if err != nil {
 		return err
@@ -124,12 +130,14 @@ func startController(ctx context.Context, base *rest.Config) error {
 			Catalog:         render.Catalog{Registry: "ghcr.io/kars-io", Version: "v0.1.0", GitSyncImage: render.DefaultGitSyncImage},
 			SystemNamespace: "kars-system",
 			ClusterDNS:      []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+			A2AGateway:      render.A2AGateway{PublicURL: "https://a2a.kars.test"},
 			Mesh:            render.ClusterMesh("kars-system"),
 		},
 		Prober:              &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
 		Signers:             egressTestSigners(),
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
+		A2ACards:            &peer.Fetcher{AllowPrivate: true, RootCAs: partnerCards.pool()},
 		Offload:             offloadOpts,
 	})
 	if err != nil {
