@@ -116,7 +116,10 @@ func Admit(p Pairing, live []Live, req *Request, now time.Time) Decision {
 		if left <= 0 {
 			return refuse(CodeBudget, "the pairing %s has spent its daily budget of %d tokens (%d used today, %d held by live offloads); nothing was created. It resets at 00:00 UTC, or when live offloads end with tokens to spare", p.Name, p.Daily, used, reserved)
 		}
-		tokens = left
+		// A fair share of what is left among the free slots: without a
+		// per-offload cap, the first offload would otherwise hold the
+		// whole day's remainder and starve the other slots.
+		tokens = max(1, left/int64(p.Slots-len(live)))
 	}
 	if p.PerOffload > 0 && (tokens == 0 || p.PerOffload < tokens) {
 		tokens = p.PerOffload
