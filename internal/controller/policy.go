@@ -200,7 +200,11 @@ func (r *PolicyReconciler) enforces(ctx context.Context, sb *karsv1.KarsSandbox,
 			}
 		}
 	}
-	d, err := render.RouterConfigDigest(sb, ip, tp, r.mesh)
+	creds, _, err := credentialBindings(ctx, r.client, sb)
+	if err != nil {
+		return false, err
+	}
+	d, err := render.RouterConfigDigest(sb, ip, tp, r.mesh, creds...)
 	if err != nil {
 		return false, nil
 	}

@@ -159,6 +159,8 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Watches(&karsv1.A2AAgent{}, handler.EnqueueRequestsFromMapFunc(sandboxesOfAgent)).
 		Watches(&karsv1.EgressApproval{}, handler.EnqueueRequestsFromMapFunc(approvedSandbox),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&karsv1.CredentialBinding{}, handler.EnqueueRequestsFromMapFunc(boundSandbox),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
 		return err
@@ -173,6 +175,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	if err := setupEgressApprovals(mgr, o); err != nil {
+		return err
+	}
+	if err := setupCredentialBindings(mgr, o); err != nil {
 		return err
 	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {

@@ -21,9 +21,10 @@ func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Nam
 //
 // Credentials appear only as file paths inside the router container; the
 // paths are the ones PodSpec mounts. mesh, when set, makes the router the
-// agent's mesh endpoint (Environment.Mesh).
-func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints) (*routerconfig.Config, error) {
-	c, err := compile(sb, ip, tp, mesh)
+// agent's mesh endpoint (Environment.Mesh). creds are the sandbox's usable
+// CredentialBindings (UsableCredentials).
+func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, creds ...karsv1.CredentialBinding) (*routerconfig.Config, error) {
+	c, err := compile(sb, ip, tp, mesh, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -37,15 +38,15 @@ func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1
 // without validating it (which compiles CEL and is the expensive part). The
 // policy reconcilers use it to tell whether a router enforces the current
 // generation of a policy.
-func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints) (string, error) {
-	c, err := compile(sb, ip, tp, mesh)
+func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, creds ...karsv1.CredentialBinding) (string, error) {
+	c, err := compile(sb, ip, tp, mesh, creds)
 	if err != nil {
 		return "", err
 	}
 	return routerconfig.Digest(c)
 }
 
-func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints) (*routerconfig.Config, error) {
+func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, creds []karsv1.CredentialBinding) (*routerconfig.Config, error) {
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
@@ -93,6 +94,9 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 	}
 	c.Behavior = behavior(sb.Spec.Governance.Behavior)
 	c.Egress = egressConfig(sb)
+	for _, b := range creds {
+		c.Credentials = append(c.Credentials, credentialConfig(sb, b))
+	}
 	c.Mesh = meshConfig(sb, mesh)
 	return c, nil
 }

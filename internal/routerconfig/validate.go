@@ -70,6 +70,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.Egress.validate(bad)
+	validateCredentials(c.Credentials, bad)
 	if c.Audit.Dir == "" {
 		bad("audit.dir", "is required: every call is audited")
 	} else if !filepath.IsAbs(c.Audit.Dir) {
