@@ -61,6 +61,9 @@ type Config struct {
 	// engine. Nil runs the monitor with every pattern off, so only
 	// quarantines persisted in StateDir are enforced.
 	Behavior *Behavior `json:"behavior,omitempty"`
+	// MCP lists the MCP servers the router's gateway serves to the agent
+	// (McpServers that name this sandbox).
+	MCP []MCPServer `json:"mcp,omitempty"`
 	// Audit says where the hash-chained audit log lives.
 	Audit Audit `json:"audit"`
 	// Admin configures the controller-facing admin API.

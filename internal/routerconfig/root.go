@@ -48,6 +48,13 @@ func (s *Snapshot) Under(root string) *Snapshot {
 		}
 		c.Models.Fallbacks = fb
 	}
+	if len(c.MCP) > 0 {
+		ms := make([]MCPServer, len(c.MCP))
+		for i, m := range c.MCP {
+			ms[i] = m.under(root)
+		}
+		c.MCP = ms
+	}
 	return &Snapshot{Config: &c, Digest: s.Digest, LoadedAt: s.LoadedAt}
 }
 

@@ -69,6 +69,7 @@ func (c *Config) Validate() error {
 			bad("governance", "%v", err)
 		}
 	}
+	validateMCP(c.MCP, bad)
 	if c.Audit.Dir == "" {
 		bad("audit.dir", "is required: every call is audited")
 	} else if !filepath.IsAbs(c.Audit.Dir) {
