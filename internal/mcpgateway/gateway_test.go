@@ -31,9 +31,9 @@ type upstreamServer struct {
 	// one, whose sessions do not include any the old one issued.
 	handler atomic.Pointer[http.Handler]
 	restart func()
-	mu    sync.Mutex
-	ran   []string
-	auth  []string
+	mu      sync.Mutex
+	ran     []string
+	auth    []string
 }
 
 func startUpstream(t testing.TB, stateless bool, wrap func(http.Handler) http.Handler) *upstreamServer {
