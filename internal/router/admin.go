@@ -140,6 +140,9 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 	mux.Handle("GET /admin/v1/audit/head", auth(func(w http.ResponseWriter, _ *http.Request) {
 		call(w, b.AuditHead != nil, b.AuditHead)
 	}))
+	mux.Handle("GET /admin/v1/mcp", auth(func(w http.ResponseWriter, req *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"servers": r.gen.Load().mcp.Status(req.Context())})
+	}))
 	mux.Handle("POST /admin/v1/reload", auth(func(w http.ResponseWriter, _ *http.Request) {
 		call(w, b.Reload != nil, func() (any, error) {
 			changed, err := b.Reload()
