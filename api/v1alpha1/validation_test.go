@@ -240,6 +240,14 @@ var invalidCases = []invalidCase{
 		[]string{"spec", "exactly one of image"}},
 	{"eval without evaluators", validEval, `spec: {evaluators: []}`,
 		[]string{"spec.evaluators", "at least 1 items"}},
+	{"mcp server named with a dot", validMcp, `metadata: {name: "git.hub"}`,
+		[]string{"name must be a DNS label"}},
+	{"mcp server with bearer and oauth", validMcp, `spec: {authSecretRef: {name: s, key: k}, oauth: {clientId: c, clientSecretRef: {name: s, key: k}}}`,
+		[]string{"spec", "at most one"}},
+	{"eval with cases and a builtin corpus", validEval, `spec: {dataset: {builtin: banned-tools}}`,
+		[]string{"spec", "exactly one of configMapRef, inline cases or builtin"}},
+	{"eval with an unknown corpus", validEval, `spec: {dataset: {cases: null, builtin: everything}}`,
+		[]string{"spec.dataset.builtin", "Unsupported value"}},
 }
 
 // Every invalid object is rejected by the real API server, with a message
