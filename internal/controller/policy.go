@@ -46,7 +46,7 @@ var inferencePolicyKind = policyKind{
 	check: func(o client.Object) error {
 		ip := o.(*karsv1.InferencePolicy)
 		probe := &karsv1.KarsSandbox{ObjectMeta: metav1.ObjectMeta{Namespace: ip.Namespace, Name: "policy-check"}}
-		_, err := render.RouterConfig(probe, ip, nil)
+		_, err := render.RouterConfig(probe, ip, nil, render.Bindings{})
 		return err
 	},
 }

@@ -122,6 +122,9 @@ func upstreamPorts(in Input) []int32 {
 	if code := agentCodeOf(in.Sandbox.Spec.Runtime); code != nil && code.Git != nil {
 		set[gitPort(code.Git.URL)] = true
 	}
+	for _, p := range mcpPorts(in.Bindings.MCP) {
+		set[p] = true
+	}
 	return slices.Sorted(maps.Keys(set))
 }
 

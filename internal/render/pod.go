@@ -289,6 +289,9 @@ func routerContainer(in Input, names Names, a2a bool) corev1.Container {
 	for i, ref := range providerSecrets(in.Inference) {
 		mounts = append(mounts, corev1.VolumeMount{Name: providerVolume(i), MountPath: path.Join(RouterProviderDir, ref.Name), ReadOnly: true})
 	}
+	for i, sec := range mcpSecrets(in.Bindings.MCP) {
+		mounts = append(mounts, corev1.VolumeMount{Name: "mcp-" + strconv.Itoa(i), MountPath: path.Join(RouterMcpDir, sec.name), ReadOnly: true})
+	}
 	if needsWorkloadIdentity(in.Inference) {
 		mounts = append(mounts, corev1.VolumeMount{Name: volIdentityToken, MountPath: WorkloadIdentityTokenDir, ReadOnly: true})
 	}
@@ -419,6 +422,15 @@ func volumes(in Input, names Names, rt *Runtime) []corev1.Volume {
 			SecretName:  ref.Name,
 			Items:       []corev1.KeyToPath{{Key: ref.Key, Path: ref.Key}},
 			DefaultMode: ptr(int32(0o444)),
+		}}})
+	}
+	for i, sec := range mcpSecrets(in.Bindings.MCP) {
+		items := make([]corev1.KeyToPath, len(sec.keys))
+		for j, k := range sec.keys {
+			items[j] = corev1.KeyToPath{Key: k, Path: k}
+		}
+		vs = append(vs, corev1.Volume{Name: "mcp-" + strconv.Itoa(i), VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: sec.name, Items: items, DefaultMode: ptr(int32(0o444)),
 		}}})
 	}
 	if needsWorkloadIdentity(in.Inference) {

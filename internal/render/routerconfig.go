@@ -21,8 +21,8 @@ func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Nam
 //
 // Credentials appear only as file paths inside the router container; the
 // paths are the ones PodSpec mounts.
-func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (*routerconfig.Config, error) {
-	c, err := compile(sb, ip, tp)
+func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, b Bindings) (*routerconfig.Config, error) {
+	c, err := compile(sb, ip, tp, b)
 	if err != nil {
 		return nil, err
 	}
@@ -36,15 +36,21 @@ func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1
 // without validating it (which compiles CEL and is the expensive part). The
 // policy reconcilers use it to tell whether a router enforces the current
 // generation of a policy.
-func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (string, error) {
-	c, err := compile(sb, ip, tp)
+func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, b Bindings) (string, error) {
+	c, err := compile(sb, ip, tp, b)
 	if err != nil {
 		return "", err
 	}
 	return routerconfig.Digest(c)
 }
 
-func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy) (*routerconfig.Config, error) {
+// Bindings are the objects besides the policies that shape a sandbox's
+// router: the McpServers it may use (McpServersFor).
+type Bindings struct {
+	MCP []karsv1.McpServer
+}
+
+func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, b Bindings) (*routerconfig.Config, error) {
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
@@ -91,6 +97,7 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 		c.Governance = toolpolicy.FromSpec(tp.Namespace+"/"+tp.Name, &tp.Spec)
 	}
 	c.Behavior = behavior(sb.Spec.Governance.Behavior)
+	c.MCP = mcpConfig(b.MCP)
 	return c, nil
 }
 

@@ -61,6 +61,8 @@ type Input struct {
 	// ToolPolicy is referenced.
 	Tools *karsv1.ToolPolicy
 	Admin AdminCredentials
+	// Bindings are the McpServers the sandbox may use.
+	Bindings Bindings
 	// BYOImage is the digest-pinned image reference whose contract label
 	// the controller verified; required for BYO runtimes.
 	BYOImage string
@@ -123,7 +125,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := RouterConfig(sb, in.Inference, in.Tools)
+	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Bindings)
 	if err != nil {
 		return nil, err
 	}
