@@ -213,6 +213,8 @@ type standInRouter struct {
 	key   string
 	// audit, when set, is served as the router's audit head.
 	audit atomic.Pointer[AuditHead]
+	// mcp, when set, is served as the router's MCP gateway view.
+	mcp atomic.Pointer[[]McpGatewayServer]
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -224,6 +226,11 @@ func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(h)
+		return
+	}
+	if m := s.mcp.Load(); m != nil && r.Method == http.MethodGet && r.URL.Path == McpStatusPath {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"servers": *m})
 		return
 	}
 	if r.Method != http.MethodGet || r.URL.Path != DigestPath {

@@ -197,7 +197,11 @@ func (r *PolicyReconciler) enforces(ctx context.Context, sb *karsv1.KarsSandbox,
 			}
 		}
 	}
-	d, err := render.RouterConfigDigest(sb, ip, tp)
+	b, err := bindings(ctx, r.client, sb)
+	if err != nil {
+		return false, err
+	}
+	d, err := render.RouterConfigDigest(sb, ip, tp, b)
 	if err != nil {
 		return false, nil
 	}

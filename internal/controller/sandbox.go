@@ -163,7 +163,11 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if err != nil {
 		return o, 0, err
 	}
-	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env})
+	b, err := bindings(ctx, r.client, sb)
+	if err != nil {
+		return o, 0, err
+	}
+	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Bindings: b, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env})
 	if err != nil {
 		if reason := render.ReasonOf(err); reason != "" {
 			var re *render.Error

@@ -57,6 +57,9 @@ type Options struct {
 	// AuditAnchorInterval is how often the controller copies a running
 	// router's audit head into the sandbox's status; zero means 5 minutes.
 	AuditAnchorInterval time.Duration
+	// McpRunner runs McpServers that have an image; nil means Deployments
+	// on the cluster (KubeMcpRunner).
+	McpRunner McpRunner
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -142,6 +145,10 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Watches(&karsv1.ToolPolicy{}, handler.EnqueueRequestsFromMapFunc(sandboxesUsing(c, indexToolPolicyRef)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
+	b, err := setupMcpServers(mgr, o, b)
+	if err != nil {
+		return err
+	}
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
 		return err
 	}

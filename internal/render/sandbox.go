@@ -81,6 +81,9 @@ type Sandbox struct {
 	ConfigDigest string
 	// A2AExposed is true while the sandbox accepts inbound A2A calls.
 	A2AExposed bool
+	// Bindings are the McpServers the router is given; the local
+	// substrate runs the ones kars runs inside the pod.
+	Bindings Bindings
 
 	ServiceAccount *corev1.ServiceAccount
 	AdminSecret    *corev1.Secret
@@ -137,7 +140,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Sandbox{Names: names, Runtime: rt, Config: cfg, ConfigDigest: digest, A2AExposed: a2aOpen(sb, in.Now)}
+	out := &Sandbox{Names: names, Runtime: rt, Config: cfg, ConfigDigest: digest, A2AExposed: a2aOpen(sb, in.Now), Bindings: in.Bindings}
 
 	out.ServiceAccount = &corev1.ServiceAccount{
 		TypeMeta:                     typeMeta("v1", "ServiceAccount"),
