@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,6 +28,8 @@ type Agent struct {
 	tools    map[string]Tool
 	offered  []openai.ChatCompletionToolUnionParam
 	sessions *sessions
+	// mcp are the sandbox's MCP tools, through the router's gateway.
+	mcp *mcpTools
 }
 
 // New builds an agent from its configuration.
@@ -43,6 +46,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	// The key is a placeholder: the router drops it and injects the real
 	// upstream credential, which this process never sees.
+	a.mcp = newMCPTools(cfg.RouterURL, a.http)
 	a.llm = openai.NewClient(option.WithBaseURL(strings.TrimRight(cfg.RouterURL, "/")+"/v1"),
 		option.WithAPIKey("kars-no-credential"), option.WithHTTPClient(a.http), option.WithMaxRetries(0))
 	enabled := map[string]bool{}
@@ -149,7 +153,8 @@ func toolMessage(c ToolCall) string {
 }
 
 func (a *Agent) complete(ctx context.Context, history []Message) (*openai.ChatCompletion, error) {
-	params := openai.ChatCompletionNewParams{Model: a.cfg.Model, Tools: a.offered}
+	tools := append(slices.Clone(a.offered), a.mcp.offered(ctx)...)
+	params := openai.ChatCompletionNewParams{Model: a.cfg.Model, Tools: tools}
 	for _, m := range history {
 		params.Messages = append(params.Messages, toParam(m))
 	}
@@ -196,6 +201,9 @@ func toParam(m Message) openai.ChatCompletionMessageParamUnion {
 // runTool asks the router whether the call is allowed and runs it only if
 // so. Any failure to get a decision denies the call.
 func (a *Agent) runTool(ctx context.Context, call ToolCall) ToolCall {
+	if t, ok := a.mcp.lookup(call.Name); ok {
+		return a.mcp.call(ctx, t, call)
+	}
 	var args map[string]any
 	if err := json.Unmarshal([]byte(call.Arguments), &args); err != nil && call.Arguments != "" {
 		call.Decision, call.Reason = "deny", "arguments are not a JSON object"
