@@ -91,10 +91,10 @@ const (
 // discovered: fetch → run → discover → report. The sandbox reconciler
 // compiles the endpoint into each listed sandbox's router config.
 type McpServerReconciler struct {
-	client  client.Client
-	runner  McpRunner
-	prober  RouterProber
-	now     func() time.Time
+	client     client.Client
+	runner     McpRunner
+	prober     RouterProber
+	now        func() time.Time
 	rediscover time.Duration
 }
 

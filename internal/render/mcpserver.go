@@ -220,7 +220,9 @@ func mcpConfig(servers []karsv1.McpServer) []routerconfig.MCPServer {
 	return out
 }
 
-func mcpSecretFile(ref karsv1.SecretKeyReference) string { return path.Join(RouterMcpDir, ref.Name, ref.Key) }
+func mcpSecretFile(ref karsv1.SecretKeyReference) string {
+	return path.Join(RouterMcpDir, ref.Name, ref.Key)
+}
 
 // mcpSecret is one Secret the router mounts for its MCP servers, with the
 // keys it needs from it.
