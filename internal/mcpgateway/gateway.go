@@ -255,7 +255,10 @@ func (s *server) listTools(ctx context.Context, _ *mcp.ListToolsRequest) (mcp.Re
 	if err != nil {
 		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + err.Error()}
 	}
-	out := &mcp.ListToolsResult{Tools: []*mcp.Tool{}}
+	// The list is this sandbox's (allowlist and policy), and a reload can
+	// change it at any moment: private, and stale at once (2026-07-28
+	// cacheable results, SEP-2549).
+	out := &mcp.ListToolsResult{Tools: []*mcp.Tool{}, Cacheable: mcp.Cacheable{TTLMs: 0, CacheScope: "private"}}
 	for _, t := range tools {
 		if s.visible(t.Name) {
 			out.Tools = append(out.Tools, t)
@@ -303,7 +306,7 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 		// A policy refusal is a tool error the model can read and act on
 		// (MCP "Tools", error handling), as the runtime contract asks.
 		s.gov.Finished(c, d, OutcomeRefused, time.Since(c.Start))
-		return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: refusal(c, d)}}}, nil
+		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: refusal(c, d)}}})
 	}
 	res, err := s.up.callTool(ctx, p.Name, p.Arguments)
 	if err != nil {
@@ -314,13 +317,48 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 		}
 		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: the MCP server " + s.cfg.Name + " failed: " + err.Error()}
 	}
+	if res.NeedsInput() {
+		// The server asks the client for input (sampling, elicitation:
+		// SEP-2322); the gateway relays no server-to-client requests.
+		s.gov.Finished(c, d, OutcomeToolError, time.Since(c.Start))
+		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{
+			Text: "the MCP server " + s.cfg.Name + " asked for client input (sampling or elicitation), which the kars gateway does not relay"}}})
+	}
 	outcome := OutcomeOK
 	if res.IsError {
 		outcome = OutcomeToolError
 	}
 	s.gov.Finished(c, d, outcome, time.Since(c.Start))
-	return res, nil
+	return forAgent(req, res)
 }
+
+// forAgent gives a tool result the result type the agent's protocol
+// revision expects: "complete" for 2026-07-28 and later (SEP-2322 makes it
+// required there), none before. The SDK sets it only on results of tools
+// registered with it, and the gateway's are relayed; the field is
+// unexported, so the result passes through its own JSON form.
+func forAgent(req *mcp.CallToolRequest, res *mcp.CallToolResult) (*mcp.CallToolResult, error) {
+	b, err := json.Marshal(res)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	delete(m, "resultType")
+	if req.ProtocolVersion() >= modernProtocol {
+		m["resultType"] = json.RawMessage(`"complete"`)
+	}
+	if b, err = json.Marshal(m); err != nil {
+		return nil, err
+	}
+	out := new(mcp.CallToolResult)
+	return out, json.Unmarshal(b, out)
+}
+
+// modernProtocol is the first revision without the initialize handshake.
+const modernProtocol = "2026-07-28"
 
 // Pseudo-rules of calls the gateway refuses before policy.
 const (
