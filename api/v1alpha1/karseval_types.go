@@ -27,11 +27,6 @@ type KarsEvalSpec struct {
 	// +kubebuilder:default="0.8"
 	// +optional
 	PassThreshold string `json:"passThreshold,omitempty"`
-	// GateReadiness makes a drifted evaluation mark its sandbox not
-	// ready (condition EvalPassing on the sandbox) until a run passes
-	// again.
-	// +optional
-	GateReadiness bool `json:"gateReadiness,omitempty"`
 }
 
 // EvaluatorKind names a built-in evaluator: exactMatch and contains
