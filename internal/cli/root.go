@@ -40,6 +40,6 @@ func NewRoot() *cobra.Command {
 	var c cluster
 	c.register(root)
 	root.AddCommand(newVersionCmd(), newAuditCmd(&c), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
-		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd(), newMigrateCmd(&c), newConvertCmd())
+		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd(), newMigrateCmd(&c), newConvertCmd(), newEvalCmd(&c))
 	return root
 }

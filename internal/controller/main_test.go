@@ -35,6 +35,7 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/controlplane"
+	"github.com/kars-io/kars/internal/eval"
 	"github.com/kars-io/kars/internal/ociimage"
 	"github.com/kars-io/kars/internal/render"
 	"github.com/kars-io/kars/internal/routerconfig"
@@ -49,6 +50,8 @@ var (
 	routers   *routerFarm
 	byoReg    *httptest.Server
 	inspector *countingInspector
+	// evalTargets are the sandboxes KarsEvals reach, registered by tests.
+	evalTargets = &targetFarm{targets: map[string]eval.Target{}}
 	startErr  error
 )
 
@@ -111,6 +114,7 @@ func startController(ctx context.Context, base *rest.Config) error {
 		Prober:              &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
+		EvalRunner:          evalTargets,
 	})
 	if err != nil {
 		return err

@@ -60,6 +60,9 @@ type Options struct {
 	// McpRunner runs McpServers that have an image; nil means Deployments
 	// on the cluster (KubeMcpRunner).
 	McpRunner McpRunner
+	// EvalRunner reaches sandboxes to run KarsEvals; nil leaves them
+	// Pending with RunnerUnavailable.
+	EvalRunner EvalRunner
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -147,6 +150,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
 	b, err := setupMcpServers(mgr, o, b)
 	if err != nil {
+		return err
+	}
+	if err := setupKarsEvals(mgr, o); err != nil {
 		return err
 	}
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {

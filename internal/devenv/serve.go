@@ -150,7 +150,7 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 		Catalog:         render.Catalog{Registry: reg.host + "/kars", Version: version.Version, GitSyncImage: render.DefaultGitSyncImage},
 		SystemNamespace: SystemNamespace,
 	}
-	if err := controller.Setup(mgr, controller.Options{Env: env, Substrate: sub, Prober: &controller.HTTPSProber{DialContext: sub.DialContext}, McpRunner: sub}); err != nil {
+	if err := controller.Setup(mgr, controller.Options{Env: env, Substrate: sub, Prober: &controller.HTTPSProber{DialContext: sub.DialContext}, McpRunner: sub, EvalRunner: sub}); err != nil {
 		return err
 	}
 	mgrCtx, stopMgr := context.WithCancel(ctx)

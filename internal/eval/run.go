@@ -43,7 +43,9 @@ func Run(ctx context.Context, t Target, cases []Case, evaluators []karsv1.Evalua
 		case c.Probe != nil && c.Probe.MemoryCanary != "":
 			obs = t.memoryCanary(ctx, c.Probe.MemoryCanary, i)
 		default:
-			obs = t.chat(ctx, fmt.Sprintf("%s-%d", t.Session, i), c.Input)
+			session := fmt.Sprintf("%s-%d", t.Session, i)
+			obs = t.chat(ctx, session, c.Input)
+			t.forget(ctx, session)
 		}
 		out = append(out, Score(c, obs, evaluators))
 	}
@@ -87,6 +89,14 @@ func (t Target) chat(ctx context.Context, session, message string) Observation {
 		obs.Calls = append(obs.Calls, Call{Tool: c.Name, Decision: c.Decision})
 	}
 	return obs
+}
+
+// forget deletes a case's session from the agent's workspace.
+func (t Target) forget(ctx context.Context, session string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, t.AgentURL+"/v1/sessions/"+session, nil)
+	if err == nil {
+		t.do(req, nil)
+	}
 }
 
 // decide asks the router's decide endpoint about action, as an agent
