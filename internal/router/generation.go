@@ -36,6 +36,8 @@ type generation struct {
 	agent    string
 	// mcp is the MCP gateway for the config's servers.
 	mcp *mcpgateway.Gateway
+	// memory is the KarsMemory binding, nil without one.
+	memory *memoryBinding
 }
 
 // upstream is a callable target with its HTTP client and health.
@@ -123,6 +125,9 @@ func (r *Router) buildGeneration(snap *routerconfig.Snapshot) (*generation, erro
 	}
 	g.gov = &behavior.Guard{Next: base, Monitor: mon}
 	g.mcp = mcpgateway.New(c.MCP, r.mcpPool, mcpGovernor{r, g}, r.log)
+	if g.memory, err = r.newMemoryBinding(c.Memory); err != nil {
+		return nil, err
+	}
 	return g, nil
 }
 

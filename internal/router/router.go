@@ -203,6 +203,8 @@ func (r *Router) AgentHandler() *http.ServeMux {
 	mux.Handle(DecidePath, http.HandlerFunc(r.serveDecide))
 	mux.Handle(routerconfig.MCPPathPrefix, http.HandlerFunc(r.serveMCP))
 	mux.Handle(mcpgateway.IndexPath, http.HandlerFunc(r.serveMCPIndex))
+	mux.Handle(MemoryPath, http.HandlerFunc(r.serveMemory))
+	mux.Handle(MemoryPath+"/", http.HandlerFunc(r.serveMemory))
 	mux.HandleFunc("/", notFound)
 	return mux
 }

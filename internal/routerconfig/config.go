@@ -64,6 +64,9 @@ type Config struct {
 	// MCP lists the MCP servers the router's gateway serves to the agent
 	// (McpServers that name this sandbox).
 	MCP []MCPServer `json:"mcp,omitempty"`
+	// Memory binds the sandbox to a Foundry memory store (KarsMemory);
+	// nil offers no memory API.
+	Memory *Memory `json:"memory,omitempty"`
 	// Audit says where the hash-chained audit log lives.
 	Audit Audit `json:"audit"`
 	// Admin configures the controller-facing admin API.

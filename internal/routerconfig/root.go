@@ -48,6 +48,13 @@ func (s *Snapshot) Under(root string) *Snapshot {
 		}
 		c.Models.Fallbacks = fb
 	}
+	if c.Memory != nil && c.Memory.Auth != nil {
+		m, a := *c.Memory, *c.Memory.Auth
+		a.KeyFile = UnderRoot(root, a.KeyFile)
+		a.FederatedTokenFile = UnderRoot(root, a.FederatedTokenFile)
+		m.Auth = &a
+		c.Memory = &m
+	}
 	if len(c.MCP) > 0 {
 		ms := make([]MCPServer, len(c.MCP))
 		for i, m := range c.MCP {

@@ -70,6 +70,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	validateMCP(c.MCP, bad)
+	validateMemory(c.Memory, bad)
 	if c.Audit.Dir == "" {
 		bad("audit.dir", "is required: every call is audited")
 	} else if !filepath.IsAbs(c.Audit.Dir) {
