@@ -98,6 +98,15 @@ func (p *HTTPSProber) AuditHead(ctx context.Context, t RouterTarget) (AuditHead,
 
 // get reads one admin endpoint into v.
 func (p *HTTPSProber) get(ctx context.Context, t RouterTarget, path string, v any) ([]byte, error) {
+	return p.call(ctx, t, http.MethodGet, path, v)
+}
+
+// post calls one admin endpoint that acts, reading its answer into v.
+func (p *HTTPSProber) post(ctx context.Context, t RouterTarget, path string, v any) ([]byte, error) {
+	return p.call(ctx, t, http.MethodPost, path, v)
+}
+
+func (p *HTTPSProber) call(ctx context.Context, t RouterTarget, method, path string, v any) ([]byte, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(t.CertPEM) {
 		return nil, errors.New("no admin certificate to trust")
@@ -117,7 +126,7 @@ func (p *HTTPSProber) get(ctx context.Context, t RouterTarget, path string, v an
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(t.Endpoint, "/")+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(t.Endpoint, "/")+path, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -219,6 +219,10 @@ type standInRouter struct {
 	audit atomic.Pointer[AuditHead]
 	// mcp, when set, is served as the router's MCP gateway view.
 	mcp atomic.Pointer[[]McpGatewayServer]
+	// memory, when set, is served as the router's memory binding status;
+	// forgets counts POST /admin/v1/memory/forget.
+	memory  atomic.Pointer[RouterMemory]
+	forgets atomic.Int64
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -230,6 +234,17 @@ func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(h)
+		return
+	}
+	if m := s.memory.Load(); m != nil && r.URL.Path == MemoryStatusPath && r.Method == http.MethodGet {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(m)
+		return
+	}
+	if r.URL.Path == MemoryForgetPath && r.Method == http.MethodPost {
+		s.forgets.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"deletedScopes":1}`)
 		return
 	}
 	if m := s.mcp.Load(); m != nil && r.Method == http.MethodGet && r.URL.Path == McpStatusPath {

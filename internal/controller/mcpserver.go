@@ -229,15 +229,20 @@ func (r *McpServerReconciler) discover(ctx context.Context, m *karsv1.McpServer)
 	return tools, reason, strings.Join(problems, "; ")
 }
 
-// routerTarget is how to reach a sandbox's router admin API with the
-// credentials in its admin Secret; it never creates them.
+// routerTarget is how to reach a sandbox's router admin API.
 func (r *McpServerReconciler) routerTarget(ctx context.Context, sb *karsv1.KarsSandbox) (RouterTarget, error) {
+	return routerTargetOf(ctx, r.client, sb)
+}
+
+// routerTargetOf is how to reach a sandbox's router admin API with the
+// credentials in its admin Secret; it never creates them.
+func routerTargetOf(ctx context.Context, c client.Reader, sb *karsv1.KarsSandbox) (RouterTarget, error) {
 	names, err := render.NamesFor(sb)
 	if err != nil {
 		return RouterTarget{}, err
 	}
 	var s corev1.Secret
-	if err := r.client.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin}, &s); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin}, &s); err != nil {
 		return RouterTarget{}, fmt.Errorf("admin Secret: %w", err)
 	}
 	if !ownedBy(&s, sb) {
@@ -348,15 +353,21 @@ type phaseChanged struct{ predicate.Funcs }
 // Update implements predicate.Predicate.
 func (phaseChanged) Update(e event.UpdateEvent) bool {
 	o, n := e.ObjectOld.(*karsv1.KarsSandbox), e.ObjectNew.(*karsv1.KarsSandbox)
-	return o.Status.Phase != n.Status.Phase || o.Status.EnforcedDigest != n.Status.EnforcedDigest
+	return o.Status.Phase != n.Status.Phase || o.Status.EnforcedDigest != n.Status.EnforcedDigest ||
+		o.DeletionTimestamp.IsZero() != n.DeletionTimestamp.IsZero()
 }
 
 // bindings lists what besides the policies shapes sb's router: the
-// McpServers of its namespace that list it and report an endpoint.
+// McpServers of its namespace that list it and report an endpoint, and
+// its KarsMemory.
 func bindings(ctx context.Context, c client.Reader, sb *karsv1.KarsSandbox) (render.Bindings, error) {
 	var list karsv1.McpServerList
 	if err := c.List(ctx, &list, client.InNamespace(sb.Namespace)); err != nil {
 		return render.Bindings{}, fmt.Errorf("list McpServers in %s: %w", sb.Namespace, err)
 	}
-	return render.Bindings{MCP: render.McpServersFor(sb, list.Items)}, nil
+	mem, err := memoryOf(ctx, c, sb)
+	if err != nil {
+		return render.Bindings{}, err
+	}
+	return render.Bindings{MCP: render.McpServersFor(sb, list.Items), Memory: mem}, nil
 }

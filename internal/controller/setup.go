@@ -152,6 +152,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	if err != nil {
 		return err
 	}
+	if b, err = setupKarsMemories(mgr, o, b); err != nil {
+		return err
+	}
 	if err := setupKarsEvals(mgr, o); err != nil {
 		return err
 	}

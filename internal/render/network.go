@@ -125,6 +125,13 @@ func upstreamPorts(in Input) []int32 {
 	for _, p := range mcpPorts(in.Bindings.MCP) {
 		set[p] = true
 	}
+	if m := in.Bindings.Memory; m != nil {
+		if p := urlPort(m.Spec.Foundry.Endpoint); p != 0 {
+			set[p] = true
+		} else {
+			set[443] = true
+		}
+	}
 	return slices.Sorted(maps.Keys(set))
 }
 

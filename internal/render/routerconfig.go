@@ -45,9 +45,10 @@ func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *
 }
 
 // Bindings are the objects besides the policies that shape a sandbox's
-// router: the McpServers it may use (McpServersFor).
+// router: the McpServers it may use (McpServersFor) and its KarsMemory.
 type Bindings struct {
-	MCP []karsv1.McpServer
+	MCP    []karsv1.McpServer
+	Memory *karsv1.KarsMemory
 }
 
 func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, b Bindings) (*routerconfig.Config, error) {
@@ -98,6 +99,7 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 	}
 	c.Behavior = behavior(sb.Spec.Governance.Behavior)
 	c.MCP = mcpConfig(b.MCP)
+	c.Memory = memoryConfig(sb, b.Memory)
 	return c, nil
 }
 

@@ -22,7 +22,7 @@ import (
 
 // Server is a fake Foundry project with memory stores.
 type Server struct {
-	// Token is the bearer token every call must carry.
+	// Token is the bearer token (or api-key) every call must carry.
 	Token string
 	// Now is the clock for updated_at; nil means time.Now.
 	Now func() time.Time
@@ -111,7 +111,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // ServeHTTP implements the memory store routes under
 // /api/projects/<project>/memory_stores.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("Authorization") != "Bearer "+s.Token {
+	// A Microsoft Entra token, or the resource's key as Azure AI Services
+	// accept it.
+	if r.Header.Get("Authorization") != "Bearer "+s.Token && r.Header.Get("api-key") != s.Token {
 		fail(w, http.StatusUnauthorized, "PermissionDenied", "Authentication failed: a valid bearer token for https://ai.azure.com is required")
 		return
 	}
