@@ -52,7 +52,7 @@ var (
 	inspector *countingInspector
 	// evalTargets are the sandboxes KarsEvals reach, registered by tests.
 	evalTargets = &targetFarm{targets: map[string]eval.Target{}}
-	startErr  error
+	startErr    error
 )
 
 func TestMain(m *testing.M) {
