@@ -30,6 +30,8 @@ type Agent struct {
 	sessions *sessions
 	// mcp are the sandbox's MCP tools, through the router's gateway.
 	mcp *mcpTools
+	// memory offers remember and recall when the sandbox has a KarsMemory.
+	memory *memoryTools
 }
 
 // New builds an agent from its configuration.
@@ -47,6 +49,7 @@ func New(cfg Config) (*Agent, error) {
 	// The key is a placeholder: the router drops it and injects the real
 	// upstream credential, which this process never sees.
 	a.mcp = newMCPTools(cfg.RouterURL, a.http)
+	a.memory = newMemoryTools(cfg.RouterURL, a.http)
 	a.llm = openai.NewClient(option.WithBaseURL(strings.TrimRight(cfg.RouterURL, "/")+"/v1"),
 		option.WithAPIKey("kars-no-credential"), option.WithHTTPClient(a.http), option.WithMaxRetries(0))
 	enabled := map[string]bool{}
@@ -99,6 +102,7 @@ func (a *Agent) Chat(ctx context.Context, session, message string) (*Turn, error
 	}
 	unlock := a.sessions.lock(session)
 	defer unlock()
+	ctx = withSession(ctx, session)
 	history, err := a.sessions.load(session)
 	if err != nil {
 		return nil, err
@@ -154,6 +158,7 @@ func toolMessage(c ToolCall) string {
 
 func (a *Agent) complete(ctx context.Context, history []Message) (*openai.ChatCompletion, error) {
 	tools := append(slices.Clone(a.offered), a.mcp.offered(ctx)...)
+	tools = append(tools, a.memory.offered(ctx)...)
 	params := openai.ChatCompletionNewParams{Model: a.cfg.Model, Tools: tools}
 	for _, m := range history {
 		params.Messages = append(params.Messages, toParam(m))
@@ -203,6 +208,9 @@ func toParam(m Message) openai.ChatCompletionMessageParamUnion {
 func (a *Agent) runTool(ctx context.Context, call ToolCall) ToolCall {
 	if t, ok := a.mcp.lookup(call.Name); ok {
 		return a.mcp.call(ctx, t, call)
+	}
+	if a.memory.has(call.Name) {
+		return a.memory.call(ctx, sessionOf(ctx), call)
 	}
 	var args map[string]any
 	if err := json.Unmarshal([]byte(call.Arguments), &args); err != nil && call.Arguments != "" {
