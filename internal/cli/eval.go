@@ -38,12 +38,12 @@ func newEvalCmd(c *cluster) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			requested := time.Now().UTC()
+			requested := time.Now().UTC().Format(time.RFC3339Nano)
 			patch := client.MergeFrom(ev.DeepCopy())
 			if ev.Annotations == nil {
 				ev.Annotations = map[string]string{}
 			}
-			ev.Annotations[controller.AnnotationRunRequested] = requested.Format(time.RFC3339Nano)
+			ev.Annotations[controller.AnnotationRunRequested] = requested
 			if err := cl.Patch(ctx, ev, patch); err != nil {
 				return fmt.Errorf("request a run of KarsEval %s/%s: %w", ev.Namespace, ev.Name, err)
 			}
@@ -53,9 +53,9 @@ func newEvalCmd(c *cluster) *cobra.Command {
 				if err := cl.Get(ctx, client.ObjectKeyFromObject(ev), ev); err != nil {
 					return err
 				}
-				// The status keeps second precision: a run that finished
-				// in the second it was asked for counts.
-				if lr := ev.Status.LastRunTime; lr != nil && !lr.Time.Before(requested.Truncate(time.Second)) && ev.Status.Phase != "Running" {
+				// The controller marks the request handled when its run
+				// has finished.
+				if ev.Annotations[controller.AnnotationRunHandled] == requested && ev.Status.Phase != "Running" {
 					break
 				}
 				if c := meta.FindStatusCondition(ev.Status.Conditions, karsv1.ConditionReady); c != nil && c.Status == metav1.ConditionFalse &&

@@ -33,8 +33,12 @@ type EvalRunner interface {
 }
 
 // AnnotationRunRequested on a KarsEval asks for a run now (`kars eval
-// run`): an RFC 3339 time later than the last run's.
-const AnnotationRunRequested = "kars.io/run-requested"
+// run`); the controller copies its value to AnnotationRunHandled when the
+// run it asked for has finished.
+const (
+	AnnotationRunRequested = "kars.io/run-requested"
+	AnnotationRunHandled   = "kars.io/run-handled"
+)
 
 // Conditions and reasons of KarsEval.
 const (
@@ -122,6 +126,7 @@ func (r *KarsEvalReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{RequeueAfter: 10 * time.Second}, nil
 	}
 	defer r.release(req.NamespacedName)
+	requested := ev.Annotations[AnnotationRunRequested]
 	if err := r.report(ctx, &ev, func(st *karsv1.KarsEvalStatus) {
 		st.Phase = "Running"
 		r.setCond(st, ev.Generation, karsv1.ConditionReady, false, ReasonRunning, fmt.Sprintf("playing %d cases", len(cases)))
@@ -174,8 +179,18 @@ func (r *KarsEvalReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 		r.setCond(st, ev.Generation, ConditionDrifted, drifted, reason, msg)
 	})
-	if err != nil || sched == nil {
+	if err != nil {
 		return ctrl.Result{}, err
+	}
+	if requested != "" && ev.Annotations[AnnotationRunHandled] != requested {
+		patch := client.MergeFrom(ev.DeepCopy())
+		ev.Annotations[AnnotationRunHandled] = requested
+		if err := r.client.Patch(ctx, &ev, patch); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
+	if sched == nil {
+		return ctrl.Result{}, nil
 	}
 	if n := sched.Next(finished); !n.IsZero() {
 		return ctrl.Result{RequeueAfter: max(n.Sub(r.now()), time.Second)}, nil
@@ -192,10 +207,8 @@ func (r *KarsEvalReconciler) due(ev *karsv1.KarsEval, sched *eval.Schedule, now 
 	if last == nil || ran == nil || ran.ObservedGeneration != ev.Generation {
 		return true, time.Time{}
 	}
-	if v, ok := ev.Annotations[AnnotationRunRequested]; ok {
-		if t, err := time.Parse(time.RFC3339Nano, v); err == nil && t.After(last.Time) {
-			return true, time.Time{}
-		}
+	if v := ev.Annotations[AnnotationRunRequested]; v != "" && v != ev.Annotations[AnnotationRunHandled] {
+		return true, time.Time{}
 	}
 	if sched == nil {
 		return false, time.Time{}

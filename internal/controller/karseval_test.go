@@ -74,19 +74,19 @@ func TestKarsEvalDrift(t *testing.T) {
 		SandboxRef: karsv1.LocalObjectReference{Name: "bot"}, Dataset: karsv1.EvalDataset{Builtin: "banned-tools"},
 		Evaluators: []karsv1.EvaluatorKind{karsv1.EvaluatorPolicyDecision}, PassThreshold: "0.8"}}
 	create(t, ev)
-	waitRun := func(after time.Time) *karsv1.KarsEval {
+	waitRun := func(request string) *karsv1.KarsEval {
 		t.Helper()
 		var cur karsv1.KarsEval
 		eventually(t, 30*time.Second, "an evaluation run", func() error {
 			get(t, ns, "banned", &cur)
-			if lr := cur.Status.LastRunTime; lr == nil || lr.Time.Before(after.Truncate(time.Second)) || cur.Status.Phase == "Running" {
+			if cur.Status.LastRunTime == nil || cur.Status.Phase == "Running" || cur.Annotations[AnnotationRunHandled] != request {
 				return errorf("status %+v", cur.Status)
 			}
 			return nil
 		})
 		return &cur
 	}
-	cur := waitRun(time.Time{})
+	cur := waitRun("")
 	d := meta.FindStatusCondition(cur.Status.Conditions, ConditionDrifted)
 	if cur.Status.Score != "1.0000" || cur.Status.Phase != "Passed" || cur.Status.CasesRun != 10 || d == nil || d.Status != metav1.ConditionFalse {
 		t.Fatalf("first run: %+v", cur.Status)
@@ -97,12 +97,12 @@ func TestKarsEvalDrift(t *testing.T) {
 
 	// The policy now lets exec through; `kars eval run` asks again.
 	allowed.Store("tool:exec")
-	requested := time.Now()
+	requested := time.Now().UTC().Format(time.RFC3339Nano)
 	updateRetrying(t, client.ObjectKeyFromObject(ev), &karsv1.KarsEval{}, func(e *karsv1.KarsEval) {
 		if e.Annotations == nil {
 			e.Annotations = map[string]string{}
 		}
-		e.Annotations[AnnotationRunRequested] = requested.UTC().Format(time.RFC3339Nano)
+		e.Annotations[AnnotationRunRequested] = requested
 	})
 	cur = waitRun(requested)
 	d = meta.FindStatusCondition(cur.Status.Conditions, ConditionDrifted)

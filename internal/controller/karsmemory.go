@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -187,7 +188,11 @@ func (r *KarsMemoryReconciler) cleanup(ctx context.Context, m *karsv1.KarsMemory
 	} else if sb.DeletionTimestamp != nil {
 		since = sb.DeletionTimestamp.Time
 	}
-	if err != nil && r.now().Sub(since) < cleanupGrace {
+	// Without a sandbox (deleted, or being deleted with its namespace)
+	// there is no router left to ask: let go at once rather than hold the
+	// namespace.
+	gone := sbErr != nil || !sb.DeletionTimestamp.IsZero()
+	if err != nil && !gone && r.now().Sub(since) < cleanupGrace {
 		st := *m.Status.DeepCopy()
 		setCondition(&st.Conditions, m.Generation, karsv1.ConditionReady, false, ReasonCleanupFailed,
 			"forgetting the sandbox's memories: "+err.Error(), r.now())
@@ -195,6 +200,9 @@ func (r *KarsMemoryReconciler) cleanup(ctx context.Context, m *karsv1.KarsMemory
 		m.Status = st
 		_ = r.client.Status().Patch(ctx, m, patch)
 		return ctrl.Result{RequeueAfter: 15 * time.Second}, nil
+	}
+	if err != nil {
+		log.FromContext(ctx).Info("the sandbox's memories could not be forgotten; they stay in the Foundry store", "err", err)
 	}
 	if !m.DeletionTimestamp.IsZero() {
 		patch := client.MergeFrom(m.DeepCopy())

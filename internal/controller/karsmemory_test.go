@@ -47,7 +47,8 @@ func TestKarsMemoryBinding(t *testing.T) {
 	// The workload identity token now reaches the router: the pod rolls.
 	rollOut(t, sb, router)
 	router.memory.Store(&RouterMemory{Store: "bot-memories", Problem: "StoreMissing", Error: "memory store \"bot-memories\" not found"})
-	eventually(t, 40*time.Second, "StoreMissing", func() error {
+	eventually(t, 60*time.Second, "StoreMissing", func() error {
+		kubelet(t, sb, router)
 		get(t, ns, m.Name, m)
 		if c := meta.FindStatusCondition(m.Status.Conditions, karsv1.ConditionReady); c == nil || c.Reason != ReasonStoreMissing || m.Status.Phase != "Failed" {
 			return errorf("status %+v", m.Status)
@@ -57,7 +58,8 @@ func TestKarsMemoryBinding(t *testing.T) {
 	router.memory.Store(&RouterMemory{Store: "bot-memories", Reachable: true})
 	updateRetrying(t, client.ObjectKeyFromObject(m), &karsv1.KarsMemory{}, func(x *karsv1.KarsMemory) { x.Spec.RetentionDays = 60 })
 	rollOut(t, sb, router)
-	eventually(t, 40*time.Second, "Bound", func() error {
+	eventually(t, 60*time.Second, "Bound", func() error {
+		kubelet(t, sb, router)
 		get(t, ns, m.Name, m)
 		if m.Status.Phase != "Bound" {
 			return errorf("status %+v", m.Status)
@@ -79,6 +81,16 @@ func TestKarsMemoryBinding(t *testing.T) {
 	if router.forgets.Load() != 1 {
 		t.Fatalf("the router was asked to forget %d times, want 1", router.forgets.Load())
 	}
+}
+
+// kubelet plays the kubelet and the router's config watcher once: the pod
+// of the current template is ready and the router loaded the current
+// ConfigMap.
+func kubelet(t *testing.T, sb *karsv1.KarsSandbox, router *standInRouter) {
+	t.Helper()
+	markDeploymentReady(t, sb)
+	router.reload(t, sb)
+	time.Sleep(200 * time.Millisecond)
 }
 
 // rollOut plays the kubelet until the sandbox runs its current config:
