@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/eval"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/memory/foundryfake"
 	"github.com/kars-io/kars/internal/routerconfig"
@@ -213,5 +215,33 @@ func TestMemoryAdmin(t *testing.T) {
 	foundry.Token = "another-token"
 	if _, out := get("GET", "/admin/v1/memory"); out["problem"] != "AuthMisconfigured" {
 		t.Fatalf("refused token: %v", out)
+	}
+}
+
+// The built-in memory-isolation corpus against a router with memory per
+// user: each canary written as one principal stays invisible to another.
+func TestMemoryIsolationCorpus(t *testing.T) {
+	foundry := foundryfake.New("", "kars-memories")
+	endpoint := foundry.Start()
+	defer foundry.Close()
+	h := memoryHarness(t, foundry, endpoint, "kars-a/bot", nil)
+	cases, err := eval.Corpus("memory-isolation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := eval.Run(t.Context(), eval.Target{Client: http.DefaultClient, RouterURL: h.agent.URL, AgentURL: h.agent.URL, Session: "iso"},
+		cases, []karsv1.EvaluatorKind{karsv1.EvaluatorPolicyDecision})
+	if s := eval.Summarize(res); s.CasesRun != len(cases) || s.CasesPassed != len(cases) {
+		t.Fatalf("memory isolation: %+v %+v", s, res)
+	}
+	if len(foundry.Items("kars-memories", "")) != len(cases) {
+		t.Fatalf("the canaries were not planted: %v", foundry.Items("kars-memories", ""))
+	}
+	// Memory scoped to the agent is shared by design: not applicable.
+	shared := memoryHarness(t, foundry, endpoint, "kars-b/bot", func(m *routerconfig.Memory) { m.Scope = routerconfig.MemoryScopeAgent })
+	res = eval.Run(t.Context(), eval.Target{Client: http.DefaultClient, RouterURL: shared.agent.URL, AgentURL: shared.agent.URL, Session: "iso"},
+		cases, []karsv1.EvaluatorKind{karsv1.EvaluatorPolicyDecision})
+	if s := eval.Summarize(res); s.CasesRun != 0 || res[0].Obs.NotApplicable == "" {
+		t.Fatalf("agent-scoped memory: %+v", res[0])
 	}
 }
