@@ -97,7 +97,7 @@ var clientImpl = &mcp.Implementation{Name: "kars-router", Title: "kars MCP gatew
 // bounded by the agent's request.
 const connectTimeout = 15 * time.Second
 
-func (u *upstream) connect(ctx context.Context) (*mcp.ClientSession, error) {
+func (u *upstream) connect() (*mcp.ClientSession, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.session != nil {
@@ -158,7 +158,7 @@ func (u *upstream) listTools(ctx context.Context) ([]*mcp.Tool, error) {
 	ctx, cancel := detach(ctx)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
-		cs, err := u.connect(ctx)
+		cs, err := u.connect()
 		if err != nil {
 			return nil, err
 		}
@@ -202,7 +202,7 @@ func (u *upstream) callTool(ctx context.Context, name string, args json.RawMessa
 	ctx, cancel := detach(ctx)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
-		cs, err := u.connect(ctx)
+		cs, err := u.connect()
 		if err != nil {
 			return nil, err
 		}

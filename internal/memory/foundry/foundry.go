@@ -132,12 +132,12 @@ func (c *Client) do(ctx context.Context, method, u string, body, out any) error 
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {
-		return fmt.Errorf("Foundry memory store: %w", err)
+		return fmt.Errorf("the Foundry memory store: %w", err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
-		return fmt.Errorf("Foundry memory store: read answer: %w", err)
+		return fmt.Errorf("the Foundry memory store: read answer: %w", err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		var e struct {
@@ -153,7 +153,7 @@ func (c *Client) do(ctx context.Context, method, u string, body, out any) error 
 		return nil
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
-		return fmt.Errorf("Foundry memory store: decode answer: %w", err)
+		return fmt.Errorf("the Foundry memory store: decode answer: %w", err)
 	}
 	return nil
 }
@@ -236,7 +236,7 @@ func (c *Client) List(ctx context.Context, scope string) ([]Item, error) {
 		}
 		after = resp.LastID
 	}
-	return out, errors.New("Foundry memory store: too many pages")
+	return out, errors.New("the Foundry memory store: too many pages")
 }
 
 // DeleteScope forgets every memory of scope.
