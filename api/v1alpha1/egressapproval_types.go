@@ -31,6 +31,11 @@ type EgressApprovalSpec struct {
 	// +kubebuilder:validation:MinLength=3
 	// +kubebuilder:validation:MaxLength=1024
 	Reason string `json:"reason"`
+	// Ticket is the change or incident reference the approval was made
+	// under, kept for audit.
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	Ticket string `json:"ticket,omitempty"`
 	// TTL of the approval, from its creation: between 1m and 720h (30 days).
 	// +kubebuilder:default="24h"
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('720h')",message="ttl must be between 1m and 720h (30 days)"
@@ -41,8 +46,10 @@ type EgressApprovalSpec struct {
 // EgressApprovalStatus is the observed state of an approval.
 type EgressApprovalStatus struct {
 	CommonStatus `json:",inline"`
-	// Phase is Active, Expired or Invalid (e.g. the sandbox does not exist).
-	// +kubebuilder:validation:Enum=Active;Expired;Invalid
+	// Phase is Pending (not yet enforced by the sandbox's router), Active
+	// (the router echoes it: condition RouterConfirmed), Expired, or
+	// Invalid (e.g. the sandbox does not exist).
+	// +kubebuilder:validation:Enum=Pending;Active;Expired;Invalid
 	// +optional
 	Phase string `json:"phase,omitempty"`
 	// ExpiresAt is creation time plus ttl.

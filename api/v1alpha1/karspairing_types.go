@@ -57,18 +57,29 @@ type KarsPairingSpec struct {
 	Revoked bool `json:"revoked,omitempty"`
 }
 
+// The pairing phases.
+const (
+	PairingPending   = "PendingPairing"
+	PairingActive    = "Active"
+	PairingExhausted = "Exhausted"
+	PairingExpired   = "Expired"
+	PairingRevoked   = "Revoked"
+)
+
 // KarsPairingStatus is the observed state of a pairing.
 type KarsPairingStatus struct {
 	CommonStatus `json:",inline"`
-	// Phase is Pending (token not yet redeemed), Active, Exhausted,
-	// Expired or Revoked.
-	// +kubebuilder:validation:Enum=Pending;Active;Exhausted;Expired;Revoked
+	// Phase is PendingPairing (a token not yet redeemed, or a peer
+	// sandbox whose router has not reported its mesh identity yet),
+	// Active, Exhausted, Expired or Revoked.
+	// +kubebuilder:validation:Enum=PendingPairing;Active;Exhausted;Expired;Revoked
 	// +optional
 	Phase string `json:"phase,omitempty"`
 	// RedeemedAt is when the token was used.
 	// +optional
 	RedeemedAt *metav1.Time `json:"redeemedAt,omitempty"`
-	// PeerIdentity is the peer's mesh identity key fingerprint after redemption.
+	// PeerIdentity is the peer's mesh identity (its DID): bound when the
+	// token is redeemed, or the peer sandbox's router's identity.
 	// +optional
 	PeerIdentity string `json:"peerIdentity,omitempty"`
 	// SlotsInUse counts active offload sandboxes.

@@ -356,8 +356,9 @@ type EgressMode string
 const (
 	// EgressStrict allows only allowlisted hosts.
 	EgressStrict EgressMode = "Strict"
-	// EgressLearn records the hosts the agent asks for (and still denies
-	// them) so that an operator can review and approve them.
+	// EgressLearn allows every destination the blocklist does not name and
+	// records it with counts, so that an operator can review the hosts and
+	// enforce an allowlist built from them (`kars egress --enforce`).
 	EgressLearn EgressMode = "Learn"
 )
 

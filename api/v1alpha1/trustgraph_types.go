@@ -35,8 +35,11 @@ type TrustEdge struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=128
 	KeyID string `json:"keyID"`
-	// Signature is the base64url Ed25519 signature over the edge's
-	// canonical form (from, to, score, expiresAt).
+	// Signature is the base64url Ed25519 signature, by the key KeyID
+	// names in the kars-trust-keys ConfigMap, over "kars-trust-edge-v1\n"
+	// followed by the RFC 8785 JSON of {domain (the graph's trustDomain),
+	// expiresAt (RFC 3339 UTC, omitted when unset), from, score, to}
+	// (docs/mesh.md, "TrustGraph").
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9_-]{86}$`
 	Signature string `json:"signature"`
 	// ExpiresAt ends the edge.

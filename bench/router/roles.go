@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,11 +20,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	_ "net/http/pprof"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,7 +38,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/router"
@@ -117,35 +122,46 @@ func selfSigned(certFile string) *tls.Config {
 		NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12}
 }
 
-// runBare is the floor: the standard library's reverse proxy with the same
-// connection pooling as kars-router, doing nothing but forwarding.
+// runBare is the floor: the standard library's reverse proxy and
+// transport, doing nothing but forwarding.
 func runBare(upstream string) {
 	u, err := url.Parse(upstream)
 	if err != nil {
 		log.Fatal(err)
 	}
 	p := httputil.NewSingleHostReverseProxy(u)
-	p.Transport = router.DefaultTransport()
+	p.Transport = stdTransport()
 	serve(p, "")
 }
 
+// stdTransport is net/http's Transport as kars-router configured it before
+// it had its own (upstreamhttp): the bare proxy's, so that the floor stays
+// the standard library's.
+func stdTransport() *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 10 * time.Minute,
+		ReadBufferSize:        2 << 10,
+		WriteBufferSize:       1 << 10,
+	}
+}
+
 // runKars runs the real router (router.Serve, as cmd/kars-router does),
-// logging to a file as it would log to the container's stdout. window is
-// the audit commit window, as -audit-commit-window takes it; empty means
-// kars-router's default.
-func runKars(cfgPath, window string) {
+// logging to a file as it would log to the container's stdout.
+func runKars(cfgPath string) {
 	limit, err := router.ParseMemorySize(os.Getenv(router.EnvMemoryLimit))
 	if err != nil {
 		log.Fatal(err)
 	}
+	router.SetMinProcs()         // as cmd/kars-router does
+	defer router.TuneGC()()      // as cmd/kars-router does
 	router.SetMemoryLimit(limit) // as cmd/kars-router does with -memory-limit
-	commitWindow := audit.DefaultCommitWindow
-	if window != "" {
-		var err error
-		if commitWindow, err = time.ParseDuration(window); err != nil {
-			log.Fatal(err)
-		}
-	}
 	logf, err := os.Create(filepath.Join(filepath.Dir(cfgPath), "router.log"))
 	if err != nil {
 		log.Fatal(err)
@@ -163,11 +179,44 @@ func runKars(cfgPath, window string) {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
+	// KARS_BENCH_MAXSTACK=n crashes the router when a goroutine's stack
+	// grows past n bytes after start-up (fsnotify's reader has a 64 KiB
+	// frame), printing where (debug.SetMaxStack): a probe for what makes
+	// a stream's goroutine deep.
+	if n, err := strconv.Atoi(os.Getenv("KARS_BENCH_MAXSTACK")); err == nil {
+		time.AfterFunc(300*time.Millisecond, func() { debug.SetMaxStack(n) })
+	}
+	// KARS_BENCH_PPROF=dir serves net/http/pprof on loopback and writes its
+	// address to dir/pprof.<pid>, for heap and goroutine profiles mid-step.
+	if dir := os.Getenv("KARS_BENCH_PPROF"); dir != "" {
+		runtime.MemProfileRate = 512 // every allocation, near enough
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			log.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, fmt.Sprintf("pprof.%d", os.Getpid())), []byte("http://"+ln.Addr().String()+"\n"), 0o644)
+		http.HandleFunc("/debug/runtime-metrics", func(w http.ResponseWriter, _ *http.Request) {
+			all := metrics.All()
+			samples := make([]metrics.Sample, len(all))
+			for i, d := range all {
+				samples[i].Name = d.Name
+			}
+			metrics.Read(samples)
+			for _, s := range samples {
+				switch s.Value.Kind() {
+				case metrics.KindUint64:
+					fmt.Fprintf(w, "%s %d\n", s.Name, s.Value.Uint64())
+				case metrics.KindFloat64:
+					fmt.Fprintf(w, "%s %g\n", s.Name, s.Value.Float64())
+				}
+			}
+		})
+		go http.Serve(ln, nil) // net/http/pprof registers on the default mux
+	}
 	err = router.Serve(signalled(), router.ServeOptions{
-		ConfigPath:        cfgPath,
-		Logger:            slog.New(slog.NewJSONHandler(logs, nil)),
-		Ready:             func(addrs map[string]string) { fmt.Printf("http://%s http://%s\n", addrs["agent"], addrs["admin"]) },
-		AuditCommitWindow: commitWindow,
+		ConfigPath: cfgPath,
+		Logger:     slog.New(slog.NewJSONHandler(logs, nil)),
+		Ready:      func(addrs map[string]string) { fmt.Printf("http://%s http://%s\n", addrs["agent"], addrs["admin"]) },
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -186,10 +235,11 @@ func writeKarsConfigAudit(dir, upstream string, gen int64, auditDir string) stri
 	key := filepath.Join(dir, "upstream-key")
 	os.WriteFile(key, []byte(fakeprovider.New().APIKey), 0o600)
 	os.WriteFile(filepath.Join(dir, "admin-token"), []byte("bench-admin-token"), 0o600)
+	agent, admin := karsPorts(dir)
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: "kars-bench", Name: "bench", AgentID: "kars-bench/bench"},
-		Listen:        "127.0.0.1:0",
+		Listen:        agent,
 		Models: routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1",
 			Deployment: "gpt-41", Endpoint: upstream, Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: key}}},
 		Budget:        &routerconfig.Budget{PerRequest: 100_000, Daily: 1 << 50, Monthly: 1<<50 + gen},
@@ -200,7 +250,7 @@ func writeKarsConfigAudit(dir, upstream string, gen int64, auditDir string) stri
 			{Name: "inference", Effect: governance.EffectAllow, Actions: []string{"inference:*:gpt-4.1*"}},
 		}},
 		Audit:    routerconfig.Audit{Dir: auditDir},
-		Admin:    routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "admin-token")},
+		Admin:    routerconfig.Admin{Listen: admin, TokenFile: filepath.Join(dir, "admin-token")},
 		StateDir: filepath.Join(dir, "state"),
 	}
 	b, err := routerconfig.Marshal(c)
@@ -217,14 +267,80 @@ func writeKarsConfigAudit(dir, upstream string, gen int64, auditDir string) stri
 	return path
 }
 
+// karsPorts returns the agent and admin addresses of the router whose
+// config lives in dir: free loopback ports, chosen once and kept in
+// dir/ports so that a rewritten config keeps them.
+func karsPorts(dir string) (agent, admin string) {
+	path := filepath.Join(dir, "ports")
+	if b, err := os.ReadFile(path); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			return f[0], f[1]
+		}
+	}
+	var addrs []string
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			log.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		defer ln.Close()
+	}
+	if err := os.WriteFile(path, []byte(addrs[0]+" "+addrs[1]+"\n"), 0o600); err != nil {
+		log.Fatal(err)
+	}
+	return addrs[0], addrs[1]
+}
+
 // result is one load step's outcome; latencies in microseconds.
 type result struct {
 	OK, Errors         int64
 	RPS                float64
 	P50, P90, P99, Max int64
 	Concurrent         int64 // streams mode: most streams open at once
-	// SyncsPerSec is filled in by the orchestrator (loadCounted).
-	SyncsPerSec float64 `json:"-"`
+	// Filled in by the orchestrator (loadCounted): the router's audit
+	// syncs and entries a second, and its CPU time per call in µs.
+	SyncsPerSec   float64 `json:"-"`
+	EntriesPerSec float64 `json:"-"`
+	CPUPerCall    float64 `json:"-"`
+}
+
+// fsyncResult is the write+fdatasync loop's latency in microseconds.
+type fsyncResult struct {
+	N             int
+	P50, P90, P99 int64
+}
+
+// runFsync is the durability baseline: for d, it writes one line the size
+// of a kars audit entry to a file in dir and fdatasyncs it, again and again,
+// as an audit log with no batching would, and prints the latency of each
+// write+fdatasync.
+func runFsync(dir, d string) {
+	dur, err := time.ParseDuration(d)
+	if err != nil {
+		log.Fatal(err)
+	}
+	f, err := os.CreateTemp(dir, "fsync-baseline-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	line := append(bytes.Repeat([]byte("x"), 520), '\n')
+	var lat []int64
+	for end := time.Now().Add(dur); time.Now().Before(end); {
+		t0 := time.Now()
+		if _, err := f.Write(line); err != nil {
+			log.Fatal(err)
+		}
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			log.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0).Microseconds())
+	}
+	slices.Sort(lat)
+	q := func(p float64) int64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	json.NewEncoder(os.Stdout).Encode(fsyncResult{N: len(lat), P50: q(0.5), P90: q(0.9), P99: q(0.99)})
 }
 
 const prompt = `{"model":"gpt-4.1","max_tokens":16,"messages":[{"role":"system","content":"You are a benchmark."},{"role":"user","content":"Summarise the kars trust boundary in one sentence.%s"}]%s}`

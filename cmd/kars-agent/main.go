@@ -36,6 +36,7 @@ func main() {
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()
+	go a.ServeMesh(ctx, log)
 	log.Info("kars-agent serving", "listen", cfg.Listen, "router", cfg.RouterURL, "model", cfg.Model, "sandbox", cfg.Namespace+"/"+cfg.Sandbox)
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("serve", "err", err)

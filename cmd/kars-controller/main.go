@@ -66,6 +66,12 @@ type config struct {
 	burst            int
 	logLevel         string
 	showVersion      bool
+	signerKeys       string
+	plainRegistries  string
+	blocklist        string
+	blocklistRefresh string
+	mesh             bool
+	deployMesh       bool
 }
 
 func parseFlags(args []string, getenv func(string) string, out io.Writer) (*config, error) {
@@ -94,6 +100,12 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.IntVar(&c.burst, "kube-api-burst", 100, "API request burst")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	fs.StringVar(&c.signerKeys, "egress-signer-keys", getenv("KARS_EGRESS_SIGNER_KEYS"), "PEM file of the public keys (cosign format) allowlist artifacts must be signed with; without it every allowlistRef fails closed (env KARS_EGRESS_SIGNER_KEYS)")
+	fs.StringVar(&c.plainRegistries, "egress-plain-http-registries", "", "comma-separated registry hosts reached over plain HTTP (a local registry)")
+	fs.StringVar(&c.blocklist, "egress-blocklist", getenv("KARS_EGRESS_BLOCKLIST"), "comma-separated blocklist sources every router enforces: https://… URLs, oci://REGISTRY/REPO:TAG artifacts, configmap:NAME[/KEY] (a ConfigMap in each sandbox's namespace) (env KARS_EGRESS_BLOCKLIST)")
+	fs.StringVar(&c.blocklistRefresh, "egress-blocklist-refresh", "6h", "how often routers refetch the blocklist (they keep the last good list when a fetch fails)")
+	fs.BoolVar(&c.mesh, "mesh", true, "make every router its agent's AgentMesh endpoint on kars-mesh in the system namespace, and reconcile KarsPairings and TrustGraphs")
+	fs.BoolVar(&c.deployMesh, "deploy-mesh", true, "apply kars-mesh (Deployment, Service, volume claim, RBAC) into the system namespace")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -149,14 +161,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
+	signers, blocklist, blocklistCM, err := egressConfig(c)
+	if err != nil {
+		return err
+	}
+	env := render.Environment{
+		Catalog:            render.Catalog{Registry: c.registry, Version: c.imageVersion, GitSyncImage: c.gitSyncImage},
+		SystemNamespace:    c.systemNamespace,
+		ClusterDNS:         dns,
+		SeccompProfile:     c.seccompProfile,
+		Blocklist:          blocklist,
+		BlocklistConfigMap: blocklistCM,
+	}
+	if c.mesh {
+		env.Mesh = render.ClusterMesh(c.systemNamespace)
+	}
 	err = controller.Setup(mgr, controller.Options{
-		Env: render.Environment{
-			Catalog:         render.Catalog{Registry: c.registry, Version: c.imageVersion, GitSyncImage: c.gitSyncImage},
-			SystemNamespace: c.systemNamespace,
-			ClusterDNS:      dns,
-			SeccompProfile:  c.seccompProfile,
-		},
+		Env:                     env,
 		MaxConcurrentReconciles: c.concurrency,
+		Signers:                 signers,
+		DeployMesh:              c.mesh && c.deployMesh,
 	})
 	if err != nil {
 		return fmt.Errorf("set up controllers: %w", err)

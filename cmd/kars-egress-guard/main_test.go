@@ -47,3 +47,32 @@ func TestFlagsOverrideEnvAndBadInputFails(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintContract(t *testing.T) {
+	var out bytes.Buffer
+	err := run([]string{"--print", "--transparent-port", "15001", "--dns-port", "15053", "--inbound-ports", "8444,8445"}, env(nil), &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	for _, want := range []string{
+		"chain nat_output {",
+		`meta skuid 1000 meta nfproto ipv4 udp dport 53 redirect to :15053`,
+		`ip daddr != 127.0.0.0/8 ip daddr != 169.254.169.254 meta l4proto tcp redirect to :15001`,
+		"chain input {",
+		`tcp dport 8445 accept`,
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("output lacks %q:\n%s", want, s)
+		}
+	}
+	for _, bad := range [][]string{
+		{"--print", "--dns", "10.96.0.10", "--dns-port", "15053"},
+		{"--print", "--inbound-ports", "x"},
+		{"--print", "--transparent-port", "70000"},
+	} {
+		if err := run(bad, env(nil), &bytes.Buffer{}); err == nil {
+			t.Errorf("%v: want an error", bad)
+		}
+	}
+}

@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/router"
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/version"
@@ -27,8 +26,6 @@ func main() {
 	configPath := flag.String("config", defaultConfig, "path of the compiled router config (env KARS_ROUTER_CONFIG), under $KARS_ROUTER_ROOT when that is set")
 	level := flag.String("log-level", "info", "log level: debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")
-	commitWindow := flag.Duration("audit-commit-window", audit.DefaultCommitWindow,
-		"longest an audit entry waits for others to share its fdatasync while calls keep arriving; 0 syncs each batch at once")
 	memoryLimit := flag.String("memory-limit", os.Getenv(router.EnvMemoryLimit),
 		"the container's memory limit (bytes, or with a suffix such as Mi; env "+router.EnvMemoryLimit+"): the garbage collector keeps the process under 90% of it, spending more CPU near it; empty: GOGC alone")
 	flag.Parse()
@@ -48,6 +45,8 @@ func main() {
 	}
 	logs := router.NewLogWriter(os.Stderr)
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: lvl}))
+	router.SetMinProcs()
+	defer router.TuneGC()()
 	if soft := router.SetMemoryLimit(limit); soft > 0 {
 		log.Info("Go memory limit set from the container's", "container_bytes", limit, "soft_limit_bytes", soft)
 	}
@@ -65,7 +64,7 @@ func main() {
 	// on Kubernetes they are mounted where the config says.
 	root := os.Getenv(routerconfig.EnvRoot)
 	if err := router.Serve(ctx, router.ServeOptions{ConfigPath: *configPath, Root: root, Logger: log, Listeners: passed,
-		AuditCommitWindow: *commitWindow, BufferBytes: router.BufferBytesFor(limit)}); err != nil {
+		BufferBytes: router.BufferBytesFor(limit), NoEgressListeners: os.Getenv(router.EnvNoEgressListeners) == "1"}); err != nil {
 		log.Error("kars-router stopped", "err", err)
 		logs.Close()
 		os.Exit(1)

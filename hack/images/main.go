@@ -49,6 +49,8 @@ var images = []image{
 	{name: "kars-controller", user: "65532:65532"},
 	{name: "kars-router", user: "1001:1001"},
 	{name: "kars-egress-guard", user: "0:0"},
+	// The mesh registry and relay (render.MeshSystem runs it as 65532).
+	{name: "kars-mesh", user: "65532:65532"},
 	// The reference agent, a contract-v1 BYO image.
 	{name: "kars-agent", user: "1000:1000", labels: map[string]string{"org.kars.runtime.contract": "v1"}},
 }

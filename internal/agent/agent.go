@@ -56,7 +56,7 @@ func New(cfg Config) (*Agent, error) {
 	for _, t := range cfg.Tools {
 		enabled[t] = true
 	}
-	for _, t := range builtinTools() {
+	for _, t := range append(builtinTools(), a.sendToAgentTool()) {
 		if len(enabled) > 0 && !enabled[t.Name] {
 			continue
 		}
@@ -96,7 +96,14 @@ func (e *UpstreamError) Error() string {
 
 // Chat runs one turn of session: the user's message, any tool calls the
 // model asks for (each decided by the router's policy first), and the reply.
+// A message that starts with @peer goes to that peer (send_to_agent) and
+// its answer is the reply.
 func (a *Agent) Chat(ctx context.Context, session, message string) (*Turn, error) {
+	return a.chat(ctx, session, message, true)
+}
+
+// chat is Chat; mesh says whether the send_to_agent tool is offered.
+func (a *Agent) chat(ctx context.Context, session, message string, mesh bool) (*Turn, error) {
 	if strings.TrimSpace(message) == "" {
 		return nil, errors.New("empty message")
 	}
@@ -112,11 +119,28 @@ func (a *Agent) Chat(ctx context.Context, session, message string) (*Turn, error
 	}
 	history = append(history, Message{Role: "user", Content: message})
 	turn := &Turn{Session: session}
+	if peer, text, ok := a.addressed(message); ok && mesh {
+		// Addressed to another agent: the user chose the tool, so no
+		// model round is needed to choose it.
+		args, _ := json.Marshal(map[string]string{"to": peer, "message": text})
+		done := a.runTool(ctx, ToolCall{ID: "call_mention", Name: SendToAgentTool, Arguments: string(args)})
+		turn.ToolCalls = append(turn.ToolCalls, done)
+		turn.Reply = "@" + peer + ": " + toolMessage(done)
+		history = append(history, Message{Role: "assistant", Content: turn.Reply})
+		if err := a.sessions.save(session, history); err != nil {
+			return nil, fmt.Errorf("save session: %w", err)
+		}
+		return turn, nil
+	}
+	offered := a.offered
+	if !mesh {
+		offered = a.offeredWithout(SendToAgentTool)
+	}
 	for round := 0; ; round++ {
 		if round == maxToolRounds {
 			return nil, fmt.Errorf("the model asked for tools %d times without answering", maxToolRounds)
 		}
-		resp, err := a.complete(ctx, history)
+		resp, err := a.complete(ctx, history, offered)
 		if err != nil {
 			return nil, err
 		}
@@ -149,6 +173,18 @@ func (a *Agent) Chat(ctx context.Context, session, message string) (*Turn, error
 	return turn, nil
 }
 
+// offeredWithout is the offered tools except name.
+func (a *Agent) offeredWithout(name string) []openai.ChatCompletionToolUnionParam {
+	var out []openai.ChatCompletionToolUnionParam
+	for _, t := range a.offered {
+		if f := t.GetFunction(); f != nil && f.Name == name {
+			continue
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
 func toolMessage(c ToolCall) string {
 	if c.Decision != "allow" {
 		return fmt.Sprintf("policy %s: %s", c.Decision, c.Reason)
@@ -156,8 +192,8 @@ func toolMessage(c ToolCall) string {
 	return c.Result
 }
 
-func (a *Agent) complete(ctx context.Context, history []Message) (*openai.ChatCompletion, error) {
-	tools := append(slices.Clone(a.offered), a.mcp.offered(ctx)...)
+func (a *Agent) complete(ctx context.Context, history []Message, offered []openai.ChatCompletionToolUnionParam) (*openai.ChatCompletion, error) {
+	tools := append(slices.Clone(offered), a.mcp.offered(ctx)...)
 	tools = append(tools, a.memory.offered(ctx)...)
 	params := openai.ChatCompletionNewParams{Model: a.cfg.Model, Tools: tools}
 	for _, m := range history {

@@ -3,6 +3,8 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,8 +24,9 @@ type Tool struct {
 	Run func(ws string, args map[string]any) (string, error)
 }
 
-// builtinTools are the reference agent's tools. None reaches the network:
-// network access is the router's business.
+// builtinTools are the reference agent's tools. Only http_get reaches the
+// network, and only through the router's forward proxy (HTTP(S)_PROXY, and
+// the egress guard for anything else), which decides the destination.
 func builtinTools() []Tool {
 	str := func(desc string) map[string]any { return map[string]any{"type": "string", "description": desc} }
 	return []Tool{
@@ -84,6 +87,14 @@ func builtinTools() []Tool {
 					b = b[:64<<10]
 				}
 				return string(b), err
+			},
+		},
+		{
+			Name:        "http_get",
+			Description: "Fetch a URL (http or https) and return the status and the start of the body.",
+			Params:      map[string]any{"type": "object", "properties": map[string]any{"url": str("the URL")}, "required": []string{"url"}},
+			Run: func(_ string, a map[string]any) (string, error) {
+				return httpGet(argString(a, "url"))
 			},
 		},
 		{
@@ -269,4 +280,32 @@ func (p *calc) atom() (float64, error) {
 		return 0, fmt.Errorf("expected a number at %q", p.s[start:])
 	}
 	return strconv.ParseFloat(p.s[start:p.i], 64)
+}
+
+// webClient reaches the network through the router's forward proxy, as
+// the runtime contract's environment names it.
+var webClient = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment}}
+
+// httpGet fetches the first http(s) URL in s (models, and the offline
+// model in particular, may wrap it in prose) and returns the status line
+// and up to 2 KiB of the body. A refusal by the router's egress policy is
+// an HTTP 403 whose body says which rule refused it.
+func httpGet(s string) (string, error) {
+	var u string
+	for _, f := range strings.Fields(s) {
+		if strings.HasPrefix(f, "http://") || strings.HasPrefix(f, "https://") {
+			u = strings.TrimRight(f, ".,;)\"'")
+			break
+		}
+	}
+	if u == "" {
+		return "", fmt.Errorf("no http:// or https:// URL in %q", s)
+	}
+	resp, err := webClient.Get(u)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 2<<10))
+	return fmt.Sprintf("HTTP %d from %s: %s", resp.StatusCode, u, strings.TrimSpace(string(b))), nil
 }

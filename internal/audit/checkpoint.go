@@ -106,27 +106,12 @@ const (
 	cpOnClose           // if anything is unsigned
 )
 
-// checkpointer signs the durable head in its own goroutine, so that signing
-// and syncing checkpoints.jsonl never delay an acknowledgement.
-func (w *Writer) checkpointer() {
-	defer close(w.cpDone)
-	tick := time.NewTicker(w.opts.CheckpointInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-w.cpKick:
-			w.checkpointIfDue(cpAfterBatch)
-		case <-tick.C:
-			w.checkpointIfDue(cpOnTimer)
-		case <-w.cpStop:
-			w.checkpointIfDue(cpOnClose)
-			return
-		}
-	}
-}
-
-// checkpointIfDue signs the durable head when it is due.
-func (w *Writer) checkpointIfDue(why int) {
+// checkpoint signs the durable head when it is due. The committer calls it
+// after it has woken a batch's callers, so signing and syncing
+// checkpoints.jsonl never delay an acknowledgement; entries that arrive
+// meanwhile ride the next batch. A failed write or sync fails the log like
+// a failed batch does.
+func (w *Writer) checkpoint(why int) {
 	head := w.Head()
 	if w.cpFile == nil || head.Seq <= w.cpSeq {
 		return
@@ -145,12 +130,13 @@ func (w *Writer) checkpointIfDue(why int) {
 	cp := Checkpoint{Seq: head.Seq, Hash: head.Hash, Time: now}
 	line := signCheckpoint(w.opts.SigningKey, &cp)
 	if _, err := w.cpFile.Write(line); err != nil {
-		w.poison(fmt.Errorf("audit: writing checkpoint: %w", err))
+		w.fail(fmt.Errorf("audit: writing checkpoint: %w", err), 0)
 		return
 	}
 	if err := w.syncFile(w.cpFile); err != nil {
-		w.poison(fmt.Errorf("audit: syncing checkpoint: %w", err))
+		w.fail(fmt.Errorf("audit: syncing checkpoint: %w", err), 0)
 		return
 	}
+	w.cpSize += int64(len(line))
 	w.cpSeq, w.cpTime = cp.Seq, now
 }

@@ -22,14 +22,11 @@ import (
 // acknowledged sequence number and hash. The parent kills it with SIGKILL at
 // a random moment, 50 times over the same directory, and then checks that
 // every acknowledged entry is in the log with the acknowledged hash, that
-// sequence numbers never restarted, and that the whole log verifies. Every
-// other run holds batches with a commit window, so kills also land while a
-// batch waits for company.
+// sequence numbers never restarted, and that the whole log verifies.
 
 const (
 	envCrashDir = "KARS_AUDIT_CRASH_DIR"
 	envCrashDay = "KARS_AUDIT_CRASH_DAY"
-	envCrashWin = "KARS_AUDIT_CRASH_WINDOW"
 )
 
 func crashKey(t testing.TB) ed25519.PrivateKey { return testKey(t, 42) }
@@ -40,14 +37,12 @@ func TestHelperProcess(t *testing.T) {
 		t.Skip("helper process for TestCrashKeepsAcknowledgedEntries")
 	}
 	day, _ := strconv.Atoi(os.Getenv(envCrashDay))
-	window, _ := time.ParseDuration(os.Getenv(envCrashWin))
 	// Each run lives on its own simulated day (several runs share one), so
 	// the kills land around daily rotations as well.
 	base := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(day) * 24 * time.Hour)
 	start := time.Now()
 	now := func() time.Time { return base.Add(time.Since(start)) }
-	w, err := Open(Options{Dir: dir, Sandbox: "crash", SigningKey: crashKey(t), CheckpointEvery: 64, CheckpointInterval: 5 * time.Millisecond, Now: now,
-		CommitWindow: window})
+	w, err := Open(Options{Dir: dir, Sandbox: "crash", SigningKey: crashKey(t), CheckpointEvery: 64, CheckpointInterval: 5 * time.Millisecond, Now: now})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "open:", err)
 		os.Exit(3)
@@ -87,10 +82,7 @@ func TestCrashKeepsAcknowledgedEntries(t *testing.T) {
 	for run := range runs {
 		var stderr bytes.Buffer
 		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
-		cmd.Env = append(os.Environ(), envCrashDir+"="+dir, envCrashDay+"="+strconv.Itoa(run/8), envCrashWin+"=0s")
-		if run%2 == 1 {
-			cmd.Env[len(cmd.Env)-1] = envCrashWin + "=" + DefaultCommitWindow.String()
-		}
+		cmd.Env = append(os.Environ(), envCrashDir+"="+dir, envCrashDay+"="+strconv.Itoa(run/8))
 		cmd.Stderr = &stderr
 		out, err := cmd.StdoutPipe()
 		if err != nil {

@@ -47,6 +47,8 @@
 // member (closed with a brace). The key in force is announced in the chain
 // itself: each time the writer opens the log it appends an entry with action
 // "audit:open" whose checkpoint_key attribute carries the base64 public key.
+// After a failed write or sync the writer recovers without a restart and
+// appends an "audit:recover" entry, the gap marker (ActionRecover).
 //
 // docs/audit.md describes the same format for people operating kars.
 package audit

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -28,41 +29,39 @@ type Options struct {
 	CheckpointInterval time.Duration
 	// Now is the clock for entry timestamps (default time.Now).
 	Now func() time.Time
-	// CommitWindow is how long a batch may wait for more entries before it
-	// is written and synced, counted from its first entry. The batch waits
-	// only while other callers are appending fast enough that more entries
-	// are expected within the window (see pacer); a lone append is synced
-	// at once. Zero commits every batch as soon as the previous sync
-	// allows. Waiting trades up to this much latency per append for fewer
-	// fdatasyncs under load; DefaultCommitWindow suits kars-router.
-	CommitWindow time.Duration
-	// A batch that holds CommitMaxEntries entries (default 128) or
-	// CommitMaxBytes bytes (default 128 KiB) stops waiting. It is not
-	// split: entries that arrive while it is being sealed join it.
-	CommitMaxEntries int
-	CommitMaxBytes   int
 }
 
 // ErrClosed is returned by Append after Close.
 var ErrClosed = errors.New("audit: log is closed")
 
+// maxBatchBytes bounds one group commit. Batches are otherwise as large as
+// the load makes them (each caller has one entry in flight), and a batch is
+// written and synced whole, so this bounds what a crash can tear, and keeps
+// it far inside what recovery reads (recoveryWindow).
+const maxBatchBytes = 1 << 20
+
 // Writer appends entries to a log directory. It implements Sink.
 //
-// Append encodes the record on the caller's goroutine, then, under a mutex
-// held only to take a sequence number and a timestamp, stages the bytes in
-// the current batch and waits. Two goroutines commit batches in a pipeline:
-// the sealer links each entry of a batch to its predecessor, hashes it and
-// writes the batch; the syncer calls fdatasync once for the whole batch
-// (group commit), wakes its callers and writes checkpoints. While batch k
-// syncs, batch k+1 is sealed and written and batch k+2 fills, so the cost of
-// a sync is shared by everything that arrived during the previous one. With
-// a CommitWindow the sealer also holds a batch back for a moment while other
-// callers keep appending, so that one sync covers more entries even when
-// syncs are quick (pacer).
+// It commits in groups, the way databases commit transactions. Append
+// encodes the record on the caller's goroutine, then, under a mutex held
+// only to take a sequence number and a timestamp, stages the bytes in the
+// batch that is filling and waits. One goroutine, the committer, owns the
+// files: it takes the whole filling batch, links each entry to its
+// predecessor and hashes it, writes the batch with one write and makes it
+// durable with one fdatasync, wakes its callers, and at once takes the
+// batch that filled meanwhile. So an append that finds the committer idle
+// is synced straight away, entries that arrive while a sync is in flight
+// ride the next one, and batches grow with the load — no timer, window or
+// rate estimate decides when to commit, so no entry waits for company: the
+// longest any entry waits is the rest of the sync in flight plus its own.
 //
-// A failed write or sync poisons the Writer: after fsync fails the kernel's
-// page cache no longer says what is on disk, so every later Append fails and
-// callers fail their actions closed until the process restarts and recovers.
+// A failed write or sync fails its batch, the entries staged behind it and
+// every Append until the log has recovered (see recoverLog): the committer
+// cuts every byte no sync confirmed, checks that the log on disk still ends
+// with the last durable entry, reopens its files and appends an
+// "audit:recover" entry that records the failure and how many appends it
+// refused. It retries with back-off until that succeeds; callers fail their
+// actions closed meanwhile.
 type Writer struct {
 	opts Options
 	lock *os.File // held for the Writer's life; nil off Linux
@@ -70,56 +69,48 @@ type Writer struct {
 	mu      sync.Mutex
 	next    uint64 // sequence number of the next entry
 	clock   clockCache
-	cur     *batch
-	spare   []*batch // committed batches whose buffers can be reused
-	err     error    // sticky failure
+	queue   []*batch // batches to commit, oldest first; the last one fills
+	spare   *batch   // the last committed batch, whose buffers the next reuses
+	err     error    // why the log is failing; nil while it works
+	gap     gap      // what the failure has cost so far
 	closed  bool
 	headSeq uint64 // last durable entry, for Head
 	headHex string
-	pace    pacer
-	waiting int       // entries staged or being committed
-	start   time.Time // origin of the pacer's monotonic clock
 	syncs   atomic.Uint64
 
-	kick     chan struct{}
-	exited   chan struct{}
-	syncQ    chan *batch // sealed, written batches
-	inflight sync.WaitGroup
+	kick   chan struct{} // a batch was started, or Close was called
+	exited chan struct{}
 
-	// Owned by the sealing goroutine (run).
-	sealer *sealer
-	prev   string // hash of the last sealed entry
-	f      *os.File
-	fDay   int64 // UTC day of f, in days since the Unix epoch; -1 for none
+	// Owned by the committer goroutine (run).
+	sealer  *sealer
+	prev    string // hash of the last sealed entry
+	f       *os.File
+	fDay    int64 // UTC day of f, in days since the Unix epoch; -1 for none
+	fSize   int64 // bytes written to f
+	durable filePos
+	cpFile  *os.File // nil when unsigned
+	cpSize  int64    // bytes of checkpoints.jsonl, all durable
+	cpSeq   uint64
+	cpTime  time.Time
+}
 
-	// Owned by the checkpointing goroutine; nil cpFile when unsigned.
-	cpFile *os.File
-	cpSeq  uint64
-	cpTime time.Time
-	cpKick chan struct{} // a batch became durable
-	cpStop chan struct{}
-	cpDone chan struct{}
+// filePos is the end of the last entry made durable: a log file's name and
+// its size up to that entry. Bytes past it were never acknowledged.
+type filePos struct {
+	name string
+	size int64
 }
 
 // batch is a group of entries committed with one sync.
 type batch struct {
 	staged []byte // head and body of each entry, back to back
 	spans  []span
-	out    []byte   // sealed lines, built by the sealer
-	file   *os.File // the file the batch ends in, for the syncer
+	out    []byte // sealed lines, built by the committer
 	// hashes[i] is the hash of spans[i], set before done is closed. Each
 	// batch gets a fresh slice: waiters read it after done.
 	hashes []string
 	done   chan struct{}
 	err    error
-	// For the pacer, when there is a commit window: arrival times of the
-	// first and latest entries, the gap before the first, and the sum of
-	// all arrival times.
-	first, last, lead, arrivals time.Duration
-}
-
-func (b *batch) pending() pending {
-	return pending{first: b.first, last: b.last, lead: b.lead, entries: len(b.spans), bytes: len(b.staged)}
 }
 
 type span struct {
@@ -160,12 +151,6 @@ func Open(opts Options) (*Writer, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.CommitMaxEntries <= 0 {
-		opts.CommitMaxEntries = defaultCommitMaxEntries
-	}
-	if opts.CommitMaxBytes <= 0 {
-		opts.CommitMaxBytes = defaultCommitMaxBytes
-	}
 	if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("audit: creating log directory: %w", err)
 	}
@@ -181,31 +166,16 @@ func Open(opts Options) (*Writer, error) {
 		return nil, err
 	}
 	w := &Writer{
-		opts: opts, lock: lock, next: rec.head.Seq + 1, cur: newBatch(nil), headSeq: rec.head.Seq, headHex: rec.head.Hash,
-		kick: make(chan struct{}, 1), exited: make(chan struct{}), syncQ: make(chan *batch),
+		opts: opts, lock: lock, next: rec.head.Seq + 1, headSeq: rec.head.Seq, headHex: rec.head.Hash,
+		kick: make(chan struct{}, 1), exited: make(chan struct{}),
 		sealer: newSealer(), prev: rec.head.Hash, fDay: -1,
 		cpSeq: rec.checkpoint.Seq, cpTime: opts.Now(),
-		cpKick: make(chan struct{}, 1), cpStop: make(chan struct{}), cpDone: make(chan struct{}),
-		pace:  pacer{window: opts.CommitWindow, maxEntries: opts.CommitMaxEntries, maxBytes: opts.CommitMaxBytes},
-		start: time.Now(),
 	}
-	if rec.headDay != "" {
-		t, _ := time.Parse(dayLayout, rec.headDay)
-		if w.f, err = openLogFile(opts.Dir, rec.headDay); err != nil {
-			w.closeFiles()
-			return nil, err
-		}
-		w.fDay = epochDay(t)
-	}
-	if opts.SigningKey != nil {
-		w.cpFile, err = os.OpenFile(joinDir(opts.Dir, checkpointName), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-		if err != nil {
-			w.closeFiles()
-			return nil, fmt.Errorf("audit: opening checkpoints: %w", err)
-		}
+	if err := w.openFiles(rec.headDay); err != nil {
+		w.closeFiles()
+		return nil, err
 	}
 	go w.run()
-	go w.checkpointer()
 	attrs := map[string]string{
 		"previous_seq":    strconv.FormatUint(rec.head.Seq, 10),
 		"recovered_bytes": strconv.FormatInt(rec.cutBytes, 10),
@@ -230,6 +200,40 @@ func Open(opts Options) (*Writer, error) {
 // from there on; the verifier checks checkpoints against it.
 const ActionOpen = "audit:open"
 
+// openFiles opens the log file of headDay ("" for a new log) and the
+// checkpoints file, and takes their sizes as durable: they are what
+// recovery left, synced.
+func (w *Writer) openFiles(headDay string) error {
+	w.durable, w.fDay, w.fSize, w.cpSize = filePos{}, -1, 0, 0
+	if headDay != "" {
+		t, _ := time.Parse(dayLayout, headDay)
+		f, err := openLogFile(w.opts.Dir, headDay)
+		if err != nil {
+			return err
+		}
+		w.f, w.fDay = f, epochDay(t)
+		st, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("audit: %s: %w", f.Name(), err)
+		}
+		w.fSize = st.Size()
+		w.durable = filePos{name: filepath.Base(f.Name()), size: w.fSize}
+	}
+	if w.opts.SigningKey != nil {
+		f, err := os.OpenFile(joinDir(w.opts.Dir, checkpointName), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return fmt.Errorf("audit: opening checkpoints: %w", err)
+		}
+		w.cpFile = f
+		st, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("audit: %s: %w", f.Name(), err)
+		}
+		w.cpSize = st.Size()
+	}
+	return nil
+}
+
 func openLogFile(dir, day string) (*os.File, error) {
 	path := joinDir(dir, logFileName(day))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
@@ -241,7 +245,8 @@ func openLogFile(dir, day string) (*os.File, error) {
 
 // Append implements Sink. It returns once the entry is on stable storage.
 // It does not retain r. If ctx ends first Append returns its error, but the
-// entry, already part of the chain, is still written.
+// entry, already part of the chain, is still written. While the log is
+// failing Append returns the failure at once.
 func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 	if err := ctx.Err(); err != nil {
 		return Receipt{}, err
@@ -253,6 +258,9 @@ func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 	w.mu.Lock()
 	if w.err != nil || w.closed {
 		err := w.err
+		if err != nil {
+			w.gap.entries++
+		}
 		w.mu.Unlock()
 		*bp = body
 		bodies.Put(bp)
@@ -261,31 +269,13 @@ func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 		}
 		return Receipt{}, err
 	}
-	b := w.cur
-	seq, ts := w.next, w.opts.Now()
-	w.next++
-	if w.pace.window > 0 {
-		now := time.Since(w.start)
-		gap := w.pace.arrive(now, w.waiting, len(b.spans) > 0)
-		if len(b.spans) == 0 {
-			b.first, b.lead = now, gap
-		}
-		b.last = now
-		b.arrivals += now
-	}
-	w.waiting++
-	b.staged = w.clock.appendHead(b.staged, seq, ts)
-	b.staged = append(b.staged, body...)
-	b.spans = append(b.spans, span{end: len(b.staged), seq: seq, day: epochDay(ts)})
-	idx := len(b.spans) - 1
-	// The sealer needs waking when a batch starts, and when a batch it may
-	// be holding back is full.
-	kick := idx == 0 || w.pace.full(len(b.spans), len(b.staged))
+	b, seq, idx := w.stage(body)
 	w.mu.Unlock()
 	*bp = body
 	bodies.Put(bp)
 
-	if kick {
+	if idx == 0 {
+		// A new batch: the committer may be idle.
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -306,6 +296,23 @@ func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 	return Receipt{Seq: seq, Hash: b.hashes[idx]}, nil
 }
 
+// stage gives an encoded body the next sequence number and the time, and
+// adds it to the filling batch. It returns the batch, the sequence number
+// and the entry's index in the batch. w.mu must be held.
+func (w *Writer) stage(body []byte) (b *batch, seq uint64, idx int) {
+	if n := len(w.queue); n == 0 || len(w.queue[n-1].staged) >= maxBatchBytes {
+		w.queue = append(w.queue, newBatch(w.spare))
+		w.spare = nil
+	}
+	b = w.queue[len(w.queue)-1]
+	seq, ts := w.next, w.opts.Now()
+	w.next++
+	b.staged = w.clock.appendHead(b.staged, seq, ts)
+	b.staged = append(b.staged, body...)
+	b.spans = append(b.spans, span{end: len(b.staged), seq: seq, day: epochDay(ts)})
+	return b, seq, len(b.spans) - 1
+}
+
 // Head returns the sequence number and hash of the last durable entry.
 func (w *Writer) Head() Receipt {
 	w.mu.Lock()
@@ -313,14 +320,21 @@ func (w *Writer) Head() Receipt {
 	return Receipt{Seq: w.headSeq, Hash: w.headHex}
 }
 
-// Close flushes pending entries, writes a final checkpoint and closes the
-// files. Appends racing with Close either complete or get ErrClosed.
+// Err returns why the log is failing, or nil while it works (or once it
+// has recovered).
+func (w *Writer) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Close commits pending entries, writes a final checkpoint and closes the
+// files. Appends racing with Close either complete or get ErrClosed. If the
+// log is failing Close returns the failure.
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
-	// Kick even if a failure closed the log already: the sealer may be
-	// waiting for work that will never come.
 	select {
 	case w.kick <- struct{}{}:
 	default:
@@ -331,115 +345,104 @@ func (w *Writer) Close() error {
 	return w.err
 }
 
-// run is the sealing stage: it takes the current batch, seals and writes
-// it, and hands it to the syncing stage, so that batch k+1 is sealed and
-// written while batch k is being synced. Sealing is one goroutine, so the
-// chain order is the sequence order. Before it takes a batch it asks the
-// pacer whether to let the batch fill a little longer.
+// Back-off between recovery attempts after a failure.
+const (
+	firstRetry = 50 * time.Millisecond
+	maxRetry   = 5 * time.Second
+)
+
+// run is the committer: it commits batches one after the other, as long as
+// there are any, and otherwise waits for a new batch, a checkpoint timer,
+// a recovery attempt or Close.
 func (w *Writer) run() {
 	defer close(w.exited)
-	syncerDone := make(chan struct{})
-	go w.syncer(syncerDone)
-	defer func() {
-		close(w.syncQ)
-		<-syncerDone
-		close(w.cpStop)
-		<-w.cpDone
-		w.closeFiles()
-	}()
-	hold := time.NewTimer(time.Hour)
-	hold.Stop()
+	defer w.closeFiles()
+	tick := time.NewTicker(w.opts.CheckpointInterval)
+	defer tick.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	backoff, retrying := time.Duration(0), false
 	for {
-		<-w.kick
-		for {
-			// Whatever a pending kick announced is about to be seen.
-			select {
-			case <-w.kick:
-			default:
+		w.mu.Lock()
+		var b *batch
+		if w.err == nil && len(w.queue) > 0 {
+			b = w.queue[0]
+			w.queue = w.queue[:copy(w.queue, w.queue[1:])]
+		}
+		failing, closing := w.err != nil, w.closed
+		w.mu.Unlock()
+		if b != nil {
+			if err := w.commit(b); err != nil {
+				w.fail(err, len(b.spans))
+			} else {
+				w.checkpoint(cpAfterBatch)
 			}
-			w.mu.Lock()
-			b, closing, failed := w.cur, w.closed, w.err
-			if len(b.spans) == 0 {
-				w.mu.Unlock()
-				if closing {
-					return
-				}
-				break
+			continue
+		}
+		if closing {
+			if !failing {
+				w.checkpoint(cpOnClose)
 			}
-			if !closing && w.pace.window > 0 {
-				if wait := w.pace.due(b.pending()) - time.Since(w.start); wait > 0 {
-					w.mu.Unlock()
-					// A full batch or Close wakes the sealer early.
-					hold.Reset(wait)
-					select {
-					case <-hold.C:
-					case <-w.kick:
-						hold.Stop()
-					}
-					continue
-				}
+			return
+		}
+		if !failing {
+			backoff, retrying = 0, false
+		} else if !retrying {
+			backoff = min(max(2*backoff, firstRetry), maxRetry)
+			retry.Reset(backoff)
+			retrying = true
+		}
+		select {
+		case <-w.kick:
+		case <-tick.C:
+			if !failing {
+				w.checkpoint(cpOnTimer)
 			}
-			var reuse *batch
-			if n := len(w.spare); n > 0 {
-				reuse, w.spare = w.spare[n-1], w.spare[:n-1]
-			}
-			w.cur = newBatch(reuse)
-			w.mu.Unlock()
-			if failed == nil {
-				if failed = w.seal(b); failed != nil {
-					w.poison(failed)
-				}
-			}
-			if failed != nil {
-				w.mu.Lock()
-				w.waiting -= len(b.spans)
-				w.mu.Unlock()
-				b.err = failed
-				close(b.done)
-				continue
-			}
-			w.inflight.Add(1)
-			w.syncQ <- b
+		case <-retry.C:
+			retrying = false
+			w.recoverLog()
 		}
 	}
 }
 
-// syncer is the syncing stage: it makes each written batch durable and
-// wakes its callers.
-func (w *Writer) syncer(done chan struct{}) {
-	defer close(done)
-	for b := range w.syncQ {
-		w.mu.Lock()
-		err := w.err
-		w.mu.Unlock()
-		if err == nil {
-			if serr := w.syncFile(b.file); serr != nil {
-				err = fmt.Errorf("audit: syncing %s: %w", b.file.Name(), serr)
-				w.poison(err)
-			}
-		}
-		w.mu.Lock()
-		b.err = err
-		if err == nil {
-			w.headSeq, w.headHex = b.spans[len(b.spans)-1].seq, b.hashes[len(b.hashes)-1]
-		}
-		w.waiting -= len(b.spans)
-		if w.pace.window > 0 {
-			w.pace.acked(time.Since(w.start), len(b.spans), b.arrivals)
-		}
-		if len(w.spare) < 4 { // one per pipeline stage is enough
-			w.spare = append(w.spare, b)
-		}
-		w.mu.Unlock()
-		close(b.done)
-		w.inflight.Done()
-		if err == nil {
-			select {
-			case w.cpKick <- struct{}{}:
-			default:
-			}
+// commit seals, writes and syncs b, then wakes its callers.
+func (w *Writer) commit(b *batch) error {
+	err := w.seal(b)
+	if err == nil {
+		if err = w.syncFile(w.f); err != nil {
+			err = fmt.Errorf("audit: syncing %s: %w", w.f.Name(), err)
 		}
 	}
+	w.mu.Lock()
+	if err == nil {
+		last := len(b.spans) - 1
+		w.headSeq, w.headHex = b.spans[last].seq, b.hashes[last]
+		w.durable = filePos{name: filepath.Base(w.f.Name()), size: w.fSize}
+		w.spare = b // its callers read only err and hashes
+	}
+	w.mu.Unlock()
+	b.err = err
+	close(b.done)
+	return err
+}
+
+// fail records a failed write or sync that cost entries appends, and fails
+// the batches staged behind it. The committer calls it.
+func (w *Writer) fail(err error, entries int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err == nil {
+		w.gap = gap{since: w.opts.Now(), first: err}
+	}
+	w.err = err
+	w.gap.entries += uint64(entries)
+	for _, b := range w.queue {
+		w.gap.entries += uint64(len(b.spans))
+		b.err = err
+		close(b.done)
+	}
+	clear(w.queue)
+	w.queue = w.queue[:0]
 }
 
 // syncFile is syncData, counted for Syncs.
@@ -453,19 +456,8 @@ func (w *Writer) syncFile(f *os.File) error {
 // shows how well group commit batches.
 func (w *Writer) Syncs() uint64 { return w.syncs.Load() }
 
-// poison records the first failure and stops accepting entries.
-func (w *Writer) poison(err error) {
-	w.mu.Lock()
-	if w.err == nil {
-		w.err = err
-	}
-	w.closed = true
-	w.mu.Unlock()
-}
-
 // seal links and hashes a batch's entries in order and writes them,
-// rotating files where the batch crosses into a new UTC day. Syncing is the
-// syncer's.
+// rotating files where the batch crosses into a new UTC day.
 func (w *Writer) seal(b *batch) error {
 	out := b.out[:0]
 	b.hashes = make([]string, len(b.spans))
@@ -476,9 +468,6 @@ func (w *Writer) seal(b *batch) error {
 				return err
 			}
 			out = out[:0]
-			// The syncer may still be syncing the old file; let it
-			// finish before the file is closed.
-			w.inflight.Wait()
 			if err := w.rotate(sp.day); err != nil {
 				return err
 			}
@@ -491,7 +480,6 @@ func (w *Writer) seal(b *batch) error {
 		from = sp.end
 	}
 	b.out = out
-	b.file = w.f
 	return w.write(out)
 }
 
@@ -499,7 +487,9 @@ func (w *Writer) write(p []byte) error {
 	if len(p) == 0 {
 		return nil
 	}
-	if _, err := w.f.Write(p); err != nil {
+	n, err := w.f.Write(p)
+	w.fSize += int64(n)
+	if err != nil {
 		return fmt.Errorf("audit: writing %s: %w", w.f.Name(), err)
 	}
 	return nil
@@ -523,17 +513,31 @@ func (w *Writer) rotate(day int64) error {
 		return err
 	}
 	w.f, w.fDay = f, day
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("audit: %s: %w", f.Name(), err)
+	}
+	w.fSize = st.Size()
 	if err := syncDir(w.opts.Dir); err != nil {
 		return fmt.Errorf("audit: syncing directory after rotation: %w", err)
 	}
 	return nil
 }
 
-func (w *Writer) closeFiles() {
-	for _, f := range []**os.File{&w.f, &w.cpFile, &w.lock} {
+// closeLogFiles closes the log and checkpoint files, without syncing.
+func (w *Writer) closeLogFiles() {
+	for _, f := range []**os.File{&w.f, &w.cpFile} {
 		if *f != nil {
 			(*f).Close()
 			*f = nil
 		}
+	}
+}
+
+func (w *Writer) closeFiles() {
+	w.closeLogFiles()
+	if w.lock != nil {
+		w.lock.Close()
+		w.lock = nil
 	}
 }

@@ -197,9 +197,12 @@ func setRuntime(rt *karsv1.RuntimeSpec, o Options) error {
 	return nil
 }
 
-// DefaultToolPolicy allows inference and the reference agent's workspace
-// tools, rate-limits writes, and leaves everything else (shell, egress,
-// spawning, unknown tools) to the engine's default deny.
+// DefaultToolPolicy allows inference, the reference agent's workspace
+// tools and its http_get (whose destinations the egress lists decide),
+// rate-limits writes and fetches, lets the agent message the peers its
+// pairings name (the pairing is the consent; the router still gates each
+// peer by trust), and leaves everything else (shell, spawning, unknown
+// tools) to the engine's default deny.
 func DefaultToolPolicy(meta metav1.ObjectMeta) *karsv1.ToolPolicy {
 	return &karsv1.ToolPolicy{ObjectMeta: meta, Spec: karsv1.ToolPolicySpec{
 		Rules: []karsv1.ToolRule{
@@ -207,6 +210,10 @@ func DefaultToolPolicy(meta metav1.ObjectMeta) *karsv1.ToolPolicy {
 			{Name: "read-only-tools", Effect: karsv1.EffectAllow, Actions: []string{"tool:calculator", "tool:current_time", "tool:list_files", "tool:read_file"}},
 			{Name: "workspace-writes", Effect: karsv1.EffectAllow, Actions: []string{"tool:write_file"},
 				RateLimit: &karsv1.RuleRateLimit{Requests: 30, WindowSeconds: 60}},
+			{Name: "web-fetch", Effect: karsv1.EffectAllow, Actions: []string{"tool:http_get"},
+				RateLimit: &karsv1.RuleRateLimit{Requests: 60, WindowSeconds: 60}},
+			{Name: "mesh", Effect: karsv1.EffectAllow, Actions: []string{"tool:send_to_agent", "mesh:send:*", "mesh:receive:*"},
+				RateLimit: &karsv1.RuleRateLimit{Requests: 120, WindowSeconds: 60}},
 			{Name: "no-shell", Effect: karsv1.EffectDeny, Actions: []string{"shell:*"}, Priority: 100},
 		},
 	}}

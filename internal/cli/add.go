@@ -62,6 +62,13 @@ func newAddCmd(c *cluster) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if o.LearnEgress {
+				// On an existing sandbox, --learn-egress switches it to
+				// Learn instead of failing with "already exists".
+				if sb, err := c.findSandbox(cmd.Context(), cl, o.Name); err == nil {
+					return setEgressMode(cmd.Context(), cl, sb, karsv1.EgressLearn, nil, cmd.OutOrStdout())
+				}
+			}
 			return createAll(cmd.Context(), cl, objs, cmd.OutOrStdout())
 		},
 	}

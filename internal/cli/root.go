@@ -40,6 +40,7 @@ func NewRoot() *cobra.Command {
 	var c cluster
 	c.register(root)
 	root.AddCommand(newVersionCmd(), newAuditCmd(&c), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
-		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd(), newMigrateCmd(&c), newConvertCmd(), newEvalCmd(&c))
+		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd(), newMigrateCmd(&c), newConvertCmd(), newEgressCmd(&c), newTraceCmd(&c),
+		newPairCmd(&c), newMeshCmd(&c), newEvalCmd(&c))
 	return root
 }

@@ -113,7 +113,28 @@ func (c *cluster) printSandboxDetail(ctx context.Context, cl client.Client, sb *
 	default:
 		fmt.Fprintf(out, "Budget:      %s\n", budget)
 	}
+	fmt.Fprintf(out, "Blocklist:   %s\n", c.blocklistSummary(ctx, cl, sb))
 	return nil
+}
+
+// blocklistSummary is the blocklist the router enforces: version, size,
+// age, and failing sources.
+func (c *cluster) blocklistSummary(ctx context.Context, cl client.Client, sb *karsv1.KarsSandbox) string {
+	var st egressStatus
+	if err := c.routerGet(ctx, cl, sb, "/admin/v1/egress", &st); err != nil {
+		return "unavailable (" + err.Error() + ")"
+	}
+	b := st.Blocklist
+	if b == nil {
+		return "none configured"
+	}
+	s := fmt.Sprintf("%d domains, version %s, age %s", b.Domains, shortVersion(b.Version), st.BlocklistAge)
+	for _, src := range b.Sources {
+		if src.LastError != "" {
+			s += fmt.Sprintf("; %s failing (%s), last good list kept", src.Name, src.LastError)
+		}
+	}
+	return s
 }
 
 // routerBudget asks the router's admin API for the live budget figures.

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -98,15 +99,17 @@ func (p *HTTPSProber) AuditHead(ctx context.Context, t RouterTarget) (AuditHead,
 
 // get reads one admin endpoint into v.
 func (p *HTTPSProber) get(ctx context.Context, t RouterTarget, path string, v any) ([]byte, error) {
-	return p.call(ctx, t, http.MethodGet, path, v)
+	return p.call(ctx, t, http.MethodGet, path, nil, v)
 }
 
 // post calls one admin endpoint that acts, reading its answer into v.
 func (p *HTTPSProber) post(ctx context.Context, t RouterTarget, path string, v any) ([]byte, error) {
-	return p.call(ctx, t, http.MethodPost, path, v)
+	return p.call(ctx, t, http.MethodPost, path, nil, v)
 }
 
-func (p *HTTPSProber) call(ctx context.Context, t RouterTarget, method, path string, v any) ([]byte, error) {
+// call sends one admin request (body, when set, as JSON) and decodes the
+// answer into v.
+func (p *HTTPSProber) call(ctx context.Context, t RouterTarget, method, path string, reqBody []byte, v any) ([]byte, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(t.CertPEM) {
 		return nil, errors.New("no admin certificate to trust")
@@ -126,9 +129,12 @@ func (p *HTTPSProber) call(ctx context.Context, t RouterTarget, method, path str
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(t.Endpoint, "/")+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(t.Endpoint, "/")+path, bytes.NewReader(reqBody))
 	if err != nil {
 		return nil, err
+	}
+	if reqBody != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Authorization", "Bearer "+string(t.Token))
 	resp, err := (&http.Client{Transport: tr}).Do(req)

@@ -36,6 +36,7 @@ import (
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/eval"
+	"github.com/kars-io/kars/internal/mesh/bridge"
 	"github.com/kars-io/kars/internal/ociimage"
 	"github.com/kars-io/kars/internal/render"
 	"github.com/kars-io/kars/internal/routerconfig"
@@ -110,8 +111,10 @@ func startController(ctx context.Context, base *rest.Config) error {
 			Catalog:         render.Catalog{Registry: "ghcr.io/kars-io", Version: "v0.1.0", GitSyncImage: render.DefaultGitSyncImage},
 			SystemNamespace: "kars-system",
 			ClusterDNS:      []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+			Mesh:            render.ClusterMesh("kars-system"),
 		},
 		Prober:              &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
+		Signers:             egressTestSigners(),
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
 		EvalRunner:          evalTargets,
@@ -223,12 +226,26 @@ type standInRouter struct {
 	// forgets counts POST /admin/v1/memory/forget.
 	memory  atomic.Pointer[RouterMemory]
 	forgets atomic.Int64
+	// egress is the egress state the router loaded (egress.json).
+	egress atomic.Pointer[routerconfig.EgressState]
+	// mesh is a real mesh bridge (not connected to any relay) serving
+	// the admin API's mesh endpoints, so the controller's policy pushes
+	// land where a router keeps them.
+	mesh *bridge.Bridge
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(got), s.token) != 1 {
 		http.Error(w, `{"error":"admin API requires the router's admin bearer token"}`, http.StatusUnauthorized)
+		return
+	}
+	if r.Method == http.MethodGet && r.URL.Path == EgressPath {
+		serveEgressStatus(w, s.egress.Load())
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, MeshStatusPath) && s.mesh != nil {
+		s.mesh.AdminHandler().ServeHTTP(w, r)
 		return
 	}
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {
@@ -273,6 +290,8 @@ func startRouter(t *testing.T, sb *karsv1.KarsSandbox) *standInRouter {
 	get(t, sb.Namespace, names.RouterAdmin, &sec)
 	sr := &standInRouter{token: sec.Data[render.AdminTokenKey], key: fmt.Sprintf("%s:%d", names.RouterHostname, render.RouterAdminPort)}
 	sr.snap.Store(loadRouterConfig(t, sb, names))
+	sr.egress.Store(loadEgressState(t, sb, names))
+	sr.mesh = standInBridge(t, sr.snap.Load().Config)
 	cert, err := tls.X509KeyPair(sec.Data[render.AdminCertKey], sec.Data[render.AdminKeyKey])
 	if err != nil {
 		t.Fatal(err)
@@ -298,6 +317,7 @@ func (s *standInRouter) reload(t *testing.T, sb *karsv1.KarsSandbox) {
 	t.Helper()
 	names, _ := render.NamesFor(sb)
 	s.snap.Store(loadRouterConfig(t, sb, names))
+	s.egress.Store(loadEgressState(t, sb, names))
 }
 
 func loadRouterConfig(t *testing.T, sb *karsv1.KarsSandbox, names render.Names) *routerconfig.Snapshot {

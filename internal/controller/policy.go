@@ -46,7 +46,7 @@ var inferencePolicyKind = policyKind{
 	check: func(o client.Object) error {
 		ip := o.(*karsv1.InferencePolicy)
 		probe := &karsv1.KarsSandbox{ObjectMeta: metav1.ObjectMeta{Namespace: ip.Namespace, Name: "policy-check"}}
-		_, err := render.RouterConfig(probe, ip, nil, render.Bindings{})
+		_, err := render.RouterConfig(probe, ip, nil, nil, render.Bindings{})
 		return err
 	},
 }
@@ -70,6 +70,9 @@ type PolicyReconciler struct {
 	client client.Client
 	kind   policyKind
 	now    func() time.Time
+	// mesh is the environment's mesh endpoints, part of the compiled
+	// config whose digest a router reports.
+	mesh *render.MeshEndpoints
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -201,7 +204,7 @@ func (r *PolicyReconciler) enforces(ctx context.Context, sb *karsv1.KarsSandbox,
 	if err != nil {
 		return false, err
 	}
-	d, err := render.RouterConfigDigest(sb, ip, tp, b)
+	d, err := render.RouterConfigDigest(sb, ip, tp, r.mesh, b)
 	if err != nil {
 		return false, nil
 	}

@@ -16,6 +16,11 @@ package controller
 // +kubebuilder:rbac:groups=kars.azure.com,resources=inferencepolicies;toolpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups=kars.azure.com,resources=karssandboxes/status;inferencepolicies/status;toolpolicies/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=kars.azure.com,resources=karssandboxes/finalizers,verbs=update
+// +kubebuilder:rbac:groups=kars.azure.com,resources=egressapprovals,verbs=get;list;watch
+// +kubebuilder:rbac:groups=kars.azure.com,resources=egressapprovals/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=kars.azure.com,resources=karspairings;trustgraphs,verbs=get;list;watch
+// +kubebuilder:rbac:groups=kars.azure.com,resources=karspairings/status;trustgraphs/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles;clusterrolebindings;roles;rolebindings,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=serviceaccounts;configmaps;secrets;services;persistentvolumeclaims,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete

@@ -45,6 +45,8 @@ type SandboxReconciler struct {
 	// anchorEvery is how often a running router's audit head is copied
 	// into the status (auditAnchor).
 	anchorEvery time.Duration
+	// egress establishes the verified allowlist and active approvals.
+	egress *egressInputs
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -167,7 +169,12 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if err != nil {
 		return o, 0, err
 	}
-	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Bindings: b, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env})
+	egIn, allowCond, egNext, err := r.egress.input(ctx, r.apiReader, sb, names, now)
+	if err != nil {
+		return o, 0, err
+	}
+	o.allowlist = allowCond
+	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Bindings: b, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env, Egress: egIn})
 	if err != nil {
 		if reason := render.ReasonOf(err); reason != "" {
 			var re *render.Error
@@ -217,6 +224,9 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if due, ok := renewalDue(admin); ok {
 		requeue = max(due.Sub(now), time.Second)
 	}
+	// An expired approval leaves the router's egress state (the router
+	// itself stopped honouring it at expiresAt).
+	requeue = minPositive(requeue, egNext)
 	if d.A2AExposed {
 		// Close the exposure when its window ends, without waiting for an
 		// unrelated event.

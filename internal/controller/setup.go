@@ -63,6 +63,13 @@ type Options struct {
 	// EvalRunner reaches sandboxes to run KarsEvals; nil leaves them
 	// Pending with RunnerUnavailable.
 	EvalRunner EvalRunner
+	// Signers are the keys allowlist artifacts must be signed with;
+	// nil trusts none, so every allowlistRef fails closed.
+	Signers *SignerPolicy
+	// DeployMesh applies kars-mesh (render.MeshSystem) into the system
+	// namespace at start. The local substrate runs kars-mesh in the dev
+	// daemon instead.
+	DeployMesh bool
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -127,6 +134,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		registryBackoff: newBackoff(2*time.Second, 5*time.Minute),
 		routerBackoff:   newBackoff(time.Second, 30*time.Second),
 		anchorEvery:     o.AuditAnchorInterval,
+		egress:          newEgressInputs(o.Signers),
 	}
 	if sr.anchorEvery <= 0 {
 		sr.anchorEvery = 5 * time.Minute
@@ -147,6 +155,8 @@ func Setup(mgr ctrl.Manager, o Options) error {
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&karsv1.ToolPolicy{}, handler.EnqueueRequestsFromMapFunc(sandboxesUsing(c, indexToolPolicyRef)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&karsv1.EgressApproval{}, handler.EnqueueRequestsFromMapFunc(approvedSandbox),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
 	b, err := setupMcpServers(mgr, o, b)
 	if err != nil {
@@ -161,8 +171,11 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
 		return err
 	}
+	if err := setupEgressApprovals(mgr, o); err != nil {
+		return err
+	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {
-		pr := &PolicyReconciler{client: c, kind: k, now: o.Now}
+		pr := &PolicyReconciler{client: c, kind: k, now: o.Now, mesh: o.Env.Mesh}
 		err := ctrl.NewControllerManagedBy(mgr).
 			Named(k.kind).
 			For(k.newObj(), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
@@ -173,6 +186,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		if err != nil {
 			return err
 		}
+	}
+	if o.Env.Mesh != nil {
+		return setupMeshControllers(mgr, o)
 	}
 	return nil
 }

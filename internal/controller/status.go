@@ -63,6 +63,9 @@ type outcome struct {
 	upstream       *upstreamObs // co-existence modes only
 	// auditHead is the router's audit head, when it was read this time.
 	auditHead *AuditHead
+	// allowlist is the AllowlistVerified condition; nil without an
+	// allowlistRef.
+	allowlist *allowlistCond
 }
 
 // sandboxStatus derives the sandbox's status from what one reconcile
@@ -97,6 +100,11 @@ func sandboxStatus(sb *karsv1.KarsSandbox, o outcome, now time.Time) karsv1.Kars
 	}
 	enforcing := o.obs.Ready && o.configDigest != "" && o.enforcedDigest == o.configDigest
 
+	if a := o.allowlist; a != nil {
+		set(ConditionAllowlistVerified, a.ok, a.reason, a.message)
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, ConditionAllowlistVerified)
+	}
 	if suspended {
 		set(karsv1.ConditionSuspended, true, ReasonSuspended, "spec.suspended is true: the workload is scaled to zero")
 	} else {

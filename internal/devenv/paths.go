@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/kars-io/kars/internal/render"
 	"github.com/kars-io/kars/internal/sandbox/local"
 )
 
@@ -112,4 +113,17 @@ func (p Paths) AgentSocket(namespace, name string) string {
 // AdminSocket reaches the router's admin API of a sandbox.
 func (p Paths) AdminSocket(namespace, name string) string {
 	return filepath.Join(p.Sockets(namespace, name), "admin.sock")
+}
+
+// Mesh is kars-mesh's state folder (its registry and relay journals).
+func (p Paths) Mesh() string { return filepath.Join(p.Dir, "mesh") }
+
+// MeshAddr is where `kars dev` runs kars-mesh: registry and relay on one
+// loopback port. Local routers reach it through a Unix socket the local
+// substrate puts in each router's folder.
+const MeshAddr = "127.0.0.1:16580"
+
+// MeshEndpoints are kars-mesh's URLs under `kars dev`.
+func MeshEndpoints() *render.MeshEndpoints {
+	return &render.MeshEndpoints{Registry: "http://" + MeshAddr, Relay: "ws://" + MeshAddr + "/ws"}
 }

@@ -25,8 +25,8 @@ import (
 	"github.com/kars-io/kars/internal/controller"
 	"github.com/kars-io/kars/internal/devcluster"
 	"github.com/kars-io/kars/internal/localsubstrate"
-	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/sandbox/local"
 	"github.com/kars-io/kars/internal/version"
 )
@@ -139,7 +139,7 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 		// The runtime environments are read by the agents in place (read-only
 		// by mode and by the pod's read-only root), so they stay visible.
 		RouterStateRoot: routerState, Hide: o.Paths.HiddenFromPods(binDir, runtimeenv.DefaultRoot()),
-		SocketDir: o.Paths.Sockets, Log: logger,
+		SocketDir: o.Paths.Sockets, Log: logger, MeshAddr: MeshAddr,
 	})
 	defer func() {
 		stopCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -149,8 +149,13 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 	env := render.Environment{
 		Catalog:         render.Catalog{Registry: reg.host + "/kars", Version: version.Version, GitSyncImage: render.DefaultGitSyncImage},
 		SystemNamespace: SystemNamespace,
+		Mesh:            MeshEndpoints(),
 	}
-	if err := controller.Setup(mgr, controller.Options{Env: env, Substrate: sub, Prober: &controller.HTTPSProber{DialContext: sub.DialContext}, McpRunner: sub, EvalRunner: sub}); err != nil {
+	signers, err := devSigners()
+	if err != nil {
+		return err
+	}
+	if err := controller.Setup(mgr, controller.Options{Env: env, Substrate: sub, Prober: &controller.HTTPSProber{DialContext: sub.DialContext}, Signers: signers, McpRunner: sub, EvalRunner: sub}); err != nil {
 		return err
 	}
 	mgrCtx, stopMgr := context.WithCancel(ctx)
@@ -163,6 +168,12 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	stopMesh, err := startMesh(o.Paths.Mesh(), cl, logger)
+	if err != nil {
+		return err
+	}
+	defer stopMesh()
+	step("kars-mesh (registry and relay) on %s; routers reach it through a socket in their folder", MeshAddr)
 	provider, err := DetectProvider(o.Getenv)
 	if err != nil {
 		return err

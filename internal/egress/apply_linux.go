@@ -3,6 +3,7 @@ package egress
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 
 	"github.com/google/nftables"
@@ -27,16 +28,33 @@ func Apply(netnsFD int, rules []Rule) error {
 		return fmt.Errorf("egress: %w", err)
 	}
 	policy := nftables.ChainPolicyAccept
-	ch := c.AddChain(&nftables.Chain{
-		Name: "output", Table: t, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &policy,
-	})
+	chains := map[Chain]*nftables.Chain{}
+	chainFor := func(k Chain) *nftables.Chain {
+		if ch, ok := chains[k]; ok {
+			return ch
+		}
+		spec := &nftables.Chain{Name: "output", Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &policy}
+		switch k {
+		case ChainNAT:
+			// Before the filter chain, which then sees the redirected
+			// destination (127.0.0.1 and the router's port).
+			spec = &nftables.Chain{Name: "nat_output", Table: t, Type: nftables.ChainTypeNAT,
+				Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest, Policy: &policy}
+		case ChainInput:
+			spec = &nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+				Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &policy}
+		}
+		chains[k] = c.AddChain(spec)
+		return chains[k]
+	}
+	chainFor(ChainOutput)
 	for i, r := range rules {
 		exprs, err := r.exprs()
 		if err != nil {
 			return fmt.Errorf("egress: rule %d (%s): %w", i, r, err)
 		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs, UserData: userdata.AppendString(nil, userdata.TypeComment, r.Comment)})
+		c.AddRule(&nftables.Rule{Table: t, Chain: chainFor(r.Chain), Exprs: exprs, UserData: userdata.AppendString(nil, userdata.TypeComment, r.Comment)})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("egress: install table inet %s: %w", TableName, err)
@@ -90,9 +108,20 @@ func conn(netnsFD int) *nftables.Conn {
 // exprs translates r into nftables expressions, matching in the order a
 // human would write the rule.
 func (r Rule) exprs() ([]expr.Any, error) {
-	e := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(r.UID)},
+	var e []expr.Any
+	if r.Chain != ChainInput {
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(r.UID)},
+		)
+	}
+	if r.InIface != "" {
+		if len(r.InIface) >= unix.IFNAMSIZ {
+			return nil, fmt.Errorf("interface name %q too long", r.InIface)
+		}
+		name := make([]byte, unix.IFNAMSIZ)
+		copy(name, r.InIface)
+		e = append(e, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name})
 	}
 	if r.Established {
 		e = append(e,
@@ -128,11 +157,26 @@ func (r Rule) exprs() ([]expr.Any, error) {
 		}
 		e = append(e, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: r.Daddr.AsSlice()})
 	}
+	for _, p := range r.NotDaddr {
+		if r.Family != IPv4 || !p.Addr().Is4() {
+			return nil, fmt.Errorf("excluded destination %s needs the IPv4 family", p)
+		}
+		mask := net.CIDRMask(p.Bits(), 32)
+		e = append(e,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: p.Masked().Addr().AsSlice()},
+		)
+	}
 	switch r.Proto {
 	case TCP:
 		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}})
 	case UDP:
 		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}})
+	case ICMP:
+		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}})
+	case ICMPv6:
+		e = append(e, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}})
 	}
 	if r.Dport != 0 {
 		if r.Proto == AnyProto {
@@ -154,6 +198,17 @@ func (r Rule) exprs() ([]expr.Any, error) {
 		e = append(e, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
 	case RejectAdminProhibited:
 		e = append(e, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED})
+	case Redirect:
+		if r.Chain != ChainNAT || r.RedirectPort == 0 || (r.Proto != TCP && r.Proto != UDP) {
+			return nil, fmt.Errorf("a redirect needs the NAT chain, a port and TCP or UDP")
+		}
+		e = append(e,
+			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.RedirectPort)},
+			&expr.Redir{RegisterProtoMin: 1},
+		)
+	}
+	if r.Chain == ChainNAT && r.Verdict != Redirect {
+		return nil, fmt.Errorf("the NAT chain only redirects")
 	}
 	return e, nil
 }

@@ -260,3 +260,120 @@ func countRules(t *testing.T, ns netns.NsHandle) int {
 	}
 	return n
 }
+
+// TestApplyRedirectsToTheRouter: under the contract policy the agent's TCP
+// to any address but loopback and metadata, and its DNS to any resolver,
+// arrive at the router's ports on loopback, with the original destination
+// readable from conntrack (SO_ORIGINAL_DST); other UIDs are not redirected.
+func TestApplyRedirectsToTheRouter(t *testing.T) {
+	ns := testNetns(t)
+	got := make(chan string, 8)
+	err := inNetnsAs(ns, 0, func() error {
+		l, err := net.Listen("tcp4", "127.0.0.1:15001")
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				got <- "tcp " + originalDst(t, c)
+				c.Write([]byte("ok"))
+				c.Close()
+			}
+		}()
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:15053")
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				got <- "udp " + string(buf[:n])
+				pc.WriteTo([]byte("ok"), from)
+			}
+		}()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen(t, ns, []string{"10.250.0.1:443", "169.254.169.254:80", "127.0.0.1:9000"}, []string{"10.250.0.1:53"})
+	rules, err := Rules(DefaultPolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Apply(int(ns), rules); err != nil {
+		t.Fatal(err)
+	}
+	// TCP to an outside address lands at the transparent port.
+	if err := reach(ns, 1000, "tcp", "10.250.0.1:443"); err != nil {
+		t.Fatalf("uid 1000 tcp 10.250.0.1:443: %v", err)
+	}
+	if g := <-got; g != "tcp 10.250.0.1:443" {
+		t.Errorf("transparent listener saw %q", g)
+	}
+	// DNS to any resolver lands at the stub.
+	err = inNetnsAs(ns, 1000, func() error {
+		c, err := net.Dial("udp4", "10.250.0.1:53")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Write([]byte("query"))
+		buf := make([]byte, 8)
+		n, err := c.Read(buf)
+		if err == nil && string(buf[:n]) != "ok" {
+			err = fmt.Errorf("reply %q", buf[:n])
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("uid 1000 DNS: %v", err)
+	}
+	if g := <-got; g != "udp query" {
+		t.Errorf("DNS stub saw %q", g)
+	}
+	// Metadata and other loopback ports stay refused, not redirected.
+	for _, a := range []string{"169.254.169.254:80", "127.0.0.1:9000"} {
+		if err := reach(ns, 1000, "tcp", a); err == nil {
+			t.Errorf("uid 1000 reached %s", a)
+		}
+	}
+	// The router's UID is not redirected: it reaches the real servers.
+	if err := reach(ns, 1001, "tcp", "10.250.0.1:443"); err != nil {
+		t.Errorf("uid 1001: %v", err)
+	}
+	select {
+	case g := <-got:
+		t.Errorf("uid 1001's connection was redirected: %s", g)
+	default:
+	}
+}
+
+func originalDst(t *testing.T, c net.Conn) string {
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err.Error()
+	}
+	var out string
+	raw.Control(func(fd uintptr) {
+		mreq, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, 80) // SO_ORIGINAL_DST
+		if err != nil {
+			out = err.Error()
+			return
+		}
+		port := int(mreq.Multiaddr[2])<<8 | int(mreq.Multiaddr[3])
+		out = fmt.Sprintf("%d.%d.%d.%d:%d", mreq.Multiaddr[4], mreq.Multiaddr[5], mreq.Multiaddr[6], mreq.Multiaddr[7], port)
+	})
+	return out
+}

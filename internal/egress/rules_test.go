@@ -32,7 +32,43 @@ func TestRules(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{name: "local default: router only", policy: DefaultPolicy(), want: cat(base, tail)},
+		{name: "router only", policy: Policy{AgentUID: 1000, RouterPort: 8443}, want: cat(base, tail)},
+		{
+			name:   "contract default: redirects to the router, DNS to its stub, inbound closed",
+			policy: DefaultPolicy(),
+			want: cat([]string{
+				`meta skuid 1000 meta nfproto ipv4 udp dport 53 redirect to :15053 comment "DNS goes to the router's stub"`,
+				`meta skuid 1000 meta nfproto ipv4 tcp dport 53 redirect to :15053 comment "DNS goes to the router's stub"`,
+				`meta skuid 1000 ip daddr != 127.0.0.0/8 ip daddr != 169.254.169.254 meta l4proto tcp redirect to :15001 comment "every other connection goes to the router's transparent proxy"`,
+			}, base, []string{
+				`meta skuid 1000 ip daddr 127.0.0.1 tcp dport 15001 accept comment "redirected to the router's transparent proxy"`,
+				`meta skuid 1000 ip daddr 127.0.0.1 udp dport 15053 accept comment "redirected to the router's DNS stub"`,
+				`meta skuid 1000 ip daddr 127.0.0.1 tcp dport 15053 accept comment "redirected to the router's DNS stub"`,
+			}, tail, []string{
+				`iifname "lo" accept comment "inside the pod"`,
+				`ct state established,related accept comment "replies"`,
+				`meta l4proto icmp accept comment "ICMP and neighbour discovery"`,
+				`meta l4proto ipv6-icmp accept comment "ICMP and neighbour discovery"`,
+				`meta l4proto tcp reject with tcp reset comment "nothing else reaches the pod"`,
+				`reject with icmpx admin-prohibited comment "nothing else reaches the pod"`,
+			}),
+		},
+		{
+			name:   "cluster: admin and A2A ports open inbound",
+			policy: Policy{AgentUID: 1000, RouterPort: 8443, Inbound: true, InboundPorts: []uint16{8444, 8445}},
+			want: cat(base, tail, []string{
+				`iifname "lo" accept comment "inside the pod"`,
+				`ct state established,related accept comment "replies"`,
+				`meta l4proto icmp accept comment "ICMP and neighbour discovery"`,
+				`meta l4proto ipv6-icmp accept comment "ICMP and neighbour discovery"`,
+				`tcp dport 8444 accept comment "router port open to the cluster"`,
+				`tcp dport 8445 accept comment "router port open to the cluster"`,
+				`meta l4proto tcp reject with tcp reset comment "nothing else reaches the pod"`,
+				`reject with icmpx admin-prohibited comment "nothing else reaches the pod"`,
+			}),
+		},
+		{name: "resolvers and the DNS stub exclude each other", policy: Policy{AgentUID: 1000, RouterPort: 8443, DNSPort: 15053,
+			DNS: []netip.Addr{netip.MustParseAddr("10.96.0.10")}}, wantErr: "exclude each other"},
 		{
 			name:   "cluster DNS allowed on 53 before the catch-all",
 			policy: Policy{AgentUID: 1000, RouterPort: 8443, DNS: []netip.Addr{netip.MustParseAddr("10.96.0.10")}},
@@ -97,6 +133,10 @@ func TestRuleExprsRejectsInconsistentRules(t *testing.T) {
 		{UID: 1, Family: IPv4, Daddr: netip.MustParseAddr("::1")},
 		{UID: 1, Daddr: netip.MustParseAddr("10.0.0.1")},
 		{UID: 1, OutIface: "a-name-longer-than-ifnamsiz"},
+		{Chain: ChainNAT, UID: 1, Proto: TCP, Verdict: Accept},
+		{Chain: ChainOutput, UID: 1, Proto: TCP, Verdict: Redirect, RedirectPort: 1},
+		{Chain: ChainNAT, UID: 1, Verdict: Redirect, RedirectPort: 1},
+		{Chain: ChainNAT, UID: 1, Family: IPv6, Proto: TCP, NotDaddr: []netip.Prefix{netip.MustParsePrefix("::1/128")}, Verdict: Redirect, RedirectPort: 1},
 	}
 	for _, r := range bad {
 		if _, err := r.exprs(); err == nil {

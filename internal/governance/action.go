@@ -21,7 +21,7 @@ const (
 	NSShell               // shell:<command>
 	NSEgress              // egress:<host>:<port>
 	NSA2A                 // a2a:<method>
-	NSMesh                // mesh:send:<peer>
+	NSMesh                // mesh:send:<peer>, mesh:receive:<peer>
 	NSMemory              // memory:<op>
 	NSSpawn               // spawn:create:<kind>
 	numNamespaces
@@ -77,7 +77,7 @@ const (
 	reasonInferenceShape  = "malformed action: want inference:<op>:<model>"
 	reasonMCPShape        = "malformed action: want mcp:<server>.<tool>"
 	reasonEgressShape     = "malformed action: want egress:<host>:<port> with a port from 1 to 65535"
-	reasonMeshShape       = "malformed action: want mesh:send:<peer>"
+	reasonMeshShape       = "malformed action: want mesh:send:<peer> or mesh:receive:<peer>"
 	reasonSpawnShape      = "malformed action: want spawn:create:<kind>"
 	reasonNamespaceColons = "malformed action: this namespace takes a single name without colons"
 )
@@ -145,8 +145,10 @@ func checkShape(ns Namespace, rest string) string {
 			return reasonEgressShape
 		}
 	case NSMesh:
+		// send: the agent hands a message to a peer; receive: the
+		// router delivers a peer's decrypted message to the agent.
 		verb, peer, ok := strings.Cut(rest, ":")
-		if !ok || verb != "send" || peer == "" || strings.IndexByte(peer, ':') >= 0 {
+		if !ok || (verb != "send" && verb != "receive") || peer == "" || strings.IndexByte(peer, ':') >= 0 {
 			return reasonMeshShape
 		}
 	case NSSpawn:

@@ -120,6 +120,7 @@ func TestDecideMalformedActions(t *testing.T) {
 		{"egress leading zero", "egress:example.com:0443", "port"},
 		{"egress bare v6", "egress:::1:443", "egress"},
 		{"mesh verb", "mesh:recv:peer", "mesh:send:<peer>"},
+		{"mesh receive needs a peer", "mesh:receive:", "mesh:receive:<peer>"},
 		{"spawn verb", "spawn:delete:x", "spawn:create:<kind>"},
 		{"tool with colon", "tool:a:b", "single name"},
 	} {
@@ -127,6 +128,7 @@ func TestDecideMalformedActions(t *testing.T) {
 	}
 	cases = append(cases,
 		decideCase{name: "shell may hold spaces", action: "shell:git status", verdict: Allow, rule: "all"},
+		decideCase{name: "mesh receive", action: "mesh:receive:worker", verdict: Allow, rule: "all"},
 		decideCase{name: "bracketed v6", action: "egress:[::1]:443", verdict: Allow, rule: "all"},
 		decideCase{name: "model with colon", action: "inference:chat:llama3:8b", verdict: Allow, rule: "all"},
 		decideCase{name: "exactly 256 bytes", action: long[:MaxActionLen], verdict: Allow, rule: "all"},

@@ -254,3 +254,29 @@ func TestStreamMeterDone(t *testing.T) {
 		}
 	}
 }
+
+// TestSSEReaderEventTooLarge: an event past MaxEventBytes is an error, not
+// a reason to buffer without limit; events before it are delivered.
+func TestSSEReaderEventTooLarge(t *testing.T) {
+	huge := io.MultiReader(strings.NewReader("data: small\n\ndata: "), endless{})
+	r := NewSSEReader(huge)
+	if ev, err := r.Next(); err != nil || string(ev.Data) != "small" {
+		t.Fatalf("first event: %q %v", ev.Data, err)
+	}
+	if _, err := r.Next(); !errors.Is(err, ErrEventTooLarge) {
+		t.Fatalf("endless event: %v", err)
+	}
+	if len(r.buf) > MaxEventBytes {
+		t.Fatalf("buffered %d bytes for one event", len(r.buf))
+	}
+}
+
+// endless is a stream of 'x' with no line break.
+type endless struct{}
+
+func (endless) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	return len(p), nil
+}

@@ -3,6 +3,7 @@ package inference
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/kars-io/kars/internal/strictjson"
 
@@ -72,7 +73,7 @@ func ParseRequest(op Op, body []byte) (Request, error) {
 				err = fmt.Errorf("model must be a string")
 				return false
 			}
-			r.Model = v.Str
+			r.Model = strings.Clone(v.Str) // not a view into the body, which it would keep alive
 		case "stream", "background":
 			// A string "true" would be false here and perhaps true to a
 			// lenient upstream: only JSON booleans are accepted.

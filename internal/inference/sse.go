@@ -1,7 +1,6 @@
 package inference
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -31,9 +30,21 @@ var ErrEventTooLarge = errors.New("server-sent event exceeds size limit")
 
 // SSEReader splits a byte stream into events. Lines end with CRLF, LF or
 // a bare CR, as the WHATWG grammar allows (end-of-line = CRLF / LF / CR).
+//
+// A router holds one reader per open stream, so its memory is multiplied
+// by thousands: it reads into a single buffer that holds the current event
+// and whatever of the next has arrived, 1 KiB to start (Azure's chunks,
+// with their content-filter annotations, are 400–900 bytes), grown to the
+// largest event seen. An event's data points into that buffer unless it
+// spans several data lines.
 type SSEReader struct {
-	br  *bufio.Reader
-	raw []byte
+	r io.Reader
+	// buf[:pos] is the current event's raw bytes, buf[pos:end] what has
+	// arrived of the next.
+	buf      []byte
+	pos, end int
+	data     []byte // the joined data of a multi-line event
+	err      error  // the read error, once the bytes before it are used
 	// skipLF is set when the last line ended with a CR that was the last
 	// byte buffered: an LF arriving next completes that CRLF rather than
 	// ending an empty line.
@@ -41,17 +52,11 @@ type SSEReader struct {
 }
 
 // NewSSEReader reads events from r.
-func NewSSEReader(r io.Reader) *SSEReader {
-	// A router holds one reader per open stream, so this buffer is
-	// multiplied by thousands. 1 KiB holds a typical chunk (Azure's, with
-	// its content-filter annotations, is 400–900 bytes); a longer line is
-	// accumulated in raw, and r (an HTTP body) is buffered itself.
-	return &SSEReader{br: bufio.NewReaderSize(r, 1<<10)}
-}
+func NewSSEReader(r io.Reader) *SSEReader { return &SSEReader{r: r} }
 
 // Buffered reports whether bytes of the next event have already arrived, in
 // which case a relay can write the next event before flushing.
-func (s *SSEReader) Buffered() bool { return s.br.Buffered() > 0 }
+func (s *SSEReader) Buffered() bool { return s.end > s.pos }
 
 // Next returns the next event. At the end of the stream it returns io.EOF;
 // if the stream ends inside an event it returns that partial event's bytes
@@ -64,18 +69,20 @@ func (s *SSEReader) Buffered() bool { return s.br.Buffered() > 0 }
 //
 // The returned Event's slices are valid until the next call.
 func (s *SSEReader) Next() (Event, error) {
-	s.raw = s.raw[:0]
+	s.drop()
 	var ev Event
-	var data []byte
-	sawData, inEvent := false, false
+	s.data = s.data[:0]
+	dataFrom, dataTo := 0, 0 // the only data line's value, in buf
+	lines, sawData, inEvent := 0, false, false
 	for {
-		line, err := s.readLine()
+		from, line, err := s.readLine()
 		if err != nil {
 			if err == io.EOF {
-				if !inEvent && len(bytes.Trim(s.raw, "\r\n")) == 0 {
+				raw := s.buf[:s.pos]
+				if !inEvent && len(bytes.Trim(raw, "\r\n")) == 0 {
 					return Event{}, io.EOF
 				}
-				ev.Raw = s.raw
+				ev.Raw = raw
 				return ev, io.ErrUnexpectedEOF
 			}
 			return Event{}, err
@@ -84,13 +91,17 @@ func (s *SSEReader) Next() (Event, error) {
 		if len(content) == 0 {
 			if !inEvent {
 				// Blank lines between events: not an event.
-				s.raw = s.raw[:0]
+				s.drop()
 				continue
 			}
 			if sawData {
-				ev.Data = data
+				if lines == 1 {
+					ev.Data = s.buf[dataFrom:dataTo]
+				} else {
+					ev.Data = s.data
+				}
 			}
-			ev.Raw = s.raw
+			ev.Raw = s.buf[:s.pos]
 			return ev, nil
 		}
 		inEvent = true
@@ -103,64 +114,102 @@ func (s *SSEReader) Next() (Event, error) {
 		case "event":
 			ev.Name = string(value)
 		case "data":
-			if sawData {
-				data = append(data, '\n')
+			if lines == 0 {
+				// The line starts at buf[from], and value ends content.
+				dataFrom = from + len(content) - len(value)
+				dataTo = dataFrom + len(value)
+			} else {
+				if lines == 1 {
+					s.data = append(s.data, s.buf[dataFrom:dataTo]...)
+				}
+				s.data = append(s.data, '\n')
+				s.data = append(s.data, value...)
 			}
-			data = append(data, value...)
+			lines++
 			sawData = true
 		}
 	}
 }
 
-// readLine appends one whole line (however long, up to MaxEventBytes for
-// the event) with its line ending to s.raw and returns it. At the end of
-// the stream it returns what is left of the line with io.EOF.
-func (s *SSEReader) readLine() ([]byte, error) {
-	if s.skipLF {
-		s.skipLF = false
-		b, err := s.br.ReadByte()
-		if err != nil {
-			return nil, err
-		}
-		if b == '\n' {
-			s.raw = append(s.raw, b) // the rest of the last line's CRLF
-		} else {
-			s.br.UnreadByte()
-		}
+// drop forgets the bytes before pos (the event returned last, or blank
+// lines), keeping those of the next event at the start of the buffer.
+func (s *SSEReader) drop() {
+	if s.pos > 0 {
+		s.end = copy(s.buf, s.buf[s.pos:s.end])
+		s.pos = 0
 	}
-	start := len(s.raw)
-	for {
-		if s.br.Buffered() == 0 {
-			if _, err := s.br.Peek(1); err != nil {
-				return s.raw[start:], err
+}
+
+// readLine consumes one whole line (however long, up to MaxEventBytes for
+// the event) with its line ending and returns it and its offset in buf. At
+// the end of the stream it returns what is left of the line with io.EOF.
+func (s *SSEReader) readLine() (int, []byte, error) {
+	if s.skipLF {
+		if s.pos == s.end {
+			if err := s.fill(); err != nil {
+				return s.pos, nil, err
 			}
 		}
-		buf, _ := s.br.Peek(s.br.Buffered())
-		i := lineEnd(buf)
+		s.skipLF = false
+		if s.buf[s.pos] == '\n' {
+			s.pos++ // the rest of the last line's CRLF
+		}
+	}
+	start, scan := s.pos, s.pos
+	for {
+		i := lineEnd(s.buf[scan:s.end])
 		if i < 0 {
-			s.raw = append(s.raw, buf...)
-			s.br.Discard(len(buf))
-			if len(s.raw) > MaxEventBytes {
-				return nil, ErrEventTooLarge
+			scan = s.end
+			if err := s.fill(); err != nil {
+				s.pos = s.end
+				return start, s.buf[start:s.end], err
 			}
 			continue
 		}
-		n := i + 1
-		if buf[i] == '\r' {
+		n := scan + i + 1
+		if s.buf[n-1] == '\r' {
 			switch {
-			case n == len(buf):
+			case n == s.end:
 				s.skipLF = true // the LF of a CRLF may still be on its way
-			case buf[n] == '\n':
+			case s.buf[n] == '\n':
 				n++
 			}
 		}
-		s.raw = append(s.raw, buf[:n]...)
-		s.br.Discard(n)
-		if len(s.raw) > MaxEventBytes {
-			return nil, ErrEventTooLarge
-		}
-		return s.raw[start:], nil
+		s.pos = n
+		return start, s.buf[start:n], nil
 	}
+}
+
+// fill reads more of the stream after buf[:end], growing the buffer when it
+// is full. A read error is returned once the bytes read with it are used.
+func (s *SSEReader) fill() error {
+	if s.err != nil {
+		return s.err
+	}
+	if s.end == len(s.buf) {
+		if s.end >= MaxEventBytes {
+			return ErrEventTooLarge
+		}
+		grown := make([]byte, max(2*len(s.buf), 1<<10))
+		copy(grown, s.buf[:s.end])
+		s.buf = grown
+	}
+	for range 100 {
+		n, err := s.r.Read(s.buf[s.end:])
+		s.end += n
+		if err != nil {
+			s.err = err
+			if n > 0 {
+				return nil
+			}
+			return err
+		}
+		if n > 0 {
+			return nil
+		}
+	}
+	s.err = io.ErrNoProgress
+	return s.err
 }
 
 // lineEnd returns the index of the first CR or LF in b, or -1.

@@ -17,15 +17,18 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/sandbox/local"
 )
@@ -49,9 +52,11 @@ type buildInput struct {
 	workspace string
 	// routerState is the router's persistent folder ("" for none).
 	routerState string
-	hide        []string
-	quota       int64
-	binDir      string
+	// mesh: the router reaches kars-mesh through MeshSocket.
+	mesh   bool
+	hide   []string
+	quota  int64
+	binDir string
 	// secret returns a Secret of the sandbox's namespace by name.
 	secret func(name string) (*corev1.Secret, error)
 	// configMap returns a ConfigMap of the sandbox's namespace by name.
@@ -72,8 +77,11 @@ type builtSpec struct {
 	// is its place under the router's directory.
 	routerConfig        []byte
 	routerConfigRelPath string
-	routerDir           string
-	agentPort           uint16
+	// hotFiles are the router ConfigMap's other keys (egress.json), which
+	// the router watches too: updated in place, kept out of the hash.
+	hotFiles  map[string][]byte
+	routerDir string
+	agentPort uint16
 }
 
 func buildSpec(in buildInput) (*builtSpec, error) {
@@ -126,7 +134,15 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		for rel, data := range files {
 			p := strings.TrimPrefix(path.Join(m.MountPath, rel), "/")
 			if v.ConfigMap != nil && v.ConfigMap.Name == in.desired.Names.RouterConfig {
-				// router.json is hot-reloaded: kept out of the restart hash.
+				// router.json and egress.json are hot-reloaded: kept out
+				// of the restart hash.
+				if path.Base(p) != routerconfig.FileName {
+					if b.hotFiles == nil {
+						b.hotFiles = map[string][]byte{}
+					}
+					b.hotFiles[p] = data
+					continue
+				}
 				b.routerConfig, b.routerConfigRelPath = data, p
 				continue
 			}
@@ -162,13 +178,21 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 	}
 	routerEnv := envList(routerC.Env)
 	routerEnv = append(routerEnv, "KARS_ROUTER_ROOT="+b.routerDir)
+	if os.Geteuid() != 0 {
+		// Rootless: the router runs on the host's network stack, where
+		// the egress listeners have no guard redirecting to them.
+		routerEnv = append(routerEnv, "KARS_ROUTER_NO_EGRESS_LISTENERS=1")
+	}
+	if in.mesh {
+		routerEnv = append(routerEnv, routerconfig.EnvMeshDial+"=unix:"+MeshSocket)
+	}
 	b.spec = local.Spec{
 		ID:        id,
 		StateRoot: in.stateRoot,
 		Workspace: in.workspace,
 		Isolation: isolation,
 		Router: local.Process{Path: routerPath, Args: containerArgs(routerC), Env: routerEnv,
-			Files: withPlaceholders(routerFiles, b.routerConfigRelPath, b.routerConfig)},
+			Files: withPlaceholders(routerFiles, b.routerConfigRelPath, b.routerConfig, b.hotFiles)},
 		Agent:          agent,
 		RouterPorts:    []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)},
 		AgentPorts:     []uint16{b.agentPort},
@@ -194,9 +218,12 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 
 // withPlaceholders adds router.json and the directories the router writes
 // to, so that they exist, owned by the router, before it starts.
-func withPlaceholders(files map[string][]byte, configRel string, config []byte) map[string][]byte {
-	out := make(map[string][]byte, len(files)+3)
+func withPlaceholders(files map[string][]byte, configRel string, config []byte, hot map[string][]byte) map[string][]byte {
+	out := make(map[string][]byte, len(files)+len(hot)+3)
 	for k, v := range files {
+		out[k] = v
+	}
+	for k, v := range hot {
 		out[k] = v
 	}
 	out[configRel] = config
@@ -264,6 +291,9 @@ func volumeFiles(in buildInput, v corev1.Volume) (map[string][]byte, error) {
 		if v.ConfigMap.Name != cm.Name {
 			var err error
 			if cm, err = in.configMap(v.ConfigMap.Name); err != nil {
+				if apierrors.IsNotFound(err) && v.ConfigMap.Optional != nil && *v.ConfigMap.Optional {
+					return map[string][]byte{}, nil // as the kubelet mounts it: empty
+				}
 				return nil, err
 			}
 		}
@@ -329,3 +359,7 @@ func limits(r corev1.ResourceRequirements) local.Limits {
 func suspended(d *appsv1.Deployment) bool {
 	return d.Spec.Replicas != nil && *d.Spec.Replicas == 0
 }
+
+// PodID is the local pod ID of a sandbox, the folder of its pod under the
+// substrate's StateRoot (`kars trace` reads the pod's state there).
+func PodID(sb *karsv1.KarsSandbox) string { return podID(sb) }

@@ -74,6 +74,9 @@ type Options struct {
 	// Runtimes configures where runtime adapters' environments are
 	// prepared and cached (runtimeenv.DefaultRoot when Root is empty).
 	Runtimes runtimeenv.Options
+	// MeshAddr, when set, is kars-mesh's TCP address on the host;
+	// routers reach it through MeshSocket.
+	MeshAddr string
 }
 
 // Substrate implements controller.Substrate with local pods.
@@ -90,6 +93,7 @@ type entry struct {
 	hash      string
 	hostname  string
 	config    []byte
+	hot       map[string][]byte
 	cfgPath   string
 	agentPort uint16
 	sockets   []net.Listener
@@ -146,7 +150,7 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	}
 	built, err := buildSpec(buildInput{
 		sb: sb, desired: desired, stateRoot: s.o.StateRoot, workspace: ws, binDir: s.o.BinDir,
-		routerState: s.routerState(sb), hide: s.o.Hide, quota: max(s.o.WorkspaceQuota, 0),
+		routerState: s.routerState(sb), hide: s.o.Hide, quota: max(s.o.WorkspaceQuota, 0), mesh: s.o.MeshAddr != "",
 		secret: func(name string) (*corev1.Secret, error) {
 			sec := &corev1.Secret{}
 			return sec, s.o.Client.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: name}, sec)
@@ -191,6 +195,18 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 			e.config = built.routerConfig
 			s.o.Log.Info("router config updated in place", "sandbox", key, "bytes", len(built.routerConfig))
 		}
+		for rel, data := range built.hotFiles {
+			if string(e.hot[rel]) == string(data) {
+				continue
+			}
+			if err := writeRouterFile(built.routerDir, rel, data); err != nil {
+				return obs, fmt.Errorf("update %s: %w", rel, err)
+			}
+			if e.hot == nil {
+				e.hot = map[string][]byte{}
+			}
+			e.hot[rel] = data
+		}
 		if err := s.syncSidecars(ctx, sb, e, desired); err != nil {
 			s.o.Log.Warn("MCP servers of the pod", "sandbox", key, "err", err)
 		}
@@ -210,7 +226,7 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	if e != nil {
 		s.stopEntry(ctx, key, e)
 	}
-	ne := &entry{hash: built.hash, hostname: desired.Names.RouterHostname, config: built.routerConfig,
+	ne := &entry{hash: built.hash, hostname: desired.Names.RouterHostname, config: built.routerConfig, hot: built.hotFiles,
 		cfgPath: filepath.Join(built.routerDir, built.routerConfigRelPath), agentPort: built.agentPort}
 	if e != nil {
 		ne.failures = e.failures
@@ -231,6 +247,10 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	if err := s.openSockets(sb, ne); err != nil {
 		_ = pod.Stop(ctx)
 		return obs, err
+	}
+	if err := s.openMeshSocket(built.routerDir, ne); err != nil {
+		_ = pod.Stop(ctx)
+		return obs, fmt.Errorf("mesh socket: %w", err)
 	}
 	ne.watchStop = make(chan struct{})
 	go s.watch(sb, ne, pod, ne.watchStop)

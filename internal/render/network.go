@@ -52,13 +52,19 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 		{To: dnsPeers, Ports: []networkingv1.NetworkPolicyPort{port(udp, 53), port(tcp, 53)}},
 		{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: system}}, Ports: []networkingv1.NetworkPolicyPort{port(tcp, MeshRegistryPort), port(tcp, MeshRelayPort)}},
 	}
-	if ports := upstreamPorts(in); len(ports) > 0 {
+	if ports, all := upstreamPorts(in); all || len(ports) > 0 {
 		rule := networkingv1.NetworkPolicyEgressRule{To: []networkingv1.NetworkPolicyPeer{
 			{IPBlock: &networkingv1.IPBlock{CIDR: "0.0.0.0/0", Except: []string{metadataCIDR}}},
 			{IPBlock: &networkingv1.IPBlock{CIDR: "::/0"}},
 		}}
-		for _, p := range ports {
-			rule.Ports = append(rule.Ports, port(tcp, p))
+		if !all {
+			for _, p := range ports {
+				rule.Ports = append(rule.Ports, port(tcp, p))
+			}
+		} else {
+			// Learn mode, or an entry for any port: the router decides
+			// the port, so the net under it cannot.
+			rule.Ports = []networkingv1.NetworkPolicyPort{{Protocol: &tcp}}
 		}
 		egress = append(egress, rule)
 	}
@@ -87,11 +93,16 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 
 // upstreamPorts are the TCP ports the router (or the git fetcher) needs
 // outside the cluster, sorted: each model endpoint's port (443 for the
-// public providers, none for Offline), 443 for allowlisted hosts, the
-// numeric ports of allow rules on egress actions ("egress:host:port"), and
-// the git repository's port.
-func upstreamPorts(in Input) []int32 {
+// public providers, none for Offline), the egress lists' ports
+// (egressPorts), the numeric ports of allow rules on egress actions
+// ("egress:host:port"), and the git repository's port. all reports that
+// the router needs every port (Learn mode).
+func upstreamPorts(in Input) ([]int32, bool) {
 	set := map[int32]bool{}
+	eports, all := egressPorts(in)
+	for _, p := range eports {
+		set[p] = true
+	}
 	for _, t := range targets(in.Inference) {
 		switch {
 		case t.Provider == karsv1.ProviderOffline:
@@ -102,10 +113,6 @@ func upstreamPorts(in Input) []int32 {
 		default:
 			set[443] = true
 		}
-	}
-	np := in.Sandbox.Spec.NetworkPolicy
-	if len(np.AllowedHosts) > 0 || np.AllowlistRef != nil {
-		set[443] = true
 	}
 	if tp := in.Tools; tp != nil {
 		for _, r := range tp.Spec.Rules {
@@ -132,7 +139,7 @@ func upstreamPorts(in Input) []int32 {
 			set[443] = true
 		}
 	}
-	return slices.Sorted(maps.Keys(set))
+	return slices.Sorted(maps.Keys(set)), all
 }
 
 // egressActionPort returns the port of "egress:<host>:<port>" when it is a

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/egress"
 )
 
 // ReservedEnvPrefixes may never be set by a user: they carry the sandbox
@@ -41,6 +42,9 @@ const (
 // routerURL is where the agent reaches the router: loopback only.
 var routerURL = "http://127.0.0.1:" + strconv.Itoa(int(RouterAgentPort))
 
+// noProxy keeps the agent's calls to the router itself off the proxy.
+const noProxy = "127.0.0.1,localhost,::1"
+
 func podTemplate(in Input, names Names, rt *Runtime, a2a bool) (corev1.PodTemplateSpec, error) {
 	sb := in.Sandbox
 	agent, err := agentContainer(in, rt)
@@ -62,7 +66,7 @@ func podTemplate(in Input, names Names, rt *Runtime, a2a bool) (corev1.PodTempla
 		},
 		// The router drains in-flight calls for up to 30 s on SIGTERM.
 		TerminationGracePeriodSeconds: ptr(int64(35)),
-		InitContainers:                []corev1.Container{egressGuardContainer(in.Env)},
+		InitContainers:                []corev1.Container{egressGuardContainer(in.Env, a2a)},
 		Containers:                    []corev1.Container{agent, routerContainer(in, names, a2a)},
 		Volumes:                       volumes(in, names, rt),
 	}
@@ -122,12 +126,15 @@ func runtimeDefault() *corev1.SeccompProfile {
 }
 
 // egressGuardContainer installs the owner-match rules before the agent
-// starts. It is the only container with any capability, and only the two
-// nftables needs.
-func egressGuardContainer(env Environment) corev1.Container {
-	dns := make([]string, len(env.ClusterDNS))
-	for i, a := range env.ClusterDNS {
-		dns[i] = a.String()
+// starts: the agent's TCP goes to the router's transparent proxy, its DNS
+// to the router's stub (never to the cluster resolver), and the pod is
+// closed to inbound connections but the router's admin port (and the A2A
+// port while exposed). It is the only container with any capability, and
+// only the two nftables needs.
+func egressGuardContainer(env Environment, a2a bool) corev1.Container {
+	inbound := strconv.Itoa(int(RouterAdminPort))
+	if a2a {
+		inbound += "," + strconv.Itoa(int(RouterA2APort))
 	}
 	return corev1.Container{
 		Name:  ContainerEgressGuard,
@@ -135,7 +142,9 @@ func egressGuardContainer(env Environment) corev1.Container {
 		Env: []corev1.EnvVar{
 			{Name: "KARS_AGENT_UID", Value: strconv.FormatInt(AgentUID, 10)},
 			{Name: "KARS_ROUTER_PORT", Value: strconv.Itoa(int(RouterAgentPort))},
-			{Name: "KARS_DNS", Value: strings.Join(dns, ",")},
+			{Name: "KARS_TRANSPARENT_PORT", Value: strconv.Itoa(egress.DefaultTransparentPort)},
+			{Name: "KARS_DNS_PORT", Value: strconv.Itoa(egress.DefaultDNSPort)},
+			{Name: "KARS_INBOUND_PORTS", Value: inbound},
 		},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                ptr(int64(0)),
@@ -235,6 +244,12 @@ func agentEnv(sb *karsv1.KarsSandbox, rt *Runtime) ([]corev1.EnvVar, error) {
 		// Anthropic SDKs append /v1/messages themselves.
 		"ANTHROPIC_BASE_URL": routerURL,
 		"ANTHROPIC_API_KEY":  BrokeredKey,
+		// Everything else goes through the router's forward proxy on the
+		// same port (docs/egress.md); clients that ignore these variables
+		// are redirected to it by the egress guard. Both spellings: curl
+		// reads only the lower-case http_proxy.
+		"HTTP_PROXY": routerURL, "HTTPS_PROXY": routerURL, "http_proxy": routerURL, "https_proxy": routerURL,
+		"NO_PROXY": noProxy, "no_proxy": noProxy,
 	}
 	if a := sb.Spec.Agent; a != nil {
 		if a.Instructions != "" {
@@ -297,6 +312,9 @@ func routerContainer(in Input, names Names, a2a bool) corev1.Container {
 	}
 	if needsWorkloadIdentity(in.Inference) || memoryUsesWorkloadIdentity(in.Bindings.Memory) {
 		mounts = append(mounts, corev1.VolumeMount{Name: volIdentityToken, MountPath: WorkloadIdentityTokenDir, ReadOnly: true})
+	}
+	if _, m := blocklistVolume(in.Env); m != nil {
+		mounts = append(mounts, *m)
 	}
 	probe := func(p string, period int32) *corev1.Probe {
 		return &corev1.Probe{
@@ -467,6 +485,9 @@ func volumes(in Input, names Names, rt *Runtime) []corev1.Volume {
 				}}})
 			}
 		}
+	}
+	if v, _ := blocklistVolume(in.Env); v != nil {
+		vs = append(vs, *v)
 	}
 	if rt.Config != nil {
 		vs = append(vs, corev1.Volume{Name: volAgentConfig, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{

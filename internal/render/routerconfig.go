@@ -20,9 +20,11 @@ func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Nam
 // configured models only, every other action denied).
 //
 // Credentials appear only as file paths inside the router container; the
-// paths are the ones PodSpec mounts.
-func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, b Bindings) (*routerconfig.Config, error) {
-	c, err := compile(sb, ip, tp, b)
+// paths are the ones PodSpec mounts. mesh, when set, makes the router the
+// agent's mesh endpoint (Environment.Mesh); b adds the sandbox's McpServers
+// and KarsMemory.
+func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings) (*routerconfig.Config, error) {
+	c, err := compile(sb, ip, tp, mesh, b)
 	if err != nil {
 		return nil, err
 	}
@@ -36,8 +38,8 @@ func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1
 // without validating it (which compiles CEL and is the expensive part). The
 // policy reconcilers use it to tell whether a router enforces the current
 // generation of a policy.
-func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, b Bindings) (string, error) {
-	c, err := compile(sb, ip, tp, b)
+func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings) (string, error) {
+	c, err := compile(sb, ip, tp, mesh, b)
 	if err != nil {
 		return "", err
 	}
@@ -51,7 +53,7 @@ type Bindings struct {
 	Memory *karsv1.KarsMemory
 }
 
-func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, b Bindings) (*routerconfig.Config, error) {
+func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings) (*routerconfig.Config, error) {
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
@@ -100,6 +102,8 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 	c.Behavior = behavior(sb.Spec.Governance.Behavior)
 	c.MCP = mcpConfig(b.MCP)
 	c.Memory = memoryConfig(sb, b.Memory)
+	c.Egress = egressConfig(sb)
+	c.Mesh = meshConfig(sb, mesh)
 	return c, nil
 }
 

@@ -42,7 +42,21 @@ type Environment struct {
 	// StorageClass names the StorageClass of the sandbox's volume claims
 	// (router state, workspace); empty means the cluster's default.
 	StorageClass string
+	// Blocklist is where every router fetches the egress blocklist from
+	// (the controller's --egress-blocklist); nil means none.
+	Blocklist *routerconfig.Blocklist
+	// BlocklistConfigMap, when set, is a ConfigMap in each sandbox's
+	// namespace whose key is mounted into the router as a further
+	// blocklist source (kubelet-updated, reread at every refresh).
+	BlocklistConfigMap *ConfigMapKey
+	// Mesh, when set, makes every router the agent's AgentMesh endpoint
+	// on these kars-mesh endpoints (MeshEndpoints); nil leaves the mesh
+	// off.
+	Mesh *MeshEndpoints
 }
+
+// ConfigMapKey names one key of a ConfigMap.
+type ConfigMapKey struct{ Name, Key string }
 
 // AdminCredentials are the router's admin API credentials. The controller
 // generates them once per sandbox and keeps them in the admin Secret; the
@@ -69,6 +83,17 @@ type Input struct {
 	// Now decides whether an A2A exposure window is still open.
 	Now time.Time
 	Env Environment
+	// Egress is the sandbox's verified allowlist and active approvals, as
+	// the controller established them (docs/egress.md).
+	Egress EgressInput
+}
+
+// EgressInput is the part of a sandbox's egress policy that lives outside
+// its spec: the allowlist artifact after signature verification, and the
+// EgressApprovals that are active.
+type EgressInput struct {
+	Allowlist *routerconfig.EgressAllowlist
+	Approvals []routerconfig.EgressApproval
 }
 
 // Sandbox is the rendered desired state of one sandbox.
@@ -128,7 +153,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Bindings)
+	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Env.Mesh, in.Bindings)
 	if err != nil {
 		return nil, err
 	}
@@ -160,7 +185,7 @@ func Render(in Input) (*Sandbox, error) {
 	out.RouterConfig = &corev1.ConfigMap{
 		TypeMeta:   typeMeta("v1", "ConfigMap"),
 		ObjectMeta: meta(sb, names.RouterConfig, "router"),
-		Data:       map[string]string{routerconfig.FileName: string(cfgJSON)},
+		Data:       map[string]string{routerconfig.FileName: string(cfgJSON), routerconfig.EgressStateFile: egressState(in)},
 	}
 	out.RouterConfig.Annotations = map[string]string{AnnotationConfigDigest: digest}
 	if rt.Config != nil {

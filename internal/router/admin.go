@@ -30,6 +30,11 @@ type AdminBackends struct {
 	Trust func(ctx context.Context, agent string) (any, error)
 	// Reload re-reads the config file now and reports whether it changed.
 	Reload func() (bool, error)
+	// Egress serves /admin/v1/egress and below (Egress.AdminHandler).
+	Egress http.Handler
+	// Mesh serves /admin/v1/mesh and below (the mesh bridge), nil when
+	// the mesh is off.
+	Mesh http.Handler
 }
 
 // AdminHandler returns the admin API. Health, readiness and metrics are open
@@ -160,6 +165,14 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 			return map[string]any{"changed": changed, "digest": r.Snapshot().Digest}, err
 		})
 	}))
+	if b.Egress != nil {
+		mux.Handle("GET /admin/v1/egress", auth(b.Egress.ServeHTTP))
+		mux.Handle("GET /admin/v1/egress/", auth(b.Egress.ServeHTTP))
+	}
+	if b.Mesh != nil {
+		mux.Handle("/admin/v1/mesh", auth(b.Mesh.ServeHTTP))
+		mux.Handle("/admin/v1/mesh/", auth(b.Mesh.ServeHTTP))
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no admin endpoint " + req.Method + " " + req.URL.Path})
 	})

@@ -41,12 +41,13 @@ func benchCalls(b *testing.B, url, path string, hdr http.Header) {
 }
 
 // BenchmarkBareReverseProxy is the floor the router is measured against:
-// the standard library's reverse proxy in front of the same fake upstream.
+// the standard library's reverse proxy and transport in front of the same
+// fake upstream.
 func BenchmarkBareReverseProxy(b *testing.B) {
 	h := newHarness(b, nil)
 	u, _ := url.Parse(h.fake.URL())
 	p := httputil.NewSingleHostReverseProxy(u)
-	p.Transport = DefaultTransport()
+	p.Transport = &http.Transport{MaxIdleConnsPerHost: 1024}
 	srv := httptest.NewServer(p)
 	defer srv.Close()
 	benchCalls(b, srv.URL, "/openai/deployments/gpt-4.1-dep/chat/completions?api-version=2024-10-21",

@@ -28,18 +28,28 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 		serveModels(c)
 		return
 	}
+	// Choosing the target is kept out of this frame, which stays on the
+	// stack while a stream is relayed.
+	if resp, secret := s.call(c); resp != nil {
+		s.relay(c, resp, secret)
+	}
+}
+
+// call tries the candidates in order and returns the response to relay and
+// the credential sent with it, or refuses the call and returns nil.
+func (s forwardStage) call(c *Call) (*http.Response, []byte) {
 	order := healthOrder(c.Candidates, time.Now())
 	var lastErr error
 	for i, u := range order {
 		last := i == len(order)-1
-		resp, err := s.try(c, u)
+		resp, secret, err := s.try(c, u)
 		if err != nil {
 			lastErr = err
 			u.health.fail(time.Now(), 0)
 			s.r.metrics.upstreamErrors.WithLabelValues(u.ID(), "transport").Inc()
 			if c.R.Context().Err() != nil {
 				c.Status = 499 // the agent went away; nothing to answer
-				return
+				return nil, nil
 			}
 			continue
 		}
@@ -55,8 +65,7 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 			u.health.succeed()
 		}
 		c.Upstream = u.ID()
-		s.relay(c, resp)
-		return
+		return resp, secret
 	}
 	status := http.StatusBadGateway
 	if errors.Is(lastErr, context.DeadlineExceeded) {
@@ -67,29 +76,32 @@ func (s forwardStage) Serve(c *Call, _ func(*Call)) {
 		msg += ": " + lastErr.Error()
 	}
 	c.Refuse(&inference.APIError{Status: status, Type: "server_error", Code: "kars_upstream_unavailable", Message: msg, Retryable: true})
+	return nil, nil
 }
 
-// try sends the call to one target.
-func (s forwardStage) try(c *Call, u *upstream) (*http.Response, error) {
+// try sends the call to one target. It returns the credential it sent, to
+// scrub it from anything echoed back.
+func (s forwardStage) try(c *Call, u *upstream) (*http.Response, []byte, error) {
 	c.Attempts++
 	body, err := inference.UpstreamBody(c.Route.Op, c.Body, u.BodyModel(c.Route.Op), c.Req.Stream, outputCap(c))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	req, err := u.NewRequest(c.R.Context(), c.Route.Op, body, c.R.Header)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	t0 := time.Now()
 	resp, err := u.client.Do(req)
 	c.UpstreamLatency = time.Since(t0)
 	s.r.metrics.upstreamLatency.WithLabelValues(u.ID()).Observe(c.UpstreamLatency.Seconds())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	// Keep the credential we sent, to scrub it from anything echoed back.
-	resp.Request = req
-	return resp, nil
+	// The request (its body, headers and URL) is not kept for the
+	// response's life, which for a stream is minutes.
+	resp.Request = nil
+	return resp, []byte(sentSecret(req)), nil
 }
 
 // failover reports statuses on which another target is worth trying.

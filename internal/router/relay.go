@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/kars-io/kars/internal/inference"
+	"github.com/kars-io/kars/internal/safety"
 )
 
 // MaxResponseBytes bounds a non-streamed upstream response the router
@@ -21,12 +22,18 @@ var redacted = []byte("[redacted by kars-router]")
 // relay sends the upstream's answer to the agent: streams event by event,
 // anything else whole, both through the content-safety checks and the
 // credential scrubber.
-func (s forwardStage) relay(c *Call, resp *http.Response) {
+func (s forwardStage) relay(c *Call, resp *http.Response, secret []byte) {
 	defer resp.Body.Close()
-	secret := []byte(sentSecret(resp.Request))
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if c.Req.Stream && resp.StatusCode == http.StatusOK && mt == "text/event-stream" {
-		if startStream(c, resp.Header) {
+		// The request body (a whole conversation, often tens of KiB) is
+		// not needed for the stream's life, only its hash for the entry.
+		c.payload, c.Body = payloadHash(c.Body), nil
+		ok := startStream(c, resp.Header)
+		if sw, taken := c.W.(*streamWriter); taken {
+			defer sw.close()
+		}
+		if ok {
 			s.relayStream(c, resp, secret)
 		}
 		return
@@ -93,8 +100,10 @@ func copyResponseHeaders(dst, src http.Header) {
 	}
 }
 
-// startStream sends the stream's response header to the agent. It reports
-// false if the agent is gone.
+// startStream sends the stream's response header to the agent, on the
+// agent's connection taken over from net/http where it can be (see
+// streamWriter), after which c.W writes there. It reports false if the
+// agent is gone.
 func startStream(c *Call, upstream http.Header) bool {
 	h := c.W.Header()
 	copyResponseHeaders(h, upstream)
@@ -102,6 +111,14 @@ func startStream(c *Call, upstream http.Header) bool {
 	h.Set("X-Accel-Buffering", "no")
 	c.written = true
 	c.Status = http.StatusOK
+	if sw, ok := takeOverStream(c.W, c.R); ok {
+		c.W = sw
+		if sw.err != nil {
+			c.Status = 499
+			return false
+		}
+		return true
+	}
 	c.W.WriteHeader(http.StatusOK)
 	if err := http.NewResponseController(c.W).Flush(); err != nil {
 		c.Status = 499
@@ -115,75 +132,108 @@ func startStream(c *Call, upstream http.Header) bool {
 // the stream with an error event, so nothing after the offending chunk
 // reaches the agent. The upstream's usage chunk (which the router always
 // asks for) is passed on only if the agent asked for it too.
+//
+// The loop that waits for the upstream's next event is kept apart from the
+// handling of an event (streamRelay.event): the waiting frame is what a
+// stream's goroutine holds on its stack for the stream's life, and the
+// runtime sizes every new goroutine's stack from the average such frame
+// (see docs/router.md, Memory).
 func (s forwardStage) relayStream(c *Call, resp *http.Response, secret []byte) {
-	rc := http.NewResponseController(c.W)
-	meter := inference.NewStreamMeter(c.Route.Dialect, c.Route.Op)
-	check := c.Gen.safety.NewStream()
-	events := inference.NewSSEReader(resp.Body)
-	// The call is committed to the audit log before the stream completes:
-	// before the terminal event, or before the error event or end of
-	// stream that replaces it. Settlement uses the usage as it finally is.
-	commit := func() error {
-		c.Usage = meter.Usage(c.Req.PromptEstimate)
-		return c.Commit()
+	r := &streamRelay{c: c, rc: http.NewResponseController(c.W), meter: inference.NewStreamMeter(c.Route.Dialect, c.Route.Op),
+		check: c.Gen.safety.NewStream(), events: inference.NewSSEReader(resp.Body), secret: secret}
+	defer r.settle()
+	for r.next() {
 	}
-	defer func() { c.Usage = meter.Usage(c.Req.PromptEstimate) }()
-	for {
-		ev, err := events.Next()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				if !c.committed && commit() != nil {
-					writeAuditUnavailable(c)
-				}
-				return
+}
+
+// streamRelay is the state of one relayed stream.
+type streamRelay struct {
+	c      *Call
+	rc     *http.ResponseController
+	meter  *inference.StreamMeter
+	check  *safety.StreamCheck
+	events *inference.SSEReader
+	secret []byte
+	ev     inference.Event // the event being handled
+	err    error
+}
+
+// next waits for the upstream's next event and handles it. It reports
+// whether the stream goes on.
+func (r *streamRelay) next() bool {
+	r.ev, r.err = r.events.Next()
+	return r.event()
+}
+
+// settle records the usage as it finally is.
+func (r *streamRelay) settle() { r.c.Usage = r.meter.Usage(r.c.Req.PromptEstimate) }
+
+// commit puts the call on record before the stream completes: before the
+// terminal event, or before the error event or end of stream that replaces
+// it. Settlement uses the usage as it finally is.
+func (r *streamRelay) commit() error {
+	r.settle()
+	return r.c.Commit()
+}
+
+// event handles what events.Next returned, and reports whether the stream
+// goes on.
+func (r *streamRelay) event() bool {
+	c, ev, err := r.c, &r.ev, r.err
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			if !c.committed && r.commit() != nil {
+				writeAuditUnavailable(c)
 			}
-			// The upstream broke off (or sent garbage): what was streamed
-			// is metered; tell the agent it is cut.
-			if len(ev.Raw) > 0 {
-				meter.Observe(ev)
-			}
-			c.Status = http.StatusBadGateway
-			commit()
-			if c.R.Context().Err() == nil {
-				writeStreamError(c, "server_error", "kars_upstream_stream_broken", "the upstream stream ended unexpectedly: "+err.Error())
-			}
-			return
+			return false
 		}
-		raw := ev.Raw
-		if len(secret) > 0 && bytes.Contains(raw, secret) {
-			raw = bytes.ReplaceAll(raw, secret, redacted)
-			ev.Data = bytes.ReplaceAll(ev.Data, secret, redacted)
+		// The upstream broke off (or sent garbage): what was streamed
+		// is metered; tell the agent it is cut.
+		if len(ev.Raw) > 0 {
+			r.meter.Observe(*ev)
 		}
-		usageOnly := meter.Observe(ev)
-		v := check.Event(ev.Data)
-		c.Findings = append(c.Findings, v.Findings...)
-		if v.Block {
-			refusal := safetyRefusal(v.Reason)
-			c.Refusal = refusal
-			commit()
-			writeStreamError(c, refusal.Type, refusal.Code, refusal.Message)
-			return
+		c.Status = http.StatusBadGateway
+		r.commit()
+		if c.R.Context().Err() == nil {
+			writeStreamError(c, "server_error", "kars_upstream_stream_broken", "the upstream stream ended unexpectedly: "+err.Error())
 		}
-		if meter.Done() && !c.committed && commit() != nil {
-			writeAuditUnavailable(c)
-			return
-		}
-		if usageOnly && !c.Req.IncludeUsage {
-			continue
-		}
-		if _, err := c.W.Write(raw); err != nil {
+		return false
+	}
+	raw := ev.Raw
+	if len(r.secret) > 0 && bytes.Contains(raw, r.secret) {
+		raw = bytes.ReplaceAll(raw, r.secret, redacted)
+		ev.Data = bytes.ReplaceAll(ev.Data, r.secret, redacted)
+	}
+	usageOnly := r.meter.Observe(*ev)
+	v := r.check.Event(ev.Data)
+	c.Findings = append(c.Findings, v.Findings...)
+	if v.Block {
+		refusal := safetyRefusal(v.Reason)
+		c.Refusal = refusal
+		r.commit()
+		writeStreamError(c, refusal.Type, refusal.Code, refusal.Message)
+		return false
+	}
+	if r.meter.Done() && !c.committed && r.commit() != nil {
+		writeAuditUnavailable(c)
+		return false
+	}
+	if usageOnly && !c.Req.IncludeUsage {
+		return true
+	}
+	if _, err := c.W.Write(raw); err != nil {
+		c.Status = 499
+		return false
+	}
+	// Flush once the events that arrived together are written: one
+	// syscall per upstream read, not per event.
+	if !r.events.Buffered() {
+		if err := r.rc.Flush(); err != nil {
 			c.Status = 499
-			return
-		}
-		// Flush once the events that arrived together are written: one
-		// syscall per upstream read, not per event.
-		if !events.Buffered() {
-			if err := rc.Flush(); err != nil {
-				c.Status = 499
-				return
-			}
+			return false
 		}
 	}
+	return true
 }
 
 // writeAuditUnavailable ends a stream whose call could not be put on record

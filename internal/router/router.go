@@ -3,7 +3,6 @@ package router
 import (
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,7 @@ import (
 	"github.com/kars-io/kars/internal/mcpgateway"
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/safety"
+	"github.com/kars-io/kars/internal/upstreamhttp"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -135,28 +135,22 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 	return r, nil
 }
 
-// DefaultTransport is the upstream transport: keep-alive pools sized for a
+// DefaultTransport is the upstream transport: connection pools sized for a
 // busy agent, no overall timeout (streams may run for minutes; the agent's
 // request context bounds each call), and a bound on waiting for headers.
-//
-// Each HTTP/1.1 connection holds a read and a write buffer for its whole
-// life, open streams and idle connections alike; the defaults (4 KiB each)
-// are sized for bodies the router never sends through them. A request is
-// written once (its headers fit in 1 KiB; a larger body bypasses the
-// buffer), and 2 KiB holds an upstream's response headers and a typical
-// non-streamed answer in one read; larger reads bypass it.
-func DefaultTransport() *http.Transport {
-	return &http.Transport{
-		Proxy:                 nil, // the router is the egress; never chain to an env proxy
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       90 * time.Second,
+// It is upstreamhttp's rather than net/http's because a router holds one
+// upstream request open for each agent stream: upstreamhttp serves
+// HTTP/1.1 on the caller's goroutine (no read and write loop goroutines
+// per connection) and dials one HTTP/2 connection per host at a time (no
+// TLS handshake per call in a burst).
+func DefaultTransport() http.RoundTripper {
+	return &upstreamhttp.Transport{
+		DialTimeout:           10 * time.Second,
+		KeepAlive:             30 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 10 * time.Minute,
-		ReadBufferSize:        2 << 10,
-		WriteBufferSize:       1 << 10,
+		IdleTimeout:           90 * time.Second,
+		MaxIdlePerHost:        1024,
 	}
 }
 

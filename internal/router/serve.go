@@ -54,12 +54,15 @@ type ServeOptions struct {
 	BufferBytes int64
 	// Ready, if set, is called with the bound addresses once serving.
 	Ready func(addrs map[string]string)
-	// AuditCommitWindow is how long the audit log may hold a batch of
-	// entries for more to join it while calls keep arriving
-	// (audit.Options.CommitWindow); zero syncs every batch at once.
-	// kars-router passes audit.DefaultCommitWindow unless told otherwise.
-	AuditCommitWindow time.Duration
+	// NoEgressListeners skips the transparent proxy and DNS stub
+	// listeners (env KARS_ROUTER_NO_EGRESS_LISTENERS=1): a router outside
+	// its pod's network namespace (the rootless local substrate) must not
+	// bind them on the host's loopback.
+	NoEgressListeners bool
 }
+
+// EnvNoEgressListeners turns ServeOptions.NoEgressListeners on.
+const EnvNoEgressListeners = "KARS_ROUTER_NO_EGRESS_LISTENERS"
 
 // Serve runs kars-router until ctx is done: it loads and watches the
 // config, opens the budget ledger and the audit log, and serves the agent
@@ -94,8 +97,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			return err
 		}
 	}
-	sink, err := audit.Open(audit.Options{Dir: cfg.Audit.Dir, Sandbox: cfg.Sandbox.Namespace + "/" + cfg.Sandbox.Name, SigningKey: key,
-		CommitWindow: o.AuditCommitWindow})
+	sink, err := audit.Open(audit.Options{Dir: cfg.Audit.Dir, Sandbox: cfg.Sandbox.Namespace + "/" + cfg.Sandbox.Name, SigningKey: key})
 	if err != nil {
 		return err
 	}
@@ -115,11 +117,27 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer r.Wait() // before the trust store closes: no penalty is dropped
+	var resolvers []string
+	if cfg.Egress != nil {
+		resolvers = cfg.Egress.Resolvers
+	}
+	eg, err := NewEgress(r, cfg.StateDir, resolvers)
+	if err != nil {
+		return err
+	}
+	mesh, err := r.openMesh(cfg, o.Root, ts)
+	if err != nil {
+		return err
+	}
+	if mesh != nil {
+		defer mesh.Close() // after its Run ends with the background work
+	}
 	watcher.OnChange = func(_, cur *routerconfig.Snapshot) {
 		if err := r.Apply(cur); err != nil {
 			log.Error("config reload rejected; the previous config stays in force", "digest", cur.Digest, "err", err)
 			return
 		}
+		meshReloaded(mesh, cur.Config)
 		if cur.Config.AgentListen() != cfg.AgentListen() || cur.Config.AdminListen() != cfg.AdminListen() {
 			log.Warn("listen addresses changed in the config; they take effect on restart")
 		}
@@ -133,10 +151,25 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	wg.Go(func() {
 		ledger.Run(bg, time.Second, func(err error) { log.Error("budget ledger write failed", "err", err) })
 	})
+	if mesh != nil {
+		wg.Go(func() { mesh.Run(bg) })
+	}
 	defer func() {
 		stopBG()
 		wg.Wait() // the ledger's final flush happens here
 	}()
+	statePath := filepath.Join(filepath.Dir(routerconfig.UnderRoot(o.Root, o.ConfigPath)), routerconfig.EgressStateFile)
+	eg.WatchState(bg, statePath, o.Root, &wg)
+	egCfg := cfg
+	if o.NoEgressListeners && cfg.Egress != nil {
+		c, e := *cfg, *cfg.Egress
+		e.TransparentListen, e.DNSListen = "", ""
+		c.Egress = &e
+		egCfg = &c
+	}
+	if err := eg.Start(bg, egCfg, &wg); err != nil {
+		return err
+	}
 
 	admin := Listener{Name: "admin", Addr: cfg.AdminListen(), Handler: r.AdminHandler(cfg.Admin.TokenFile, AdminBackends{
 		AuditTail: func(_ context.Context, n int) (any, error) { return AuditTail(cfg.Audit.Dir, n) },
@@ -146,6 +179,8 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		AuditHead: func() (any, error) { return NewAuditHead(sink.Head(), key), nil },
 		Trust:     trustStore.View,
 		Reload:    watcher.Reload,
+		Egress:    eg.AdminHandler(),
+		Mesh:      meshAdmin(mesh),
 	})}
 	if cfg.Admin.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
@@ -154,8 +189,12 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		}
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	agentAPI := r.AgentHandler()
+	if mesh != nil {
+		mesh.Mount(agentAPI)
+	}
 	listeners := []Listener{
-		{Name: "agent", Addr: cfg.AgentListen(), Handler: r.AgentHandler()},
+		{Name: "agent", Addr: cfg.AgentListen(), Handler: eg.Wrap(agentAPI)},
 		admin,
 	}
 	// Take the passed sockets named for the configured ports; close the
@@ -177,7 +216,30 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	passed = nil
 	log.Info("kars-router starting", "sandbox", cfg.Sandbox.Namespace+"/"+cfg.Sandbox.Name, "digest", snap.Digest,
 		"agent", cfg.AgentListen(), "admin", cfg.AdminListen(), "activated", activated, "stages", r.Stages())
-	return ServeListeners(ctx, log, listeners, o.Ready)
+	err = ServeListeners(ctx, log, listeners, o.Ready)
+	// Streams run on connections taken over from the HTTP servers
+	// (streamWriter), which their Shutdown does not wait for: wait for the
+	// calls themselves before the audit log and the ledger close.
+	if !waitIdle(r, shutdownGrace) {
+		log.Warn("calls still in flight after the shutdown grace period; they are cut off", "in_flight", r.InFlight())
+	}
+	return err
+}
+
+// shutdownGrace is how long shutdown waits for calls in flight.
+const shutdownGrace = 30 * time.Second
+
+// waitIdle waits until r has no call in flight, for at most d, and reports
+// whether it got there.
+func waitIdle(r *Router, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for r.InFlight() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }
 
 // ServeListeners serves every listener until ctx is done or one fails, then
@@ -218,7 +280,7 @@ func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready 
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	shutdown, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, s := range servers {

@@ -103,8 +103,7 @@ func auditSyncs(t *testing.T, addrs map[string]string) float64 {
 }
 
 // TestServeLifecycle runs the router as kars-router does: from a config
-// file, with the Offline model and the default audit commit window, then
-// reloads it by rename, and stops it. Stopping must leave a verifiable
+// file, with the Offline model, then reloads it by rename, and stops it. Stopping must leave a verifiable
 // audit log with every call in it and a ledger file that a restart reads
 // back.
 func TestServeLifecycle(t *testing.T) {
@@ -129,7 +128,7 @@ func TestServeLifecycle(t *testing.T) {
 		}
 	}
 	write(c)
-	a, stop := serving(t, ServeOptions{ConfigPath: path, AuditCommitWindow: audit.DefaultCommitWindow})
+	a, stop := serving(t, ServeOptions{ConfigPath: path})
 	agent := "http://" + a["agent"]
 	if want, _ := routerconfig.Digest(c); adminDigest(t, a) != want {
 		t.Fatalf("admin digest %s, want %s", adminDigest(t, a), want)

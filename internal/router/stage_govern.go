@@ -16,6 +16,16 @@ type governStage struct{ r *Router }
 func (governStage) Name() string { return "govern" }
 
 func (s governStage) Serve(c *Call, next func(*Call)) {
+	// Deciding is kept out of this frame, which stays on the stack while
+	// the rest of the call (a stream, for minutes) runs.
+	if s.decide(c) {
+		next(c)
+	}
+}
+
+// decide keeps the allowed candidates, or refuses the call and reports
+// false.
+func (s governStage) decide(c *Call) bool {
 	allowed := c.Candidates[:0:0]
 	var first *governance.Decision
 	var firstAction string
@@ -42,8 +52,8 @@ func (s governStage) Serve(c *Call, next func(*Call)) {
 		}
 		c.Refuse(&inference.APIError{Status: status, Type: typ, Code: code, Retryable: status == http.StatusTooManyRequests,
 			Message: "kars policy: " + c.Action + " is " + c.Decision.Verdict.String() + " (rule " + c.Decision.Rule + "): " + c.Decision.Reason})
-		return
+		return false
 	}
 	c.Candidates = allowed
-	next(c)
+	return true
 }

@@ -119,7 +119,9 @@ func (s observeStage) commit(c *Call) error {
 	if c.Refusal != nil {
 		reason = c.Refusal.Message
 	}
-	c.payload = payloadHash(c.Body)
+	if c.payload == "" {
+		c.payload = payloadHash(c.Body)
+	}
 	return s.r.appendAudit(c.R.Context(), audit.Record{
 		Sandbox: c.Gen.sandbox, Agent: c.Gen.agent, Action: c.Action, Decision: c.outcome,
 		Rule: c.Decision.Rule, Reason: reason, PayloadSHA256: c.payload, Latency: time.Since(c.Start), Attrs: attrs,

@@ -67,6 +67,9 @@ type Config struct {
 	// Memory binds the sandbox to a Foundry memory store (KarsMemory);
 	// nil offers no memory API.
 	Memory *Memory `json:"memory,omitempty"`
+	// Egress configures the agent's egress proxy, DNS stub and lists; nil
+	// means Strict with empty lists (see Egress).
+	Egress *Egress `json:"egress,omitempty"`
 	// Audit says where the hash-chained audit log lives.
 	Audit Audit `json:"audit"`
 	// Admin configures the controller-facing admin API.
@@ -74,6 +77,9 @@ type Config struct {
 	// StateDir is a writable directory, private to the router, where the
 	// budget ledger persists across restarts.
 	StateDir string `json:"stateDir"`
+	// Mesh, when set, makes the router the agent's AgentMesh endpoint;
+	// nil leaves the mesh off.
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
 // Sandbox names the sandbox the router belongs to.

@@ -71,6 +71,7 @@ func (c *Config) Validate() error {
 	}
 	validateMCP(c.MCP, bad)
 	validateMemory(c.Memory, bad)
+	c.Egress.validate(bad)
 	if c.Audit.Dir == "" {
 		bad("audit.dir", "is required: every call is audited")
 	} else if !filepath.IsAbs(c.Audit.Dir) {
@@ -86,6 +87,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.Admin.TLSCertFile == "") != (c.Admin.TLSKeyFile == "") {
 		bad("admin", "tlsCertFile and tlsKeyFile must be set together")
+	}
+	if c.Mesh != nil {
+		validateMesh(c.Mesh, bad)
 	}
 	return errors.Join(errs...)
 }

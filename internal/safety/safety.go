@@ -15,6 +15,7 @@ package safety
 import (
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/tidwall/gjson"
@@ -264,8 +265,12 @@ func (p *Policy) CheckBody(body []byte) Verdict {
 type StreamCheck struct {
 	p        *Policy
 	shielded bool
-	m        members // the current event's, reused
 }
+
+// eventMembers holds the members of the events being checked: kept off the
+// stack (a stream's checks run at the bottom of a deep one) and off the
+// checker (which lives as long as its stream, a thousand at once).
+var eventMembers = sync.Pool{New: func() any { return new(members) }}
 
 // NewStream starts checking one stream.
 func (p *Policy) NewStream() *StreamCheck { return &StreamCheck{p: p} }
@@ -277,11 +282,16 @@ func (s *StreamCheck) Event(data []byte) Verdict {
 	if len(data) == 0 || data[0] != '{' || !gjson.ValidBytes(data) {
 		return v
 	}
-	s.m.read(gjson.ParseBytes(data))
-	if s.p.annotations(&s.m, &v) {
+	m := eventMembers.Get().(*members)
+	defer func() {
+		*m = members{} // let go of the event's parsed copy
+		eventMembers.Put(m)
+	}()
+	m.read(gjson.ParseBytes(data))
+	if s.p.annotations(m, &v) {
 		s.shielded = true
 	}
-	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(&s.m) {
+	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(m) {
 		v.Block = true
 		v.Reason = "content safety: the stream produced content before any Prompt Shields annotation and requirePromptShields is set"
 	}

@@ -83,16 +83,39 @@ if (process.env.KARS_INSTRUCTIONS && !fs.existsSync(path.join(cfg.workspace, "AG
   fs.writeFileSync(path.join(cfg.workspace, "AGENTS.md"), process.env.KARS_INSTRUCTIONS + "\n", { mode: 0o600 });
 }
 
-const child = spawn(process.execPath, [path.join(app, "node_modules", "openclaw", "openclaw.mjs"), "gateway", "run", "--port", String(port), "--bind", "loopback"], {
-  stdio: "inherit",
-  env: {
-    ...process.env,
-    // OpenClaw's state (sessions, transcripts) lives in the workspace, the
-    // only place that survives a restart.
-    OPENCLAW_STATE_DIR: path.join(cfg.workspace, ".openclaw"),
-    OPENCLAW_CONFIG_PATH: confPath,
-    KARS_RUNTIME_MODULE: path.join(app, "kars-runtime.mjs"),
-  },
-});
-for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"]) process.on(sig, () => child.kill(sig));
-child.on("exit", (code, signal) => process.exit(code ?? (signal ? 128 : 1)));
+// OpenClaw gives its state-lease worker a fixed 5 s to start; on a loaded
+// machine that can pass and the gateway exits at start-up. A gateway that
+// fails within its first minute is started again (three times at most),
+// as a restarting container would be, without losing the pod.
+const argv = [path.join(app, "node_modules", "openclaw", "openclaw.mjs"), "gateway", "run", "--port", String(port), "--bind", "loopback"];
+const env = {
+  ...process.env,
+  // OpenClaw's state (sessions, transcripts) lives in the workspace, the
+  // only place that survives a restart.
+  OPENCLAW_STATE_DIR: path.join(cfg.workspace, ".openclaw"),
+  OPENCLAW_CONFIG_PATH: confPath,
+  KARS_RUNTIME_MODULE: path.join(app, "kars-runtime.mjs"),
+};
+let child;
+let stopping = false;
+let restarts = 0;
+function start() {
+  const started = Date.now();
+  child = spawn(process.execPath, argv, { stdio: "inherit", env });
+  child.on("exit", (code, signal) => {
+    if (!stopping && code !== 0 && Date.now() - started < 60_000 && restarts < 3) {
+      restarts++;
+      console.error(`kars: the OpenClaw gateway exited during start-up (${code ?? signal}); starting it again (${restarts}/3)`);
+      setTimeout(start, 1000);
+      return;
+    }
+    process.exit(code ?? (signal ? 128 : 1));
+  });
+}
+for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"]) {
+  process.on(sig, () => {
+    stopping = true;
+    child.kill(sig);
+  });
+}
+start();

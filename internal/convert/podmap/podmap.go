@@ -27,6 +27,9 @@ var routerEnv = map[string]bool{
 	"OPENAI_BASE_URL": true, "OPENAI_API_KEY": true,
 	"ANTHROPIC_BASE_URL": true, "ANTHROPIC_API_KEY": true,
 	"OPENCLAW_CONFIG_PATH": true,
+	// The egress proxy variables (both spellings, as clients read either).
+	"HTTP_PROXY": true, "HTTPS_PROXY": true, "NO_PROXY": true,
+	"http_proxy": true, "https_proxy": true, "no_proxy": true,
 }
 
 // EnvReserved reports whether kars owns the variable name, and why.

@@ -7,6 +7,7 @@
 package registry
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/subtle"
 	"encoding/json"
@@ -43,6 +44,17 @@ type Options struct {
 	// with a key may register, so this is what bounds the registry's
 	// growth; zero means 600 per minute, burst 600.
 	Registrations ratelimit.Limit
+	// Remote, when set, answers for agents of federated meshes.
+	Remote Remote
+}
+
+// Remote answers for agents of federated meshes
+// (internal/mesh/federation): the key of an agent this registry does not
+// know, and its prekey bundle, which the agent's own registry hands out
+// (consuming a one-time prekey there).
+type Remote interface {
+	PublicKey(did string) (ed25519.PublicKey, bool)
+	Bundle(ctx context.Context, did string) (*wire.BundleResponse, error)
 }
 
 // Server serves the registry API.
@@ -188,6 +200,13 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 	a, ok := s.store.Get(r.PathValue("did"))
+	if !ok && s.opt.Remote != nil {
+		if pub, remote := s.opt.Remote.PublicKey(r.PathValue("did")); remote {
+			writeJSON(w, http.StatusOK, map[string]any{"did": identity.MeshDID(pub), "did_agentmesh": identity.AgentMeshDID(pub),
+				"public_key": wire.B64(pub), "capabilities": []string{}, "metadata": map[string]string{"federated": "true"}})
+			return
+		}
+	}
 	if !ok {
 		s.fail(w, r, http.StatusNotFound, "agent not found")
 		return
@@ -314,6 +333,11 @@ func (s *Server) fetchPrekeys(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b, err := s.store.TakeBundle(r.PathValue("did"))
+	if errors.Is(err, ErrNotFound) && s.opt.Remote != nil {
+		if _, remote := s.opt.Remote.PublicKey(r.PathValue("did")); remote {
+			b, err = s.opt.Remote.Bundle(r.Context(), r.PathValue("did"))
+		}
+	}
 	if errors.Is(err, ErrNotFound) {
 		s.fail(w, r, http.StatusNotFound, "pre-key bundle not found")
 		return

@@ -70,6 +70,8 @@ type Options struct {
 	IdleTimeout time.Duration
 	Now         func() time.Time
 	Logger      *slog.Logger
+	// Remote, when set, carries frames for agents of federated meshes.
+	Remote Remote
 }
 
 // Relay serves /ws. Create it with New; Close stops its sweeper.
@@ -353,6 +355,11 @@ func (r *Relay) route(c *conn, f *wire.Routing, raw []byte) {
 		return
 	}
 	to, ok := r.recipient(f.To)
+	link := false
+	if !ok && r.opt.Remote != nil {
+		to, link = r.opt.Remote.Lookup(f.To)
+		ok = link
+	}
 	if !ok {
 		// Mail for agents nobody registered would only fill the disk.
 		r.errorTo(c, f.ID, "recipient "+f.To+" is not registered")
@@ -366,6 +373,9 @@ func (r *Relay) route(c *conn, f *wire.Routing, raw []byte) {
 	r.routed.Add(1)
 	if !dup {
 		r.stored.Add(1)
+		if link {
+			r.opt.Remote.Kick(to)
+		}
 		r.mu.Lock()
 		rc := r.conns[to]
 		r.mu.Unlock()

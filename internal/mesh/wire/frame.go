@@ -36,6 +36,11 @@ const (
 	TypeError          = "error"
 )
 
+// CapabilityGlobal is the registry capability a kars agent registers
+// with when it is published for federation (registryMode: global): its
+// mesh announces it to federated meshes (internal/mesh/federation).
+const CapabilityGlobal = "mesh:global"
+
 // Limits on what a parser accepts, so a frame's size bounds the work.
 const (
 	MaxFrameBytes = 1 << 20

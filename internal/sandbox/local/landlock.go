@@ -27,9 +27,10 @@ func landlockABI() int {
 // landlockRules is the agent's Landlock policy, evaluated inside the new
 // root: read and execute everywhere except the hidden paths (the state
 // root with the router's files), write only to the workspace, /tmp and
-// /dev/shm and the harmless devices; bind only the agent's ports, connect
-// only to the router.
-func landlockRules(hidden []string, agentPorts []uint16) []landlock.Rule {
+// /dev/shm and the harmless devices; bind only the agent's ports, and,
+// when connectRouterOnly, connect only to the router's port (see
+// agentLandlock for when connect is left to the egress guard).
+func landlockRules(hidden []string, agentPorts []uint16, connectRouterOnly bool) []landlock.Rule {
 	rules := readAllBut("/", hidden)
 	rules = append(rules,
 		// Listing directories (not reading files) is allowed everywhere
@@ -37,8 +38,10 @@ func landlockRules(hidden []string, agentPorts []uint16) []landlock.Rule {
 		landlock.PathAccess(landlock.AccessFSSet(llsyscall.AccessFSReadDir), "/"),
 		landlock.RWDirs("/sandbox", "/tmp", "/dev/shm").WithRefer(),
 		landlock.RWFiles("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty").IgnoreIfMissing().WithIoctlDev(),
-		landlock.ConnectTCP(RouterPort),
 	)
+	if connectRouterOnly {
+		rules = append(rules, landlock.ConnectTCP(RouterPort))
+	}
 	for _, p := range agentPorts {
 		rules = append(rules, landlock.BindTCP(p))
 	}
@@ -88,4 +91,20 @@ func routerLandlockRules(hidden, writable []string) []landlock.Rule {
 		landlock.RWDirs(writable...).WithRefer(),
 		landlock.RWFiles("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty").IgnoreIfMissing().WithIoctlDev(),
 	)
+}
+
+// agentLandlock is the agent's Landlock configuration. With the egress
+// guard in force (root mode) the agent's TCP connections to any port are
+// redirected to the router's transparent proxy, which decides them by
+// name and port; Landlock, which sees only the port the agent dialled,
+// would refuse them before the redirect, so it restricts binding only and
+// leaves connect to the guard (which still refuses every loopback port but
+// the router's). Rootless pods have no guard: there Landlock keeps connect
+// to the router's port.
+func agentLandlock(rootless bool) landlock.Config {
+	c := landlock.V7
+	if !rootless {
+		c.HandledAccessNet = landlock.AccessNetSet(llsyscall.AccessNetBindTCP)
+	}
+	return c.BestEffort()
 }

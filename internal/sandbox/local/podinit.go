@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/landlock-lsm/go-landlock/landlock"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -160,7 +159,7 @@ func agentConfinement(cfg *podConfig, ready *ctlMsg) (confinement, error) {
 	if ready.LandlockABI < 4 && cfg.RequireLandlockNet {
 		return c, fmt.Errorf("landlock ABI %d has no TCP rules (need 4); isolation \"enhanced\" requires them", ready.LandlockABI)
 	}
-	fd, flags, err := landlock.V7.BestEffort().NewRulesetFD(landlockRules(cfg.Hide, cfg.AgentPort)...)
+	fd, flags, err := agentLandlock(cfg.Rootless).NewRulesetFD(landlockRules(cfg.Hide, cfg.AgentPort, cfg.Rootless)...)
 	if err != nil {
 		return c, fmt.Errorf("landlock ruleset: %w", err)
 	}

@@ -1,0 +1,134 @@
+package router
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kars-io/kars/internal/audit"
+	"github.com/kars-io/kars/internal/inference/fakeprovider"
+	"github.com/kars-io/kars/internal/routerconfig"
+)
+
+// rawStream sends a streaming chat request on a raw connection with the
+// given protocol version and returns the parsed response, its whole body,
+// and whether the router closed the connection after it.
+func rawStream(t *testing.T, addr, proto, content string) (*http.Response, string, bool) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"` + content + `"}]}`
+	req := "POST /v1/chat/completions " + proto + "\r\nHost: router\r\nContent-Type: application/json\r\nAuthorization: Bearer sk-agent\r\n"
+	if proto == "HTTP/1.0" {
+		req += "Connection: keep-alive\r\n"
+	}
+	req += "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the stream: %v", err)
+	}
+	_, err = br.ReadByte()
+	return resp, string(b), err == io.EOF
+}
+
+// TestStreamOnTakenOverConnection: a stream is answered on the agent's
+// connection taken over from net/http, as a well-formed HTTP/1.1 chunked
+// response that ends with the terminal event and closes the connection;
+// an HTTP/1.0 agent gets the body delimited by the close.
+func TestStreamOnTakenOverConnection(t *testing.T) {
+	h := newHarness(t, nil)
+	addr := strings.TrimPrefix(h.agent.URL, "http://")
+	for _, proto := range []string{"HTTP/1.1", "HTTP/1.0"} {
+		resp, body, closed := rawStream(t, addr, proto, "hello")
+		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") || !resp.Close {
+			t.Fatalf("%s: %d %v", proto, resp.StatusCode, resp.Header)
+		}
+		chunked := len(resp.TransferEncoding) == 1 && resp.TransferEncoding[0] == "chunked"
+		if chunked != (proto == "HTTP/1.1") {
+			t.Fatalf("%s: transfer encoding %v", proto, resp.TransferEncoding)
+		}
+		if !strings.HasSuffix(body, "data: [DONE]\n\n") || !strings.Contains(body, "chat.completion.chunk") {
+			t.Fatalf("%s: body %q", proto, body)
+		}
+		if !closed {
+			t.Fatalf("%s: the connection stayed open after the stream", proto)
+		}
+		h.assertNoLeaks(resp.Header, body)
+	}
+	// The entry's payload hash is the request body's, although the body
+	// is let go of when the stream starts.
+	sum := sha256.Sum256([]byte(`{"model":"gpt-4.1","stream":true,"messages":[{"role":"user","content":"hello"}]}`))
+	if recs := h.auditRecords(); len(recs) != 2 || recs[1].Attrs["stream"] != "true" || recs[1].PayloadSHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("audit: %+v", recs)
+	}
+}
+
+// TestShutdownWaitsForStreams stops the router while a slow stream is
+// running: Shutdown does not track connections taken over from net/http,
+// so Serve waits for the call itself; the stream completes and is on
+// record in a log that verifies.
+func TestShutdownWaitsForStreams(t *testing.T) {
+	fake := fakeprovider.New()
+	fake.Start()
+	t.Cleanup(fake.Close)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "key")
+	os.WriteFile(keyFile, []byte(fake.APIKey), 0o600)
+	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
+	c := &routerconfig.Config{
+		SchemaVersion: routerconfig.SchemaVersion,
+		Sandbox:       routerconfig.Sandbox{Namespace: "kars-dev", Name: "demo", AgentID: "kars-dev/demo"},
+		Listen:        "127.0.0.1:0",
+		Models: routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1",
+			Deployment: "gpt-41", Endpoint: fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: keyFile}}},
+		Audit:    routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
+		Admin:    routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
+		StateDir: filepath.Join(dir, "state"),
+	}
+	b, _ := routerconfig.Marshal(c)
+	path := filepath.Join(dir, routerconfig.FileName)
+	os.WriteFile(path, b, 0o600)
+	a, stop := serving(t, ServeOptions{ConfigPath: path})
+	type result struct {
+		body   string
+		closed bool
+	}
+	got := make(chan result, 1)
+	go func() {
+		_, body, closed := rawStream(t, a["agent"], "HTTP/1.1", "slowly #fake:slow=100ms")
+		got <- result{body, closed}
+	}()
+	time.Sleep(150 * time.Millisecond) // the stream is under way
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if !strings.HasSuffix(r.body, "data: [DONE]\n\n") || !r.closed {
+		t.Fatalf("stream cut by shutdown; it ends %q", r.body[max(0, len(r.body)-200):])
+	}
+	rep, err := audit.Verify(c.Audit.Dir, audit.VerifyOptions{})
+	if err != nil || !rep.OK() || rep.Entries != 2 {
+		t.Fatalf("audit after shutdown: %+v %v (want the open entry and the stream)", rep, err)
+	}
+}
