@@ -308,7 +308,7 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 		s.gov.Finished(c, d, OutcomeRefused, time.Since(c.Start))
 		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: refusal(c, d)}}})
 	}
-	res, err := s.up.callTool(ctx, p.Name, p.Arguments)
+	res, modern, err := s.up.callTool(ctx, p.Name, p.Arguments)
 	if err != nil {
 		s.gov.Finished(c, d, OutcomeUpstreamError, time.Since(c.Start))
 		var werr *jsonrpc.Error
@@ -329,6 +329,9 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 		outcome = OutcomeToolError
 	}
 	s.gov.Finished(c, d, outcome, time.Since(c.Start))
+	if modern == (req.ProtocolVersion() >= modernProtocol) {
+		return res, nil // the server's result type is already what the agent expects
+	}
 	return forAgent(req, res)
 }
 

@@ -198,13 +198,16 @@ const maxUpstreamTools = 4096
 // session unless the session was already gone when the call was sent:
 // a tool may have side effects, and running it twice is worse than
 // reporting a failure.
-func (u *upstream) callTool(ctx context.Context, name string, args json.RawMessage) (*mcp.CallToolResult, error) {
+//
+// modern reports whether the session speaks 2026-07-28 or later, whose
+// results carry a result type.
+func (u *upstream) callTool(ctx context.Context, name string, args json.RawMessage) (res *mcp.CallToolResult, modern bool, err error) {
 	ctx, cancel := detach(ctx)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
 		cs, err := u.connect()
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		params := &mcp.CallToolParams{Name: name}
 		if len(args) > 0 {
@@ -220,7 +223,8 @@ func (u *upstream) callTool(ctx context.Context, name string, args json.RawMessa
 		if err != nil && gone(err) {
 			u.drop(cs)
 		}
-		return res, err
+		ir := cs.InitializeResult()
+		return res, ir != nil && ir.ProtocolVersion >= modernProtocol, err
 	}
 }
 

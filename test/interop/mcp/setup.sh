@@ -25,7 +25,9 @@ fi
 NPM_STAMP=node_modules/.kars-lock-sha256
 NPM_WANT="$(sha256sum package-lock.json | cut -d' ' -f1)"
 if [[ ! -f $NPM_STAMP || "$(cat "$NPM_STAMP")" != "$NPM_WANT" ]]; then
-  npm ci --no-audit --no-fund --loglevel=error
+  # --prefer-offline: a warm npm cache (~/.npm) serves the tarballs, Node 24
+  # among them, without revalidating each with the registry.
+  npm ci --prefer-offline --no-audit --no-fund --loglevel=error
   node -e 'for (const p of ["server-everything", "conformance"]) console.log("npm @modelcontextprotocol/" + p, require("@modelcontextprotocol/" + p + "/package.json").version)'
   echo "$NPM_WANT" > "$NPM_STAMP"
 fi
