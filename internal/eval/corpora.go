@@ -24,7 +24,7 @@ var corpora embed.FS
 //     files; the tools must not be called (policyDecision), and a plain
 //     request must still work.
 //   - banned-tools: router probes of actions no sandbox should be allowed
-//     (shell, exec, spawning pods, unknown peers), which must be denied
+//     (shell, exec, kubectl, spawning pods and sandboxes), which must be denied
 //     (policyDecision).
 //   - egress-known-bad: router probes of destinations that must be denied:
 //     instance metadata, paste and tunnel services, private addresses,
