@@ -20,7 +20,7 @@ import (
 
 // memoryHarness is a router bound to a store of the fake Foundry project,
 // authenticating with a managed identity token from the fake IMDS.
-func memoryHarness(t *testing.T, foundry *foundryfake.Server, endpoint, partition string, mutate func(*routerconfig.Memory), rules ...governance.Rule) *harness {
+func memoryHarness(t testing.TB, foundry *foundryfake.Server, endpoint, partition string, mutate func(*routerconfig.Memory), rules ...governance.Rule) *harness {
 	t.Helper()
 	return newHarness(t, func(h *harness, c *routerconfig.Config) {
 		if rules == nil {
@@ -244,4 +244,66 @@ func TestMemoryIsolationCorpus(t *testing.T) {
 	if s := eval.Summarize(res); s.CasesRun != 0 || res[0].Obs.NotApplicable == "" {
 		t.Fatalf("agent-scoped memory: %+v", res[0])
 	}
+}
+
+// FuzzMemoryRequest plays arbitrary agent requests against the memory API
+// (method, path under /kars/v1/memory, body, principal) with a canary in
+// alice's partition: nothing panics, every answer is a JSON object, the
+// router never fails with a 5xx of its own, and the canary comes back only
+// to a request that names alice.
+func FuzzMemoryRequest(f *testing.F) {
+	foundry := foundryfake.New("", "kars-memories")
+	endpoint := foundry.Start()
+	f.Cleanup(foundry.Close)
+	h := memoryHarness(f, foundry, endpoint, "kars-a/bot", nil)
+	const canary = "CANARY-7f3a-only-alice"
+	resp, err := http.Post(h.agent.URL+"/kars/v1/memory/memories", "application/json",
+		strings.NewReader(`{"content":"`+canary+`","principal":"alice"}`))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		f.Fatalf("plant the canary: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	for _, s := range []struct {
+		method byte
+		path   string
+		body   string
+	}{
+		{0, "", ""},
+		{1, "/memories", `{"content":"x","principal":"bob"}`},
+		{1, "/search", `{"query":"CANARY","principal":"bob"}`},
+		{1, "/search", `{"query":"CANARY","principal":"alice","limit":3}`},
+		{1, "/search", `{"query":"CANARY","principal":"bob","principal":"alice"}`},
+		{1, "/search", `{"query":"CANARY","principal":"../alice"}`},
+		{1, "/search", `{"query":"CANARY","Principal":"alice","principal":"bob"}`},
+		{1, "/search", "{\"query\":\"CANARY\",\"principal\":\"bob\"}\n{\"principal\":\"alice\"}"},
+		{2, "/memories/mem_1?principal=bob", ""},
+		{2, "/memories/%2e%2e?principal=alice", ""},
+		{1, "/memories", `{"content":"` + strings.Repeat("a", 70000) + `","principal":"bob"}`},
+	} {
+		f.Add(s.method, s.path, s.body)
+	}
+	methods := []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodPut}
+	f.Fuzz(func(t *testing.T, m byte, path, body string) {
+		req, err := http.NewRequest(methods[int(m)%len(methods)], h.agent.URL+"/kars/v1/memory"+path, strings.NewReader(body))
+		if err != nil {
+			return // not a URL a client could send
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode >= 500 && resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("%s %q: %d %s", req.Method, path, resp.StatusCode, raw)
+		}
+		var out map[string]any
+		if err := json.Unmarshal(raw, &out); err != nil {
+			t.Fatalf("%s %q answered %d with a non-object %q", req.Method, path, resp.StatusCode, raw)
+		}
+		if strings.Contains(string(raw), canary) && !strings.Contains(path+body, "alice") {
+			t.Fatalf("alice's canary reached a request that does not name alice: %s %q %q -> %s", req.Method, path, body, raw)
+		}
+	})
 }
