@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -98,9 +99,7 @@ func strconvI(i int) string {
 // (the shape the frameworks turn into tool schemas), lets the gateway
 // decide them, and relays a refusal as the tool's text.
 func TestPythonMCPTools(t *testing.T) {
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 not installed")
-	}
+	needInterpreter(t, "python3")
 	router, ran := gatewayRouter(t)
 	out, err := exec.Command("python3", "-c", `import sys, inspect; sys.path.insert(0, "python"); import kars_runtime as k
 cfg = k.Config({"KARS_ROUTER_URL": sys.argv[1], "KARS_WORKSPACE": "/tmp"})
@@ -130,9 +129,7 @@ print(k.decide(cfg, "mcp__tools__add", {}).decision)`, router).CombinedOutput()
 }
 
 func TestNodeMCPTools(t *testing.T) {
-	if _, err := exec.LookPath("node"); err != nil {
-		t.Skip("node not installed")
-	}
+	needInterpreter(t, "node")
 	router, ran := gatewayRouter(t)
 	out, err := exec.Command("node", "--input-type=module", "-e", `import * as k from "./node/kars-runtime.mjs";
 const cfg = k.config({ KARS_ROUTER_URL: process.argv[1] });
@@ -158,5 +155,18 @@ console.log((await k.decide(cfg, "mcp__tools__add", {})).decision);`, "--", rout
 	}
 	if got := ran(); !slices.Equal(got, []string{"add"}) {
 		t.Fatalf("the server ran %v", got)
+	}
+}
+
+// needInterpreter skips a test whose interpreter is not installed, unless
+// CI asks for the runtime or interop tests (KARS_REQUIRE_RUNTIMES=1,
+// KARS_REQUIRE_INTEROP=1), where a missing interpreter fails it.
+func needInterpreter(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("KARS_REQUIRE_RUNTIMES") == "1" || os.Getenv("KARS_REQUIRE_INTEROP") == "1" {
+			t.Fatalf("%s is not installed (CI installs it)", name)
+		}
+		t.Skipf("%s not installed", name)
 	}
 }
