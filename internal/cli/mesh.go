@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
@@ -336,9 +337,18 @@ func newMeshAuthCmd(c *cluster) *cobra.Command {
 			}
 			// This side's pairing is bound from the start: its peer is the
 			// issuer the redemption named.
+			// The controller may write the new object (finalizer, first
+			// status) between Create and here: re-read and retry on a
+			// conflict rather than fail a redemption that already happened.
 			now := metav1.NewTime(time.Now().UTC().Truncate(time.Second))
-			kp.Status.Phase, kp.Status.PeerIdentity, kp.Status.RedeemedAt = karsv1.PairingActive, res.Issuer, &now
-			if err := cl.Status().Update(ctx, kp); err != nil {
+			err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				if err := cl.Get(ctx, client.ObjectKeyFromObject(kp), kp); err != nil {
+					return err
+				}
+				kp.Status.Phase, kp.Status.PeerIdentity, kp.Status.RedeemedAt = karsv1.PairingActive, res.Issuer, &now
+				return cl.Status().Update(ctx, kp)
+			})
+			if err != nil {
 				return describeGetError(err, "KarsPairing status", sb.Namespace+"/"+name)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "redeemed: %s (%s) is paired with %s (pairing %s there, %s/%s here), until %s\n",

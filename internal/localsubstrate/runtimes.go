@@ -9,8 +9,6 @@ import (
 	"path"
 	"slices"
 	"strings"
-	"sync"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -46,139 +44,108 @@ func runtimeID(image string) string {
 	return id
 }
 
-// errPreparing says a runtime's environment is not ready yet; Realize
-// reports it and reconciles again when the environment is.
-type errPreparing struct {
-	runtime  string
-	progress string
-	failure  *runtimeenv.Error
-	retryAt  time.Time
-}
-
-func (e *errPreparing) Error() string {
-	if e.failure != nil {
-		return fmt.Sprintf("%v; retrying in %s", e.failure, time.Until(e.retryAt).Round(time.Second))
-	}
-	return e.progress
-}
-
-// envs prepares runtime environments in the background, one preparation
-// per runtime at a time, and retries failures with backoff. Sandboxes ask
-// again on every reconcile; waiters are nudged when a preparation ends.
-type envs struct {
-	opts runtimeenv.Options
-	// backoff is the first retry delay; it doubles up to maxBackoff.
-	backoff, maxBackoff time.Duration
-
-	mu    sync.Mutex
-	state map[string]*envState
-}
-
-type envState struct {
-	env      *runtimeenv.Env
-	running  bool
-	progress string
-	failure  *runtimeenv.Error
-	failures int
-	retryAt  time.Time
-	waiters  []func()
-}
+// envs prepares runtime environments in the background (see preparer).
+type envs = preparer[*runtimeenv.Env]
 
 func newEnvs(o runtimeenv.Options) *envs {
-	return &envs{opts: o, backoff: 5 * time.Second, maxBackoff: 5 * time.Minute, state: map[string]*envState{}}
-}
-
-// get returns the runtime's environment, or an *errPreparing while it is
-// being prepared or waiting to retry. notify is called when a preparation
-// it waited for ends.
-func (e *envs) get(id string, notify func()) (*runtimeenv.Env, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	st := e.state[id]
-	if st == nil {
-		st = &envState{}
-		e.state[id] = st
-	}
-	if st.env != nil {
-		return st.env, nil
-	}
-	st.waiters = append(st.waiters, notify)
-	switch {
-	case st.running:
-		return nil, &errPreparing{runtime: id, progress: st.progress}
-	case st.failure != nil && time.Now().Before(st.retryAt):
-		return nil, &errPreparing{runtime: id, failure: st.failure, retryAt: st.retryAt}
-	}
-	v := runtimes.MustLoad().Runtimes[id]
-	st.running, st.progress = true, "preparing the "+id+" runtime environment: "+v.Summary()
-	go e.prepare(id)
-	return nil, &errPreparing{runtime: id, progress: st.progress}
-}
-
-func (e *envs) prepare(id string) {
-	o := e.opts
-	o.Progress = func(line string) {
-		e.mu.Lock()
-		e.state[id].progress = line
-		e.mu.Unlock()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	env, err := runtimeenv.Prepare(ctx, o, id)
-	e.mu.Lock()
-	st := e.state[id]
-	st.running = false
-	if err != nil {
-		var re *runtimeenv.Error
-		if !errors.As(err, &re) {
-			re = &runtimeenv.Error{Reason: runtimeenv.ReasonInstallFailed, Runtime: id, Err: err}
-		}
-		st.failures++
-		st.failure = re
-		d := e.backoff
-		for i := 1; i < st.failures && d < e.maxBackoff; i++ {
-			d *= 2
-		}
-		st.retryAt = time.Now().Add(min(d, e.maxBackoff))
-	} else {
-		st.env, st.failure, st.failures = env, nil, 0
-	}
-	waiters, retryAt := st.waiters, st.retryAt
-	st.waiters = nil
-	e.mu.Unlock()
-	for _, w := range waiters {
-		w()
-	}
-	if err != nil {
-		// Reconcile the waiters again once the retry is due.
-		time.AfterFunc(time.Until(retryAt), func() {
-			for _, w := range waiters {
-				w()
+	return &envs{
+		run: func(ctx context.Context, id string, progress func(string)) (*runtimeenv.Env, error) {
+			o := o
+			o.Progress = progress
+			env, err := runtimeenv.Prepare(ctx, o, id)
+			if err != nil {
+				var re *runtimeenv.Error
+				if !errors.As(err, &re) {
+					err = &runtimeenv.Error{Reason: runtimeenv.ReasonInstallFailed, Runtime: id, Err: err}
+				}
 			}
-		})
+			return env, err
+		},
+		first: func(id string) string {
+			return "preparing the " + id + " runtime environment: " + runtimes.MustLoad().Runtimes[id].Summary()
+		},
+		reason: func(err error) string {
+			var re *runtimeenv.Error
+			if errors.As(err, &re) {
+				return re.Reason
+			}
+			return runtimeenv.ReasonInstallFailed
+		},
 	}
 }
 
 // agentProcess is the agent container as a local process: a runtime
-// adapter's shim from its prepared environment, or kars's own kars-agent
-// from binDir.
-func agentProcess(in buildInput, c *corev1.Container) (local.Process, error) {
+// adapter's shim from its prepared environment, kars's own kars-agent from
+// binDir, or any other image unpacked as the agent's root (root is then
+// its directory).
+func agentProcess(in buildInput, c *corev1.Container, pod corev1.PodSpec) (p local.Process, root string, err error) {
 	if id := runtimeID(c.Image); id != "" {
 		if in.runtimeEnv == nil {
-			return local.Process{}, fmt.Errorf("container %s runs runtime %s, but no runtime environments are configured", c.Name, id)
+			return local.Process{}, "", fmt.Errorf("container %s runs runtime %s, but no runtime environments are configured", c.Name, id)
 		}
 		env, err := in.runtimeEnv(id)
 		if err != nil {
-			return local.Process{}, err
+			return local.Process{}, "", err
 		}
 		return local.Process{Path: env.Path, Args: append(slices.Clone(env.Args), c.Args...),
-			Env: append(envList(c.Env), env.Environ...)}, nil
+			Env: append(envList(c.Env), env.Environ...)}, "", nil
 	}
-	p, err := localBinary(in.binDir, c)
+	if path, err := localBinary(in.binDir, c); err == nil {
+		return local.Process{Path: path, Args: containerArgs(c), Env: envList(c.Env)}, "", nil
+	} else if in.image == nil {
+		return local.Process{}, "", err
+	}
+	// Any other image: the controller has checked a BYO image's contract
+	// label and pinned its digest; it is checked again on the bytes
+	// actually unpacked.
+	contract := "v1"
+	if b := in.sb.Spec.Runtime.BYO; b != nil && b.ContractVersion != "" {
+		contract = b.ContractVersion
+	}
+	kc, err := pullKeychain(in, pod)
 	if err != nil {
-		return local.Process{}, err
+		return local.Process{}, "", err
 	}
-	return local.Process{Path: p, Args: containerArgs(c), Env: envList(c.Env)}, nil
+	r, err := in.image(c.Image, contract, kc)
+	if err != nil {
+		return local.Process{}, "", err
+	}
+	p, err = imageProcess(r, c)
+	return p, r.Dir, err
+}
+
+// agentCodeImage unpacks the agentCode.oci image the agent container
+// mounts at render.AgentCodeDir (an image volume on a cluster) and returns
+// its directory, pointing the agent's variables at local.AgentCodeMount.
+// It returns "" when the agent mounts no code image.
+func agentCodeImage(in buildInput, c *corev1.Container, pod corev1.PodSpec, p *local.Process) (string, error) {
+	var ref string
+	for _, m := range c.VolumeMounts {
+		if m.MountPath != render.AgentCodeDir {
+			continue
+		}
+		for _, v := range pod.Volumes {
+			if v.Name == m.Name && v.Image != nil {
+				ref = v.Image.Reference
+			}
+		}
+	}
+	if ref == "" {
+		return "", nil
+	}
+	if in.image == nil {
+		return "", fmt.Errorf("agent code image %s: this substrate unpacks no images", ref)
+	}
+	kc, err := pullKeychain(in, pod)
+	if err != nil {
+		return "", err
+	}
+	r, err := in.image(ref, "", kc)
+	if err != nil {
+		return "", err
+	}
+	agentCodeEnv(p.Env)
+	return r.Dir, nil
 }
 
 // agentConfigDir is where the runtime's own configuration (a ConfigMap

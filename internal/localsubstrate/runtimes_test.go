@@ -48,7 +48,7 @@ func TestEnvsFailureBackoff(t *testing.T) {
 		t.Fatal("waiter not notified")
 	}
 	_, err = e.get("pydantic-ai", func() {})
-	if !errors.As(err, &prep) || prep.failure == nil || prep.failure.Reason != runtimeenv.ReasonInvalid {
+	if !errors.As(err, &prep) || prep.failure == nil || prep.reason != runtimeenv.ReasonInvalid {
 		t.Fatalf("after failure get = %v, want a RuntimeCacheInvalid failure", err)
 	}
 	if time.Until(prep.retryAt) < 59*time.Minute {

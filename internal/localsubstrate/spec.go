@@ -22,11 +22,13 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/ociroot"
 	"github.com/kars-io/kars/internal/render"
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/runtimeenv"
@@ -64,6 +66,10 @@ type buildInput struct {
 	// runtimeEnv returns a runtime adapter's prepared environment, or an
 	// *errPreparing while it is not ready.
 	runtimeEnv func(id string) (*runtimeenv.Env, error)
+	// image returns an image unpacked (its label ociroot.ContractLabel
+	// equal to contract unless that is empty), or an *errPreparing while
+	// it is pulled.
+	image func(ref, contract string, kc authn.Keychain) (*ociroot.Root, error)
 }
 
 // builtSpec is a local pod spec with the parts that may change without a
@@ -104,12 +110,16 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 	}
 	for _, ic := range pod.InitContainers {
 		if ic.Name != render.ContainerEgressGuard {
-			return nil, fmt.Errorf("init container %s (%s) cannot run locally: kars dev runs agent code from images only for kars's own images", ic.Name, ic.Image)
+			return nil, fmt.Errorf("init container %s (%s) cannot run locally: kars dev takes agent code from an image (agentCode.oci), not from git (agentCode.git); use agentCode.oci or a cluster", ic.Name, ic.Image)
 		}
 	}
 	id := podID(in.sb)
 	b := &builtSpec{routerDir: filepath.Join(in.stateRoot, id, "router")}
-	agent, err := agentProcess(in, agentC)
+	agent, agentRoot, err := agentProcess(in, agentC, pod)
+	if err != nil {
+		return nil, err
+	}
+	agentCode, err := agentCodeImage(in, agentC, pod, &agent)
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +169,9 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 			}
 			continue
 		}
+		if m.MountPath == render.AgentCodeDir && agentCode != "" {
+			continue
+		}
 		if m.MountPath != render.Workspace && m.MountPath != "/tmp" {
 			return nil, fmt.Errorf("agent mount %s at %s cannot be provided locally (only %s and /tmp are)", m.Name, m.MountPath, render.Workspace)
 		}
@@ -194,6 +207,8 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		Router: local.Process{Path: routerPath, Args: containerArgs(routerC), Env: routerEnv,
 			Files: withPlaceholders(routerFiles, b.routerConfigRelPath, b.routerConfig, b.hotFiles)},
 		Agent:          agent,
+		AgentRoot:      agentRoot,
+		AgentCode:      agentCode,
 		RouterPorts:    []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)},
 		AgentPorts:     []uint16{b.agentPort},
 		Limits:         limits(agentC.Resources),
@@ -211,7 +226,9 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		Iso   string
 		WS    string
 		Agent local.Process
-	}{pod, routerFiles, isolation, in.workspace, agent})
+		Root  string
+		Code  string
+	}{pod, routerFiles, isolation, in.workspace, agent, agentRoot, agentCode})
 	b.hash = hex.EncodeToString(h.Sum(nil))
 	return b, nil
 }
@@ -267,6 +284,12 @@ func containerArgs(c *corev1.Container) []string {
 }
 
 func envList(env []corev1.EnvVar) []string {
+	return append(containerEnv(env), "PATH=/usr/local/bin:/usr/bin:/bin")
+}
+
+// containerEnv is the container's own variables, without a PATH for the
+// host.
+func containerEnv(env []corev1.EnvVar) []string {
 	out := make([]string, 0, len(env)+1)
 	for _, e := range env {
 		if e.ValueFrom != nil {
@@ -274,7 +297,7 @@ func envList(env []corev1.EnvVar) []string {
 		}
 		out = append(out, e.Name+"="+e.Value)
 	}
-	return append(out, "PATH=/usr/local/bin:/usr/bin:/bin")
+	return out
 }
 
 // volumeFiles returns a volume's files relative to its mount point.

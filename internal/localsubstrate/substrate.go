@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -25,6 +26,7 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/controller"
+	"github.com/kars-io/kars/internal/ociroot"
 	"github.com/kars-io/kars/internal/render"
 	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/internal/sandbox/local"
@@ -74,6 +76,9 @@ type Options struct {
 	// Runtimes configures where runtime adapters' environments are
 	// prepared and cached (runtimeenv.DefaultRoot when Root is empty).
 	Runtimes runtimeenv.Options
+	// ImageCache holds images unpacked for BYO agents and agentCode.oci,
+	// one directory per digest; default: "images" beside StateRoot.
+	ImageCache string
 	// MeshAddr, when set, is kars-mesh's TCP address on the host;
 	// routers reach it through MeshSocket.
 	MeshAddr string
@@ -86,6 +91,7 @@ type Substrate struct {
 	pods   map[types.NamespacedName]*entry
 	events chan event.GenericEvent
 	envs   *envs
+	images *images
 }
 
 type entry struct {
@@ -122,7 +128,11 @@ func New(o Options) *Substrate {
 	if o.WorkspaceQuota == 0 {
 		o.WorkspaceQuota = DefaultWorkspaceQuota
 	}
-	return &Substrate{o: o, pods: map[types.NamespacedName]*entry{}, events: make(chan event.GenericEvent, 64), envs: newEnvs(o.Runtimes)}
+	if o.ImageCache == "" {
+		o.ImageCache = filepath.Join(filepath.Dir(o.StateRoot), "images")
+	}
+	return &Substrate{o: o, pods: map[types.NamespacedName]*entry{}, events: make(chan event.GenericEvent, 64),
+		envs: newEnvs(o.Runtimes), images: newImages(o.ImageCache)}
 }
 
 // Finalizer implements controller.Substrate.
@@ -162,6 +172,9 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 		runtimeEnv: func(id string) (*runtimeenv.Env, error) {
 			return s.envs.get(id, func() { s.nudgeAt(sb, time.Now()) })
 		},
+		image: func(ref, contract string, kc authn.Keychain) (*ociroot.Root, error) {
+			return s.images.get(ref, contract, kc, func() { s.nudgeAt(sb, time.Now()) })
+		},
 	})
 	if err != nil {
 		_ = s.Stop(ctx, sb)
@@ -170,7 +183,7 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 		if errors.As(err, &prep) {
 			obs.Reason = ReasonRuntimePreparing
 			if prep.failure != nil {
-				obs.Reason = prep.failure.Reason
+				obs.Reason = prep.reason
 			}
 		}
 		return obs, nil

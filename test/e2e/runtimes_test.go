@@ -35,7 +35,8 @@ var runtimeSandboxes = []struct {
 // TestKarsDevRuntimes runs every first-class runtime under kars dev with
 // the offline model, as root (as CI does): each sandbox reaches Running
 // with its config enforced and answers "use the calculator for 6*7" with
-// 42 through a policy-decided tool call; a second sandbox of a kind reuses
+// 42 through a policy-decided tool call — and so does a BYO image pushed
+// to a registry, unpacked as its agent's root; a second sandbox of a kind reuses
 // the cached environment; kars dev down leaves nothing behind.
 //
 // Environments come from the runtime cache (KARS_RUNTIME_CACHE, default
@@ -66,13 +67,22 @@ func TestKarsDevRuntimes(t *testing.T) {
 	})
 	k.must("dev", "--assets", assets)
 
+	// A BYO image from a registry (kars dev's own, reached like any
+	// other): unpacked as the agent's read-only root.
+	const byoRef = "127.0.0.1:16500/acme/support-bot:v1"
+	pushBYOImage(t, byoRef)
+	sandboxes := append(slices.Clone(runtimeSandboxes), struct {
+		name string
+		args []string
+	}{"rt-byo", []string{"--runtime", "byo", "--byo-image", byoRef}})
+
 	created := map[string]time.Time{}
-	for _, sb := range runtimeSandboxes {
+	for _, sb := range sandboxes {
 		k.must(append([]string{"add", sb.name}, sb.args...)...)
 		created[sb.name] = time.Now()
 	}
 	var wg sync.WaitGroup
-	for _, sb := range runtimeSandboxes {
+	for _, sb := range sandboxes {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -84,7 +94,7 @@ func TestKarsDevRuntimes(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	for _, sb := range runtimeSandboxes {
+	for _, sb := range sandboxes {
 		out := connectRetry(t, k, sb.name, "use the calculator for 6*7")
 		if !strings.Contains(out, "[tool calculator: allow]") || !strings.Contains(out, "42") {
 			t.Errorf("%s: the calculator's 42 is not in the reply: %q", sb.name, out)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,19 +18,33 @@ var devices = []string{"null", "zero", "full", "random", "urandom", "tty"}
 // there, and Landlock cannot stop connect(2) on them), and the workspace.
 var replacedTop = map[string]bool{"proc": true, "sys": true, "dev": true, "tmp": true, "run": true, "sandbox": true}
 
-// buildRoot assembles the agent's filesystem under rootDir and pivots into
+// rootLayout is what buildRoot assembles.
+type rootLayout struct {
+	// dir is the empty directory the root is built on.
+	dir, workspace string
+	// hide are host paths covered in the agent's view.
+	hide []string
+	// image, when set, replaces the host's tree (an unpacked image).
+	image string
+	// code, when set, is bound read-only at AgentCodeMount.
+	code string
+}
+
+// buildRoot assembles the agent's filesystem under l.dir and pivots into
 // it. It runs in the pod init, inside its fresh mount namespace, before the
 // agent exists:
 //
 //	/            tmpfs, read-only at the end
-//	/<each host top-level dir>  recursive bind of the host's, read-only, nosuid, nodev
+//	/<each top-level dir>  recursive bind of the host's (or the image's), read-only, nosuid, nodev
 //	/proc        new procfs of the pod's PID namespace
 //	/sys         new sysfs (read-only), showing only the pod's network devices
 //	/dev         tmpfs with null, zero, full, random, urandom, tty and a tmpfs /dev/shm
 //	/tmp, /run   empty tmpfs
 //	/sandbox     the workspace, read-write
+//	/agent-code  agent code from an image, read-only (when given)
 //	hidden paths (the state root) are covered by an empty read-only tmpfs
-func buildRoot(rootDir, workspace string, hide []string) error {
+func buildRoot(l rootLayout) error {
+	rootDir := l.dir
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
@@ -42,17 +57,24 @@ func buildRoot(rootDir, workspace string, hide []string) error {
 	if err := unix.Mount("", rootDir, "", unix.MS_UNBINDABLE, ""); err != nil {
 		return fmt.Errorf("root tmpfs unbindable: %w", err)
 	}
-	entries, err := os.ReadDir("/")
+	base := "/"
+	if l.image != "" {
+		base = l.image
+	}
+	entries, err := os.ReadDir(base)
 	if err != nil {
 		return err
 	}
+	codeTop := strings.TrimPrefix(AgentCodeMount, "/")
 	for _, e := range entries {
 		name := e.Name()
-		src, dst := "/"+name, filepath.Join(rootDir, name)
+		src, dst := filepath.Join(base, name), filepath.Join(rootDir, name)
 		switch {
-		case replacedTop[name]:
+		case replacedTop[name], l.code != "" && name == codeTop:
 			continue
 		case e.Type()&os.ModeSymlink != 0:
+			// Copied as a link, not followed: an image's /bin -> usr/bin
+			// resolves inside the new root once it is the root.
 			target, err := os.Readlink(src)
 			if err == nil {
 				err = os.Symlink(target, dst)
@@ -68,6 +90,11 @@ func buildRoot(rootDir, workspace string, hide []string) error {
 			if err := bindReadOnly(src, dst, false); err != nil {
 				return err
 			}
+		}
+	}
+	if l.code != "" {
+		if err := bindReadOnly(l.code, filepath.Join(rootDir, codeTop), true); err != nil {
+			return err
 		}
 	}
 	for _, d := range []string{"proc", "sys", "dev", "tmp", "run", "sandbox"} {
@@ -93,15 +120,18 @@ func buildRoot(rootDir, workspace string, hide []string) error {
 	if err := buildDev(filepath.Join(rootDir, "dev")); err != nil {
 		return err
 	}
-	if err := unix.Mount(workspace, filepath.Join(rootDir, "sandbox"), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind workspace %s: %w", workspace, err)
+	if err := unix.Mount(l.workspace, filepath.Join(rootDir, "sandbox"), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind workspace %s: %w", l.workspace, err)
 	}
 	if err := unix.MountSetattr(-1, filepath.Join(rootDir, "sandbox"), unix.AT_RECURSIVE,
 		&unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}); err != nil {
 		return fmt.Errorf("workspace mount flags: %w", err)
 	}
-	if err := hideAll(rootDir, hide); err != nil {
-		return err
+	if l.image == "" {
+		// Nothing of the host's tree is in an image root to hide.
+		if err := hideAll(rootDir, l.hide); err != nil {
+			return err
+		}
 	}
 	if err := unix.Mount("", rootDir, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 		return fmt.Errorf("read-only root: %w", err)

@@ -33,6 +33,10 @@ type podConfig struct {
 	RootDir   string   `json:"rootDir"`
 	Workspace string   `json:"workspace"`
 	Hide      []string `json:"hide"`
+	// ImageRoot replaces the host's tree as the agent's root; AgentCode is
+	// bound at AgentCodeMount (Spec.AgentRoot, Spec.AgentCode).
+	ImageRoot string   `json:"imageRoot,omitempty"`
+	AgentCode string   `json:"agentCode,omitempty"`
 	Agent     Process  `json:"agent"`
 	AgentPort []uint16 `json:"agentPorts"`
 	// RouterPorts are bound here and sent to the parent in rootless mode,
@@ -88,7 +92,7 @@ func podInitMain() int {
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		return fail(fmt.Errorf("hostname: %w", err))
 	}
-	if err := buildRoot(cfg.RootDir, cfg.Workspace, cfg.Hide); err != nil {
+	if err := buildRoot(rootLayout{dir: cfg.RootDir, workspace: cfg.Workspace, hide: cfg.Hide, image: cfg.ImageRoot, code: cfg.AgentCode}); err != nil {
 		return fail(err)
 	}
 	ready := ctlMsg{Op: opReady, LandlockABI: landlockABI()}

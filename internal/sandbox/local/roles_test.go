@@ -38,6 +38,8 @@ func TestMain(m *testing.M) {
 		standInRouter()
 	case "probe":
 		probe()
+	case "imageprobe":
+		imageProbe()
 	case "alloc":
 		alloc()
 	case "readfile":

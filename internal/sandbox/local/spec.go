@@ -109,12 +109,28 @@ type Spec struct {
 	// never removes it. It appears in the router's directory at
 	// RouterStateLink, a relative path.
 	RouterState, RouterStateLink string
+	// AgentRoot, when set, is a host directory (an unpacked container
+	// image) that replaces the host's tree as the agent's root: its
+	// top-level entries are bound read-only where the host's would be, and
+	// Agent.Path names a program inside it. The router keeps the host's
+	// tree. Hide does not apply to the agent then (nothing of the host is
+	// there to hide).
+	AgentRoot string
+	// AgentCode, when set, is a host directory bound read-only (nosuid,
+	// nodev) at AgentCodeMount in the agent's root: agent code unpacked
+	// from an image.
+	AgentCode string
 	// WorkspaceQuota, when positive, bounds the workspace in bytes: it is
 	// an ext4 image of that size loop-mounted at Workspace (root mode
 	// only). Enhanced isolation fails to start without it; standard says
 	// so in Guarantees.
 	WorkspaceQuota int64
 }
+
+// AgentCodeMount is where Spec.AgentCode appears in the agent's root: a
+// new top-level directory, because the host's (or the image's) tree is
+// read-only below it.
+const AgentCodeMount = "/agent-code"
 
 var idPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$`)
 
@@ -164,6 +180,11 @@ func (s Spec) normalize() (Spec, error) {
 	}
 	if s.RouterState != "" && (!filepath.IsAbs(s.RouterState) || !filepath.IsLocal(s.RouterStateLink)) {
 		return s, fmt.Errorf("local: pod %s: RouterState must be absolute and RouterStateLink a relative path inside the router's directory", s.ID)
+	}
+	for name, d := range map[string]string{"AgentRoot": s.AgentRoot, "AgentCode": s.AgentCode} {
+		if d != "" && !filepath.IsAbs(d) {
+			return s, fmt.Errorf("local: pod %s: %s %q must be an absolute path", s.ID, name, d)
+		}
 	}
 	if s.WorkspaceQuota < 0 {
 		return s, fmt.Errorf("local: pod %s: negative workspace quota", s.ID)

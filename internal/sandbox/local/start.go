@@ -335,6 +335,7 @@ func (p *Pod) startInit(ctx context.Context, rootDir string, log *os.File) (ctlM
 	cfg := podConfig{
 		Rootless: p.rec.Rootless, Hostname: s.ID, RootDir: rootDir, Workspace: s.Workspace,
 		Hide: p.hidden(), Agent: s.Agent, AgentPort: s.AgentPorts, RouterPorts: s.RouterPorts,
+		ImageRoot: s.AgentRoot, AgentCode: s.AgentCode,
 		RequireLandlockNet: s.Isolation == Enhanced, CgroupTaskFDs: taskFDs,
 	}
 	if _, err := cfgW.WriteString(marshal(cfg)); err != nil {
