@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -176,6 +177,49 @@ func TestMCPGatewayThroughRouter(t *testing.T) {
 	resp.Body.Close()
 	if len(st.Servers) != 1 || len(st.Servers[0].Tools) != 3 || !slices.Equal(st.Servers[0].Visible, []string{"echo"}) {
 		t.Fatalf("admin mcp status: %+v", st)
+	}
+}
+
+// Rate limits and approval rules govern MCP tools as they govern every
+// other action: the call over the rule's budget is refused as
+// rate_limited, the call that needs approval as require_approval (the
+// gateway holds no call for a human), neither reaches the server, and
+// each is audited with its verdict.
+func TestMCPRateLimitAndApproval(t *testing.T) {
+	up := startMCPUpstream(t, "")
+	h := mcpHarness(t, up, "",
+		governance.Rule{Name: "echo-twice", Effect: governance.EffectAllow, Actions: []string{"mcp:everything.echo"},
+			RateLimit: &governance.RuleRateLimit{Requests: 2, WindowSeconds: 3600}},
+		governance.Rule{Name: "deletes-need-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"mcp:everything.delete_repo"}})
+	cs := connectMCP(t, h.agent.URL+"/mcp/everything")
+	var texts []string
+	for _, name := range []string{"echo", "echo", "echo", "delete_repo"} {
+		out, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: name, Arguments: map[string]any{"message": "m", "repo": "kars"}})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		texts = append(texts, fmt.Sprintf("%v %s", out.IsError, out.Content[0].(*mcp.TextContent).Text))
+	}
+	if texts[0] != "false Echo: m" || texts[1] != "false Echo: m" ||
+		!strings.HasPrefix(texts[2], "true kars policy: mcp:everything.echo is rate_limited (rule echo-twice)") ||
+		!strings.HasPrefix(texts[3], "true kars policy: mcp:everything.delete_repo is require_approval (rule deletes-need-a-human)") {
+		t.Fatalf("results:\n%s", strings.Join(texts, "\n"))
+	}
+	up.mu.Lock()
+	ran := slices.Clone(up.ran)
+	up.mu.Unlock()
+	if !slices.Equal(ran, []string{"echo", "echo"}) {
+		t.Fatalf("the server ran %v", ran)
+	}
+	var got []string
+	for _, e := range h.auditRecords() {
+		if e.Attrs["op"] == "mcp" {
+			got = append(got, e.Decision+" "+e.Rule)
+		}
+	}
+	want := []string{"allow echo-twice", "allow echo-twice", "rate_limited echo-twice", "require_approval deletes-need-a-human"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("audit entries %q, want %q", got, want)
 	}
 }
 
