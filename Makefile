@@ -51,8 +51,9 @@ agentsandbox: ## build the pinned upstream agent-sandbox controller the co-exist
 test-unit: ## unit tests only (integration tests skip under -short)
 	go test -short ./...
 
-interop-clients: test/interop/.venv/bin/python test/interop/node_modules/openai ## install the official OpenAI Python and npm clients and the Agent Governance Toolkit's agentmesh the interop tests drive
+interop-clients: test/interop/.venv/bin/python test/interop/node_modules/openai ## install the official OpenAI Python and npm clients, the Agent Governance Toolkit's agentmesh and the A2A Python and JS SDKs the interop tests drive
 	test/interop/mesh/setup.sh
+	test/interop/a2a/setup.sh
 
 test/interop/.venv/bin/python test/interop/node_modules/openai: test/interop/setup.sh test/interop/package-lock.json
 	test/interop/setup.sh

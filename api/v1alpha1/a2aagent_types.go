@@ -55,6 +55,10 @@ type A2AAgentStatus struct {
 	// Skills advertised on the verified card.
 	// +optional
 	Skills []string `json:"skills,omitempty"`
+	// Endpoint is the verified card's JSON-RPC URL for the spec's protocol
+	// version: where the routers of the allowed sandboxes send calls.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
 	// TrustScore currently held.
 	// +optional
 	TrustScore *TrustScore `json:"trustScore,omitempty"`

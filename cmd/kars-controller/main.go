@@ -61,6 +61,7 @@ type config struct {
 	gitSyncImage     string
 	clusterDNS       string
 	seccompProfile   string
+	a2aGatewayURL    string
 	concurrency      int
 	qps              float64
 	burst            int
@@ -95,6 +96,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.StringVar(&c.gitSyncImage, "git-sync-image", render.DefaultGitSyncImage, "image that fetches git agent code")
 	fs.StringVar(&c.clusterDNS, "cluster-dns", "", "comma-separated cluster DNS IPs the agent may query; empty reads the kube-system/kube-dns Service")
 	fs.StringVar(&c.seccompProfile, "seccomp-profile", render.DefaultSeccompProfile, "Localhost seccomp profile of enhanced isolation, relative to the kubelet's seccomp directory")
+	fs.StringVar(&c.a2aGatewayURL, "a2a-gateway-url", env("KARS_A2A_GATEWAY_URL", ""), "public https:// base URL of the kars-a2a-gateway; empty: no sandbox can be exposed to A2A callers (env KARS_A2A_GATEWAY_URL)")
 	fs.IntVar(&c.concurrency, "max-concurrent-reconciles", 4, "KarsSandboxes reconciled in parallel")
 	fs.Float64Var(&c.qps, "kube-api-qps", 50, "sustained API requests per second (client-side limit)")
 	fs.IntVar(&c.burst, "kube-api-burst", 100, "API request burst")
@@ -172,6 +174,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		SeccompProfile:     c.seccompProfile,
 		Blocklist:          blocklist,
 		BlocklistConfigMap: blocklistCM,
+		A2AGateway:         render.A2AGateway{PublicURL: strings.TrimSuffix(c.a2aGatewayURL, "/")},
 	}
 	if c.mesh {
 		env.Mesh = render.ClusterMesh(c.systemNamespace)

@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -34,6 +35,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/a2a/peer"
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/eval"
 	"github.com/kars-io/kars/internal/mesh/bridge"
@@ -46,11 +48,13 @@ import (
 // One control plane and one running controller serve every integration
 // test of the package (starting a control plane costs ~5 s).
 var (
-	k8s       client.Client
-	counter   *requestCounter
-	routers   *routerFarm
-	byoReg    *httptest.Server
-	inspector *countingInspector
+	k8s     client.Client
+	counter *requestCounter
+	routers *routerFarm
+	byoReg  *httptest.Server
+	// partnerCards serves foreign agents' cards (A2AAgent tests) over TLS.
+	partnerCards *cardServer
+	inspector    *countingInspector
 	// evalTargets are the sandboxes KarsEvals reach, registered by tests.
 	evalTargets = &targetFarm{targets: map[string]eval.Target{}}
 	startErr    error
@@ -104,13 +108,20 @@ func startController(ctx context.Context, base *rest.Config) error {
 		return err
 	}
 	routers = &routerFarm{servers: map[string]*standInRouter{}}
+	// The system namespace holds the A2A gateway's routing table and
+	// identity.
+	if err := k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kars-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
 	byoReg = httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
 	inspector = &countingInspector{inner: &ociimage.Checker{}}
+	partnerCards = newCardServer()
 	err = Setup(mgr, Options{
 		Env: render.Environment{
 			Catalog:         render.Catalog{Registry: "ghcr.io/kars-io", Version: "v0.1.0", GitSyncImage: render.DefaultGitSyncImage},
 			SystemNamespace: "kars-system",
 			ClusterDNS:      []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+			A2AGateway:      render.A2AGateway{PublicURL: "https://a2a.kars.test"},
 			Mesh:            render.ClusterMesh("kars-system"),
 		},
 		Prober:              &HTTPSProber{DialContext: routers.dial, Timeout: 2 * time.Second},
@@ -118,6 +129,7 @@ func startController(ctx context.Context, base *rest.Config) error {
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
 		EvalRunner:          evalTargets,
+		A2ACards:            &peer.Fetcher{AllowPrivate: true, RootCAs: partnerCards.pool()},
 	})
 	if err != nil {
 		return err

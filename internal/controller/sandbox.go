@@ -123,6 +123,8 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 		return r.observe(ctx, sb)
 	}
 	var o outcome
+	a2aIn, a2a := r.a2aGoAhead(ctx, sb, r.now())
+	o.a2a = a2a
 	names, err := render.NamesFor(sb)
 	if err != nil {
 		o.block = &block{reason: render.ReasonInvalidSpec, message: err.Error()}
@@ -169,12 +171,17 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if err != nil {
 		return o, 0, err
 	}
+	peers, err := r.a2aPeers(ctx, sb, now)
+	if err != nil {
+		return o, 0, err
+	}
 	egIn, allowCond, egNext, err := r.egress.input(ctx, r.apiReader, sb, names, now)
 	if err != nil {
 		return o, 0, err
 	}
 	o.allowlist = allowCond
-	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Bindings: b, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env, Egress: egIn})
+	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Bindings: b, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env,
+		Egress: egIn, A2A: a2aIn, A2APeers: peers})
 	if err != nil {
 		if reason := render.ReasonOf(err); reason != "" {
 			var re *render.Error
@@ -185,7 +192,7 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 		}
 		return o, 0, err
 	}
-	o.configDigest, o.runtimeImage = d.ConfigDigest, d.Runtime.Image
+	o.configDigest, o.runtimeImage, o.a2aRendered = d.ConfigDigest, d.Runtime.Image, d.A2AExposed
 	if d.A2AExposed {
 		o.a2aExpiresAt = sb.Spec.A2A.ExpiresAt
 	}
@@ -207,6 +214,12 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 			return o, 0, err
 		}
 	}
+	if err := r.reconcileCiliumPolicy(ctx, sb, d.A2AExposed); err != nil {
+		if conflict(&o, err) {
+			return o, conflictRetry, nil
+		}
+		return o, 0, err
+	}
 	obs, err := r.realizeWorkload(ctx, sb, d, &o)
 	if o.block != nil {
 		return o, 0, err
@@ -223,6 +236,9 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	var requeue time.Duration
 	if due, ok := renewalDue(admin); ok {
 		requeue = max(due.Sub(now), time.Second)
+	}
+	if o.a2a.retry {
+		requeue = minPositive(requeue, 2*time.Second)
 	}
 	// An expired approval leaves the router's egress state (the router
 	// itself stopped honouring it at expiresAt).
@@ -314,6 +330,7 @@ func (r *SandboxReconciler) deleteOwned(ctx context.Context, sb *karsv1.KarsSand
 func (r *SandboxReconciler) writeStatus(ctx context.Context, sb *karsv1.KarsSandbox, o outcome) error {
 	st := sandboxStatus(sb, o, r.now())
 	upstreamConditions(&st, sb, o, r.now())
+	a2aCondition(&st, sb, o, r.now())
 	if equality.Semantic.DeepEqual(st, sb.Status) {
 		return nil
 	}

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/a2a/peer"
 	"github.com/kars-io/kars/internal/ociimage"
 	"github.com/kars-io/kars/internal/render"
 )
@@ -63,6 +64,9 @@ type Options struct {
 	// EvalRunner reaches sandboxes to run KarsEvals; nil leaves them
 	// Pending with RunnerUnavailable.
 	EvalRunner EvalRunner
+	// A2ACards fetches registered A2A agents' cards; nil means a Fetcher
+	// that connects to public addresses only.
+	A2ACards *peer.Fetcher
 	// Signers are the keys allowlist artifacts must be signed with;
 	// nil trusts none, so every allowlistRef fails closed.
 	Signers *SignerPolicy
@@ -155,6 +159,7 @@ func Setup(mgr ctrl.Manager, o Options) error {
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&karsv1.ToolPolicy{}, handler.EnqueueRequestsFromMapFunc(sandboxesUsing(c, indexToolPolicyRef)),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&karsv1.A2AAgent{}, handler.EnqueueRequestsFromMapFunc(sandboxesOfAgent)).
 		Watches(&karsv1.EgressApproval{}, handler.EnqueueRequestsFromMapFunc(approvedSandbox),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
@@ -169,6 +174,15 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
+		return err
+	}
+	if err := setupA2ARoutes(mgr, c, sr.apply, o.Env, o.Now); err != nil {
+		return err
+	}
+	if o.A2ACards == nil {
+		o.A2ACards = &peer.Fetcher{}
+	}
+	if err := setupA2AAgents(mgr, c, o.A2ACards, o.Now); err != nil {
 		return err
 	}
 	if err := setupEgressApprovals(mgr, o); err != nil {

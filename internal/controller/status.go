@@ -60,7 +60,11 @@ type outcome struct {
 	runtimeImage   string
 	model          string
 	a2aExpiresAt   *metav1.Time
-	upstream       *upstreamObs // co-existence modes only
+	// a2a is the exposure decision; a2aRendered whether the rendered
+	// sandbox is exposed (the decision and the window both).
+	a2a         a2aOutcome
+	a2aRendered bool
+	upstream    *upstreamObs // co-existence modes only
 	// auditHead is the router's audit head, when it was read this time.
 	auditHead *AuditHead
 	// allowlist is the AllowlistVerified condition; nil without an

@@ -149,6 +149,7 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 	env := render.Environment{
 		Catalog:         render.Catalog{Registry: reg.host + "/kars", Version: version.Version, GitSyncImage: render.DefaultGitSyncImage},
 		SystemNamespace: SystemNamespace,
+		A2AGateway:      render.A2AGateway{PublicURL: A2AGatewayURL},
 		Mesh:            MeshEndpoints(),
 	}
 	signers, err := devSigners()
@@ -168,6 +169,7 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	go runA2AGateway(mgrCtx, o.Paths, cluster.Config, cl, sub.DialContext, logger)
 	stopMesh, err := startMesh(o.Paths.Mesh(), cl, logger)
 	if err != nil {
 		return err
@@ -300,7 +302,8 @@ func summary(p Paths, c *devcluster.Cluster, sb *karsv1.KarsSandbox, prov Provid
 	if prov.Offline() {
 		model += "  ← OFFLINE model: set a provider with `kars credentials set`"
 	}
-	fmt.Fprintf(&b, "  sandbox      %s/%s: %s, model %s\n\n", sb.Namespace, sb.Name, sb.Status.Phase, model)
+	fmt.Fprintf(&b, "  sandbox      %s/%s: %s, model %s\n", sb.Namespace, sb.Name, sb.Status.Phase, model)
+	fmt.Fprintf(&b, "  A2A gateway  %s   (certificate %s; expose a sandbox with kars a2a expose)\n\n", A2AGatewayURL, p.A2AGatewayCert())
 	fmt.Fprintf(&b, "Talk to it:    kars connect %s    (or: kars connect %s -m \"hello\")\n", sb.Name, sb.Name)
 	fmt.Fprintf(&b, "Inspect:       kars status %s  ·  kars audit tail %s\n", sb.Name, sb.Name)
 	fmt.Fprintf(&b, "Stop:          kars dev down\n")

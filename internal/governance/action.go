@@ -20,7 +20,7 @@ const (
 	NSMCP                 // mcp:<server>.<tool>
 	NSShell               // shell:<command>
 	NSEgress              // egress:<host>:<port>
-	NSA2A                 // a2a:<method>
+	NSA2A                 // a2a:receive:<skill>, a2a:call:<agent>, or a2a:<method>
 	NSMesh                // mesh:send:<peer>, mesh:receive:<peer>
 	NSMemory              // memory:<op>
 	NSSpawn               // spawn:create:<kind>
@@ -80,6 +80,7 @@ const (
 	reasonMeshShape       = "malformed action: want mesh:send:<peer> or mesh:receive:<peer>"
 	reasonSpawnShape      = "malformed action: want spawn:create:<kind>"
 	reasonNamespaceColons = "malformed action: this namespace takes a single name without colons"
+	reasonA2AShape        = "malformed action: want a2a:receive:<skill>, a2a:call:<agent> or a2a:<method>"
 )
 
 // CheckAction validates an action string. It returns the action's namespace
@@ -156,7 +157,15 @@ func checkShape(ns Namespace, rest string) string {
 		if !ok || verb != "create" || kind == "" || strings.IndexByte(kind, ':') >= 0 {
 			return reasonSpawnShape
 		}
-	case NSTool, NSA2A, NSMemory:
+	case NSA2A:
+		// Inbound calls name the skill they invoke, outbound calls the
+		// registered agent they reach (docs/a2a.md); a single name is
+		// the older form and stays valid.
+		verb, name, ok := strings.Cut(rest, ":")
+		if ok && (verb != "receive" && verb != "call" || name == "" || strings.IndexByte(name, ':') >= 0) {
+			return reasonA2AShape
+		}
+	case NSTool, NSMemory:
 		if strings.IndexByte(rest, ':') >= 0 {
 			return reasonNamespaceColons
 		}

@@ -209,7 +209,7 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 		Agent:          agent,
 		AgentRoot:      agentRoot,
 		AgentCode:      agentCode,
-		RouterPorts:    []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)},
+		RouterPorts:    routerPorts(routerC),
 		AgentPorts:     []uint16{b.agentPort},
 		Limits:         limits(agentC.Resources),
 		Hide:           in.hide,
@@ -381,6 +381,19 @@ func limits(r corev1.ResourceRequirements) local.Limits {
 // suspended reports whether the Deployment asks for no pod.
 func suspended(d *appsv1.Deployment) bool {
 	return d.Spec.Replicas != nil && *d.Spec.Replicas == 0
+}
+
+// routerPorts are the ports bound inside the pod and passed to the router:
+// the agent API, the admin API, and the A2A ingress while the sandbox is
+// exposed (the router container then declares it).
+func routerPorts(c *corev1.Container) []uint16 {
+	ports := []uint16{uint16(render.RouterAgentPort), uint16(render.RouterAdminPort)}
+	for _, p := range c.Ports {
+		if p.ContainerPort == render.RouterA2APort {
+			ports = append(ports, uint16(render.RouterA2APort))
+		}
+	}
+	return ports
 }
 
 // PodID is the local pod ID of a sandbox, the folder of its pod under the

@@ -23,7 +23,8 @@ const metadataCIDR = "169.254.169.254/32"
 // networkPolicy is the pod-level safety net under the egress guard and the
 // router: deny everything both ways, then allow DNS, the router's upstreams
 // on their ports, the mesh in the system namespace, and ingress from the
-// system namespace to the router's admin (and, while exposed, A2A) port.
+// system namespace to the router's admin port and, while the sandbox is
+// exposed, from the A2A gateway's pods to its A2A port.
 //
 // A NetworkPolicy cannot tell the agent's packets from the router's; the
 // egress guard (UID owner rules) is what keeps the agent on loopback. It
@@ -36,9 +37,17 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 	}
 	system := &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: in.Env.SystemNamespace}}
 
-	ingressPorts := []networkingv1.NetworkPolicyPort{port(tcp, RouterAdminPort)}
+	ingress := []networkingv1.NetworkPolicyIngressRule{{
+		From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: system}},
+		Ports: []networkingv1.NetworkPolicyPort{port(tcp, RouterAdminPort)},
+	}}
 	if a2a {
-		ingressPorts = append(ingressPorts, port(tcp, RouterA2APort))
+		// The A2A port admits the gateway's pods only, not the whole
+		// system namespace.
+		ingress = append(ingress, networkingv1.NetworkPolicyIngressRule{
+			From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: system, PodSelector: &metav1.LabelSelector{MatchLabels: in.Env.A2AGateway.podLabels()}}},
+			Ports: []networkingv1.NetworkPolicyPort{port(tcp, RouterA2APort)},
+		})
 	}
 
 	dnsPeers := []networkingv1.NetworkPolicyPeer{{
@@ -82,11 +91,8 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 		Spec: networkingv1.NetworkPolicySpec{
 			PodSelector: metav1.LabelSelector{MatchLabels: Selector(sb)},
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: system}},
-				Ports: ingressPorts,
-			}},
-			Egress: egress,
+			Ingress:     ingress,
+			Egress:      egress,
 		},
 	}
 }
@@ -95,7 +101,8 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 // outside the cluster, sorted: each model endpoint's port (443 for the
 // public providers, none for Offline), the egress lists' ports
 // (egressPorts), the numeric ports of allow rules on egress actions
-// ("egress:host:port"), and the git repository's port. all reports that
+// ("egress:host:port"), the git repository's port, and each registered
+// A2A peer's port (a2a:call:<agent>). all reports that
 // the router needs every port (Learn mode).
 func upstreamPorts(in Input) ([]int32, bool) {
 	set := map[int32]bool{}
@@ -135,6 +142,13 @@ func upstreamPorts(in Input) ([]int32, bool) {
 	if m := in.Bindings.Memory; m != nil {
 		if p := urlPort(m.Spec.Foundry.Endpoint); p != 0 {
 			set[p] = true
+		} else {
+			set[443] = true
+		}
+	}
+	for _, p := range in.A2APeers {
+		if port := urlPort(p.Endpoint); port != 0 {
+			set[port] = true
 		} else {
 			set[443] = true
 		}

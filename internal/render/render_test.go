@@ -347,15 +347,20 @@ func TestNetworkPolicy(t *testing.T) {
 
 func TestA2AExposureWindow(t *testing.T) {
 	sb := sandbox(karsv1.RuntimeOpenClaw, karsv1.IsolationEnhanced)
-	sb.Spec.A2A = karsv1.A2AExposure{Enabled: true, ExpiresAt: &metav1.Time{Time: testNow.Add(time.Hour)}}
+	sb.Spec.A2A = exposure(testNow.Add(time.Hour))
 	in := input(sb)
-	out, _ := Render(in)
-	if !out.A2AExposed || len(out.Service.Spec.Ports) != 2 || len(out.NetworkPolicy.Spec.Ingress[0].Ports) != 2 {
+	in.A2A = &A2AInput{GatewayPins: []string{testPin}}
+	in.Env.A2AGateway.PublicURL = "https://a2a.example.com"
+	out, err := Render(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.A2AExposed || len(out.Service.Spec.Ports) != 2 || len(out.NetworkPolicy.Spec.Ingress) != 2 || out.Config.A2A == nil {
 		t.Fatalf("open window: exposed=%v service ports %v", out.A2AExposed, out.Service.Spec.Ports)
 	}
 	in.Now = testNow.Add(2 * time.Hour)
 	out, _ = Render(in)
-	if out.A2AExposed || len(out.Service.Spec.Ports) != 1 || len(out.NetworkPolicy.Spec.Ingress[0].Ports) != 1 {
+	if out.A2AExposed || len(out.Service.Spec.Ports) != 1 || len(out.NetworkPolicy.Spec.Ingress) != 1 || out.Config.A2A != nil {
 		t.Fatalf("expired window still exposed: %v", out.Service.Spec.Ports)
 	}
 	if out.Service.Spec.ClusterIP != corev1.ClusterIPNone {

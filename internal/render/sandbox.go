@@ -42,6 +42,8 @@ type Environment struct {
 	// StorageClass names the StorageClass of the sandbox's volume claims
 	// (router state, workspace); empty means the cluster's default.
 	StorageClass string
+	// A2AGateway is the installation's kars-a2a-gateway.
+	A2AGateway A2AGateway
 	// Blocklist is where every router fetches the egress blocklist from
 	// (the controller's --egress-blocklist); nil means none.
 	Blocklist *routerconfig.Blocklist
@@ -82,7 +84,12 @@ type Input struct {
 	BYOImage string
 	// Now decides whether an A2A exposure window is still open.
 	Now time.Time
-	Env Environment
+	// A2A, when set, lets spec.a2a expose the sandbox (the controller
+	// checked the window's length and the gateway); nil never exposes.
+	A2A *A2AInput
+	// A2APeers are the verified A2AAgents the agent may call.
+	A2APeers []routerconfig.A2APeer
+	Env      Environment
 	// Egress is the sandbox's verified allowlist and active approvals, as
 	// the controller established them (docs/egress.md).
 	Egress EgressInput
@@ -157,6 +164,16 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
+	exposed := in.A2A != nil && a2aOpen(sb, in.Now)
+	if exposed {
+		cfg.A2A = a2aSection(in, rt)
+	}
+	cfg.A2APeers = in.A2APeers
+	if exposed || len(in.A2APeers) > 0 {
+		if err := cfg.Validate(); err != nil {
+			return nil, fail(ReasonInvalidSpec, "spec.a2a compiles to a router config the router refuses: %v", err)
+		}
+	}
 	cfgJSON, err := routerconfig.Marshal(cfg)
 	if err != nil {
 		return nil, err
@@ -165,7 +182,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Sandbox{Names: names, Runtime: rt, Config: cfg, ConfigDigest: digest, A2AExposed: a2aOpen(sb, in.Now), Bindings: in.Bindings}
+	out := &Sandbox{Names: names, Runtime: rt, Config: cfg, ConfigDigest: digest, A2AExposed: exposed, Bindings: in.Bindings}
 
 	out.ServiceAccount = &corev1.ServiceAccount{
 		TypeMeta:                     typeMeta("v1", "ServiceAccount"),

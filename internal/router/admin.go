@@ -30,6 +30,8 @@ type AdminBackends struct {
 	Trust func(ctx context.Context, agent string) (any, error)
 	// Reload re-reads the config file now and reports whether it changed.
 	Reload func() (bool, error)
+	// A2A reports the sandbox's A2A exposure and its signed card.
+	A2A func() (any, error)
 	// Egress serves /admin/v1/egress and below (Egress.AdminHandler).
 	Egress http.Handler
 	// Mesh serves /admin/v1/mesh and below (the mesh bridge), nil when
@@ -108,6 +110,9 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 	}))
 	mux.Handle("GET /admin/v1/trust", auth(func(w http.ResponseWriter, req *http.Request) {
 		call(w, b.Trust != nil, func() (any, error) { return b.Trust(req.Context(), r.gen.Load().agent) })
+	}))
+	mux.Handle("GET /admin/v1/a2a", auth(func(w http.ResponseWriter, _ *http.Request) {
+		call(w, b.A2A != nil, b.A2A)
 	}))
 	mux.Handle("GET /admin/v1/quarantine", auth(func(w http.ResponseWriter, _ *http.Request) {
 		g := r.gen.Load()

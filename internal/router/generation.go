@@ -116,7 +116,7 @@ func (r *Router) buildGeneration(snap *routerconfig.Snapshot) (*generation, erro
 	var base governance.DecisionProvider = r.engine
 	if c.Governance == nil {
 		base = DefaultPolicy(c)
-	} else if err := r.engine.LoadFrom(routerconfig.FileName, c.Governance); err != nil {
+	} else if err := r.engine.LoadFrom(routerconfig.FileName, withA2ARules(c.Governance, c)); err != nil {
 		// One engine for the router's life: Load swaps the compiled
 		// profile atomically and carries rule rate-limit state across
 		// reloads. An invalid policy is rejected whole and the engine
@@ -189,25 +189,33 @@ func (r *Router) healthFor(id string) *health {
 }
 
 // DefaultPolicy is the governance used when the config carries none: allow
-// inference to the configured models and nothing else. It exists so that a
+// inference to the configured models, inbound A2A calls to the advertised
+// skills while the sandbox is exposed, calls to the registered A2A agents
+// that list the sandbox, and nothing else. It exists so that a
 // router is never ungoverned, not as a substitute for a ToolPolicy.
 func DefaultPolicy(c *routerconfig.Config) governance.DecisionProvider {
-	allowed := configuredModels{}
+	allowed := configuredModels{models: map[string]bool{}, c: c}
 	for _, t := range c.Targets() {
-		allowed[t.Model] = true
+		allowed.models[t.Model] = true
 	}
 	return allowed
 }
 
-type configuredModels map[string]bool
+type configuredModels struct {
+	models map[string]bool
+	c      *routerconfig.Config
+}
 
 func (m configuredModels) Decide(req *governance.Request) governance.Decision {
+	if rule, ok := a2aAllowed(m.c, req.Action); ok {
+		return governance.Decision{Verdict: governance.Allow, Rule: rule, Reason: "advertised skill or registered agent"}
+	}
 	rest, ok := strings.CutPrefix(req.Action, "inference:")
 	if !ok {
 		return governance.Decision{Verdict: governance.Deny, Rule: "kars-default", Reason: "only inference is allowed by the default policy"}
 	}
 	_, model, _ := strings.Cut(rest, ":")
-	if !m[model] {
+	if !m.models[model] {
 		return governance.Decision{Verdict: governance.Deny, Rule: "kars-default", Reason: "model " + model + " is not in the sandbox's InferencePolicy"}
 	}
 	return governance.Decision{Verdict: governance.Allow, Rule: "kars-default", Reason: "configured model"}

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kars-io/kars/internal/a2a/outbound"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/budget"
 	"github.com/kars-io/kars/internal/routerconfig"
@@ -141,6 +142,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		if cur.Config.AgentListen() != cfg.AgentListen() || cur.Config.AdminListen() != cfg.AdminListen() {
 			log.Warn("listen addresses changed in the config; they take effect on restart")
 		}
+		if cur.Config.A2A != nil && cfg.A2A == nil {
+			log.Warn("A2A exposure enabled in the config; the A2A listener starts on restart")
+		}
 		log.Info("config reloaded", "digest", cur.Digest)
 	}
 	watcher.OnError = func(err error) { log.Error("config reload failed; the previous config stays in force", "err", err) }
@@ -179,6 +183,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		AuditHead: func() (any, error) { return NewAuditHead(sink.Head(), key), nil },
 		Trust:     trustStore.View,
 		Reload:    watcher.Reload,
+		A2A:       r.a2aInfo(cfg.StateDir),
 		Egress:    eg.AdminHandler(),
 		Mesh:      meshAdmin(mesh),
 	})}
@@ -190,12 +195,20 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	agentAPI := r.AgentHandler()
+	agentAPI.Handle(outbound.Prefix, r.A2AOutbound(cfg.StateDir))
 	if mesh != nil {
 		mesh.Mount(agentAPI)
 	}
 	listeners := []Listener{
 		{Name: "agent", Addr: cfg.AgentListen(), Handler: eg.Wrap(agentAPI)},
 		admin,
+	}
+	if a := cfg.A2A; a != nil {
+		l, err := r.a2aListener(cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		listeners = append(listeners, l)
 	}
 	// Take the passed sockets named for the configured ports; close the
 	// rest, as a socket-activated service does with sockets it has no use

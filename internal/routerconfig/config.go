@@ -77,6 +77,12 @@ type Config struct {
 	// StateDir is a writable directory, private to the router, where the
 	// budget ledger persists across restarts.
 	StateDir string `json:"stateDir"`
+	// A2A configures inbound A2A while the sandbox is exposed; nil means
+	// no A2A listener.
+	A2A *A2A `json:"a2a,omitempty"`
+	// A2APeers are the registered foreign agents the agent may call
+	// (a2a:call:<name>).
+	A2APeers []A2APeer `json:"a2aPeers,omitempty"`
 	// Mesh, when set, makes the router the agent's AgentMesh endpoint;
 	// nil leaves the mesh off.
 	Mesh *Mesh `json:"mesh,omitempty"`

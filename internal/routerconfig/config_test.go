@@ -205,3 +205,39 @@ func TestWatcherFollowsRenamedFile(t *testing.T) {
 		t.Fatal("watcher did not see the rename")
 	}
 }
+
+// TestReloadSeesA2AChanges: the digest leaves the a2a section out, but a
+// change to it is still a change the router must load.
+func TestReloadSeesA2AChanges(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName)
+	c := &Config{SchemaVersion: SchemaVersion, Sandbox: Sandbox{Name: "s", AgentID: "ns/s"},
+		Models: Models{Primary: Target{Provider: ProviderOffline, Model: "m"}},
+		Audit:  Audit{Dir: "/var/lib/kars/audit"}, Admin: Admin{TokenFile: "/t"}, StateDir: "/var/lib/kars/state",
+		A2A: &A2A{TLSCertFile: "/c", TLSKeyFile: "/k", GatewayPins: []string{"sha256:" + strings.Repeat("a", 64)},
+			PublicURL: "https://gw/a2a/ns/s", AgentURL: "http://127.0.0.1:18789", ExpiresAt: time.Now().Add(time.Hour),
+			Callers: []A2ACaller{{Thumbprint: "sha256:" + strings.Repeat("b", 64)}}, Skills: []A2ASkill{{Name: "x"}},
+			RateLimit: A2ARateLimit{RPM: 10}, BodyCapBytes: 1024, SessionMaxSeconds: 60}}
+	write := func() {
+		b, err := Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(path, b, 0o600)
+	}
+	write()
+	w, err := NewWatcher(path, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := w.Current().Digest
+	c.A2A.RateLimit.RPM = 1000
+	write()
+	changed, err := w.Reload()
+	if err != nil || !changed || w.Current().Config.A2A.RateLimit.RPM != 1000 || w.Current().Digest != before {
+		t.Fatalf("reload: changed=%v err=%v rpm=%d", changed, err, w.Current().Config.A2A.RateLimit.RPM)
+	}
+	if changed, _ := w.Reload(); changed {
+		t.Fatal("an unchanged file reloaded")
+	}
+}

@@ -47,7 +47,8 @@ func Load(path string) (*Snapshot, error) {
 
 // Marshal returns the config as indented JSON, suitable for a ConfigMap.
 func Marshal(c *Config) ([]byte, error) {
-	b, err := Canonical(c)
+	b, err := json.Marshal(c) // the whole config: Canonical leaves a2a out
+
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,7 @@ func (s *Snapshot) Under(root string) *Snapshot {
 	c.Admin.TLSCertFile = UnderRoot(root, c.Admin.TLSCertFile)
 	c.Admin.TLSKeyFile = UnderRoot(root, c.Admin.TLSKeyFile)
 	c.StateDir = UnderRoot(root, c.StateDir)
+	c.A2A = c.A2A.under(root)
 	c.Egress = c.Egress.under(root)
 	c.Models.Primary = c.Models.Primary.under(root)
 	if len(c.Models.Fallbacks) > 0 {

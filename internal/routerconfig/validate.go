@@ -88,6 +88,10 @@ func (c *Config) Validate() error {
 	if (c.Admin.TLSCertFile == "") != (c.Admin.TLSKeyFile == "") {
 		bad("admin", "tlsCertFile and tlsKeyFile must be set together")
 	}
+	if c.A2A != nil {
+		c.A2A.validate(bad)
+	}
+	validatePeers(c.A2APeers, bad)
 	if c.Mesh != nil {
 		validateMesh(c.Mesh, bad)
 	}

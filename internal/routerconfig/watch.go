@@ -63,8 +63,8 @@ func (w *Watcher) load() (*Snapshot, error) {
 // Current returns the live snapshot.
 func (w *Watcher) Current() *Snapshot { return w.cur.Load() }
 
-// Reload re-reads the file and swaps it in if its digest differs from the
-// live one. It reports whether the live config changed.
+// Reload re-reads the file and swaps it in if its digest or its a2a
+// section differs from the live one's. It reports whether the live config changed.
 func (w *Watcher) Reload() (bool, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -73,7 +73,8 @@ func (w *Watcher) Reload() (bool, error) {
 		return false, err
 	}
 	old := w.cur.Load()
-	if old != nil && old.Digest == s.Digest {
+	// The digest leaves the a2a section out (Canonical), so compare it too.
+	if old != nil && old.Digest == s.Digest && SameA2A(old.Config, s.Config) {
 		return false, nil
 	}
 	w.cur.Store(s)

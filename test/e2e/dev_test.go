@@ -22,6 +22,7 @@ import (
 
 	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/devenv"
+	"github.com/kars-io/kars/internal/devenv/devlock"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 )
 
@@ -68,9 +69,12 @@ func (k *kars) must(args ...string) string {
 	return out
 }
 
-// buildBinaries compiles the kars programs the way `make build` does.
+// buildBinaries compiles the kars programs the way `make build` does. Every
+// test that starts kars dev calls it first, so it also takes the machine's
+// kars dev lock for the test (test/interop/a2a starts kars dev too).
 func buildBinaries(t testing.TB) string {
 	t.Helper()
+	devlock.Hold(t, 40*time.Minute)
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
