@@ -64,9 +64,8 @@ func TestMcpServerRemote(t *testing.T) {
 	}
 	// The new Secret mount rolls the pod; the router loads the new config
 	// and its gateway lists the tools.
-	markDeploymentReady(t, sb)
 	router.mcp.Store(&[]McpGatewayServer{{Name: "github", Tools: []string{"search_issues", "delete_repo"}, Visible: []string{"search_issues"}}})
-	router.reload(t, sb)
+	rollOut(t, sb, router)
 	eventually(t, 60*time.Second, "discovered tools", func() error {
 		get(t, ns, m.Name, m)
 		var cur karsv1.KarsSandbox
