@@ -121,6 +121,18 @@ spec:
   evaluators: [contains]
 `
 
+const validCredential = `
+apiVersion: kars.azure.com/v1alpha1
+kind: CredentialBinding
+metadata: {name: research-bot-telegram, namespace: validation}
+spec:
+  sandboxRef: {name: research-bot}
+  secretRef: {name: research-bot-credentials, key: telegram-token}
+  endpoints: ["https://api.telegram.org/bot", "https://api.telegram.org/file/bot"]
+  placement: {type: Path}
+  agentEnv: TELEGRAM_BOT_TOKEN
+`
+
 // invalidCase is an object the API server must reject. patch is a JSON merge
 // patch (as YAML) over base; wantMsg are substrings the rejection must
 // contain: the field path and words that say what is wrong.
@@ -248,6 +260,22 @@ var invalidCases = []invalidCase{
 		[]string{"spec", "exactly one of configMapRef, inline cases or builtin"}},
 	{"eval with an unknown corpus", validEval, `spec: {dataset: {cases: null, builtin: everything}}`,
 		[]string{"spec.dataset.builtin", "Unsupported value"}},
+	{"credential without endpoints", validCredential, `spec: {endpoints: []}`,
+		[]string{"spec.endpoints", "at least 1 items"}},
+	{"credential endpoint with a query", validCredential, `spec: {endpoints: ["https://api.telegram.org/bot?x=1"]}`,
+		[]string{"spec.endpoints[0]"}},
+	{"credential endpoint ftp", validCredential, `spec: {endpoints: ["ftp://api.telegram.org/"]}`,
+		[]string{"spec.endpoints[0]"}},
+	{"credential in the body", validCredential, `spec: {placement: {type: Body}}`,
+		[]string{"spec.placement.type", "supported values"}},
+	{"credential header without a name", validCredential, `spec: {placement: {type: Header}}`,
+		[]string{"spec", "placement.name is required for Header and Query"}},
+	{"credential path with a name", validCredential, `spec: {placement: {name: x}}`,
+		[]string{"spec", "placement.name is required for Header and Query placements and not allowed otherwise"}},
+	{"credential value prefix on a query", validCredential, `spec: {placement: {type: Query, name: key, valuePrefix: "Bearer "}}`,
+		[]string{"spec", "valuePrefix applies to Header placements only"}},
+	{"credential env with a reserved prefix", validCredential, `spec: {agentEnv: KARS_TOKEN}`,
+		[]string{"spec.agentEnv", "reserved prefixes"}},
 }
 
 // Every invalid object is rejected by the real API server, with a message

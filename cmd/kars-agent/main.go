@@ -37,6 +37,14 @@ func main() {
 		_ = srv.Shutdown(shutdown)
 	}()
 	go a.ServeMesh(ctx, log)
+	tg, err := agent.TelegramFromEnv(os.Getenv)
+	if err != nil {
+		log.Error("telegram channel not started", "err", err)
+	}
+	if tg != nil {
+		log.Info("telegram channel on", "api", tg.Base)
+		go a.ServeTelegram(ctx, log, tg)
+	}
 	log.Info("kars-agent serving", "listen", cfg.Listen, "router", cfg.RouterURL, "model", cfg.Model, "sandbox", cfg.Namespace+"/"+cfg.Sandbox)
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("serve", "err", err)

@@ -19,6 +19,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "trust" {
+		os.Exit(trust(os.Args[2:]))
+	}
 	defaultConfig := os.Getenv("KARS_ROUTER_CONFIG")
 	if defaultConfig == "" {
 		defaultConfig = "/etc/kars/router/router.json"

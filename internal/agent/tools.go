@@ -301,7 +301,12 @@ func httpGet(s string) (string, error) {
 	if u == "" {
 		return "", fmt.Errorf("no http:// or https:// URL in %q", s)
 	}
-	resp, err := webClient.Get(u)
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		return "", err
+	}
+	attachCredentials(req, agentCredentials())
+	resp, err := webClient.Do(req)
 	if err != nil {
 		return "", err
 	}

@@ -26,15 +26,29 @@ func newCredentialsCmd(c *cluster) *cobra.Command {
 		Short: "Give the router (never the agent) the credentials it brokers",
 	}
 	var cr devenv.Credentials
-	var keyFile, telegram string
-	var keyStdin bool
+	var keyFile, telegram, telegramFile string
+	var keyStdin, telegramStdin bool
 	run := func(cmd *cobra.Command, args []string) error {
+		if keyStdin && telegramStdin {
+			return fmt.Errorf("only one secret can come from standard input: use a file for the other")
+		}
 		key, err := readSecretInput(keyFile, keyStdin, cmd.InOrStdin())
 		if err != nil {
 			return err
 		}
 		cr.APIKey = key
+		if telegramFile != "" || telegramStdin {
+			if telegram != "" {
+				return fmt.Errorf("use one of --telegram-token, --telegram-token-file and --telegram-token-stdin")
+			}
+			if telegram, err = readSecretInput(telegramFile, telegramStdin, cmd.InOrStdin()); err != nil {
+				return err
+			}
+		}
 		if len(args) == 0 {
+			if telegram != "" {
+				return fmt.Errorf("a Telegram token belongs to one sandbox: name it (kars credentials update NAME --telegram-token-stdin)")
+			}
 			if cr.Provider == "" {
 				return fmt.Errorf("--provider is required")
 			}
@@ -58,6 +72,7 @@ func newCredentialsCmd(c *cluster) *cobra.Command {
 				"only, and the sandbox's InferencePolicy is pointed at them. Pass keys with\n" +
 				"--api-key-file or --api-key-stdin so they stay out of shell history.",
 			Example: "  echo \"$OPENAI_API_KEY\" | kars credentials set --provider OpenAI --api-key-stdin\n" +
+				"  kars credentials update research-bot --telegram-token-file ~/.telegram-token\n" +
 				"  kars credentials update research-bot --telegram-token \"<bot-token>\"",
 			Args: cobra.MaximumNArgs(1),
 			RunE: run,
@@ -70,9 +85,15 @@ func newCredentialsCmd(c *cluster) *cobra.Command {
 		f.StringVar(&cr.APIVersion, "api-version", "", "Azure OpenAI api-version")
 		f.StringVar(&keyFile, "api-key-file", "", "read the API key from this file")
 		f.BoolVar(&keyStdin, "api-key-stdin", false, "read the API key from standard input")
-		f.StringVar(&telegram, "telegram-token", "", "Telegram bot token for the agent's Telegram channel")
+		f.StringVar(&telegram, "telegram-token", "", "Telegram bot token, bound to api.telegram.org for the agent's Telegram channel (the agent holds a placeholder)")
+		f.StringVar(&telegramFile, "telegram-token-file", "", "read the Telegram bot token from this file")
+		f.BoolVar(&telegramStdin, "telegram-token-stdin", false, "read the Telegram bot token from standard input")
 		cmd.AddCommand(sub)
 	}
+	list := newCredentialsListCmd(c)
+	cmd.AddCommand(list, newCredentialsDeleteCmd(c))
+	// `kars credentials [NAME]` alone lists, as `list` does.
+	cmd.Args, cmd.RunE = list.Args, list.RunE
 	return cmd
 }
 
@@ -130,6 +151,13 @@ func (c *cluster) setSandboxCredentials(cmd *cobra.Command, name string, cr deve
 			return fmt.Errorf("store credentials in Secret %s/%s: %w", sb.Namespace, secName, err)
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "stored %d key(s) in Secret %s/%s (mounted into the router only)\n", len(data), sb.Namespace, secName)
+	}
+	if telegram != "" {
+		if err := applyBinding(ctx, cl, telegramCredentialBinding(sb)); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "bound the Telegram token to %s: the agent holds a placeholder in %s, the router places the token\n",
+			strings.Join(telegramEndpoints, " and "), telegramEnv)
 	}
 	if cr.Provider == "" {
 		return nil

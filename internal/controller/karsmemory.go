@@ -29,13 +29,13 @@ import (
 // router has forgotten the sandbox's memories in the store.
 const MemoryFinalizer = "kars.io/memory-cleanup"
 
-// Reasons of KarsMemory conditions.
+// Reasons of KarsMemory conditions (besides ReasonBound, which it shares
+// with CredentialBinding).
 const (
 	ReasonProvisioning      = "Provisioning"
 	ReasonStoreMissing      = "StoreMissing"
 	ReasonAuthMisconfigured = "AuthMisconfigured"
 	ReasonUnreachable       = "Unreachable"
-	ReasonBound             = "Bound"
 	ReasonCleanupFailed     = "CleanupFailed"
 	ReasonDuplicateBinding  = "DuplicateBinding"
 )

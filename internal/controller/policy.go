@@ -204,7 +204,11 @@ func (r *PolicyReconciler) enforces(ctx context.Context, sb *karsv1.KarsSandbox,
 	if err != nil {
 		return false, err
 	}
-	d, err := render.RouterConfigDigest(sb, ip, tp, r.mesh, b)
+	creds, _, err := credentialBindings(ctx, r.client, sb)
+	if err != nil {
+		return false, err
+	}
+	d, err := render.RouterConfigDigest(sb, ip, tp, r.mesh, b, creds...)
 	if err != nil {
 		return false, nil
 	}

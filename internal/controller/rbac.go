@@ -18,6 +18,8 @@ package controller
 // +kubebuilder:rbac:groups=kars.azure.com,resources=karssandboxes/finalizers,verbs=update
 // +kubebuilder:rbac:groups=kars.azure.com,resources=egressapprovals,verbs=get;list;watch
 // +kubebuilder:rbac:groups=kars.azure.com,resources=egressapprovals/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=kars.azure.com,resources=credentialbindings,verbs=get;list;watch
+// +kubebuilder:rbac:groups=kars.azure.com,resources=credentialbindings/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=kars.azure.com,resources=karspairings;trustgraphs,verbs=get;list;watch
 // +kubebuilder:rbac:groups=kars.azure.com,resources=karspairings/status;trustgraphs/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles;clusterrolebindings;roles;rolebindings,verbs=get;list;watch;create;patch

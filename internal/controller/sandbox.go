@@ -180,8 +180,12 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 		return o, 0, err
 	}
 	o.allowlist = allowCond
+	creds, _, err := credentialBindings(ctx, r.client, sb)
+	if err != nil {
+		return o, 0, err
+	}
 	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Bindings: b, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env,
-		Egress: egIn, A2A: a2aIn, A2APeers: peers})
+		Egress: egIn, A2A: a2aIn, A2APeers: peers, Credentials: creds})
 	if err != nil {
 		if reason := render.ReasonOf(err); reason != "" {
 			var re *render.Error

@@ -162,6 +162,8 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Watches(&karsv1.A2AAgent{}, handler.EnqueueRequestsFromMapFunc(sandboxesOfAgent)).
 		Watches(&karsv1.EgressApproval{}, handler.EnqueueRequestsFromMapFunc(approvedSandbox),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&karsv1.CredentialBinding{}, handler.EnqueueRequestsFromMapFunc(boundSandbox),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
 	b, err := setupMcpServers(mgr, o, b)
 	if err != nil {
@@ -186,6 +188,9 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		return err
 	}
 	if err := setupEgressApprovals(mgr, o); err != nil {
+		return err
+	}
+	if err := setupCredentialBindings(mgr, o); err != nil {
 		return err
 	}
 	for _, k := range []policyKind{inferencePolicyKind, toolPolicyKind} {

@@ -134,12 +134,16 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 	if err := os.MkdirAll(routerState, 0o711); err != nil {
 		return err
 	}
+	upstreamRoots, err := devUpstreamRoots()
+	if err != nil {
+		return err
+	}
 	sub := localsubstrate.New(localsubstrate.Options{
 		Client: mgr.GetAPIReader(), StateRoot: o.Paths.Sandboxes(), WorkspaceRoot: o.Paths.Workspaces(), BinDir: binDir,
 		// The runtime environments are read by the agents in place (read-only
 		// by mode and by the pod's read-only root), so they stay visible.
 		RouterStateRoot: routerState, Hide: o.Paths.HiddenFromPods(binDir, runtimeenv.DefaultRoot()),
-		SocketDir: o.Paths.Sockets, Log: logger, MeshAddr: MeshAddr,
+		SocketDir: o.Paths.Sockets, Log: logger, MeshAddr: MeshAddr, UpstreamRoots: upstreamRoots,
 	})
 	defer func() {
 		stopCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -308,4 +312,19 @@ func summary(p Paths, c *devcluster.Cluster, sb *karsv1.KarsSandbox, prov Provid
 	fmt.Fprintf(&b, "Inspect:       kars status %s  ·  kars audit tail %s\n", sb.Name, sb.Name)
 	fmt.Fprintf(&b, "Stop:          kars dev down\n")
 	return b.String()
+}
+
+// devUpstreamRoots is the bundle of SSL_CERT_FILE when kars dev runs with
+// it set: the routers then verify upstream hosts with the roots the
+// developer's own programs use (localsubstrate.Options.UpstreamRoots).
+func devUpstreamRoots() ([]byte, error) {
+	f := os.Getenv("SSL_CERT_FILE")
+	if f == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("SSL_CERT_FILE: %w", err)
+	}
+	return b, nil
 }

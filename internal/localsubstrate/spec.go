@@ -66,11 +66,20 @@ type buildInput struct {
 	// runtimeEnv returns a runtime adapter's prepared environment, or an
 	// *errPreparing while it is not ready.
 	runtimeEnv func(id string) (*runtimeenv.Env, error)
+	// trust runs the router-trust init container (runRouterTrust) with
+	// the router's program and returns the agent's trust files.
+	trust func(routerBin string, hosts []string) (map[string][]byte, error)
+	// upstreamRoots replaces the router's system roots (Options.UpstreamRoots).
+	upstreamRoots []byte
 	// image returns an image unpacked (its label ociroot.ContractLabel
 	// equal to contract unless that is empty), or an *errPreparing while
 	// it is pulled.
 	image func(ref, contract string, kc authn.Keychain) (*ociroot.Root, error)
 }
+
+// upstreamRootsFile is where, in the router's folder, Options.UpstreamRoots
+// is placed.
+const upstreamRootsFile = "etc/kars/upstream-roots.pem"
 
 // builtSpec is a local pod spec with the parts that may change without a
 // restart kept apart.
@@ -108,8 +117,13 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 	if agentC == nil || routerC == nil {
 		return nil, fmt.Errorf("the rendered pod lacks the agent or the %s container", render.ContainerRouter)
 	}
+	var trustHostList []string
 	for _, ic := range pod.InitContainers {
-		if ic.Name != render.ContainerEgressGuard {
+		switch ic.Name {
+		case render.ContainerEgressGuard:
+		case render.ContainerRouterTrust:
+			trustHostList = trustHosts(ic)
+		default:
 			return nil, fmt.Errorf("init container %s (%s) cannot run locally: kars dev takes agent code from an image (agentCode.oci), not from git (agentCode.git); use agentCode.oci or a cluster", ic.Name, ic.Image)
 		}
 	}
@@ -162,7 +176,20 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 	if b.routerConfig == nil {
 		return nil, fmt.Errorf("the router container mounts no router config")
 	}
+	if len(trustHostList) > 0 {
+		if in.trust == nil {
+			return nil, fmt.Errorf("the pod needs the router-trust step, which this substrate cannot run")
+		}
+		files, err := in.trust(routerPath, trustHostList)
+		if err != nil {
+			return nil, err
+		}
+		agentTrustFiles(files, &agent)
+	}
 	for _, m := range agentC.VolumeMounts {
+		if m.MountPath == render.AgentTrustDir {
+			continue // the trust files are in the workspace (agentTrustFiles)
+		}
 		if m.MountPath == render.AgentConfigDir {
 			if err := agentConfigFiles(in, volumes[m.Name], &agent); err != nil {
 				return nil, err
@@ -198,6 +225,11 @@ func buildSpec(in buildInput) (*builtSpec, error) {
 	}
 	if in.mesh {
 		routerEnv = append(routerEnv, routerconfig.EnvMeshDial+"=unix:"+MeshSocket)
+	}
+	if len(in.upstreamRoots) > 0 {
+		// Go's system roots on Linux are SSL_CERT_FILE when it is set.
+		routerFiles[upstreamRootsFile] = in.upstreamRoots
+		routerEnv = append(routerEnv, "SSL_CERT_FILE="+filepath.Join(b.routerDir, upstreamRootsFile))
 	}
 	b.spec = local.Spec{
 		ID:        id,
@@ -332,6 +364,9 @@ func volumeFiles(in buildInput, v corev1.Volume) (map[string][]byte, error) {
 		if v.Secret.SecretName != sec.Name {
 			var err error
 			if sec, err = in.secret(v.Secret.SecretName); err != nil {
+				if apierrors.IsNotFound(err) && v.Secret.Optional != nil && *v.Secret.Optional {
+					return map[string][]byte{}, nil // as the kubelet mounts it: empty
+				}
 				return nil, err
 			}
 		}

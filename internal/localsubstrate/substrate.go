@@ -82,6 +82,12 @@ type Options struct {
 	// MeshAddr, when set, is kars-mesh's TCP address on the host;
 	// routers reach it through MeshSocket.
 	MeshAddr string
+	// UpstreamRoots, when set, is a PEM bundle the routers verify
+	// upstream hosts' certificates with in place of the system's roots
+	// (their SSL_CERT_FILE): kars dev passes its own SSL_CERT_FILE, so a
+	// router on a developer's machine trusts what the machine's programs
+	// trust — a TLS-inspecting corporate proxy's CA, a private API's CA.
+	UpstreamRoots []byte
 }
 
 // Substrate implements controller.Substrate with local pods.
@@ -91,6 +97,7 @@ type Substrate struct {
 	pods   map[types.NamespacedName]*entry
 	events chan event.GenericEvent
 	envs   *envs
+	trust  trustCache
 	images *images
 }
 
@@ -161,6 +168,7 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	built, err := buildSpec(buildInput{
 		sb: sb, desired: desired, stateRoot: s.o.StateRoot, workspace: ws, binDir: s.o.BinDir,
 		routerState: s.routerState(sb), hide: s.o.Hide, quota: max(s.o.WorkspaceQuota, 0), mesh: s.o.MeshAddr != "",
+		upstreamRoots: s.o.UpstreamRoots,
 		secret: func(name string) (*corev1.Secret, error) {
 			sec := &corev1.Secret{}
 			return sec, s.o.Client.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: name}, sec)
@@ -171,6 +179,9 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 		},
 		runtimeEnv: func(id string) (*runtimeenv.Env, error) {
 			return s.envs.get(id, func() { s.nudgeAt(sb, time.Now()) })
+		},
+		trust: func(routerBin string, hosts []string) (map[string][]byte, error) {
+			return s.trust.files(routerBin, s.routerState(sb), hosts)
 		},
 		image: func(ref, contract string, kc authn.Keychain) (*ociroot.Root, error) {
 			return s.images.get(ref, contract, kc, func() { s.nudgeAt(sb, time.Now()) })

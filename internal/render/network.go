@@ -101,8 +101,9 @@ func networkPolicy(in Input, names Names, a2a bool) *networkingv1.NetworkPolicy 
 // outside the cluster, sorted: each model endpoint's port (443 for the
 // public providers, none for Offline), the egress lists' ports
 // (egressPorts), the numeric ports of allow rules on egress actions
-// ("egress:host:port"), the git repository's port, and each registered
-// A2A peer's port (a2a:call:<agent>). all reports that
+// ("egress:host:port"), the git repository's port, each registered
+// A2A peer's port (a2a:call:<agent>) and the credential bindings'
+// endpoints' ports. all reports that
 // the router needs every port (Learn mode).
 func upstreamPorts(in Input) ([]int32, bool) {
 	set := map[int32]bool{}
@@ -151,6 +152,13 @@ func upstreamPorts(in Input) ([]int32, bool) {
 			set[port] = true
 		} else {
 			set[443] = true
+		}
+	}
+	for _, b := range in.Credentials {
+		for _, e := range b.Spec.Endpoints {
+			if p := urlPort(e); p != 0 {
+				set[p] = true
+			}
 		}
 	}
 	return slices.Sorted(maps.Keys(set)), all

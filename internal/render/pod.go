@@ -66,7 +66,7 @@ func podTemplate(in Input, names Names, rt *Runtime, a2a bool) (corev1.PodTempla
 		},
 		// The router drains in-flight calls for up to 30 s on SIGTERM.
 		TerminationGracePeriodSeconds: ptr(int64(35)),
-		InitContainers:                []corev1.Container{egressGuardContainer(in.Env, a2a)},
+		InitContainers:                initContainers(in, a2a),
 		Containers:                    []corev1.Container{agent, routerContainer(in, names, a2a)},
 		Volumes:                       volumes(in, names, rt),
 	}
@@ -182,9 +182,19 @@ func containerName(k karsv1.RuntimeKind) string {
 	return "agent"
 }
 
+// initContainers: the egress guard, then (with credentials bound to HTTPS
+// hosts) router-trust.
+func initContainers(in Input, a2a bool) []corev1.Container {
+	out := []corev1.Container{egressGuardContainer(in.Env, a2a)}
+	if t := trustContainer(in); t != nil {
+		out = append(out, *t)
+	}
+	return out
+}
+
 func agentContainer(in Input, rt *Runtime) (corev1.Container, error) {
 	sb := in.Sandbox
-	env, err := agentEnv(sb, rt)
+	env, err := agentEnv(sb, rt, credentialEnv(in))
 	if err != nil {
 		return corev1.Container{}, err
 	}
@@ -195,10 +205,10 @@ func agentContainer(in Input, rt *Runtime) (corev1.Container, error) {
 		Args:    slices.Clone(rt.Args),
 		Env:     env,
 		Ports:   []corev1.ContainerPort{{Name: "agent", ContainerPort: rt.Port, Protocol: corev1.ProtocolTCP}},
-		VolumeMounts: []corev1.VolumeMount{
+		VolumeMounts: append([]corev1.VolumeMount{
 			{Name: volWorkspace, MountPath: Workspace},
 			{Name: volTmp, MountPath: "/tmp"},
-		},
+		}, agentTrustMount(in)...),
 		SecurityContext: restricted(AgentUID, agentSeccomp(sb, in.Env)),
 		Resources:       resources("100m", "256Mi", "2Gi"),
 	}
@@ -220,8 +230,8 @@ func agentContainer(in Input, rt *Runtime) (corev1.Container, error) {
 //
 // The model is deliberately absent: the router decides which deployment
 // serves a call, so `kars model set` changes the router's config and never
-// the pod.
-func agentEnv(sb *karsv1.KarsSandbox, rt *Runtime) ([]corev1.EnvVar, error) {
+// the pod. creds are the credential placeholders (credentialEnv).
+func agentEnv(sb *karsv1.KarsSandbox, rt *Runtime, creds map[string]string) ([]corev1.EnvVar, error) {
 	set := map[string]string{
 		"KARS_CONTRACT_VERSION":  "v1",
 		"KARS_SANDBOX_NAME":      sb.Name,
@@ -267,6 +277,11 @@ func agentEnv(sb *karsv1.KarsSandbox, rt *Runtime) ([]corev1.EnvVar, error) {
 	}
 	for k, v := range rt.Env {
 		set[k] = v
+	}
+	for k, v := range creds {
+		if _, ok := set[k]; !ok { // UsableCredentials refused collisions
+			set[k] = v
+		}
 	}
 	env := make([]corev1.EnvVar, 0, len(set)+len(sb.Spec.Runtime.Env))
 	for _, k := range slices.Sorted(maps.Keys(set)) {
@@ -316,6 +331,8 @@ func routerContainer(in Input, names Names, a2a bool) corev1.Container {
 	if _, m := blocklistVolume(in.Env); m != nil {
 		mounts = append(mounts, *m)
 	}
+	_, credMounts := credentialVolumes(in)
+	mounts = append(mounts, credMounts...)
 	probe := func(p string, period int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -489,6 +506,8 @@ func volumes(in Input, names Names, rt *Runtime) []corev1.Volume {
 	if v, _ := blocklistVolume(in.Env); v != nil {
 		vs = append(vs, *v)
 	}
+	credVols, _ := credentialVolumes(in)
+	vs = append(vs, credVols...)
 	if rt.Config != nil {
 		vs = append(vs, corev1.Volume{Name: volAgentConfig, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 			LocalObjectReference: corev1.LocalObjectReference{Name: names.AgentConfig},

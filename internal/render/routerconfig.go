@@ -22,9 +22,10 @@ func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Nam
 // Credentials appear only as file paths inside the router container; the
 // paths are the ones PodSpec mounts. mesh, when set, makes the router the
 // agent's mesh endpoint (Environment.Mesh); b adds the sandbox's McpServers
-// and KarsMemory.
-func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings) (*routerconfig.Config, error) {
-	c, err := compile(sb, ip, tp, mesh, b)
+// and KarsMemory. creds are the sandbox's usable CredentialBindings
+// (UsableCredentials).
+func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings, creds ...karsv1.CredentialBinding) (*routerconfig.Config, error) {
+	c, err := compile(sb, ip, tp, mesh, b, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -38,8 +39,8 @@ func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1
 // without validating it (which compiles CEL and is the expensive part). The
 // policy reconcilers use it to tell whether a router enforces the current
 // generation of a policy.
-func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings) (string, error) {
-	c, err := compile(sb, ip, tp, mesh, b)
+func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings, creds ...karsv1.CredentialBinding) (string, error) {
+	c, err := compile(sb, ip, tp, mesh, b, creds)
 	if err != nil {
 		return "", err
 	}
@@ -53,7 +54,7 @@ type Bindings struct {
 	Memory *karsv1.KarsMemory
 }
 
-func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings) (*routerconfig.Config, error) {
+func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings, creds []karsv1.CredentialBinding) (*routerconfig.Config, error) {
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
@@ -103,6 +104,9 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 	c.MCP = mcpConfig(b.MCP)
 	c.Memory = memoryConfig(sb, b.Memory)
 	c.Egress = egressConfig(sb)
+	for _, cb := range creds {
+		c.Credentials = append(c.Credentials, credentialConfig(sb, cb))
+	}
 	c.Mesh = meshConfig(sb, mesh)
 	return c, nil
 }

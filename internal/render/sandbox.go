@@ -93,6 +93,10 @@ type Input struct {
 	// Egress is the sandbox's verified allowlist and active approvals, as
 	// the controller established them (docs/egress.md).
 	Egress EgressInput
+	// Credentials are the sandbox's usable CredentialBindings
+	// (UsableCredentials), compiled into router.json, mounted into the
+	// router and announced to the agent as placeholders.
+	Credentials []karsv1.CredentialBinding
 }
 
 // EgressInput is the part of a sandbox's egress policy that lives outside
@@ -160,7 +164,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Env.Mesh, in.Bindings)
+	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Env.Mesh, in.Bindings, in.Credentials...)
 	if err != nil {
 		return nil, err
 	}

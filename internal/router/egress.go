@@ -46,6 +46,7 @@ type Egress struct {
 	dns      *dns.Server
 	resolver *resolve.Resolver
 	learned  *learn.Recorder
+	creds    *credentials
 	events   *eventHub
 	m        *egressMetrics
 	stateDir string
@@ -94,7 +95,8 @@ func NewEgress(r *Router, stateDir string, resolvers []string) (*Egress, error) 
 	e := &Egress{r: r, log: r.log, learned: rec, events: newEventHub(1024), m: newEgressMetrics(r.opts.Registry),
 		stateDir: stateDir, ctx: context.Background(), now: time.Now}
 	e.resolver = resolve.New(resolve.SystemLookup(resolvers))
-	e.proxy = &proxy.Proxy{Decider: e, Resolver: e.resolver, Log: r.log}
+	e.creds = newCredentials(e, stateDir, r.opts.Registry)
+	e.proxy = &proxy.Proxy{Decider: e, Resolver: e.resolver, Log: r.log, Broker: e.creds}
 	e.dns = &dns.Server{Resolver: e.resolver, Log: r.log, Decide: e.decideName, Observe: e.observeDNS}
 	return e, nil
 }
@@ -269,6 +271,9 @@ func (e *Egress) policyFor(g *generation) *egressPolicy {
 		}
 	}
 	add("allowedHosts", eg.AllowedHosts, nil, time.Time{}, &rules)
+	for _, cr := range c.Credentials {
+		add("credential "+cr.Name, credentialHosts(cr), nil, time.Time{}, &rules)
+	}
 	if a := eg.Allowlist; a != nil {
 		add("allowlist "+shortDigest(a.Digest), a.Hosts, nil, time.Time{}, &rules)
 	}

@@ -70,6 +70,10 @@ type Config struct {
 	// Egress configures the agent's egress proxy, DNS stub and lists; nil
 	// means Strict with empty lists (see Egress).
 	Egress *Egress `json:"egress,omitempty"`
+	// Credentials are the credential bindings of the agent's tools and
+	// channels (credentials.go); each endpoint's host:port is allowed in
+	// egress too.
+	Credentials []Credential `json:"credentials,omitempty"`
 	// Audit says where the hash-chained audit log lives.
 	Audit Audit `json:"audit"`
 	// Admin configures the controller-facing admin API.

@@ -58,6 +58,21 @@ func TestValidateRejects(t *testing.T) {
 		{"too many fallbacks", func(c *Config) { c.Models.Fallbacks = make([]Target, 9) }, "at most 8"},
 		{"invalid governance", func(c *Config) { c.Governance.Rules[0].Effect = "maybe" }, "governance"},
 		{"reserve above per-request", func(c *Config) { c.Budget = &Budget{PerRequest: 10, DefaultReserve: 20} }, "defaultReserve"},
+		{"credential inlined", func(c *Config) {
+			c.Credentials = []Credential{{Name: "tg", Placeholder: "kars_placeholder_tg", ValueFile: "123:abc", Endpoints: []string{"https://api.telegram.org/bot"}, Placement: CredentialPlacement{In: "Path"}}}
+		}, "credentials[0].valueFile"},
+		{"credential wildcard endpoint", func(c *Config) {
+			c.Credentials = []Credential{{Name: "gh", Placeholder: "kars_placeholder_gh", ValueFile: "/s/gh", Endpoints: []string{"https://*.github.com/"}, Placement: CredentialPlacement{In: "Header", Name: "Authorization"}}}
+		}, "wildcards"},
+		{"credential in the body", func(c *Config) {
+			c.Credentials = []Credential{{Name: "gh", Placeholder: "kars_placeholder_gh", ValueFile: "/s/gh", Endpoints: []string{"https://api.github.com/"}, Placement: CredentialPlacement{In: "Body"}}}
+		}, "placement"},
+		{"credential names twice", func(c *Config) {
+			cr := Credential{Name: "gh", Placeholder: "kars_placeholder_gh", ValueFile: "/s/gh", Endpoints: []string{"https://api.github.com/"}, Placement: CredentialPlacement{In: "Header", Name: "Authorization"}}
+			cr2 := cr
+			cr2.Placeholder = "kars_placeholder_other"
+			c.Credentials = []Credential{cr, cr2}
+		}, "used twice"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

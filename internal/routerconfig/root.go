@@ -25,10 +25,10 @@ func UnderRoot(root, p string) string {
 
 // Under returns a snapshot whose Config has every file path resolved under
 // root (UnderRoot): the audit directory and checkpoint key, the admin token
-// and TLS files, the state directory, and each target's key file and
-// federated token file. Digest and LoadedAt are s's: the digest stays that
-// of the config as compiled, which is what the controller compares. s is not
-// modified; an empty root returns s itself.
+// and TLS files, the state directory, each target's key file and federated
+// token file, and each credential's value file. Digest and LoadedAt are
+// s's: the digest stays that of the config as compiled, which is what the
+// controller compares. s is not modified; an empty root returns s itself.
 func (s *Snapshot) Under(root string) *Snapshot {
 	if root == "" {
 		return s
@@ -42,6 +42,7 @@ func (s *Snapshot) Under(root string) *Snapshot {
 	c.StateDir = UnderRoot(root, c.StateDir)
 	c.A2A = c.A2A.under(root)
 	c.Egress = c.Egress.under(root)
+	c.Credentials = underCredentials(root, c.Credentials)
 	c.Models.Primary = c.Models.Primary.under(root)
 	if len(c.Models.Fallbacks) > 0 {
 		fb := make([]Target, len(c.Models.Fallbacks))

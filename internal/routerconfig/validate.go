@@ -72,6 +72,7 @@ func (c *Config) Validate() error {
 	validateMCP(c.MCP, bad)
 	validateMemory(c.Memory, bad)
 	c.Egress.validate(bad)
+	validateCredentials(c.Credentials, bad)
 	if c.Audit.Dir == "" {
 		bad("audit.dir", "is required: every call is audited")
 	} else if !filepath.IsAbs(c.Audit.Dir) {

@@ -66,9 +66,36 @@ const owned = {
   plugins: { load: { paths: [path.join(app, "plugin")] }, entries: { kars: { enabled: true } } },
 };
 
+// Telegram: a CredentialBinding gives the agent a placeholder for its bot
+// token (TELEGRAM_BOT_TOKEN) and, in KARS_CREDENTIALS, the Bot API's
+// address. OpenClaw's own Telegram channel gets both; the router puts the
+// real token in place on the way out (docs/credentials.md). How the channel
+// answers (dmPolicy, allowFrom, groups) stays the user's configuration.
+function telegramChannel() {
+  const token = process.env.TELEGRAM_BOT_TOKEN;
+  if (!token) return null;
+  let creds;
+  try {
+    creds = JSON.parse(process.env.KARS_CREDENTIALS || "[]");
+  } catch {
+    console.error("kars: KARS_CREDENTIALS is not JSON; the Telegram channel stays off");
+    return null;
+  }
+  const c = Array.isArray(creds) ? creds.find((c) => c.env === "TELEGRAM_BOT_TOKEN" && c.placeholder === token) : null;
+  const ep = c?.endpoints?.find((e) => e.endsWith("/bot") && !e.endsWith("/file/bot"));
+  if (!ep) {
+    console.error("kars: no credential binding places TELEGRAM_BOT_TOKEN after a .../bot endpoint; the Telegram channel stays off");
+    return null;
+  }
+  // apiRoot is the root only: OpenClaw appends /bot<token>/<method>.
+  return { enabled: true, botToken: token, apiRoot: ep.slice(0, -"/bot".length) };
+}
+const telegram = telegramChannel();
+if (telegram) owned.channels = { telegram };
+
 const user = readUserConfig();
 const conf = merge(merge({ tools: { profile: "minimal", alsoAllow: ["group:plugins"], toolSearch: false } }, user), owned);
-conf.plugins.allow = [...new Set([...(user.plugins?.allow ?? []), "kars"])];
+conf.plugins.allow = [...new Set([...(user.plugins?.allow ?? []), "kars", ...(telegram ? ["telegram"] : [])])];
 if (user.models?.providers) {
   // Other providers would hold credentials the sandbox must not have and
   // reach hosts only the router may reach.

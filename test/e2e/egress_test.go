@@ -37,6 +37,19 @@ import (
 // namespace the test creates, routed from the host through a veth pair.
 func startWebHosts(t *testing.T, ips ...string) {
 	t.Helper()
+	startNetnsHosts(t, ips, func(ip string) (net.Listener, *http.Server, error) {
+		l, err := net.Listen("tcp", ip+":80")
+		return l, &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello from %s%s", r.Host, r.URL.Path)
+		})}, err
+	})
+}
+
+// startNetnsHosts gives a network namespace the test creates the TEST-NET-2
+// addresses ips, routed from the host through a veth pair, and starts the
+// server serve returns for each, listening inside it.
+func startNetnsHosts(t *testing.T, ips []string, serve func(ip string) (net.Listener, *http.Server, error)) {
+	t.Helper()
 	ch := make(chan netns.NsHandle, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
@@ -83,14 +96,11 @@ func startWebHosts(t *testing.T, ips ...string) {
 			return
 		}
 		for _, ip := range ips {
-			l, err := net.Listen("tcp", ip+":80")
+			l, srv, err := serve(ip)
 			if err != nil {
 				errc <- err
 				return
 			}
-			srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				fmt.Fprintf(w, "hello from %s%s", r.Host, r.URL.Path)
-			})}
 			go srv.Serve(l)
 			t.Cleanup(func() { srv.Close() })
 		}

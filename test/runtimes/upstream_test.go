@@ -39,6 +39,8 @@ type upstream struct {
 
 	prompt, completion atomic.Int64
 	srv                *httptest.Server
+	// answerOnly skips the script: every request is answered with text.
+	answerOnly bool
 }
 
 // seen is one request the fake received.
@@ -148,6 +150,9 @@ func (u *upstream) openAI(w http.ResponseWriter, r *http.Request, body []byte) {
 		return
 	}
 	n, results := openAIRound(req)
+	if u.answerOnly {
+		n = len(script)
+	}
 	id := u.record(r, results)
 	prompt, completion := u.usage(body)
 	model, _ := req["model"].(string)

@@ -1,9 +1,8 @@
 package proxy
 
 import (
-	"context"
+	"crypto/tls"
 	"net/http"
-	"net/http/httputil"
 	"strings"
 )
 
@@ -45,6 +44,17 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r := Request{Host: host, Port: port, Via: ViaConnect}
+	if p.Broker != nil {
+		cert, err := p.Broker.Certificate(host, port)
+		if err != nil {
+			refuse(w, http.StatusBadGateway, "credential-binding", "kars egress proxy: "+hostPort(host, port)+" has a credential bound to it, but the router cannot terminate its TLS: "+err.Error())
+			return
+		}
+		if cert != nil {
+			p.serveConnectTerminated(w, req, r, cert)
+			return
+		}
+	}
 	up, v, err := p.connect(req.Context(), r)
 	if err != nil {
 		refuse(w, http.StatusBadGateway, v.Rule, "kars egress proxy: "+err.Error())
@@ -84,35 +94,40 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, req *http.Request) {
 	p.relay(r, agent, up, v.Expires)
 }
 
-// forward decides one plain-HTTP request and sends it on.
+// serveConnectTerminated answers a CONNECT to a host whose TLS the proxy
+// terminates: decided like any tunnel, then served by terminate.
+func (p *Proxy) serveConnectTerminated(w http.ResponseWriter, req *http.Request, r Request, cert *tls.Certificate) {
+	v := p.decide(req.Context(), r)
+	if !v.Allow {
+		refuse(w, statusOf(v), v.Rule, v.Message)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		refuse(w, http.StatusHTTPVersionNotSupported, "", "kars egress proxy: CONNECT needs HTTP/1.1")
+		return
+	}
+	conn, brw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	if _, err := conn.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		conn.Close()
+		return
+	}
+	p.terminate(&bufConn{Conn: conn, r: brw.Reader}, r, cert, v.Expires)
+}
+
+// forward decides one plain-HTTP request and sends it on. The decided
+// host is the one the request goes to and the one it names: a Host header
+// cannot point elsewhere.
 func (p *Proxy) forward(w http.ResponseWriter, req *http.Request, r Request) {
 	v := p.Decider.Decide(req.Context(), r)
 	if !v.Allow {
 		refuse(w, statusOf(v), v.Rule, v.Message)
 		return
 	}
-	rp := &httputil.ReverseProxy{
-		Transport: p.transport,
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = hostPort(r.Host, r.Port)
-			// The decided host is the one the request goes to and the
-			// one it names: a Host header cannot point elsewhere.
-			pr.Out.Host = pr.Out.URL.Host
-			if r.Port == 80 {
-				pr.Out.Host = bracket(r.Host)
-			}
-			for _, h := range hopHeaders {
-				pr.Out.Header.Del(h)
-			}
-			pr.Out.RequestURI = ""
-		},
-		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
-			refuse(w, http.StatusBadGateway, v.Rule, "kars egress proxy: "+err.Error())
-		},
-	}
-	ctx := context.WithValue(req.Context(), dialTargetKey{}, dialTarget{host: r.Host})
-	rp.ServeHTTP(w, req.WithContext(ctx))
+	p.serveReadable(w, req, r, "http")
 }
 
 func hostPort(host string, port uint16) string {

@@ -26,6 +26,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -103,12 +104,19 @@ type Proxy struct {
 	// MaxTunnels bounds the open tunnels (each holds two sockets and two
 	// goroutines); more are refused. Zero means DefaultMaxTunnels.
 	MaxTunnels int
+	// Broker, when set, terminates TLS to the hosts credentials are bound
+	// to and inspects every request the proxy can read (terminate.go).
+	Broker Broker
+	// UpstreamRoots verify the hosts whose TLS the proxy terminates; nil
+	// means the system's roots.
+	UpstreamRoots *x509.CertPool
 
-	once      sync.Once
-	transport *http.Transport
-	mu        sync.Mutex
-	tunnels   map[*tunnel]struct{}
-	closed    bool
+	once         sync.Once
+	transport    *http.Transport
+	tlsTransport *http.Transport
+	mu           sync.Mutex
+	tunnels      map[*tunnel]struct{}
+	closed       bool
 }
 
 // tunnel is an open relay between the agent and an upstream.
@@ -122,7 +130,9 @@ type tunnel struct {
 func (t *tunnel) shut() {
 	t.shutOnce.Do(func() {
 		t.a.Close()
-		t.b.Close()
+		if t.b != nil { // nil for a connection the proxy terminates
+			t.b.Close()
+		}
 	})
 }
 
@@ -151,6 +161,7 @@ func (p *Proxy) init() {
 			// leg the same so requests map one to one.
 			ForceAttemptHTTP2: false,
 		}
+		p.tlsTransport = p.newTLSTransport()
 	})
 }
 
@@ -198,17 +209,23 @@ func (p *Proxy) dialHost(ctx context.Context, host string, port uint16) (net.Con
 // exhaust the router's descriptors through its proxy.
 const DefaultMaxTunnels = 1024
 
-// connect decides req and, when allowed, dials it. On refusal it returns
-// the verdict with Allow false; a dial failure is an error.
-func (p *Proxy) connect(ctx context.Context, req Request) (net.Conn, Verdict, error) {
+// decide decides a new tunnel: refused beyond MaxTunnels, else by the
+// Decider.
+func (p *Proxy) decide(ctx context.Context, req Request) Verdict {
 	p.mu.Lock()
 	n := len(p.tunnels)
 	p.mu.Unlock()
 	if n >= p.MaxTunnels {
-		return nil, Verdict{Status: http.StatusServiceUnavailable, Rule: "kars-max-tunnels",
-			Message: fmt.Sprintf("kars egress proxy: %d tunnels are open, the most the router keeps; close some first", n)}, nil
+		return Verdict{Status: http.StatusServiceUnavailable, Rule: "kars-max-tunnels",
+			Message: fmt.Sprintf("kars egress proxy: %d tunnels are open, the most the router keeps; close some first", n)}
 	}
-	v := p.Decider.Decide(ctx, req)
+	return p.Decider.Decide(ctx, req)
+}
+
+// connect decides req and, when allowed, dials it. On refusal it returns
+// the verdict with Allow false; a dial failure is an error.
+func (p *Proxy) connect(ctx context.Context, req Request) (net.Conn, Verdict, error) {
+	v := p.decide(ctx, req)
 	if !v.Allow {
 		return nil, v, nil
 	}
@@ -226,20 +243,10 @@ func (p *Proxy) connect(ctx context.Context, req Request) (net.Conn, Verdict, er
 // proxy closes.
 func (p *Proxy) relay(req Request, agent, up net.Conn, expires time.Time) {
 	t := &tunnel{req: req, a: agent, b: up, expires: expires}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		t.shut()
+	if !p.track(t) {
 		return
 	}
-	p.tunnels[t] = struct{}{}
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.tunnels, t)
-		p.mu.Unlock()
-		t.shut()
-	}()
+	defer p.untrack(t)
 	done := make(chan struct{}, 1)
 	go func() {
 		io.Copy(up, agent)
@@ -328,4 +335,5 @@ func (p *Proxy) Close() {
 		t.shut()
 	}
 	p.transport.CloseIdleConnections()
+	p.tlsTransport.CloseIdleConnections()
 }

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -83,6 +85,24 @@ func (p *Proxy) serveTransparent(c net.Conn) {
 			return
 		}
 		req := Request{Host: host, Port: orig.Port(), Via: ViaTransparentTLS, OrigDst: orig}
+		if p.Broker != nil {
+			cert, err := p.Broker.Certificate(host, orig.Port())
+			if err != nil {
+				p.Log.Warn("transparent egress: a credential is bound to the host, but its TLS cannot be terminated", "host", host, "port", orig.Port(), "err", err)
+				tlsAlert(c)
+				return
+			}
+			if cert != nil {
+				v := p.decide(context.Background(), req)
+				if !v.Allow {
+					tlsAlert(c)
+					return
+				}
+				// The TLS server reads the ClientHello again.
+				p.terminate(&readerConn{Conn: c, r: io.MultiReader(bytes.NewReader(raw), br)}, req, cert, v.Expires)
+				return
+			}
+		}
 		up, v, err := p.connect(context.Background(), req)
 		if err != nil || !v.Allow {
 			if err != nil {
@@ -228,6 +248,14 @@ func (b *bufConn) Read(p []byte) (int, error) {
 	}
 	return b.Conn.Read(p)
 }
+
+// readerConn reads through r: bytes already consumed, then the rest.
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // CloseWrite half-closes the underlying connection.
 func (b *bufConn) CloseWrite() error {
