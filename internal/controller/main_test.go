@@ -38,6 +38,7 @@ import (
 	"github.com/kars-io/kars/internal/a2a/peer"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/controlplane"
+	"github.com/kars-io/kars/internal/eval"
 	"github.com/kars-io/kars/internal/mesh/bridge"
 	"github.com/kars-io/kars/internal/ociimage"
 	"github.com/kars-io/kars/internal/render"
@@ -55,7 +56,9 @@ var (
 	// partnerCards serves foreign agents' cards (A2AAgent tests) over TLS.
 	partnerCards *cardServer
 	inspector    *countingInspector
-	startErr     error
+	// evalTargets are the sandboxes KarsEvals reach, registered by tests.
+	evalTargets = &targetFarm{targets: map[string]eval.Target{}}
+	startErr    error
 	// testMesh is a real kars-mesh (registry, relay, redemption) on
 	// loopback, which the offload broker and the offload tests' hosts
 	// and routers connect to.
@@ -137,6 +140,7 @@ func startController(ctx context.Context, base *rest.Config) error {
 		Signers:             egressTestSigners(),
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
+		EvalRunner:          evalTargets,
 		A2ACards:            &peer.Fetcher{AllowPrivate: true, RootCAs: partnerCards.pool()},
 		Offload:             offloadOpts,
 	})
@@ -241,6 +245,12 @@ type standInRouter struct {
 	key   string
 	// audit, when set, is served as the router's audit head.
 	audit atomic.Pointer[AuditHead]
+	// mcp, when set, is served as the router's MCP gateway view.
+	mcp atomic.Pointer[[]McpGatewayServer]
+	// memory, when set, is served as the router's memory binding status;
+	// forgets counts POST /admin/v1/memory/forget.
+	memory  atomic.Pointer[RouterMemory]
+	forgets atomic.Int64
 	// egress is the egress state the router loaded (egress.json).
 	egress atomic.Pointer[routerconfig.EgressState]
 	// mesh is a real mesh bridge (not connected to any relay) serving
@@ -282,6 +292,22 @@ func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(h)
+		return
+	}
+	if m := s.memory.Load(); m != nil && r.URL.Path == MemoryStatusPath && r.Method == http.MethodGet {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(m)
+		return
+	}
+	if r.URL.Path == MemoryForgetPath && r.Method == http.MethodPost {
+		s.forgets.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"deletedScopes":1}`)
+		return
+	}
+	if m := s.mcp.Load(); m != nil && r.Method == http.MethodGet && r.URL.Path == McpStatusPath {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"servers": *m})
 		return
 	}
 	if r.Method != http.MethodGet || r.URL.Path != DigestPath {

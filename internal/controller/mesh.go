@@ -272,6 +272,11 @@ func routerTargetOf(ctx context.Context, c client.Reader, sb *karsv1.KarsSandbox
 	if err := c.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin}, sec); err != nil {
 		return RouterTarget{}, false, client.IgnoreNotFound(err)
 	}
+	// Never hand the router's token to, or trust the certificate of, a
+	// Secret of that name that kars did not create.
+	if !ownedBy(sec, sb) {
+		return RouterTarget{}, false, fmt.Errorf("admin Secret %s is not the sandbox's", names.RouterAdmin)
+	}
 	return RouterTarget{Endpoint: sb.Status.RouterEndpoint, ServerName: names.RouterHostname,
 		CertPEM: sec.Data[render.AdminCertKey], Token: sec.Data[render.AdminTokenKey]}, true, nil
 }

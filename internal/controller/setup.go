@@ -58,6 +58,12 @@ type Options struct {
 	// AuditAnchorInterval is how often the controller copies a running
 	// router's audit head into the sandbox's status; zero means 5 minutes.
 	AuditAnchorInterval time.Duration
+	// McpRunner runs McpServers that have an image; nil means Deployments
+	// on the cluster (KubeMcpRunner).
+	McpRunner McpRunner
+	// EvalRunner reaches sandboxes to run KarsEvals; nil leaves them
+	// Pending with RunnerUnavailable.
+	EvalRunner EvalRunner
 	// A2ACards fetches registered A2A agents' cards; nil means a Fetcher
 	// that connects to public addresses only.
 	A2ACards *peer.Fetcher
@@ -162,6 +168,16 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Watches(&karsv1.CredentialBinding{}, handler.EnqueueRequestsFromMapFunc(boundSandbox),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
+	b, err := setupMcpServers(mgr, o, b)
+	if err != nil {
+		return err
+	}
+	if b, err = setupKarsMemories(mgr, o, b); err != nil {
+		return err
+	}
+	if err := setupKarsEvals(mgr, o); err != nil {
+		return err
+	}
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
 		return err
 	}
