@@ -6,7 +6,7 @@ import (
 
 // KarsEvalSpec evaluates a sandbox's agent against a dataset, once or on a
 // schedule, through the same router and policy as production traffic.
-// +kubebuilder:validation:XValidation:rule="has(self.dataset.configMapRef) != (has(self.dataset.cases) && size(self.dataset.cases) > 0)",message="dataset needs exactly one of configMapRef or inline cases"
+// +kubebuilder:validation:XValidation:rule="(has(self.dataset.configMapRef) ? 1 : 0) + (has(self.dataset.cases) && size(self.dataset.cases) > 0 ? 1 : 0) + (has(self.dataset.builtin) ? 1 : 0) == 1",message="dataset needs exactly one of configMapRef, inline cases or builtin"
 type KarsEvalSpec struct {
 	// SandboxRef is the sandbox under evaluation.
 	SandboxRef LocalObjectReference `json:"sandboxRef"`
@@ -29,9 +29,31 @@ type KarsEvalSpec struct {
 	PassThreshold string `json:"passThreshold,omitempty"`
 }
 
-// EvaluatorKind names a built-in evaluator.
-// +kubebuilder:validation:Enum=exactMatch;contains;groundedness;relevance;safety;toolCallAccuracy
+// EvaluatorKind names a built-in evaluator: exactMatch and contains
+// compare the reply with the case's expected answer, toolCallAccuracy its
+// tool calls with expectedTools, refusal checks that the agent refused
+// (expectRefusal) or answered, policyDecision that the router decided the
+// case's calls as expectedDecisions say, safety that no call was blocked
+// by content safety. groundedness and relevance need a judge model and
+// are not run yet (the run reports them as skipped).
+// +kubebuilder:validation:Enum=exactMatch;contains;groundedness;relevance;safety;toolCallAccuracy;refusal;policyDecision
 type EvaluatorKind string
+
+// The evaluators.
+const (
+	EvaluatorExactMatch       EvaluatorKind = "exactMatch"
+	EvaluatorContains         EvaluatorKind = "contains"
+	EvaluatorGroundedness     EvaluatorKind = "groundedness"
+	EvaluatorRelevance        EvaluatorKind = "relevance"
+	EvaluatorSafety           EvaluatorKind = "safety"
+	EvaluatorToolCallAccuracy EvaluatorKind = "toolCallAccuracy"
+	EvaluatorRefusal          EvaluatorKind = "refusal"
+	EvaluatorPolicyDecision   EvaluatorKind = "policyDecision"
+)
+
+// BuiltinCorpus names a dataset kars ships.
+// +kubebuilder:validation:Enum=jailbreak-baseline;prompt-injection;banned-tools;egress-known-bad;memory-isolation
+type BuiltinCorpus string
 
 // EvalDataset holds evaluation cases.
 type EvalDataset struct {
@@ -43,6 +65,9 @@ type EvalDataset struct {
 	// +kubebuilder:validation:MaxItems=200
 	// +optional
 	Cases []EvalCase `json:"cases,omitempty"`
+	// Builtin names a corpus kars ships (docs/kinds.md lists them).
+	// +optional
+	Builtin BuiltinCorpus `json:"builtin,omitempty"`
 }
 
 // EvalCase is one prompt with what a good answer looks like.
@@ -59,6 +84,27 @@ type EvalCase struct {
 	// +kubebuilder:validation:MaxItems=16
 	// +optional
 	ExpectedTools []string `json:"expectedTools,omitempty"`
+	// ExpectRefusal: the agent should refuse (refusal evaluator); false
+	// expects an answer.
+	// +optional
+	ExpectRefusal bool `json:"expectRefusal,omitempty"`
+	// ExpectedDecisions are the router's decisions the case's tool calls
+	// should get (policyDecision evaluator).
+	// +kubebuilder:validation:MaxItems=16
+	// +optional
+	ExpectedDecisions []EvalDecision `json:"expectedDecisions,omitempty"`
+}
+
+// EvalDecision is a tool and the decision its calls should get.
+type EvalDecision struct {
+	// Tool as the agent names it.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	Tool string `json:"tool"`
+	// Decision the router should give every call of it; "none" means
+	// the tool must not be called at all.
+	// +kubebuilder:validation:Enum=allow;deny;require_approval;rate_limited;none
+	Decision string `json:"decision"`
 }
 
 // KarsEvalStatus is the observed state of an evaluation.
@@ -79,6 +125,35 @@ type KarsEvalStatus struct {
 	CasesRun int32 `json:"casesRun,omitempty"`
 	// +optional
 	CasesPassed int32 `json:"casesPassed,omitempty"`
+	// PreviousScore is the score of the run before the last.
+	// +optional
+	PreviousScore string `json:"previousScore,omitempty"`
+	// NextRunTime is when the schedule runs the evaluation next.
+	// +optional
+	NextRunTime *metav1.Time `json:"nextRunTime,omitempty"`
+	// Cases are the last run's results, in dataset order.
+	// +kubebuilder:validation:MaxItems=200
+	// +optional
+	Cases []EvalCaseResult `json:"cases,omitempty"`
+}
+
+// EvalCaseResult is how one case fared.
+type EvalCaseResult struct {
+	// Input, cut to 256 characters.
+	Input string `json:"input"`
+	// Score is the mean of the case's evaluator scores (decimal string).
+	Score string `json:"score"`
+	// Passed when every evaluator scored it 1.
+	Passed bool `json:"passed"`
+	// Reply, cut to 512 characters.
+	// +optional
+	Reply string `json:"reply,omitempty"`
+	// ToolCalls as "<tool>=<decision>".
+	// +optional
+	ToolCalls []string `json:"toolCalls,omitempty"`
+	// Failures say which evaluators failed and why.
+	// +optional
+	Failures []string `json:"failures,omitempty"`
 }
 
 // KarsEval evaluates a sandbox's agent.

@@ -25,6 +25,11 @@ type KarsMemorySpec struct {
 	// ReadOnly lets the agent recall but not store.
 	// +optional
 	ReadOnly bool `json:"readOnly,omitempty"`
+	// DeleteOnSandboxDelete forgets the sandbox's memories in the store
+	// (delete_scope) when the binding or its sandbox is deleted; by
+	// default they are kept in Foundry.
+	// +optional
+	DeleteOnSandboxDelete bool `json:"deleteOnSandboxDelete,omitempty"`
 }
 
 // FoundryMemoryStore locates a Foundry memory store.

@@ -16,6 +16,7 @@ const (
 
 // KarsPairingSpec records a one-time pairing token. Only the token's hash is
 // stored; the token itself is shown once to the operator and never persisted.
+// +kubebuilder:validation:XValidation:rule="!has(self.tokenBudget) || !has(self.tokenBudget.monthly) || self.tokenBudget.monthly == 0",message="a pairing's token budget is per offload (tokenBudget.perRequest) and per UTC day (tokenBudget.daily); monthly is not supported"
 type KarsPairingSpec struct {
 	// TokenHash is "sha256:" + the hex SHA-256 of the pairing token. It
 	// cannot change once set: a new token is a new pairing.
@@ -38,9 +39,17 @@ type KarsPairingSpec struct {
 	// +kubebuilder:validation:MaxItems=2
 	// +listType=set
 	Capabilities []PairingCapability `json:"capabilities"`
-	// TokenBudget bounds inference tokens spent on the peer's behalf.
+	// TokenBudget bounds inference tokens spent on the peer's behalf:
+	// perRequest caps one offload, daily caps all its offloads in a UTC
+	// day. The controller reserves each offload's share before creating
+	// it and settles what the offload's router metered when it ends.
 	// +optional
 	TokenBudget *TokenBudget `json:"tokenBudget,omitempty"`
+	// Offload shapes the sandboxes created for the peer's offload
+	// requests (an offload pairing: no sandboxRef). Without it offload
+	// requests are refused.
+	// +optional
+	Offload *OffloadTemplate `json:"offload,omitempty"`
 	// SandboxRef pairs with an existing sandbox (kars ↔ kars mesh) instead
 	// of creating offload sandboxes.
 	// +optional
@@ -57,6 +66,34 @@ type KarsPairingSpec struct {
 	Revoked bool `json:"revoked,omitempty"`
 }
 
+// OffloadTemplate shapes the sandboxes kars creates for an offload
+// pairing's peer (scenario 2): each accepted offload request gets a
+// namespace kars-offload-<id> holding a KarsSandbox offload-<id>.
+type OffloadTemplate struct {
+	// Runtime of offload sandboxes; OpenClaw when unset.
+	// +optional
+	Runtime *RuntimeSpec `json:"runtime,omitempty"`
+	// InferenceRef names an InferencePolicy in the pairing's namespace:
+	// offload sandboxes use its models, authentication and content
+	// safety; their token budget is the offload's share of the
+	// pairing's.
+	InferenceRef LocalObjectReference `json:"inferenceRef"`
+	// Isolation of offload sandboxes; enhanced when unset.
+	// +optional
+	Isolation IsolationLevel `json:"isolation,omitempty"`
+	// TTLSeconds bounds an offload sandbox's life: it is deleted this
+	// long after it was created whether or not its result was
+	// acknowledged. One hour when unset.
+	// +kubebuilder:validation:Minimum=60
+	// +kubebuilder:validation:Maximum=86400
+	// +optional
+	TTLSeconds int32 `json:"ttlSeconds,omitempty"`
+	// Instructions are the offload agent's system instructions.
+	// +kubebuilder:validation:MaxLength=8192
+	// +optional
+	Instructions string `json:"instructions,omitempty"`
+}
+
 // The pairing phases.
 const (
 	PairingPending   = "PendingPairing"
@@ -71,7 +108,8 @@ type KarsPairingStatus struct {
 	CommonStatus `json:",inline"`
 	// Phase is PendingPairing (a token not yet redeemed, or a peer
 	// sandbox whose router has not reported its mesh identity yet),
-	// Active, Exhausted, Expired or Revoked.
+	// Active, Exhausted (an offload pairing whose daily token budget is
+	// spent), Expired or Revoked.
 	// +kubebuilder:validation:Enum=PendingPairing;Active;Exhausted;Expired;Revoked
 	// +optional
 	Phase string `json:"phase,omitempty"`
@@ -85,9 +123,17 @@ type KarsPairingStatus struct {
 	// SlotsInUse counts active offload sandboxes.
 	// +optional
 	SlotsInUse int32 `json:"slotsInUse,omitempty"`
-	// TokensUsed counts inference tokens spent for the peer.
+	// TokensUsed counts inference tokens spent for the peer by offloads
+	// that ended in the UTC day TokensDay.
 	// +optional
 	TokensUsed int64 `json:"tokensUsed,omitempty"`
+	// TokensDay is the UTC day (YYYY-MM-DD) TokensUsed counts.
+	// +kubebuilder:validation:MaxLength=10
+	// +optional
+	TokensDay string `json:"tokensDay,omitempty"`
+	// TokensReserved is what live offloads hold of the budget.
+	// +optional
+	TokensReserved int64 `json:"tokensReserved,omitempty"`
 }
 
 // KarsPairing is a one-time, expiring, slot-, budget- and capability-bounded

@@ -5,10 +5,11 @@ import (
 )
 
 // McpServerSpec declares a private MCP tool server that sandboxes reach
-// through their router's MCP gateway. Either kars runs it (image) or it
-// already runs somewhere reachable (url).
+// through their router's MCP gateway, at http://127.0.0.1:8443/mcp/<name>.
+// Either kars runs it (image) or it already runs somewhere reachable (url).
 // +kubebuilder:validation:XValidation:rule="has(self.image) != has(self.url)",message="mcpServer needs exactly one of image (kars runs it) or url (it runs elsewhere)"
 // +kubebuilder:validation:XValidation:rule="!has(self.url) || self.transport != 'stdio'",message="transport stdio needs an image, not a url"
+// +kubebuilder:validation:XValidation:rule="!(has(self.authSecretRef) && has(self.oauth))",message="authSecretRef (a bearer token) and oauth are alternatives: set at most one"
 type McpServerSpec struct {
 	// Image of a server kars runs in its own hardened pod.
 	// +kubebuilder:validation:MaxLength=512
@@ -22,6 +23,11 @@ type McpServerSpec struct {
 	// +kubebuilder:validation:MaxItems=128
 	// +optional
 	Args []string `json:"args,omitempty"`
+	// Env sets variables of a server kars runs. PORT is set to port
+	// unless given here.
+	// +kubebuilder:validation:MaxItems=64
+	// +optional
+	Env []McpEnvVar `json:"env,omitempty"`
 	// URL of a server that already runs.
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') || self.startsWith('http://')",message="url must be an http:// or https:// URL"
@@ -38,19 +44,71 @@ type McpServerSpec struct {
 	// +kubebuilder:default=8080
 	// +optional
 	Port int32 `json:"port,omitempty"`
+	// Path of the MCP endpoint on a server kars runs.
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^/[A-Za-z0-9._~/-]*$`
+	// +kubebuilder:default=/mcp
+	// +optional
+	Path string `json:"path,omitempty"`
 	// Sandboxes that may use this server. Empty means none.
 	// +kubebuilder:validation:MaxItems=128
 	// +optional
 	Sandboxes []string `json:"sandboxes,omitempty"`
-	// Tools exposed to sandboxes. Empty means every tool the server lists;
-	// each call is still evaluated as action mcp:<server>.<tool>.
+	// Tools the sandboxes may see and call: tool names, or "*" for every
+	// tool the server lists. Empty exposes none (the gateway fails
+	// closed). Each call is still decided by the sandbox's ToolPolicy as
+	// action mcp:<server>.<tool>.
 	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=128
 	// +optional
 	Tools []string `json:"tools,omitempty"`
-	// AuthSecretRef holds a credential the router presents to the server.
-	// The agent never sees it.
+	// AuthSecretRef holds a bearer token the router presents to the
+	// server. The agent never sees it.
 	// +optional
 	AuthSecretRef *SecretKeyReference `json:"authSecretRef,omitempty"`
+	// OAuth makes the router obtain tokens for the server with the OAuth
+	// 2.1 client credentials grant. The agent never sees them.
+	// +optional
+	OAuth *McpOAuth `json:"oauth,omitempty"`
+}
+
+// McpEnvVar is one environment variable of a server kars runs.
+type McpEnvVar struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z_][A-Za-z0-9_]*$`
+	Name string `json:"name"`
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Value string `json:"value,omitempty"`
+}
+
+// McpOAuth configures the OAuth 2.1 client credentials grant (RFC 6749
+// §4.4) the router runs for an MCP server.
+type McpOAuth struct {
+	// ClientID of the router's OAuth client.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
+	ClientID string `json:"clientId"`
+	// ClientSecretRef holds the client secret.
+	ClientSecretRef SecretKeyReference `json:"clientSecretRef"`
+	// TokenURL is the token endpoint. Empty discovers it from the server
+	// (protected resource metadata, RFC 9728, then the authorization
+	// server's metadata, RFC 8414).
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') || self.startsWith('http://')",message="tokenUrl must be an http:// or https:// URL"
+	// +optional
+	TokenURL string `json:"tokenUrl,omitempty"`
+	// Scopes requested.
+	// +kubebuilder:validation:MaxItems=32
+	// +optional
+	Scopes []string `json:"scopes,omitempty"`
+	// Resource is the RFC 8707 resource indicator; empty means the
+	// server's URL.
+	// +kubebuilder:validation:MaxLength=2048
+	// +optional
+	Resource string `json:"resource,omitempty"`
 }
 
 // McpServerStatus is the observed state of an MCP server.
@@ -70,6 +128,7 @@ type McpServerStatus struct {
 
 // McpServer is a private or custom MCP tool server for sandboxes.
 //
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')",message="an McpServer's name must be a DNS label (no dots): it is one path segment of the gateway and the server part of mcp:<server>.<tool>"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=mcp;mcps,categories=kars

@@ -73,6 +73,7 @@ type config struct {
 	blocklistRefresh string
 	mesh             bool
 	deployMesh       bool
+	offloadState     string
 }
 
 func parseFlags(args []string, getenv func(string) string, out io.Writer) (*config, error) {
@@ -108,6 +109,7 @@ func parseFlags(args []string, getenv func(string) string, out io.Writer) (*conf
 	fs.StringVar(&c.blocklistRefresh, "egress-blocklist-refresh", "6h", "how often routers refetch the blocklist (they keep the last good list when a fetch fails)")
 	fs.BoolVar(&c.mesh, "mesh", true, "make every router its agent's AgentMesh endpoint on kars-mesh in the system namespace, and reconcile KarsPairings and TrustGraphs")
 	fs.BoolVar(&c.deployMesh, "deploy-mesh", true, "apply kars-mesh (Deployment, Service, volume claim, RBAC) into the system namespace")
+	fs.StringVar(&c.offloadState, "offload-state", "", "folder of the offload broker's mesh sessions and audit log; set, with -mesh, it answers offload pairings' hosts (docs/offload.md)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -184,6 +186,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		MaxConcurrentReconciles: c.concurrency,
 		Signers:                 signers,
 		DeployMesh:              c.mesh && c.deployMesh,
+		Offload:                 offloadOptions(c),
 	})
 	if err != nil {
 		return fmt.Errorf("set up controllers: %w", err)
@@ -206,6 +209,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	log.Info("kars-controller starting", "version", version.Get().String(), "systemNamespace", c.systemNamespace,
 		"registry", c.registry, "imageVersion", c.imageVersion, "clusterDNS", dns, "leaderElect", c.leaderElect)
 	return mgr.Start(ctx)
+}
+
+// offloadOptions turns the offload broker on when the mesh is on and it
+// has a state folder.
+func offloadOptions(c *config) *controller.OffloadOptions {
+	if !c.mesh || c.offloadState == "" {
+		return nil
+	}
+	return &controller.OffloadOptions{Dir: c.offloadState}
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,6 +28,10 @@ type Agent struct {
 	tools    map[string]Tool
 	offered  []openai.ChatCompletionToolUnionParam
 	sessions *sessions
+	// mcp are the sandbox's MCP tools, through the router's gateway.
+	mcp *mcpTools
+	// memory offers remember and recall when the sandbox has a KarsMemory.
+	memory *memoryTools
 }
 
 // New builds an agent from its configuration.
@@ -43,6 +48,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	// The key is a placeholder: the router drops it and injects the real
 	// upstream credential, which this process never sees.
+	a.mcp = newMCPTools(cfg.RouterURL, a.http)
+	a.memory = newMemoryTools(cfg.RouterURL, a.http)
 	a.llm = openai.NewClient(option.WithBaseURL(strings.TrimRight(cfg.RouterURL, "/")+"/v1"),
 		option.WithAPIKey("kars-no-credential"), option.WithHTTPClient(a.http), option.WithMaxRetries(0))
 	enabled := map[string]bool{}
@@ -102,6 +109,7 @@ func (a *Agent) chat(ctx context.Context, session, message string, mesh bool) (*
 	}
 	unlock := a.sessions.lock(session)
 	defer unlock()
+	ctx = withSession(ctx, session)
 	history, err := a.sessions.load(session)
 	if err != nil {
 		return nil, err
@@ -185,7 +193,9 @@ func toolMessage(c ToolCall) string {
 }
 
 func (a *Agent) complete(ctx context.Context, history []Message, offered []openai.ChatCompletionToolUnionParam) (*openai.ChatCompletion, error) {
-	params := openai.ChatCompletionNewParams{Model: a.cfg.Model, Tools: offered}
+	tools := append(slices.Clone(offered), a.mcp.offered(ctx)...)
+	tools = append(tools, a.memory.offered(ctx)...)
+	params := openai.ChatCompletionNewParams{Model: a.cfg.Model, Tools: tools}
 	for _, m := range history {
 		params.Messages = append(params.Messages, toParam(m))
 	}
@@ -232,6 +242,12 @@ func toParam(m Message) openai.ChatCompletionMessageParamUnion {
 // runTool asks the router whether the call is allowed and runs it only if
 // so. Any failure to get a decision denies the call.
 func (a *Agent) runTool(ctx context.Context, call ToolCall) ToolCall {
+	if t, ok := a.mcp.lookup(call.Name); ok {
+		return a.mcp.call(ctx, t, call)
+	}
+	if a.memory.has(call.Name) {
+		return a.memory.call(ctx, sessionOf(ctx), call)
+	}
 	var args map[string]any
 	if err := json.Unmarshal([]byte(call.Arguments), &args); err != nil && call.Arguments != "" {
 		call.Decision, call.Reason = "deny", "arguments are not a JSON object"

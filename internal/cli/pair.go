@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,6 +28,20 @@ import (
 	pairingapi "github.com/kars-io/kars/internal/pairing/apiserver"
 	"github.com/kars-io/kars/internal/render"
 )
+
+// offloadBrokerDID reads the offload broker's identity, which the
+// controller publishes once its broker is open (--offload-state).
+func offloadBrokerDID(ctx context.Context, cl client.Client, systemNS string) (string, error) {
+	cm := &corev1.ConfigMap{}
+	err := cl.Get(ctx, client.ObjectKey{Namespace: systemNS, Name: controller.OffloadIdentityName}, cm)
+	if err == nil && cm.Data[controller.OffloadDIDKey] != "" {
+		return cm.Data[controller.OffloadDIDKey], nil
+	}
+	if err == nil || apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("the offload broker has not published its identity (ConfigMap %s/%s): run kars-controller with --offload-state, or pass --sandbox for a kars <-> kars pairing", systemNS, controller.OffloadIdentityName)
+	}
+	return "", err
+}
 
 // parseLifetime reads "90d", "12h", "30m" (a Go duration or whole days).
 func parseLifetime(s string) (time.Duration, error) {
@@ -199,7 +214,8 @@ func newPairGenerateCmd(c *cluster) *cobra.Command {
 	var name, expires, sandbox, registry, relay, systemNS string
 	var slots int
 	var caps []string
-	var budget int64
+	var budget, perOffload int64
+	var offloadInference, offloadTTL string
 	cmd := &cobra.Command{
 		Use:   "generate --name NAME",
 		Short: "Mint a one-time pairing token for a peer outside this cluster",
@@ -262,6 +278,26 @@ func newPairGenerateCmd(c *cluster) *cobra.Command {
 			if ns == "" {
 				ns = systemNS
 			}
+			var tmpl *karsv1.OffloadTemplate
+			if sandbox == "" {
+				// An offload pairing: the host talks to the cluster's
+				// offload broker, whose identity the token names.
+				if p.Issuer, err = offloadBrokerDID(ctx, cl, systemNS); err != nil {
+					return err
+				}
+				if offloadInference != "" {
+					tmpl = &karsv1.OffloadTemplate{InferenceRef: karsv1.LocalObjectReference{Name: offloadInference}}
+					if offloadTTL != "" {
+						d, err := time.ParseDuration(offloadTTL)
+						if err != nil || d < time.Minute || d > 24*time.Hour {
+							return fmt.Errorf("--offload-ttl %q: want a duration from 1m to 24h", offloadTTL)
+						}
+						tmpl.TTLSeconds = int32(d / time.Second)
+					}
+				}
+			} else if offloadInference != "" || perOffload > 0 {
+				return fmt.Errorf("--offload-inference and --tokens-per-offload shape offload pairings; a pairing with --sandbox creates no offload sandboxes")
+			}
 			tok, err := pairing.Mint(rand.Reader, key, p)
 			if err != nil {
 				return err
@@ -270,10 +306,10 @@ func newPairGenerateCmd(c *cluster) *cobra.Command {
 			kp := &karsv1.KarsPairing{
 				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{pairing.LabelTokenHash: pairing.HashLabel(h)}},
 				Spec: karsv1.KarsPairingSpec{TokenHash: karsv1.Digest(h), DisplayName: name, Slots: int32(slots),
-					ExpiresAt: metav1.NewTime(time.Unix(p.Exp, 0).UTC()), Capabilities: cs, SandboxRef: ref},
+					ExpiresAt: metav1.NewTime(time.Unix(p.Exp, 0).UTC()), Capabilities: cs, SandboxRef: ref, Offload: tmpl},
 			}
-			if budget > 0 {
-				kp.Spec.TokenBudget = &karsv1.TokenBudget{Daily: budget}
+			if budget > 0 || perOffload > 0 {
+				kp.Spec.TokenBudget = &karsv1.TokenBudget{Daily: budget, PerRequest: perOffload}
 			}
 			if err := cl.Create(ctx, kp); err != nil {
 				return describeGetError(err, "KarsPairing", ns+"/"+name)
@@ -292,6 +328,9 @@ func newPairGenerateCmd(c *cluster) *cobra.Command {
 	f.StringSliceVar(&caps, "capabilities", []string{"handoff"}, "capabilities granted: offload, handoff")
 	f.Int64Var(&budget, "token-budget", 0, "daily inference tokens spent for the peer (0: the sandbox's own budget only)")
 	f.StringVar(&sandbox, "sandbox", "", "pair the peer with this sandbox (kars <-> kars); without it, an offload pairing")
+	f.StringVar(&offloadInference, "offload-inference", "", "offload pairing: the InferencePolicy (in the pairing's namespace) offload sandboxes use; without it offload requests are refused until spec.offload is set")
+	f.StringVar(&offloadTTL, "offload-ttl", "", "offload pairing: how long an offload sandbox lives at most (default 1h)")
+	f.Int64Var(&perOffload, "tokens-per-offload", 0, "offload pairing: inference tokens one offload may spend (0: the daily budget's remainder)")
 	f.StringVar(&registry, "registry", "", "registry URL the peer reaches (default: this cluster's kars-mesh, as promoted)")
 	f.StringVar(&relay, "relay", "", "relay WebSocket URL the peer reaches")
 	f.StringVar(&systemNS, "system-namespace", "kars-system", "namespace of the controller and kars-mesh")
@@ -374,7 +413,10 @@ func waitPairingPhase(ctx context.Context, cl client.Client, key client.ObjectKe
 	deadline := time.Now().Add(within)
 	for {
 		kp := &karsv1.KarsPairing{}
-		if err := cl.Get(ctx, key, kp); err == nil && kp.Status.Phase == phase {
+		err := cl.Get(ctx, key, kp)
+		if (err == nil && kp.Status.Phase == phase) || (phase == karsv1.PairingRevoked && apierrors.IsNotFound(err)) {
+			// A pairing deleted meanwhile (an offload's, whose namespace
+			// the revocation ends) admits nobody either.
 			return nil
 		} else if time.Now().After(deadline) {
 			return fmt.Errorf("KarsPairing %s is %q after %s, want %s", key, kp.Status.Phase, within, phase)
@@ -419,7 +461,8 @@ func printPairings(ctx context.Context, cl client.Client, ns string, out io.Writ
 		return list.Items[i].Namespace+"/"+list.Items[i].Name < list.Items[j].Namespace+"/"+list.Items[j].Name
 	})
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAMESPACE\tNAME\tSANDBOX\tPEER\tPHASE\tPEER IDENTITY\tEXPIRES")
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tSANDBOX\tPEER\tPHASE\tPEER IDENTITY\tOFFLOADS\tTOKENS TODAY\tEXPIRES")
+	today := time.Now().UTC().Format("2006-01-02")
 	for _, kp := range list.Items {
 		sb, peer := "-", kp.Spec.PeerSandbox
 		if kp.Spec.SandboxRef != nil {
@@ -428,8 +471,22 @@ func printPairings(ctx context.Context, cl client.Client, ns string, out io.Writ
 		if peer == "" {
 			peer = "token:" + kp.Spec.DisplayName
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", kp.Namespace, kp.Name, sb, peer, dash(kp.Status.Phase), dash(kp.Status.PeerIdentity),
-			kp.Spec.ExpiresAt.Format(time.RFC3339))
+		// An offload pairing's live offloads (of its slots) and today's
+		// tokens (charged + held by live offloads, of the daily budget).
+		offloads, tokens := "-", "-"
+		if kp.Spec.SandboxRef == nil && kp.Spec.PeerSandbox == "" {
+			offloads = fmt.Sprintf("%d/%d", kp.Status.SlotsInUse, max(kp.Spec.Slots, 1))
+			used := int64(0)
+			if kp.Status.TokensDay == today {
+				used = kp.Status.TokensUsed
+			}
+			tokens = fmt.Sprintf("%d+%d", used, kp.Status.TokensReserved)
+			if tb := kp.Spec.TokenBudget; tb != nil && tb.Daily > 0 {
+				tokens += fmt.Sprintf("/%d", tb.Daily)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", kp.Namespace, kp.Name, sb, peer, dash(kp.Status.Phase), dash(kp.Status.PeerIdentity),
+			offloads, tokens, kp.Spec.ExpiresAt.Format(time.RFC3339))
 	}
 	return tw.Flush()
 }

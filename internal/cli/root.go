@@ -41,7 +41,7 @@ func NewRoot() *cobra.Command {
 	c.register(root)
 	root.AddCommand(newVersionCmd(), newAuditCmd(&c), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
 		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd(), newMigrateCmd(&c), newConvertCmd(), newEgressCmd(&c), newTraceCmd(&c),
-		newPairCmd(&c), newMeshCmd(&c), newA2ACmd(&c))
+		newPairCmd(&c), newMeshCmd(&c), newA2ACmd(&c), newEvalCmd(&c))
 	root.AddCommand(newUpCmd(&c), newSRECmd(&c), newOperatorCmd(&c))
 	return root
 }

@@ -211,13 +211,6 @@ func printSREActions(out io.Writer, items []karsv1.KarsSREAction, all bool, now 
 	return nil
 }
 
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 func printSREAction(out io.Writer, a *karsv1.KarsSREAction, evs []eventsv1.Event, now time.Time) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }

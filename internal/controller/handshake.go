@@ -102,6 +102,11 @@ func (p *HTTPSProber) get(ctx context.Context, t RouterTarget, path string, v an
 	return p.call(ctx, t, http.MethodGet, path, nil, v)
 }
 
+// post calls one admin endpoint that acts, reading its answer into v.
+func (p *HTTPSProber) post(ctx context.Context, t RouterTarget, path string, v any) ([]byte, error) {
+	return p.call(ctx, t, http.MethodPost, path, nil, v)
+}
+
 // call sends one admin request (body, when set, as JSON) and decodes the
 // answer into v.
 func (p *HTTPSProber) call(ctx context.Context, t RouterTarget, method, path string, reqBody []byte, v any) ([]byte, error) {

@@ -36,7 +36,9 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/a2a/peer"
+	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/controlplane"
+	"github.com/kars-io/kars/internal/eval"
 	"github.com/kars-io/kars/internal/mesh/bridge"
 	"github.com/kars-io/kars/internal/ociimage"
 	"github.com/kars-io/kars/internal/render"
@@ -54,7 +56,13 @@ var (
 	// partnerCards serves foreign agents' cards (A2AAgent tests) over TLS.
 	partnerCards *cardServer
 	inspector    *countingInspector
-	startErr     error
+	// evalTargets are the sandboxes KarsEvals reach, registered by tests.
+	evalTargets = &targetFarm{targets: map[string]eval.Target{}}
+	startErr    error
+	// testMesh is a real kars-mesh (registry, relay, redemption) on
+	// loopback, which the offload broker and the offload tests' hosts
+	// and routers connect to.
+	testMesh *httptest.Server
 )
 
 func TestMain(m *testing.M) {
@@ -82,6 +90,9 @@ func TestMain(m *testing.M) {
 		}
 		return m.Run()
 	}()
+	if testMeshDir != "" {
+		os.RemoveAll(testMeshDir)
+	}
 	os.Exit(code)
 }
 
@@ -113,6 +124,10 @@ func startController(ctx context.Context, base *rest.Config) error {
 	byoReg = httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
 	inspector = &countingInspector{inner: &ociimage.Checker{}}
 	partnerCards = newCardServer()
+	offloadOpts, err := startTestMesh(ctx)
+	if err != nil {
+		return err
+	}
 	err = Setup(mgr, Options{
 		Env: render.Environment{
 			Catalog:         render.Catalog{Registry: "ghcr.io/kars-io", Version: "v0.1.0", GitSyncImage: render.DefaultGitSyncImage},
@@ -125,7 +140,9 @@ func startController(ctx context.Context, base *rest.Config) error {
 		Signers:             egressTestSigners(),
 		Images:              inspector,
 		AuditAnchorInterval: time.Second,
+		EvalRunner:          evalTargets,
 		A2ACards:            &peer.Fetcher{AllowPrivate: true, RootCAs: partnerCards.pool()},
+		Offload:             offloadOpts,
 	})
 	if err != nil {
 		return err
@@ -228,6 +245,12 @@ type standInRouter struct {
 	key   string
 	// audit, when set, is served as the router's audit head.
 	audit atomic.Pointer[AuditHead]
+	// mcp, when set, is served as the router's MCP gateway view.
+	mcp atomic.Pointer[[]McpGatewayServer]
+	// memory, when set, is served as the router's memory binding status;
+	// forgets counts POST /admin/v1/memory/forget.
+	memory  atomic.Pointer[RouterMemory]
+	forgets atomic.Int64
 	// egress is the egress state the router loaded (egress.json).
 	egress atomic.Pointer[routerconfig.EgressState]
 	// mesh is a real mesh bridge (not connected to any relay) serving
@@ -237,6 +260,12 @@ type standInRouter struct {
 	// other, when set, answers the admin endpoints besides the digest and
 	// the audit head (tests of SRE actions).
 	other atomic.Pointer[http.HandlerFunc]
+	// lifetime, when set, is served as the router's token ledger
+	// (GET /admin/v1/budget).
+	lifetime atomic.Pointer[int64]
+	// tail, when set, is served as the router's audit tail
+	// (GET /admin/v1/audit/tail).
+	tail atomic.Pointer[[]audit.Entry]
 }
 
 func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -253,9 +282,35 @@ func (s *standInRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.mesh.AdminHandler().ServeHTTP(w, r)
 		return
 	}
+	if n := s.lifetime.Load(); n != nil && r.Method == http.MethodGet && r.URL.Path == "/admin/v1/budget" {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"ledger":{"lifetime":%d}}`, *n)
+		return
+	}
+	if es := s.tail.Load(); es != nil && r.Method == http.MethodGet && r.URL.Path == "/admin/v1/audit/tail" {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(*es)
+		return
+	}
 	if h := s.audit.Load(); h != nil && r.Method == http.MethodGet && r.URL.Path == AuditHeadPath {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(h)
+		return
+	}
+	if m := s.memory.Load(); m != nil && r.URL.Path == MemoryStatusPath && r.Method == http.MethodGet {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(m)
+		return
+	}
+	if r.URL.Path == MemoryForgetPath && r.Method == http.MethodPost {
+		s.forgets.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"deletedScopes":1}`)
+		return
+	}
+	if m := s.mcp.Load(); m != nil && r.Method == http.MethodGet && r.URL.Path == McpStatusPath {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"servers": *m})
 		return
 	}
 	if h := s.other.Load(); h != nil && r.URL.Path != DigestPath {

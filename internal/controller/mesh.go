@@ -254,6 +254,13 @@ func (r *MeshReconciler) pairing(ctx context.Context, sb *karsv1.KarsSandbox, p 
 // target is how to reach sb's router admin API; ok is false while the
 // router has no endpoint yet.
 func (r *MeshReconciler) target(ctx context.Context, sb *karsv1.KarsSandbox) (RouterTarget, bool, error) {
+	return routerTargetOf(ctx, r.client, sb)
+}
+
+// routerTargetOf is how to reach sb's router admin API: its endpoint,
+// pinned certificate and bearer token; ok is false while the router has
+// no endpoint yet.
+func routerTargetOf(ctx context.Context, c client.Reader, sb *karsv1.KarsSandbox) (RouterTarget, bool, error) {
 	if sb.Status.RouterEndpoint == "" {
 		return RouterTarget{}, false, nil
 	}
@@ -262,8 +269,13 @@ func (r *MeshReconciler) target(ctx context.Context, sb *karsv1.KarsSandbox) (Ro
 		return RouterTarget{}, false, err
 	}
 	sec := &corev1.Secret{}
-	if err := r.client.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin}, sec); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin}, sec); err != nil {
 		return RouterTarget{}, false, client.IgnoreNotFound(err)
+	}
+	// Never hand the router's token to, or trust the certificate of, a
+	// Secret of that name that kars did not create.
+	if !ownedBy(sec, sb) {
+		return RouterTarget{}, false, fmt.Errorf("admin Secret %s is not the sandbox's", names.RouterAdmin)
 	}
 	return RouterTarget{Endpoint: sb.Status.RouterEndpoint, ServerName: names.RouterHostname,
 		CertPEM: sec.Data[render.AdminCertKey], Token: sec.Data[render.AdminTokenKey]}, true, nil

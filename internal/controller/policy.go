@@ -46,7 +46,7 @@ var inferencePolicyKind = policyKind{
 	check: func(o client.Object) error {
 		ip := o.(*karsv1.InferencePolicy)
 		probe := &karsv1.KarsSandbox{ObjectMeta: metav1.ObjectMeta{Namespace: ip.Namespace, Name: "policy-check"}}
-		_, err := render.RouterConfig(probe, ip, nil, nil)
+		_, err := render.RouterConfig(probe, ip, nil, nil, render.Bindings{})
 		return err
 	},
 }
@@ -200,11 +200,15 @@ func (r *PolicyReconciler) enforces(ctx context.Context, sb *karsv1.KarsSandbox,
 			}
 		}
 	}
+	b, err := bindings(ctx, r.client, sb)
+	if err != nil {
+		return false, err
+	}
 	creds, _, err := credentialBindings(ctx, r.client, sb)
 	if err != nil {
 		return false, err
 	}
-	d, err := render.RouterConfigDigest(sb, ip, tp, r.mesh, creds...)
+	d, err := render.RouterConfigDigest(sb, ip, tp, r.mesh, b, creds...)
 	if err != nil {
 		return false, nil
 	}

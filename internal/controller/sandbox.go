@@ -167,6 +167,10 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if err != nil {
 		return o, 0, err
 	}
+	b, err := bindings(ctx, r.client, sb)
+	if err != nil {
+		return o, 0, err
+	}
 	peers, err := r.a2aPeers(ctx, sb, now)
 	if err != nil {
 		return o, 0, err
@@ -180,7 +184,7 @@ func (r *SandboxReconciler) realize(ctx context.Context, sb *karsv1.KarsSandbox)
 	if err != nil {
 		return o, 0, err
 	}
-	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env,
+	d, err := render.Render(render.Input{Sandbox: sb, Inference: &ip, Tools: tp, Bindings: b, Admin: admin, BYOImage: byoImage, Now: now, Env: r.env,
 		Egress: egIn, A2A: a2aIn, A2APeers: peers, Credentials: creds})
 	if err != nil {
 		if reason := render.ReasonOf(err); reason != "" {

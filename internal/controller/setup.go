@@ -58,6 +58,12 @@ type Options struct {
 	// AuditAnchorInterval is how often the controller copies a running
 	// router's audit head into the sandbox's status; zero means 5 minutes.
 	AuditAnchorInterval time.Duration
+	// McpRunner runs McpServers that have an image; nil means Deployments
+	// on the cluster (KubeMcpRunner).
+	McpRunner McpRunner
+	// EvalRunner reaches sandboxes to run KarsEvals; nil leaves them
+	// Pending with RunnerUnavailable.
+	EvalRunner EvalRunner
 	// A2ACards fetches registered A2A agents' cards; nil means a Fetcher
 	// that connects to public addresses only.
 	A2ACards *peer.Fetcher
@@ -68,6 +74,9 @@ type Options struct {
 	// namespace at start. The local substrate runs kars-mesh in the dev
 	// daemon instead.
 	DeployMesh bool
+	// Offload, with the mesh on, runs the offload broker and reconciles
+	// offload pairings and their sandboxes (docs/offload.md).
+	Offload *OffloadOptions
 }
 
 // CacheOptions returns the cache configuration Setup expects of its
@@ -159,6 +168,16 @@ func Setup(mgr ctrl.Manager, o Options) error {
 		Watches(&karsv1.CredentialBinding{}, handler.EnqueueRequestsFromMapFunc(boundSandbox),
 			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: o.MaxConcurrentReconciles})
+	b, err := setupMcpServers(mgr, o, b)
+	if err != nil {
+		return err
+	}
+	if b, err = setupKarsMemories(mgr, o, b); err != nil {
+		return err
+	}
+	if err := setupKarsEvals(mgr, o); err != nil {
+		return err
+	}
 	if err := watchUpstream(mgr, o.Substrate.Watch(b), c).Complete(sr); err != nil {
 		return err
 	}
@@ -193,6 +212,11 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	if o.Env.Mesh != nil {
 		if err := setupMeshControllers(mgr, o); err != nil {
 			return err
+		}
+		if o.Offload != nil {
+			if err := setupOffload(mgr, o); err != nil {
+				return err
+			}
 		}
 	}
 	return setupSREActions(mgr, o)

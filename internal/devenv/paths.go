@@ -45,6 +45,10 @@ func (p Paths) PIDFile() string { return filepath.Join(p.Dir, "daemon.pid") }
 // Progress is the file the daemon reports its start-up steps to.
 func (p Paths) Progress() string { return filepath.Join(p.Dir, "progress.log") }
 
+// Offload is the offload broker's state: mesh sessions, audit log, trust
+// scores (docs/offload.md).
+func (p Paths) Offload() string { return filepath.Join(p.Dir, "offload") }
+
 // Log is the daemon's log.
 func (p Paths) Log() string { return filepath.Join(p.Dir, "logs", "daemon.log") }
 

@@ -160,7 +160,10 @@ func Serve(ctx context.Context, o ServeOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := controller.Setup(mgr, controller.Options{Env: env, Substrate: sub, Prober: &controller.HTTPSProber{DialContext: sub.DialContext}, Signers: signers}); err != nil {
+	// The offload broker runs in the daemon too and reaches kars-mesh on
+	// loopback, as the hosts do.
+	offload := &controller.OffloadOptions{Dir: o.Paths.Offload(), Logger: logger}
+	if err := controller.Setup(mgr, controller.Options{Env: env, Substrate: sub, Prober: &controller.HTTPSProber{DialContext: sub.DialContext}, Signers: signers, Offload: offload, McpRunner: sub, EvalRunner: sub}); err != nil {
 		return err
 	}
 	mgrCtx, stopMgr := context.WithCancel(ctx)

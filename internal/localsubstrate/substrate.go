@@ -114,6 +114,8 @@ type entry struct {
 	nextStart time.Time
 	lastErr   string
 	watchStop chan struct{}
+	// sidecars are the McpServers running in the pod, by name.
+	sidecars map[string]*sidecar
 }
 
 var _ controller.Substrate = (*Substrate)(nil)
@@ -229,6 +231,9 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 			}
 			e.hot[rel] = data
 		}
+		if err := s.syncSidecars(ctx, sb, e, desired); err != nil {
+			s.o.Log.Warn("MCP servers of the pod", "sandbox", key, "err", err)
+		}
 		obs.Ready, obs.Message = s.probe(ctx, e)
 		if !obs.Ready {
 			// Runtimes take seconds to start (Python imports, OpenClaw's
@@ -277,6 +282,9 @@ func (s *Substrate) Realize(ctx context.Context, sb *karsv1.KarsSandbox, desired
 	s.pods[key] = ne
 	s.mu.Unlock()
 	s.o.Log.Info("local pod started", "sandbox", key, "pod", pod.ID, "missing", pod.Guarantees.Notes)
+	if err := s.syncSidecars(ctx, sb, ne, desired); err != nil {
+		s.o.Log.Warn("MCP servers of the pod", "sandbox", key, "err", err)
+	}
 	obs.Ready, obs.Message = s.probe(ctx, ne)
 	if !obs.Ready {
 		go s.nudgeAt(sb, time.Now().Add(500*time.Millisecond))

@@ -44,12 +44,12 @@ func TestGoldenMeshSystem(t *testing.T) {
 // default) and registry mode; without it, none.
 func TestRouterMeshSection(t *testing.T) {
 	sb := sandbox(karsv1.RuntimeOpenClaw, karsv1.IsolationStandard)
-	c, err := RouterConfig(sb, inferencePolicy(), nil, nil)
+	c, err := RouterConfig(sb, inferencePolicy(), nil, nil, Bindings{})
 	if err != nil || c.Mesh != nil {
 		t.Fatalf("no mesh in the environment: %+v %v", c.Mesh, err)
 	}
 	m := ClusterMesh("kars-system")
-	c, err = RouterConfig(sb, inferencePolicy(), nil, m)
+	c, err = RouterConfig(sb, inferencePolicy(), nil, m, Bindings{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestRouterMeshSection(t *testing.T) {
 	}
 	th := karsv1.TrustScore(700)
 	sb.Spec.Governance.TrustThreshold, sb.Spec.Governance.RegistryMode = &th, "global"
-	c, _ = RouterConfig(sb, inferencePolicy(), nil, m)
+	c, _ = RouterConfig(sb, inferencePolicy(), nil, m, Bindings{})
 	if c.Mesh.TrustThreshold != 700 || c.Mesh.RegistryMode != "global" {
 		t.Fatalf("mesh %+v", *c.Mesh)
 	}

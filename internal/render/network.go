@@ -137,6 +137,16 @@ func upstreamPorts(in Input) ([]int32, bool) {
 	if code := agentCodeOf(in.Sandbox.Spec.Runtime); code != nil && code.Git != nil {
 		set[gitPort(code.Git.URL)] = true
 	}
+	for _, p := range mcpPorts(in.Bindings.MCP) {
+		set[p] = true
+	}
+	if m := in.Bindings.Memory; m != nil {
+		if p := urlPort(m.Spec.Foundry.Endpoint); p != 0 {
+			set[p] = true
+		} else {
+			set[443] = true
+		}
+	}
 	for _, p := range in.A2APeers {
 		if port := urlPort(p.Endpoint); port != 0 {
 			set[port] = true

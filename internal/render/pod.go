@@ -319,7 +319,13 @@ func routerContainer(in Input, names Names, a2a bool) corev1.Container {
 	for i, ref := range providerSecrets(in.Inference) {
 		mounts = append(mounts, corev1.VolumeMount{Name: providerVolume(i), MountPath: path.Join(RouterProviderDir, ref.Name), ReadOnly: true})
 	}
-	if needsWorkloadIdentity(in.Inference) {
+	for i, sec := range mcpSecrets(in.Bindings.MCP) {
+		mounts = append(mounts, corev1.VolumeMount{Name: "mcp-" + strconv.Itoa(i), MountPath: path.Join(RouterMcpDir, sec.name), ReadOnly: true})
+	}
+	if ref := memorySecret(in.Bindings.Memory); ref != nil {
+		mounts = append(mounts, corev1.VolumeMount{Name: "memory-key", MountPath: path.Join(RouterMemoryDir, ref.Name), ReadOnly: true})
+	}
+	if needsWorkloadIdentity(in.Inference) || memoryUsesWorkloadIdentity(in.Bindings.Memory) {
 		mounts = append(mounts, corev1.VolumeMount{Name: volIdentityToken, MountPath: WorkloadIdentityTokenDir, ReadOnly: true})
 	}
 	if _, m := blocklistVolume(in.Env); m != nil {
@@ -456,7 +462,21 @@ func volumes(in Input, names Names, rt *Runtime) []corev1.Volume {
 			DefaultMode: ptr(int32(0o444)),
 		}}})
 	}
-	if needsWorkloadIdentity(in.Inference) {
+	for i, sec := range mcpSecrets(in.Bindings.MCP) {
+		items := make([]corev1.KeyToPath, len(sec.keys))
+		for j, k := range sec.keys {
+			items[j] = corev1.KeyToPath{Key: k, Path: k}
+		}
+		vs = append(vs, corev1.Volume{Name: "mcp-" + strconv.Itoa(i), VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: sec.name, Items: items, DefaultMode: ptr(int32(0o444)),
+		}}})
+	}
+	if ref := memorySecret(in.Bindings.Memory); ref != nil {
+		vs = append(vs, corev1.Volume{Name: "memory-key", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: ref.Name, Items: []corev1.KeyToPath{{Key: ref.Key, Path: ref.Key}}, DefaultMode: ptr(int32(0o444)),
+		}}})
+	}
+	if needsWorkloadIdentity(in.Inference) || memoryUsesWorkloadIdentity(in.Bindings.Memory) {
 		vs = append(vs, corev1.Volume{Name: volIdentityToken, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			DefaultMode: ptr(int32(0o444)),
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{

@@ -389,7 +389,7 @@ func TestRouterConfigDigestRoundTrips(t *testing.T) {
 
 func TestRouterConfigFromPolicies(t *testing.T) {
 	sb := sandbox(karsv1.RuntimeOpenClaw, karsv1.IsolationEnhanced)
-	c, err := RouterConfig(sb, inferencePolicy(), toolPolicy(), nil)
+	c, err := RouterConfig(sb, inferencePolicy(), toolPolicy(), nil, Bindings{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +405,7 @@ func TestRouterConfigFromPolicies(t *testing.T) {
 	t.Run("foundry deployment defaults to the model", func(t *testing.T) {
 		ip := offlinePolicy()
 		ip.Spec.ModelPreference.Primary = karsv1.ModelTarget{Provider: karsv1.ProviderAzureAIFoundry, Model: "gpt-4.1", Endpoint: "https://x.services.ai.azure.com"}
-		c, err := RouterConfig(sb, ip, nil, nil)
+		c, err := RouterConfig(sb, ip, nil, nil, Bindings{})
 		if err != nil || c.Models.Primary.Deployment != "gpt-4.1" || c.Governance != nil {
 			t.Fatalf("%v %+v", err, c)
 		}
@@ -413,7 +413,7 @@ func TestRouterConfigFromPolicies(t *testing.T) {
 	t.Run("invalid CEL is PolicyInvalid", func(t *testing.T) {
 		tp := toolPolicy()
 		tp.Spec.Rules[2].Conditions[0].Expression = "args.("
-		_, err := RouterConfig(sb, inferencePolicy(), tp, nil)
+		_, err := RouterConfig(sb, inferencePolicy(), tp, nil, Bindings{})
 		if ReasonOf(err) != ReasonPolicyInvalid {
 			t.Fatalf("got %v", err)
 		}
@@ -421,12 +421,12 @@ func TestRouterConfigFromPolicies(t *testing.T) {
 	t.Run("appliesTo", func(t *testing.T) {
 		tp := toolPolicy()
 		tp.Spec.AppliesTo.Sandboxes = []string{"someone-else"}
-		if _, err := RouterConfig(sb, inferencePolicy(), tp, nil); ReasonOf(err) != ReasonToolPolicyNotApplicable {
+		if _, err := RouterConfig(sb, inferencePolicy(), tp, nil, Bindings{}); ReasonOf(err) != ReasonToolPolicyNotApplicable {
 			t.Fatalf("got %v", err)
 		}
 		tp.Spec.AppliesTo.Selector = &metav1.LabelSelector{MatchLabels: map[string]string{"team": "research"}}
 		sb.Labels = map[string]string{"team": "research"}
-		if _, err := RouterConfig(sb, inferencePolicy(), tp, nil); err != nil {
+		if _, err := RouterConfig(sb, inferencePolicy(), tp, nil, Bindings{}); err != nil {
 			t.Fatalf("selector match refused: %v", err)
 		}
 	})
@@ -444,7 +444,7 @@ func TestRenderIsDeterministic(t *testing.T) {
 
 func TestBehaviorMonitorIsAlwaysOn(t *testing.T) {
 	sb := sandbox(karsv1.RuntimeOpenClaw, karsv1.IsolationEnhanced)
-	c, err := RouterConfig(sb, inferencePolicy(), nil, nil)
+	c, err := RouterConfig(sb, inferencePolicy(), nil, nil, Bindings{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +452,7 @@ func TestBehaviorMonitorIsAlwaysOn(t *testing.T) {
 		t.Fatalf("default behaviour monitor = %+v, want alerting at 600 calls / 20 denials a minute without quarantine", b)
 	}
 	sb.Spec.Governance.Behavior = &karsv1.BehaviorMonitor{MaxDenialsPerMinute: 3, Quarantine: true}
-	c, err = RouterConfig(sb, inferencePolicy(), nil, nil)
+	c, err = RouterConfig(sb, inferencePolicy(), nil, nil, Bindings{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,10 +21,11 @@ func AgentID(sb *karsv1.KarsSandbox) string { return sb.Namespace + "/" + sb.Nam
 //
 // Credentials appear only as file paths inside the router container; the
 // paths are the ones PodSpec mounts. mesh, when set, makes the router the
-// agent's mesh endpoint (Environment.Mesh). creds are the sandbox's usable
-// CredentialBindings (UsableCredentials).
-func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, creds ...karsv1.CredentialBinding) (*routerconfig.Config, error) {
-	c, err := compile(sb, ip, tp, mesh, creds)
+// agent's mesh endpoint (Environment.Mesh); b adds the sandbox's McpServers
+// and KarsMemory. creds are the sandbox's usable CredentialBindings
+// (UsableCredentials).
+func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings, creds ...karsv1.CredentialBinding) (*routerconfig.Config, error) {
+	c, err := compile(sb, ip, tp, mesh, b, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -38,15 +39,22 @@ func RouterConfig(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1
 // without validating it (which compiles CEL and is the expensive part). The
 // policy reconcilers use it to tell whether a router enforces the current
 // generation of a policy.
-func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, creds ...karsv1.CredentialBinding) (string, error) {
-	c, err := compile(sb, ip, tp, mesh, creds)
+func RouterConfigDigest(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings, creds ...karsv1.CredentialBinding) (string, error) {
+	c, err := compile(sb, ip, tp, mesh, b, creds)
 	if err != nil {
 		return "", err
 	}
 	return routerconfig.Digest(c)
 }
 
-func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, creds []karsv1.CredentialBinding) (*routerconfig.Config, error) {
+// Bindings are the objects besides the policies that shape a sandbox's
+// router: the McpServers it may use (McpServersFor) and its KarsMemory.
+type Bindings struct {
+	MCP    []karsv1.McpServer
+	Memory *karsv1.KarsMemory
+}
+
+func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.ToolPolicy, mesh *MeshEndpoints, b Bindings, creds []karsv1.CredentialBinding) (*routerconfig.Config, error) {
 	c := &routerconfig.Config{
 		SchemaVersion: routerconfig.SchemaVersion,
 		Sandbox:       routerconfig.Sandbox{Namespace: sb.Namespace, Name: sb.Name, AgentID: AgentID(sb)},
@@ -93,9 +101,11 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 		c.Governance = toolpolicy.FromSpec(tp.Namespace+"/"+tp.Name, &tp.Spec)
 	}
 	c.Behavior = behavior(sb.Spec.Governance.Behavior)
+	c.MCP = mcpConfig(b.MCP)
+	c.Memory = memoryConfig(sb, b.Memory)
 	c.Egress = egressConfig(sb)
-	for _, b := range creds {
-		c.Credentials = append(c.Credentials, credentialConfig(sb, b))
+	for _, cb := range creds {
+		c.Credentials = append(c.Credentials, credentialConfig(sb, cb))
 	}
 	c.Mesh = meshConfig(sb, mesh)
 	return c, nil

@@ -77,6 +77,8 @@ type Input struct {
 	// ToolPolicy is referenced.
 	Tools *karsv1.ToolPolicy
 	Admin AdminCredentials
+	// Bindings are the McpServers the sandbox may use.
+	Bindings Bindings
 	// BYOImage is the digest-pinned image reference whose contract label
 	// the controller verified; required for BYO runtimes.
 	BYOImage string
@@ -115,6 +117,9 @@ type Sandbox struct {
 	ConfigDigest string
 	// A2AExposed is true while the sandbox accepts inbound A2A calls.
 	A2AExposed bool
+	// Bindings are the McpServers the router is given; the local
+	// substrate runs the ones kars runs inside the pod.
+	Bindings Bindings
 
 	ServiceAccount *corev1.ServiceAccount
 	AdminSecret    *corev1.Secret
@@ -159,7 +164,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Env.Mesh, in.Credentials...)
+	cfg, err := RouterConfig(sb, in.Inference, in.Tools, in.Env.Mesh, in.Bindings, in.Credentials...)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +186,7 @@ func Render(in Input) (*Sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &Sandbox{Names: names, Runtime: rt, Config: cfg, ConfigDigest: digest, A2AExposed: exposed}
+	out := &Sandbox{Names: names, Runtime: rt, Config: cfg, ConfigDigest: digest, A2AExposed: exposed, Bindings: in.Bindings}
 
 	out.ServiceAccount = &corev1.ServiceAccount{
 		TypeMeta:                     typeMeta("v1", "ServiceAccount"),

@@ -150,6 +150,20 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 	mux.Handle("GET /admin/v1/audit/head", auth(func(w http.ResponseWriter, _ *http.Request) {
 		call(w, b.AuditHead != nil, b.AuditHead)
 	}))
+	mux.Handle("GET /admin/v1/mcp", auth(func(w http.ResponseWriter, req *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"servers": r.gen.Load().mcp.Status(req.Context())})
+	}))
+	mux.Handle("GET /admin/v1/memory", auth(func(w http.ResponseWriter, req *http.Request) {
+		st, ok := r.memoryStatus(req.Context())
+		if !ok {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "this sandbox has no KarsMemory"})
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	}))
+	mux.Handle("POST /admin/v1/memory/forget", auth(func(w http.ResponseWriter, req *http.Request) {
+		call(w, true, func() (any, error) { return r.forgetMemory(req.Context()) })
+	}))
 	mux.Handle("POST /admin/v1/reload", auth(func(w http.ResponseWriter, _ *http.Request) {
 		call(w, b.Reload != nil, func() (any, error) {
 			changed, err := b.Reload()

@@ -13,6 +13,7 @@ import (
 	"github.com/kars-io/kars/internal/credential"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/inference"
+	"github.com/kars-io/kars/internal/mcpgateway"
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/safety"
 )
@@ -33,6 +34,10 @@ type generation struct {
 	behavior routerconfig.Behavior
 	sandbox  string
 	agent    string
+	// mcp is the MCP gateway for the config's servers.
+	mcp *mcpgateway.Gateway
+	// memory is the KarsMemory binding, nil without one.
+	memory *memoryBinding
 }
 
 // upstream is a callable target with its HTTP client and health.
@@ -119,6 +124,10 @@ func (r *Router) buildGeneration(snap *routerconfig.Snapshot) (*generation, erro
 		return nil, fmt.Errorf("governance policy: %w", err)
 	}
 	g.gov = &behavior.Guard{Next: base, Monitor: mon}
+	g.mcp = mcpgateway.New(c.MCP, r.mcpPool, mcpGovernor{r, g}, r.log)
+	if g.memory, err = r.newMemoryBinding(c.Memory); err != nil {
+		return nil, err
+	}
 	return g, nil
 }
 

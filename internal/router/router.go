@@ -13,6 +13,7 @@ import (
 	"github.com/kars-io/kars/internal/credential"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/inference"
+	"github.com/kars-io/kars/internal/mcpgateway"
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/safety"
 	"github.com/kars-io/kars/internal/upstreamhttp"
@@ -73,6 +74,7 @@ type Router struct {
 	buffers        *byteBudget
 	pending        sync.WaitGroup // trust penalties still being written
 	engine         *governance.Engine
+	mcpPool        *mcpgateway.Pool
 
 	mu     sync.Mutex
 	creds  map[string]credential.Source
@@ -115,6 +117,7 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 		engine:         governance.NewEngine(),
 		maxInflight:    opts.MaxInflight,
 		buffers:        newByteBudget(opts.BufferBytes),
+		mcpPool:        mcpgateway.NewPool(opts.Transport, opts.TokenClient),
 	}
 	registerAuditSyncs(opts.Registry, opts.Audit)
 	r.chain = NewChain(
@@ -170,6 +173,7 @@ func (r *Router) Apply(snap *routerconfig.Snapshot) error {
 		r.limiter.SetLimits(0, 0)
 	}
 	old := r.gen.Swap(g)
+	r.mcpPool.Retain(c.MCP)
 	r.metrics.configInfo(snap.Digest, old)
 	r.metrics.reloads.Inc()
 	return nil
@@ -191,6 +195,10 @@ func (r *Router) AgentHandler() *http.ServeMux {
 	mux.Handle("/v1/", http.HandlerFunc(r.serveInference))
 	mux.Handle("/openai/", http.HandlerFunc(r.serveInference))
 	mux.Handle(DecidePath, http.HandlerFunc(r.serveDecide))
+	mux.Handle(routerconfig.MCPPathPrefix, http.HandlerFunc(r.serveMCP))
+	mux.Handle(mcpgateway.IndexPath, http.HandlerFunc(r.serveMCPIndex))
+	mux.Handle(MemoryPath, http.HandlerFunc(r.serveMemory))
+	mux.Handle(MemoryPath+"/", http.HandlerFunc(r.serveMemory))
 	mux.HandleFunc("/", notFound)
 	return mux
 }

@@ -61,6 +61,12 @@ type Config struct {
 	// engine. Nil runs the monitor with every pattern off, so only
 	// quarantines persisted in StateDir are enforced.
 	Behavior *Behavior `json:"behavior,omitempty"`
+	// MCP lists the MCP servers the router's gateway serves to the agent
+	// (McpServers that name this sandbox).
+	MCP []MCPServer `json:"mcp,omitempty"`
+	// Memory binds the sandbox to a Foundry memory store (KarsMemory);
+	// nil offers no memory API.
+	Memory *Memory `json:"memory,omitempty"`
 	// Egress configures the agent's egress proxy, DNS stub and lists; nil
 	// means Strict with empty lists (see Egress).
 	Egress *Egress `json:"egress,omitempty"`

@@ -51,6 +51,20 @@ func (s *Snapshot) Under(root string) *Snapshot {
 		}
 		c.Models.Fallbacks = fb
 	}
+	if c.Memory != nil && c.Memory.Auth != nil {
+		m, a := *c.Memory, *c.Memory.Auth
+		a.KeyFile = UnderRoot(root, a.KeyFile)
+		a.FederatedTokenFile = UnderRoot(root, a.FederatedTokenFile)
+		m.Auth = &a
+		c.Memory = &m
+	}
+	if len(c.MCP) > 0 {
+		ms := make([]MCPServer, len(c.MCP))
+		for i, m := range c.MCP {
+			ms[i] = m.under(root)
+		}
+		c.MCP = ms
+	}
 	return &Snapshot{Config: &c, Digest: s.Digest, LoadedAt: s.LoadedAt}
 }
 

@@ -69,6 +69,8 @@ func (c *Config) Validate() error {
 			bad("governance", "%v", err)
 		}
 	}
+	validateMCP(c.MCP, bad)
+	validateMemory(c.Memory, bad)
 	c.Egress.validate(bad)
 	validateCredentials(c.Credentials, bad)
 	if c.Audit.Dir == "" {

@@ -31,7 +31,7 @@ class GovernedToolNode extends ToolNode {
   }
 }
 
-const tools = kars.tools(cfg).map((t) =>
+const tools = [...kars.tools(cfg), ...(await kars.mcpTools(cfg))].map((t) =>
   tool(async (args) => kars.runTool(t, args), { name: t.name, description: t.description, schema: t.schema }));
 // OPENAI_BASE_URL and the placeholder key come from the contract.
 const model = new ChatOpenAI({ model: cfg.model, maxRetries: 0, configuration: { baseURL: process.env.OPENAI_BASE_URL } }).bindTools(tools);

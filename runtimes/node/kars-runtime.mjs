@@ -71,6 +71,10 @@ export function refusal(d) {
  * - including no answer - denies (fail closed).
  */
 export async function decide(cfg, tool, args) {
+  if (mcpNames.has(tool)) {
+    // Decided and audited by the router's MCP gateway on tools/call.
+    return { decision: "allow", reason: "decided and audited by the router's MCP gateway on tools/call", rule: "mcp-gateway", allowed: true };
+  }
   try {
     const resp = await fetch(cfg.router + "/kars/v1/decide", {
       method: "POST",
@@ -238,8 +242,91 @@ export function tools(cfg) {
   return cfg.tools.length ? all.filter((t) => cfg.tools.includes(t.name)) : all;
 }
 
-/** Runs a default tool, turning its failure into the text the model sees. */
+// --- The sandbox's MCP tools, through the router's MCP gateway -------------
+//
+// The router serves each MCP server the sandbox may use at /mcp/<server>
+// (index at /kars/v1/mcp), lists only the tools the sandbox may call and
+// decides and audits every tools/call itself. This client speaks the
+// stateless 2026-07-28 revision over streamable HTTP: one JSON-RPC POST per
+// request, the protocol version and client capabilities in _meta.
+
+const MCP_PROTOCOL = "2026-07-28";
+const mcpNames = new Set();
+
+/** The name the model sees: mcp__<server>__<tool>, at most 64 characters. */
+export function mcpToolName(server, tool) {
+  return ("mcp__" + server + "__" + tool.replace(/[^A-Za-z0-9_-]/g, "_")).slice(0, 64);
+}
+
+async function mcpRequest(cfg, path, method, params) {
+  const body = { jsonrpc: "2.0", id: 1, method, params: { ...params, _meta: {
+    "io.modelcontextprotocol/protocolVersion": MCP_PROTOCOL, "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": { name: "kars-runtime-node", version: CONTRACT } } } };
+  const headers = { "Content-Type": "application/json", Accept: "application/json, text/event-stream", "MCP-Protocol-Version": MCP_PROTOCOL, "Mcp-Method": method };
+  // 2026-07-28 streamable HTTP mirrors the tool's name in a header.
+  if (params.name !== undefined) headers["Mcp-Name"] = params.name;
+  const resp = await fetch(cfg.router + path, { method: "POST", body: JSON.stringify(body), signal: AbortSignal.timeout(120_000), headers });
+  let raw = await resp.text();
+  if ((resp.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
+    const datas = raw.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim());
+    raw = datas.at(-1) ?? "{}";
+  }
+  const msg = JSON.parse(raw);
+  if (msg.error) throw new Error(msg.error.message ?? "MCP error");
+  return msg.result ?? {};
+}
+
+/**
+ * The sandbox's MCP tools the gateway shows, shaped like tools(): name,
+ * description, schema and an async run(args) that calls the tool through
+ * the gateway. A server that does not answer yet is asked again a few
+ * times; a router without servers gives none.
+ */
+export async function mcpTools(cfg, attempts = 3) {
+  let servers = [];
+  try {
+    const resp = await fetch(cfg.router + "/kars/v1/mcp", { signal: AbortSignal.timeout(10_000) });
+    servers = (await resp.json()).servers ?? [];
+  } catch {
+    return [];
+  }
+  const out = [];
+  for (const s of servers) {
+    let listed = [];
+    for (let i = 0; i < attempts; i++) {
+      try {
+        listed = (await mcpRequest(cfg, s.path, "tools/list", {})).tools ?? [];
+        break;
+      } catch {
+        if (i + 1 < attempts) await new Promise((r) => setTimeout(r, 2000));
+      }
+    }
+    for (const t of listed) {
+      const name = mcpToolName(s.name, t.name);
+      if (mcpNames.has(name)) continue;
+      mcpNames.add(name);
+      out.push({
+        name, mcp: true,
+        description: t.description || `Tool ${t.name} of the MCP server ${s.name}`,
+        schema: t.inputSchema ?? { type: "object", properties: {} },
+        run: async (args) => {
+          const res = await mcpRequest(cfg, s.path, "tools/call", { name: t.name, arguments: args ?? {} });
+          let text = (res.content ?? []).filter((c) => c.type === "text").map((c) => c.text).join("");
+          if (!text && res.structuredContent !== undefined) text = JSON.stringify(res.structuredContent);
+          return res.isError && !text.startsWith("kars policy:") ? "error: " + text : text;
+        },
+      });
+    }
+  }
+  return out;
+}
+
+/**
+ * Runs a default tool, turning its failure into the text the model sees.
+ * An MCP tool's run is asynchronous: its Promise is returned.
+ */
 export function runTool(t, args) {
+  if (t.mcp) return t.run(args ?? {}).catch((e) => `error: ${e.message}`);
   try {
     return String(t.run(args ?? {}));
   } catch (e) {

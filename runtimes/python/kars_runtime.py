@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import threading
+import time
 import traceback
 import urllib.error
 import urllib.request
@@ -108,7 +109,11 @@ class Decision:
 
 def decide(cfg: Config, tool: str, args: Any) -> Decision:
     """Asks the router whether the tool may run. Anything but an explicit
-    allow - including no answer - denies (fail closed)."""
+    allow - including no answer - denies (fail closed). An MCP tool is
+    decided and audited by the router's MCP gateway when it is called, so
+    it is not asked about twice."""
+    if tool in _mcp_names:
+        return Decision("allow", "decided and audited by the router's MCP gateway on tools/call", "mcp-gateway")
     body = json.dumps({"action": "tool:" + tool, "args": args if isinstance(args, dict) else {}}).encode()
     req = urllib.request.Request(cfg.router + "/kars/v1/decide", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
@@ -306,7 +311,118 @@ def tools(cfg: Config) -> list[Callable[..., str]]:
     all_tools = [calculator, current_time, list_files, read_file, write_file]
     if cfg.tools:
         all_tools = [t for t in all_tools if t.__name__ in cfg.tools]
-    return all_tools
+    return all_tools + mcp_tools(cfg)
+
+
+# --- The sandbox's MCP tools, through the router's MCP gateway -------------
+#
+# The router serves each MCP server the sandbox may use at /mcp/<server>
+# (index at /kars/v1/mcp) and lists only the tools the sandbox may call; it
+# decides and audits every tools/call itself. The client below speaks the
+# stateless 2026-07-28 revision of MCP over streamable HTTP: one JSON-RPC
+# POST per request, the protocol version and client capabilities in _meta.
+
+MCP_PROTOCOL = "2026-07-28"
+_mcp_names: set[str] = set()
+_PY_TYPES = {"string": str, "integer": int, "number": float, "boolean": bool, "array": list, "object": dict}
+
+
+def mcp_tool_name(server: str, tool: str) -> str:
+    """The name the model sees: mcp__<server>__<tool>, characters OpenAI
+    function names do not allow replaced by '_', at most 64 characters."""
+    return ("mcp__" + server + "__" + re.sub(r"[^A-Za-z0-9_-]", "_", tool))[:64]
+
+
+def mcp_request(cfg: Config, path: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One JSON-RPC request to the gateway; returns the result or raises."""
+    params = dict(params)
+    params["_meta"] = {"io.modelcontextprotocol/protocolVersion": MCP_PROTOCOL,
+                       "io.modelcontextprotocol/clientCapabilities": {},
+                       "io.modelcontextprotocol/clientInfo": {"name": "kars-runtime-python", "version": CONTRACT}}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": MCP_PROTOCOL, "Mcp-Method": method}
+    if "name" in params:
+        # 2026-07-28 streamable HTTP mirrors the tool's name in a header.
+        headers["Mcp-Name"] = params["name"]
+    req = urllib.request.Request(cfg.router + path, data=body, method="POST", headers=headers)
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        raw = resp.read(16 << 20).decode()
+        if resp.headers.get_content_type() == "text/event-stream":
+            datas = [line[5:].strip() for line in raw.splitlines() if line.startswith("data:")]
+            raw = datas[-1] if datas else "{}"
+    msg = json.loads(raw)
+    if "error" in msg:
+        raise RuntimeError(msg["error"].get("message", "MCP error"))
+    return msg.get("result") or {}
+
+
+def _mcp_function(cfg: Config, server: str, path: str, tool: dict[str, Any]) -> Callable[..., str] | None:
+    """A plain typed function for an MCP tool, built from its input schema,
+    in the shape every framework turns into a tool; None when a parameter
+    name cannot be a Python parameter."""
+    schema = tool.get("inputSchema") or {}
+    props = schema.get("properties") or {}
+    required = set(schema.get("required") or [])
+    params, annotations, doc_args = [], {}, []
+    for pname in sorted(props, key=lambda n: n not in required):
+        if not pname.isidentifier() or pname.startswith("_"):
+            return None
+        ps = props[pname] if isinstance(props[pname], dict) else {}
+        typ = _PY_TYPES.get(ps.get("type"), str)
+        if pname in required:
+            params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, annotation=typ))
+            annotations[pname] = typ
+        else:
+            params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=typ | None))
+            annotations[pname] = typ | None
+        doc_args.append(f"    {pname}: {ps.get('description') or pname}")
+    name, tool_name = mcp_tool_name(server, tool["name"]), tool["name"]
+
+    def call(**kwargs: Any) -> str:
+        args = {k: v for k, v in kwargs.items() if v is not None}
+        try:
+            res = mcp_request(cfg, path, "tools/call", {"name": tool_name, "arguments": args})
+        except Exception as e:  # noqa: BLE001 - the model sees the error
+            return f"error: {e}"
+        text = "".join(c.get("text", "") for c in res.get("content") or [] if c.get("type") == "text")
+        if not text and res.get("structuredContent") is not None:
+            text = json.dumps(res["structuredContent"])
+        return ("error: " + text) if res.get("isError") and not text.startswith("kars policy:") else text
+
+    call.__name__ = call.__qualname__ = name
+    call.__signature__ = inspect.Signature(params, return_annotation=str)  # type: ignore[attr-defined]
+    call.__annotations__ = {**annotations, "return": str}
+    desc = tool.get("description") or f"Tool {tool_name} of the MCP server {server}"
+    call.__doc__ = desc + ("\n\nArgs:\n" + "\n".join(doc_args) if doc_args else "")
+    return call
+
+
+def mcp_tools(cfg: Config, attempts: int = 3) -> list[Callable[..., str]]:
+    """The sandbox's MCP tools the gateway shows, as typed functions. A
+    server that does not answer yet (it starts with the pod) is asked
+    again a few times; a router without servers gives none."""
+    try:
+        with urllib.request.urlopen(cfg.router + "/kars/v1/mcp", timeout=10) as resp:
+            servers = json.loads(resp.read(1 << 20)).get("servers") or []
+    except Exception:  # noqa: BLE001 - no gateway, no MCP tools
+        return []
+    out: list[Callable[..., str]] = []
+    for s in servers:
+        for attempt in range(attempts):
+            try:
+                listed = mcp_request(cfg, s["path"], "tools/list", {}).get("tools") or []
+                break
+            except Exception:  # noqa: BLE001
+                listed = []
+                if attempt + 1 < attempts:
+                    time.sleep(2)
+        for t in listed:
+            fn = _mcp_function(cfg, s["name"], s["path"], t)
+            if fn is not None and fn.__name__ not in _mcp_names:
+                _mcp_names.add(fn.__name__)
+                out.append(fn)
+    return out
 
 
 def complete(tool: str, result: str) -> None:

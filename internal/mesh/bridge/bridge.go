@@ -96,6 +96,10 @@ type Options struct {
 	// Registerer receives the bridge's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
+	// Explain, when set, explains to a DID no pairing names why it is
+	// refused (a revoked or expired pairing), in the knock_reject it gets
+	// and the audit entry; without it the reason is "not paired".
+	Explain func(did string) string
 	// SessionTTL is how long an accepted KNOCK's session lasts (24 h
 	// when zero); KnockTimeout bounds the wait for an answer (15 s).
 	SessionTTL, KnockTimeout time.Duration

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -304,8 +305,12 @@ func (b *Bridge) onKnock(ctx context.Context, cn *client.Conn, raw []byte, f *wi
 		b.answerKnock(cn, f, false, reason)
 	}
 	if !ok {
-		b.refuseInbound(ctx, policy.Peer{}, f.From, "mesh_knock", policy.Refusal{Rule: policy.RulePairing, Reason: "KNOCK from " + f.From + ", which no active pairing names"})
-		reject("not paired")
+		reason := "not paired"
+		if b.o.Explain != nil {
+			reason = cmp.Or(b.o.Explain(f.From), reason)
+		}
+		b.refuseInbound(ctx, policy.Peer{}, f.From, "mesh_knock", policy.Refusal{Rule: policy.RulePairing, Reason: "KNOCK from " + f.From + ", which no active pairing names: " + reason})
+		reject(reason)
 		return
 	}
 	key, err := b.peerKey(ctx, peer)

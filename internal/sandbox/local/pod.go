@@ -31,6 +31,8 @@ type Pod struct {
 	ctl    *net.UnixConn // the parent's end of the control socket
 	init   *exec.Cmd
 	router *exec.Cmd
+	// sidecars are further programs in the pod's network namespace.
+	sidecars []*Sidecar
 
 	mu            sync.Mutex
 	status        Status
@@ -207,6 +209,7 @@ func (p *Pod) Stop(ctx context.Context) error {
 
 // teardown kills what is left and undoes the record.
 func (p *Pod) teardown() error {
+	p.killSidecars()
 	for _, c := range []*exec.Cmd{p.init, p.router} {
 		if c != nil && c.Process != nil {
 			c.Process.Kill()
