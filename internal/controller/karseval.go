@@ -26,8 +26,7 @@ import (
 
 // EvalRunner reaches a sandbox's agent and router to play an evaluation
 // through them. The local substrate implements it with its pod dialer;
-// without one (the Kubernetes substrate today) KarsEvals report
-// RunnerUnavailable.
+// on a cluster AdminEvalRunner goes through the router's admin API.
 type EvalRunner interface {
 	EvalTarget(ctx context.Context, sb *karsv1.KarsSandbox) (eval.Target, error)
 }
@@ -101,7 +100,7 @@ func (r *KarsEvalReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, r.report(ctx, &ev, func(st *karsv1.KarsEvalStatus) {
 			st.Phase = "Pending"
 			r.setCond(st, ev.Generation, karsv1.ConditionReady, false, ReasonRunnerUnavailable,
-				"evaluations run under kars dev; the Kubernetes runner (a Job) is not built yet")
+				"this controller was started without an evaluation runner")
 		})
 	}
 	var sb karsv1.KarsSandbox

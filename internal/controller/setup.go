@@ -61,8 +61,8 @@ type Options struct {
 	// McpRunner runs McpServers that have an image; nil means Deployments
 	// on the cluster (KubeMcpRunner).
 	McpRunner McpRunner
-	// EvalRunner reaches sandboxes to run KarsEvals; nil leaves them
-	// Pending with RunnerUnavailable.
+	// EvalRunner reaches sandboxes to run KarsEvals; nil means through
+	// their routers' admin API (AdminEvalRunner).
 	EvalRunner EvalRunner
 	// A2ACards fetches registered A2A agents' cards; nil means a Fetcher
 	// that connects to public addresses only.
@@ -115,6 +115,14 @@ func Setup(mgr ctrl.Manager, o Options) error {
 	}
 	if o.Prober == nil {
 		o.Prober = &HTTPSProber{}
+	}
+	if o.EvalRunner == nil {
+		// On a cluster, evaluations go through the routers' admin API.
+		ar := &AdminEvalRunner{Reader: mgr.GetAPIReader()}
+		if hp, ok := o.Prober.(*HTTPSProber); ok {
+			ar.DialContext = hp.DialContext
+		}
+		o.EvalRunner = ar
 	}
 	if o.Images == nil {
 		o.Images = &ociimage.Checker{}

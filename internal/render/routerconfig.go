@@ -2,6 +2,7 @@ package render
 
 import (
 	"path"
+	"strconv"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/governance/toolpolicy"
@@ -67,6 +68,11 @@ func compile(sb *karsv1.KarsSandbox, ip *karsv1.InferencePolicy, tp *karsv1.Tool
 			TLSCertFile: path.Join(RouterAdminDir, AdminCertKey),
 			TLSKeyFile:  path.Join(RouterAdminDir, AdminKeyKey),
 		},
+	}
+	if b := sb.Spec.Runtime.BYO; b != nil && b.Port != 0 && b.Port != DefaultAgentPort {
+		// Where the admin API relays evaluation turns; the default is
+		// the contract's port.
+		c.AgentURL = "http://127.0.0.1:" + strconv.Itoa(int(b.Port))
 	}
 	spec := ip.Spec
 	c.Models.Primary = target(spec.ModelPreference.Primary)

@@ -37,6 +37,8 @@ type AdminBackends struct {
 	// Mesh serves /admin/v1/mesh and below (the mesh bridge), nil when
 	// the mesh is off.
 	Mesh http.Handler
+	// Eval serves /admin/v1/eval/ (the evaluation relay, evalRelay).
+	Eval http.Handler
 }
 
 // AdminHandler returns the admin API. Health, readiness and metrics are open
@@ -177,6 +179,9 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 	if b.Mesh != nil {
 		mux.Handle("/admin/v1/mesh", auth(b.Mesh.ServeHTTP))
 		mux.Handle("/admin/v1/mesh/", auth(b.Mesh.ServeHTTP))
+	}
+	if b.Eval != nil {
+		mux.Handle("/admin/v1/eval/", auth(b.Eval.ServeHTTP))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no admin endpoint " + req.Method + " " + req.URL.Path})

@@ -175,6 +175,15 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 
+	agentAPI := r.AgentHandler()
+	agentAPI.Handle(outbound.Prefix, r.A2AOutbound(cfg.StateDir))
+	if mesh != nil {
+		mesh.Mount(agentAPI)
+	}
+	relay, err := evalRelay(cfg.AgentChatURL(), agentAPI)
+	if err != nil {
+		return err
+	}
 	admin := Listener{Name: "admin", Addr: cfg.AdminListen(), Handler: r.AdminHandler(cfg.Admin.TokenFile, AdminBackends{
 		AuditTail: func(_ context.Context, n int) (any, error) { return AuditTail(cfg.Audit.Dir, n) },
 		AuditVerify: func(_ context.Context, opts audit.VerifyOptions) (any, error) {
@@ -186,6 +195,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		A2A:       r.a2aInfo(cfg.StateDir),
 		Egress:    eg.AdminHandler(),
 		Mesh:      meshAdmin(mesh),
+		Eval:      relay,
 	})}
 	if cfg.Admin.TLSCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile)
@@ -193,11 +203,6 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			return fmt.Errorf("admin TLS: %w", err)
 		}
 		admin.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	}
-	agentAPI := r.AgentHandler()
-	agentAPI.Handle(outbound.Prefix, r.A2AOutbound(cfg.StateDir))
-	if mesh != nil {
-		mesh.Mount(agentAPI)
 	}
 	listeners := []Listener{
 		{Name: "agent", Addr: cfg.AgentListen(), Handler: eg.Wrap(agentAPI)},

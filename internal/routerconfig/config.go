@@ -74,6 +74,10 @@ type Config struct {
 	// channels (credentials.go); each endpoint's host:port is allowed in
 	// egress too.
 	Credentials []Credential `json:"credentials,omitempty"`
+	// AgentURL is the agent's contract chat endpoint base, where the admin
+	// API relays evaluation turns (EvalRelayPrefix). Empty means
+	// DefaultAgentURL.
+	AgentURL string `json:"agentURL,omitempty"`
 	// Audit says where the hash-chained audit log lives.
 	Audit Audit `json:"audit"`
 	// Admin configures the controller-facing admin API.
@@ -292,6 +296,29 @@ func (c *Config) AgentListen() string {
 		return DefaultListen
 	}
 	return c.Listen
+}
+
+// Prefixes of the router admin API's evaluation relay, which plays
+// KarsEval cases from outside the pod.
+const (
+	// EvalAgentPrefix relays to the agent's contract endpoint:
+	// POST <prefix>/v1/chat and DELETE <prefix>/v1/sessions/{id}.
+	EvalAgentPrefix = "/admin/v1/eval/agent"
+	// EvalRouterPrefix relays to the router's own agent API:
+	// POST <prefix>/kars/v1/decide and the memory API.
+	EvalRouterPrefix = "/admin/v1/eval/router"
+)
+
+// DefaultAgentURL is the contract's chat endpoint (runtime contract v1).
+const DefaultAgentURL = "http://127.0.0.1:18789"
+
+// AgentChatURL returns the agent's chat endpoint base, applying the
+// default.
+func (c *Config) AgentChatURL() string {
+	if c.AgentURL == "" {
+		return DefaultAgentURL
+	}
+	return c.AgentURL
 }
 
 // AdminListen returns the admin API address, applying the default.

@@ -45,6 +45,9 @@ func TestValidateRejects(t *testing.T) {
 	}{
 		{"schema", func(c *Config) { c.SchemaVersion = 2 }, "schemaVersion"},
 		{"non-loopback listen", func(c *Config) { c.Listen = "0.0.0.0:8443" }, "loopback"},
+		{"agent URL off the pod", func(c *Config) { c.AgentURL = "http://10.0.0.5:18789" }, "agentURL"},
+		{"agent URL with a path", func(c *Config) { c.AgentURL = "http://127.0.0.1:18789/x" }, "agentURL"},
+		{"agent URL over https", func(c *Config) { c.AgentURL = "https://127.0.0.1:18789" }, "agentURL"},
 		{"azure without deployment", func(c *Config) { c.Models.Primary.Deployment = "" }, "models.primary.deployment"},
 		{"unknown provider", func(c *Config) { c.Models.Primary.Provider = "Bedrock" }, "not a known provider"},
 		{"api key without file", func(c *Config) { c.Models.Primary.Auth = &Auth{Mode: AuthAPIKey} }, "keyFile"},

@@ -33,6 +33,9 @@ func (c *Config) Validate() error {
 	} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		bad("listen", "%q must be a loopback address; the agent API is never exposed off the pod", c.Listen)
 	}
+	if u, err := url.Parse(c.AgentChatURL()); err != nil || u.Scheme != "http" || u.Path != "" || !isLoopbackHost(u.Hostname()) || u.Port() == "" {
+		bad("agentURL", "%q must be http://<loopback>:<port>: the agent's contract endpoint in its own pod", c.AgentURL)
+	}
 	if _, _, err := net.SplitHostPort(c.AdminListen()); err != nil {
 		bad("admin.listen", "%q is not host:port: %v", c.Admin.Listen, err)
 	}
@@ -152,4 +155,9 @@ func validateTarget(field string, t Target, cs *ContentSafety, bad func(field, f
 	if strings.TrimSpace(t.Auth.Scope) != t.Auth.Scope {
 		bad(field+".auth.scope", "has surrounding spaces")
 	}
+}
+
+func isLoopbackHost(h string) bool {
+	ip := net.ParseIP(h)
+	return h == "localhost" || (ip != nil && ip.IsLoopback())
 }
