@@ -67,6 +67,11 @@ func TestMcpServerRemote(t *testing.T) {
 	router.mcp.Store(&[]McpGatewayServer{{Name: "github", Tools: []string{"search_issues", "delete_repo"}, Visible: []string{"search_issues"}}})
 	rollOut(t, sb, router)
 	eventually(t, 60*time.Second, "discovered tools", func() error {
+		// Keep playing the kubelet: a template change that lands after
+		// rollOut returned (the Secret mount once the endpoint is known)
+		// needs the Deployment marked ready again.
+		markDeploymentReady(t, sb)
+		router.reload(t, sb)
 		get(t, ns, m.Name, m)
 		var cur karsv1.KarsSandbox
 		get(t, ns, sb.Name, &cur)

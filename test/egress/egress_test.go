@@ -255,7 +255,7 @@ func TestRealClientsThroughTheRouter(t *testing.T) {
 		"egress:allowed.kars.test:8443 deny default transparent-tls",
 		"egress:meta.kars.test:443 deny address connect",
 		"egress:private.kars.test:443 deny address connect",
-		"egress:198.51.100.11:443 deny default transparent-tcp",
+		"egress:203.0.113.11:443 deny default transparent-tcp",
 	} {
 		if !seen[w] {
 			t.Errorf("no audit entry %q", w)

@@ -31,11 +31,11 @@ import (
 // cover, routed from the host namespace through a veth pair. Nothing
 // leaves the machine.
 const (
-	hostsGW    = "198.51.100.1"
-	allowedIP  = "198.51.100.10"
-	blockedIP  = "198.51.100.11"
-	unlistedIP = "198.51.100.12"
-	dnsIP      = "198.51.100.53"
+	hostsGW    = "203.0.113.1"
+	allowedIP  = "203.0.113.10"
+	blockedIP  = "203.0.113.11"
+	unlistedIP = "203.0.113.12"
+	dnsIP      = "203.0.113.53"
 )
 
 // names the test DNS server answers; anything else is NXDOMAIN.

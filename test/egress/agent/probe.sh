@@ -26,14 +26,14 @@ r curl-rebind-private $c https://private.kars.test/
 r curl-transparent-https $c --noproxy '*' https://allowed.kars.test/
 r curl-transparent-http $c --noproxy '*' http://allowed.kars.test/
 r curl-transparent-unlisted $c --noproxy '*' https://unlisted.kars.test/
-r curl-transparent-unlisted-by-ip $c --noproxy '*' --resolve unlisted.kars.test:443:198.51.100.12 https://unlisted.kars.test/
+r curl-transparent-unlisted-by-ip $c --noproxy '*' --resolve unlisted.kars.test:443:203.0.113.12 https://unlisted.kars.test/
 r curl-transparent-port-mismatch $c --noproxy '*' https://allowed.kars.test:8443/
 r dns-allowed "$PYTHON" /sandbox/dns.py allowed.kars.test
 r dns-unlisted "$PYTHON" /sandbox/dns.py unlisted.kars.test
 r dns-blocked "$PYTHON" /sandbox/dns.py blocked.kars.test
 r dns-metadata "$PYTHON" /sandbox/dns.py meta.kars.test
 r dns-private "$PYTHON" /sandbox/dns.py private.kars.test
-r dns-direct-to-resolver "$PYTHON" /sandbox/dns.py --server 198.51.100.53 tunnel-probe.kars.test
+r dns-direct-to-resolver "$PYTHON" /sandbox/dns.py --server 203.0.113.53 tunnel-probe.kars.test
 r httpx-allowed "$PYTHON" /sandbox/clients.py httpx https://allowed.kars.test/
 r httpx-unlisted "$PYTHON" /sandbox/clients.py httpx https://unlisted.kars.test/
 r httpx-port-mismatch "$PYTHON" /sandbox/clients.py httpx https://allowed.kars.test:8443/
@@ -41,7 +41,7 @@ r requests-allowed "$PYTHON" /sandbox/clients.py requests https://allowed.kars.t
 r requests-blocked "$PYTHON" /sandbox/clients.py requests https://blocked.kars.test/
 r node-fetch-allowed node /sandbox/fetch.mjs https://allowed.kars.test/
 r node-fetch-unlisted node /sandbox/fetch.mjs https://unlisted.kars.test/
-r node-fetch-blocked-by-ip node /sandbox/fetch.mjs https://198.51.100.11/
+r node-fetch-blocked-by-ip node /sandbox/fetch.mjs https://203.0.113.11/
 r node-fetch-port-mismatch node /sandbox/fetch.mjs https://allowed.kars.test:8443/
 echo "PROBES DONE"
 wait
