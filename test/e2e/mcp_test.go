@@ -35,7 +35,7 @@ import (
 // startDev runs `kars dev` in a fresh home and returns the CLI and a
 // client of its API server. kars dev runs once per machine: when its
 // ports are taken by another test's kars dev, this waits for them.
-func startDev(t *testing.T) (*kars, client.Client) {
+func startDev(t *testing.T, env ...string) (*kars, client.Client) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test")
@@ -54,6 +54,7 @@ func startDev(t *testing.T) (*kars, client.Client) {
 	k := &kars{t: t, bin: buildBinaries(t), dev: filepath.Join(home, "dev")}
 	k.kube = filepath.Join(k.dev, "cluster", "kubeconfig")
 	k.env = append(os.Environ(), "KARS_HOME="+home, "KUBECONFIG=", "OPENAI_API_KEY=", "AZURE_OPENAI_ENDPOINT=", "GITHUB_TOKEN=", "OLLAMA_HOST=")
+	k.env = append(k.env, env...)
 	t.Cleanup(func() {
 		k.run("dev", "down")
 		assertNothingLeft(t, k.dev)
