@@ -8,17 +8,19 @@ import (
 )
 
 // The protocol packages are pure (no network, no processes, no other
-// kars packages than each other): what they compute depends only on
-// their inputs, which is what lets their vectors and fuzz targets speak
-// for them.
+// kars packages than each other and the pure encoders they share — JCS
+// and strict JSON, held to the same rule here): what they compute depends
+// only on their inputs, which is what lets their vectors and fuzz targets
+// speak for them.
 func TestProtocolPackagesArePure(t *testing.T) {
-	pure := []string{"identity", "x3dh", "ratchet", "wire", "session"}
+	const internal = "github.com/kars-io/kars/internal/"
+	pure := []string{"mesh/identity", "mesh/x3dh", "mesh/ratchet", "mesh/wire", "mesh/session", "jcs", "strictjson"}
 	allowed := map[string]bool{}
 	for _, p := range pure {
-		allowed["github.com/kars-io/kars/internal/mesh/"+p] = true
+		allowed[internal+p] = true
 	}
 	for _, p := range pure {
-		out, err := exec.Command("go", "list", "-deps", "./"+p).Output()
+		out, err := exec.Command("go", "list", "-deps", internal+p).Output()
 		if err != nil {
 			t.Fatalf("go list %s: %v", p, err)
 		}

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +12,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
-	"github.com/kars-io/kars/internal/controlplane"
-	"github.com/kars-io/kars/internal/devenv"
 	"github.com/kars-io/kars/internal/mesh/bridge"
 	"github.com/kars-io/kars/internal/pairing"
 	"github.com/kars-io/kars/internal/scheme"
@@ -30,29 +26,7 @@ import (
 // token minted for planner is redeemed once by the third sandbox's router
 // (`kars mesh auth`), which can then talk to planner.
 func TestKarsDevMesh(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("kars dev's local sandboxes need root (CI runs as root)")
-	}
-	assets, err := controlplane.AssetsDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	home := t.TempDir()
-	if err := os.Chmod(home, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	k := &kars{t: t, bin: buildBinaries(t), dev: filepath.Join(home, "dev")}
-	k.kube = filepath.Join(k.dev, "cluster", "kubeconfig")
-	k.env = append(os.Environ(), "KARS_HOME="+home, "KUBECONFIG=", "OPENAI_API_KEY=", "AZURE_OPENAI_ENDPOINT=", "GITHUB_TOKEN=", "OLLAMA_HOST=", "KARS_PAIRING_TOKEN=")
-	t.Cleanup(func() {
-		k.run("dev", "down")
-		assertNothingLeft(t, k.dev)
-		_ = os.RemoveAll(devenv.Paths{Dir: k.dev}.PodRoot())
-	})
-	k.must("dev", "--assets", assets)
+	k, _ := startDev(t, "KARS_PAIRING_TOKEN=")
 	for _, name := range []string{"planner", "worker", "stranger"} {
 		k.must("add", name, "--runtime", "kars-agent", "--isolation", "standard")
 	}

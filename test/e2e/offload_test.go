@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +15,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
-	"github.com/kars-io/kars/internal/controlplane"
 	"github.com/kars-io/kars/internal/devenv"
 	"github.com/kars-io/kars/internal/mesh/bridge"
 	"github.com/kars-io/kars/internal/offload"
@@ -33,29 +30,7 @@ import (
 // the router, the agent's answer comes back over the mesh, the host
 // acknowledges it and the sandbox is gone.
 func TestKarsDevOffload(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("kars dev's local sandboxes need root (CI runs as root)")
-	}
-	assets, err := controlplane.AssetsDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	home := t.TempDir()
-	if err := os.Chmod(home, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	k := &kars{t: t, bin: buildBinaries(t), dev: filepath.Join(home, "dev")}
-	k.kube = filepath.Join(k.dev, "cluster", "kubeconfig")
-	k.env = append(os.Environ(), "KARS_HOME="+home, "KUBECONFIG=", "OPENAI_API_KEY=", "AZURE_OPENAI_ENDPOINT=", "GITHUB_TOKEN=", "OLLAMA_HOST=", "KARS_PAIRING_TOKEN=")
-	t.Cleanup(func() {
-		k.run("dev", "down")
-		assertNothingLeft(t, k.dev)
-		_ = os.RemoveAll(devenv.Paths{Dir: k.dev}.PodRoot())
-	})
-	k.must("dev", "--assets", assets)
+	k, _ := startDev(t, "KARS_PAIRING_TOKEN=")
 	ctx := context.Background()
 	cl := devClient(t, k)
 

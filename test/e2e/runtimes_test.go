@@ -2,15 +2,12 @@ package e2e
 
 import (
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/kars-io/kars/internal/controlplane"
-	"github.com/kars-io/kars/internal/devenv"
 	"github.com/kars-io/kars/internal/runtimeenv"
 )
 
@@ -43,29 +40,7 @@ var runtimeSandboxes = []struct {
 // /var/lib/kars/runtimes): warm it first (test/runtimes does) or this test
 // installs them, which takes minutes.
 func TestKarsDevRuntimes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("kars dev's local sandboxes need root (CI runs as root)")
-	}
-	assets, err := controlplane.AssetsDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	home := t.TempDir()
-	if err := os.Chmod(home, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	k := &kars{t: t, bin: buildBinaries(t), dev: filepath.Join(home, "dev")}
-	k.kube = filepath.Join(k.dev, "cluster", "kubeconfig")
-	k.env = append(os.Environ(), "KARS_HOME="+home, "KUBECONFIG=", "OPENAI_API_KEY=", "AZURE_OPENAI_ENDPOINT=", "GITHUB_TOKEN=", "OLLAMA_HOST=")
-	t.Cleanup(func() {
-		k.run("dev", "down")
-		assertNothingLeft(t, k.dev)
-		_ = os.RemoveAll(devenv.Paths{Dir: k.dev}.PodRoot())
-	})
-	k.must("dev", "--assets", assets)
+	k, _ := startDev(t)
 
 	// A BYO image from a registry (kars dev's own, reached like any
 	// other): unpacked as the agent's read-only root.

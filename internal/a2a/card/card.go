@@ -10,8 +10,8 @@
 // the interop tests check it with both SDKs.
 //
 // Everything here is pure: no I/O, no clock. Parsers of untrusted input
-// (Canonicalize, ParseProtected, VerifyCard, JWK.PublicKey) have fuzz
-// targets.
+// (Canonical, ParseProtected, VerifyCard, JWK.PublicKey; jcs.Canonicalize)
+// have fuzz targets.
 package card
 
 import (
@@ -22,6 +22,8 @@ import (
 	"fmt"
 
 	"github.com/a2aproject/a2a-go/v2/a2a"
+
+	"github.com/kars-io/kars/internal/jcs"
 )
 
 // MaxCardBytes bounds a card kars will parse.
@@ -38,7 +40,7 @@ func Canonical(raw []byte) ([]byte, error) {
 	if len(raw) > MaxCardBytes {
 		return nil, fmt.Errorf("card: larger than %d bytes", MaxCardBytes)
 	}
-	v, err := decodeStrict(raw)
+	v, err := jcs.DecodeStrict(raw)
 	if err != nil {
 		return nil, fmt.Errorf("card: %w", err)
 	}
@@ -51,7 +53,7 @@ func Canonical(raw []byte) ([]byte, error) {
 	if cleaned == nil {
 		cleaned = map[string]any{}
 	}
-	return canonicalValue(cleaned)
+	return jcs.Value(cleaned, 0)
 }
 
 // clean removes null, "", [] and {} recursively and reports whether v

@@ -1,4 +1,7 @@
-package card
+// Package jcs is the RFC 8785 JSON Canonicalization Scheme: the bytes the
+// A2A card signatures and the AgentMesh frame signatures are computed over.
+// It is pure: bytes or decoded values in, canonical bytes out.
+package jcs
 
 import (
 	"bytes"
@@ -24,15 +27,16 @@ import (
 // canonical form, and one the signer and the verifier read differently is
 // exactly what a signature must not cover.
 func Canonicalize(b []byte) ([]byte, error) {
-	v, err := decodeStrict(b)
+	v, err := DecodeStrict(b)
 	if err != nil {
 		return nil, err
 	}
-	return canonicalValue(v)
+	return Value(v, 0)
 }
 
-// decodeStrict parses strict JSON keeping numbers as their literal text.
-func decodeStrict(b []byte) (any, error) {
+// DecodeStrict parses strict JSON (strictjson.Validate) keeping numbers as
+// their literal text (json.Number), ready for Value.
+func DecodeStrict(b []byte) (any, error) {
 	if err := strictjson.Validate(b); err != nil {
 		return nil, err
 	}
@@ -45,16 +49,25 @@ func decodeStrict(b []byte) (any, error) {
 	return v, nil
 }
 
-// canonicalValue serialises a value decoded with UseNumber.
-func canonicalValue(v any) ([]byte, error) {
+// ErrTooDeep is returned by Value for a value nested deeper than its
+// limit.
+var ErrTooDeep = errors.New("jcs: value nested too deeply")
+
+// Value serialises a decoded JSON value (encoding/json's any, numbers as
+// json.Number or float64) canonically. maxDepth > 0 refuses values with
+// arrays or objects nested deeper than that (0: no limit).
+func Value(v any, maxDepth int) ([]byte, error) {
 	var buf bytes.Buffer
-	if err := writeCanonical(&buf, v); err != nil {
+	if err := writeCanonical(&buf, v, 0, maxDepth); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
 }
 
-func writeCanonical(buf *bytes.Buffer, v any) error {
+func writeCanonical(buf *bytes.Buffer, v any, depth, maxDepth int) error {
+	if maxDepth > 0 && depth > maxDepth {
+		return ErrTooDeep
+	}
 	switch x := v.(type) {
 	case nil:
 		buf.WriteString("null")
@@ -84,7 +97,7 @@ func writeCanonical(buf *bytes.Buffer, v any) error {
 			if i > 0 {
 				buf.WriteByte(',')
 			}
-			if err := writeCanonical(buf, e); err != nil {
+			if err := writeCanonical(buf, e, depth+1, maxDepth); err != nil {
 				return err
 			}
 		}
@@ -102,7 +115,7 @@ func writeCanonical(buf *bytes.Buffer, v any) error {
 			}
 			writeString(buf, k)
 			buf.WriteByte(':')
-			if err := writeCanonical(buf, x[k]); err != nil {
+			if err := writeCanonical(buf, x[k], depth+1, maxDepth); err != nil {
 				return err
 			}
 		}
