@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
 	"github.com/modelcontextprotocol/go-sdk/oauthex"
@@ -22,7 +23,8 @@ import (
 // every upstream request itself (the SDK client), so nothing of the
 // agent's request but the tool's name and arguments is forwarded.
 type authTransport struct {
-	base http.RoundTripper
+	server string
+	base   http.RoundTripper
 	// bearer is a static token (MCPAuthBearer); oauth a cached client
 	// credentials grant (MCPAuthOAuthClientCredentials). At most one is
 	// set.
@@ -36,30 +38,68 @@ func newAuthTransport(base http.RoundTripper, s routerconfig.MCPServer, tokenCli
 	if a == nil {
 		return base
 	}
-	t := &authTransport{base: base}
+	t := &authTransport{server: s.Name, base: base}
 	switch a.Mode {
 	case routerconfig.MCPAuthBearer:
 		t.bearer = &credential.KeyFile{Path: a.TokenFile}
 	case routerconfig.MCPAuthOAuthClientCredentials:
-		resource := a.Resource
-		if resource == "" {
-			resource = s.URL
-		}
-		t.disc = &discovery{server: s.URL, tokenURL: a.TokenURL, client: tokenClient}
+		t.disc = &discovery{server: s.URL, tokenURL: a.TokenURL, client: tokenClient, grant: "client_credentials"}
 		t.oauth = credential.NewCache(&credential.ClientCredentials{
 			ClientID: a.ClientID, Secret: credential.KeyFile{Path: a.ClientSecretFile},
-			Scopes: a.Scopes, Resource: resource, Endpoint: t.disc.endpoint, Client: tokenClient,
+			Scopes: a.Scopes, Resource: resourceOf(s), Endpoint: t.disc.endpoint, Client: tokenClient,
 		})
+	case routerconfig.MCPAuthOAuthTokenExchange:
+		t.disc = &discovery{server: s.URL, tokenURL: a.TokenURL, client: tokenClient, grant: credential.GrantTokenExchange}
+		x := &credential.TokenExchange{
+			SubjectToken: credential.KeyFile{Path: a.SubjectTokenFile}, SubjectTokenType: a.SubjectTokenType,
+			Resource: resourceOf(s), Audience: a.Audience, Scopes: a.Scopes, ClientID: a.ClientID,
+			Endpoint: t.disc.endpoint, Client: tokenClient,
+		}
+		if a.ClientSecretFile != "" {
+			x.ClientSecret = &credential.KeyFile{Path: a.ClientSecretFile}
+		}
+		t.oauth = credential.NewCache(x)
+	}
+	if t.oauth != nil {
+		// Tokens for MCP servers are often short-lived (minutes); refresh
+		// a minute ahead rather than five, so that a 5-minute token is
+		// still cached between calls.
+		t.oauth.RefreshBefore = time.Minute
 	}
 	return t
 }
+
+// resourceOf is the RFC 8707 resource indicator for s: the configured one,
+// else the server's URL (the MCP authorization specification's canonical
+// server URI).
+func resourceOf(s routerconfig.MCPServer) string {
+	if s.Auth.Resource != "" {
+		return s.Auth.Resource
+	}
+	return s.URL
+}
+
+// CredentialError is a failure to obtain the credential for an MCP server.
+// Its message is safe for the router's log and the admin status (no
+// token, no secret); the agent is told only that the router holds no
+// credential for the server.
+type CredentialError struct {
+	Server string
+	Err    error
+}
+
+func (e *CredentialError) Error() string {
+	return "no credential for MCP server " + e.Server + ": " + e.Err.Error()
+}
+
+func (e *CredentialError) Unwrap() error { return e.Err }
 
 // RoundTrip implements http.RoundTripper.
 func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.bearer != nil {
 		c, err := t.bearer.Credential(req.Context())
 		if err != nil {
-			return nil, fmt.Errorf("MCP bearer token: %w", err)
+			return nil, &CredentialError{t.server, fmt.Errorf("bearer token: %w", err)}
 		}
 		return t.base.RoundTrip(withBearer(req, c.Secret))
 	}
@@ -70,7 +110,7 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.disc.known() {
 		c, err := t.oauth.Credential(req.Context())
 		if err != nil {
-			return nil, err
+			return nil, &CredentialError{t.server, err}
 		}
 		req = withBearer(req, c.Secret)
 	}
@@ -88,7 +128,7 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c, err := t.oauth.Credential(req.Context())
 	if err != nil {
 		resp.Body.Close()
-		return nil, err
+		return nil, &CredentialError{t.server, err}
 	}
 	retry := withBearer(req, c.Secret)
 	if req.GetBody != nil {
@@ -115,8 +155,11 @@ func withBearer(req *http.Request, token string) *http.Request {
 // server, whose metadata (RFC 8414, or OpenID Connect discovery) names the
 // token endpoint.
 type discovery struct {
-	server   string
-	client   *http.Client
+	server string
+	client *http.Client
+	// grant is the grant_type the router will run, which the
+	// authorization server must offer.
+	grant    string
 	mu       sync.Mutex
 	tokenURL string
 	post     bool
@@ -201,8 +244,8 @@ func (d *discovery) endpoint(ctx context.Context) (credential.TokenEndpoint, err
 	if asm == nil || asm.TokenEndpoint == "" {
 		return credential.TokenEndpoint{}, errors.New("authorization server " + prm.AuthorizationServers[0] + " publishes no token endpoint")
 	}
-	if len(asm.GrantTypesSupported) > 0 && !slices.Contains(asm.GrantTypesSupported, "client_credentials") {
-		return credential.TokenEndpoint{}, fmt.Errorf("authorization server %s does not offer the client_credentials grant (it offers %v)", asm.Issuer, asm.GrantTypesSupported)
+	if len(asm.GrantTypesSupported) > 0 && !slices.Contains(asm.GrantTypesSupported, d.grant) {
+		return credential.TokenEndpoint{}, fmt.Errorf("authorization server %s does not offer the %s grant (it offers %v)", asm.Issuer, d.grant, asm.GrantTypesSupported)
 	}
 	m := asm.TokenEndpointAuthMethodsSupported
 	d.tokenURL = asm.TokenEndpoint

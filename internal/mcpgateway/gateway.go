@@ -103,7 +103,7 @@ func New(servers []routerconfig.MCPServer, pool *Pool, gov Governor, log *slog.L
 	}
 	g := &Gateway{servers: map[string]*server{}, log: log}
 	for _, cfg := range servers {
-		s := &server{cfg: cfg, up: pool.upstream(cfg), gov: gov}
+		s := &server{cfg: cfg, up: pool.upstream(cfg), gov: gov, log: log}
 		s.sdk = mcp.NewServer(&mcp.Implementation{Name: "kars-mcp-gateway", Title: "kars MCP gateway: " + cfg.Name, Version: version.Version},
 			&mcp.ServerOptions{
 				// Tools only; no logging capability (the SDK's default).
@@ -218,6 +218,7 @@ type server struct {
 	gov  Governor
 	sdk  *mcp.Server
 	http *mcp.StreamableHTTPHandler
+	log  *slog.Logger
 }
 
 // intercept answers tools/list and tools/call from the server behind the
@@ -253,7 +254,7 @@ func (s *server) visible(tool string) bool {
 func (s *server) listTools(ctx context.Context, _ *mcp.ListToolsRequest) (mcp.Result, error) {
 	tools, err := s.up.listTools(ctx)
 	if err != nil {
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + err.Error()}
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
 	}
 	// The list is this sandbox's (allowlist and policy), and a reload can
 	// change it at any moment: private, and stale at once (2026-07-28
@@ -312,10 +313,11 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 	if err != nil {
 		s.gov.Finished(c, d, OutcomeUpstreamError, time.Since(c.Start))
 		var werr *jsonrpc.Error
-		if errors.As(err, &werr) {
+		var cerr *CredentialError
+		if !errors.As(err, &cerr) && errors.As(err, &werr) {
 			return nil, &jsonrpc.Error{Code: werr.Code, Message: werr.Message, Data: werr.Data}
 		}
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: the MCP server " + s.cfg.Name + " failed: " + err.Error()}
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
 	}
 	if res.NeedsInput() {
 		// The server asks the client for input (sampling, elicitation:
@@ -333,6 +335,22 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 		return res, nil // the server's result type is already what the agent expects
 	}
 	return forAgent(req, res)
+}
+
+// agentMessage is what the agent is told of a failure toward the server.
+// A credential failure is logged (Finished) and reported in the admin
+// status, which the McpServer's conditions show; the agent learns only
+// that the router holds no credential: the authorization server's answer
+// is none of its business, and must not become a channel for what the
+// router was given.
+func (s *server) agentMessage(err error) string {
+	var ce *CredentialError
+	if errors.As(err, &ce) {
+		s.log.Warn("mcp credential", slog.String("server", s.cfg.Name), slog.String("error", ce.Error()))
+		return "the router holds no credential for the MCP server " + s.cfg.Name +
+			" right now; the McpServer's status and the router's log say why"
+	}
+	return "the MCP server " + s.cfg.Name + " failed: " + err.Error()
 }
 
 // forAgent gives a tool result the result type the agent's protocol
