@@ -2,6 +2,8 @@ package credential
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -56,6 +58,11 @@ func (x *TokenExchange) Fetch(ctx context.Context) (Credential, error) {
 		return Credential{}, fmt.Errorf("%s: token endpoint: %w", what, err)
 	}
 	subject, err := x.SubjectToken.Credential(ctx)
+	if errors.Is(err, fs.ErrNotExist) {
+		// kars dev projects no ServiceAccount token (no authorization
+		// server trusts a laptop's API server), so say what to do.
+		return Credential{}, fmt.Errorf("%s: no subject token at %s: no workload identity token is projected here (under kars dev, give the McpServer a subjectToken.secretRef)", what, x.SubjectToken.Path)
+	}
 	if err != nil {
 		return Credential{}, fmt.Errorf("%s: subject token: %w", what, err)
 	}

@@ -278,6 +278,8 @@ func TestOAuthTokenExchangeFailures(t *testing.T) {
 					io.WriteString(w, `{"access_token":"`+strings.Repeat("a", 1<<20)+`","token_type":"Bearer"}`)
 				}
 			}},
+		{name: "no subject token", status: "no workload identity token is projected here",
+			subject: func(s *exchangeSetup) string { return "" }},
 		{name: "expired subject token", status: "invalid_grant: the subject token has expired",
 			subject: func(s *exchangeSetup) string {
 				return s.as.Issuer.Mint(sandboxSubject, s.as.URL, -time.Minute)
@@ -295,7 +297,12 @@ func TestOAuthTokenExchangeFailures(t *testing.T) {
 			if tc.subject != nil {
 				s.subject = tc.subject(s)
 				a := s.g.servers["protected"].cfg.Auth
-				os.WriteFile(a.SubjectTokenFile, []byte(s.subject), 0o600)
+				if s.subject == "" {
+					os.Remove(a.SubjectTokenFile)
+					s.subject = "no-subject-token-at-all"
+				} else {
+					os.WriteFile(a.SubjectTokenFile, []byte(s.subject), 0o600)
+				}
 			}
 			st := s.g.Status(context.Background())
 			if len(st) != 1 || !strings.Contains(st[0].Error, tc.status) || !strings.Contains(st[0].Error, "OAuth token exchange") {
