@@ -3,8 +3,8 @@ package credential
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"strings"
