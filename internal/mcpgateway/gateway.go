@@ -50,10 +50,12 @@ type Governor interface {
 	// a decision.
 	Visible(action string) bool
 	// Decide decides c — or records c.Refused as the decision when the
-	// gateway refused the call itself — and writes its audit entry. It
-	// returns once the entry is durable; an error means it is not on
-	// record, and the call is not forwarded.
-	Decide(ctx context.Context, c *Call) (governance.Decision, error)
+	// gateway refused the call itself — and starts writing its audit
+	// entry. durable reports once the entry is on record (nil) or could
+	// not be written; the gateway calls it exactly once, before it
+	// answers the agent. An error means the call cannot be put on record
+	// at all (the audit log is failing), and the call is not forwarded.
+	Decide(ctx context.Context, c *Call) (d governance.Decision, durable func() error, err error)
 	// Finished reports what became of a decided call, for metrics and the
 	// log: Outcome* constants.
 	Finished(c *Call, d governance.Decision, outcome string, took time.Duration)
@@ -268,15 +270,61 @@ func (s *server) listTools(ctx context.Context, _ *mcp.ListToolsRequest) (mcp.Re
 	return out, nil
 }
 
-// callTool decides, audits and forwards one tools/call.
+// callTool decides, audits and forwards one tools/call through the SDK.
 func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Result, error) {
 	p := req.Params
-	c := &Call{Server: s.cfg.Name, Tool: p.Name, Action: routerconfig.MCPAction(s.cfg.Name, p.Name), Start: time.Now()}
-	args, payload, argErr := ReadArguments(p.Arguments)
+	c, d, durable, res, err := s.admit(ctx, p.Name, p.Arguments)
+	if c == nil {
+		if res != nil {
+			return forAgent(req, res)
+		}
+		return nil, err
+	}
+	up, modern, err := s.up.callTool(ctx, p.Name, p.Arguments)
+	if err != nil {
+		var werr *jsonrpc.Error
+		var cerr *CredentialError
+		if !errors.As(err, &cerr) && errors.As(err, &werr) {
+			err = &jsonrpc.Error{Code: werr.Code, Message: werr.Message, Data: werr.Data}
+		} else {
+			err = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
+		}
+		return nil, s.settle(c, d, durable, OutcomeUpstreamError, err)
+	}
+	if up.NeedsInput() {
+		// The server asks the client for input (sampling, elicitation:
+		// SEP-2322); the gateway relays no server-to-client requests.
+		if err := s.settle(c, d, durable, OutcomeToolError, nil); err != nil {
+			return nil, err
+		}
+		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{
+			Text: "the MCP server " + s.cfg.Name + " asked for client input (sampling or elicitation), which the kars gateway does not relay"}}})
+	}
+	outcome := OutcomeOK
+	if up.IsError {
+		outcome = OutcomeToolError
+	}
+	if err := s.settle(c, d, durable, outcome, nil); err != nil {
+		return nil, err
+	}
+	if modern == (req.ProtocolVersion() >= modernProtocol) {
+		return up, nil // the server's result type is already what the agent expects
+	}
+	return forAgent(req, up)
+}
+
+// admit decides one tools/call and has its audit entry written. When the
+// call is not to be forwarded it returns a nil Call and the answer: a tool
+// result (a policy refusal the model can read) or a JSON-RPC error. When
+// it is, durable reports once the call's entry is on record; the caller
+// forwards the call meanwhile and must settle it before answering.
+func (s *server) admit(ctx context.Context, name string, rawArgs json.RawMessage) (c *Call, d governance.Decision, durable func() error, res *mcp.CallToolResult, err error) {
+	c = &Call{Server: s.cfg.Name, Tool: name, Action: routerconfig.MCPAction(s.cfg.Name, name), Start: time.Now()}
+	args, payload, argErr := ReadArguments(rawArgs)
 	c.Args, c.Payload = args, payload
 	switch {
-	case !s.cfg.Allows(p.Name):
-		c.Refused = &governance.Decision{Rule: RuleAllowlist, Reason: "tool " + quoteTool(p.Name) + " is not in the McpServer's tool allowlist"}
+	case !s.cfg.Allows(name):
+		c.Refused = &governance.Decision{Rule: RuleAllowlist, Reason: "tool " + quoteTool(name) + " is not in the McpServer's tool allowlist"}
 	case argErr != nil:
 		c.Refused = &governance.Decision{Rule: RuleArguments, Reason: argErr.Error()}
 	default:
@@ -287,54 +335,53 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 	if c.Refused != nil {
 		c.Action = auditedAction(c.Action)
 	}
-	d, err := s.gov.Decide(ctx, c)
+	d, durable, err = s.gov.Decide(ctx, c)
+	if err == nil && (c.Refused != nil || !d.Allowed()) {
+		// Nothing is forwarded, so nothing waits on the entry: it is
+		// durable before the refusal is answered.
+		err = durable()
+	}
 	if err != nil {
 		s.gov.Finished(c, d, OutcomeUnaudited, time.Since(c.Start))
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError,
-			Message: "kars_audit_unavailable: kars-router could not write the call to its audit log, so it did not forward it"}
+		return nil, d, nil, nil, errUnaudited("did not forward it")
 	}
-	if c.Refused != nil && c.Refused.Rule == RuleAllowlist {
+	switch {
+	case c.Refused != nil && c.Refused.Rule == RuleAllowlist:
 		// Invisible tools stay invisible: the agent gets what a server
 		// that does not have the tool answers.
 		s.gov.Finished(c, d, OutcomeRefused, time.Since(c.Start))
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("unknown tool %q", p.Name)}
-	}
-	if c.Refused != nil {
+		return nil, d, nil, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("unknown tool %q", name)}
+	case c.Refused != nil:
 		s.gov.Finished(c, d, OutcomeRefused, time.Since(c.Start))
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "kars MCP gateway: " + c.Refused.Reason}
-	}
-	if !d.Allowed() {
+		return nil, d, nil, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "kars MCP gateway: " + c.Refused.Reason}
+	case !d.Allowed():
 		// A policy refusal is a tool error the model can read and act on
 		// (MCP "Tools", error handling), as the runtime contract asks.
 		s.gov.Finished(c, d, OutcomeRefused, time.Since(c.Start))
-		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: refusal(c, d)}}})
+		return nil, d, nil, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: refusal(c, d)}}}, nil
 	}
-	res, modern, err := s.up.callTool(ctx, p.Name, p.Arguments)
-	if err != nil {
-		s.gov.Finished(c, d, OutcomeUpstreamError, time.Since(c.Start))
-		var werr *jsonrpc.Error
-		var cerr *CredentialError
-		if !errors.As(err, &cerr) && errors.As(err, &werr) {
-			return nil, &jsonrpc.Error{Code: werr.Code, Message: werr.Message, Data: werr.Data}
-		}
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
-	}
-	if res.NeedsInput() {
-		// The server asks the client for input (sampling, elicitation:
-		// SEP-2322); the gateway relays no server-to-client requests.
-		s.gov.Finished(c, d, OutcomeToolError, time.Since(c.Start))
-		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{
-			Text: "the MCP server " + s.cfg.Name + " asked for client input (sampling or elicitation), which the kars gateway does not relay"}}})
-	}
-	outcome := OutcomeOK
-	if res.IsError {
-		outcome = OutcomeToolError
+	return c, d, durable, nil, nil
+}
+
+// settle waits until a forwarded call's audit entry is durable, then
+// reports the call finished. An entry that could not be written withholds
+// the answer: the agent gets kars_audit_unavailable in its place (the
+// tool has run; docs/audit.md says why the gateway forwards while the
+// entry is being written). Otherwise it returns answerErr.
+func (s *server) settle(c *Call, d governance.Decision, durable func() error, outcome string, answerErr error) error {
+	if err := durable(); err != nil {
+		s.gov.Finished(c, d, OutcomeUnaudited, time.Since(c.Start))
+		s.log.Error("mcp call forwarded but its audit entry failed; answer withheld",
+			slog.String("server", c.Server), slog.String("action", c.Action), slog.String("error", err.Error()))
+		return errUnaudited("withheld the server's answer")
 	}
 	s.gov.Finished(c, d, outcome, time.Since(c.Start))
-	if modern == (req.ProtocolVersion() >= modernProtocol) {
-		return res, nil // the server's result type is already what the agent expects
-	}
-	return forAgent(req, res)
+	return answerErr
+}
+
+func errUnaudited(what string) *jsonrpc.Error {
+	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError,
+		Message: "kars_audit_unavailable: kars-router could not write the call to its audit log, so it " + what}
 }
 
 // agentMessage is what the agent is told of a failure toward the server.
