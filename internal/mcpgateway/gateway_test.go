@@ -92,12 +92,12 @@ func (u *upstreamServer) ranTools() []string {
 // recorder is a Governor over a real governance engine that keeps what it
 // would have audited.
 type recorder struct {
-	eng      *governance.Engine
-	mu       sync.Mutex
-	audited  []audited
-	failNext atomic.Bool // the log is known to fail: Decide errs
+	eng       *governance.Engine
+	mu        sync.Mutex
+	audited   []audited
+	failNext  atomic.Bool // the log is known to fail: Decide errs
 	failWrite atomic.Bool // the next entry fails to become durable
-	finished []string
+	finished  []string
 }
 
 type audited struct {
