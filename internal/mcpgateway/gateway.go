@@ -32,6 +32,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -105,8 +106,9 @@ func New(servers []routerconfig.MCPServer, pool *Pool, gov Governor, log *slog.L
 	}
 	g := &Gateway{servers: map[string]*server{}, log: log}
 	for _, cfg := range servers {
-		s := &server{cfg: cfg, up: pool.upstream(cfg), gov: gov, log: log}
-		s.sdk = mcp.NewServer(&mcp.Implementation{Name: "kars-mcp-gateway", Title: "kars MCP gateway: " + cfg.Name, Version: version.Version},
+		s := &server{cfg: cfg, up: pool.upstream(cfg), gov: gov, log: log,
+			impl: &mcp.Implementation{Name: "kars-mcp-gateway", Title: "kars MCP gateway: " + cfg.Name, Version: version.Version}}
+		s.sdk = mcp.NewServer(s.impl,
 			&mcp.ServerOptions{
 				// Tools only; no logging capability (the SDK's default).
 				Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{}},
@@ -136,6 +138,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := g.servers[name]
 	if !ok || s == nil || strings.Contains(name, "/") {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no MCP server %q in this sandbox; GET %s lists them", name, IndexPath))
+		return
+	}
+	if !s.noRelay && s.relay(w, r) {
+		s.relayed.Add(1)
 		return
 	}
 	s.http.ServeHTTP(w, r)
@@ -221,6 +227,11 @@ type server struct {
 	sdk  *mcp.Server
 	http *mcp.StreamableHTTPHandler
 	log  *slog.Logger
+	impl *mcp.Implementation
+	// noRelay sends every message through the SDK (tests compare the
+	// two paths); relayed counts the calls the relay answered.
+	noRelay bool
+	relayed atomic.Int64
 }
 
 // intercept answers tools/list and tools/call from the server behind the
