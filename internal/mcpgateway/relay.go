@@ -501,7 +501,12 @@ func readRelayResponse(resp *http.Response, id string) (json.RawMessage, error) 
 }
 
 func (m *rpcResponse) answer(want string) (json.RawMessage, error) {
-	if string(m.ID) != want && len(m.ID) > 0 && string(m.ID) != "null" {
+	// An error may come without the id (the server could not read the
+	// request, JSON-RPC 2.0 §5); a result is the relay's only with its id.
+	if m.Error != nil && (string(m.ID) == want || len(m.ID) == 0 || string(m.ID) == "null") {
+		return nil, m.Error
+	}
+	if string(m.ID) != want {
 		return nil, errors.New("the answer is for another request")
 	}
 	if m.Error != nil {
