@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -273,6 +274,13 @@ func TestMCPReloadRemovesServer(t *testing.T) {
 	}
 }
 
+// processCPU is the user and system CPU time the process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // BenchmarkMCPToolsCall measures one tools/call (echo) from the official Go
 // SDK client, directly to the server and through the router's gateway
 // (policy, durable audit entry, upstream session), in the same run. It
@@ -294,6 +302,7 @@ func BenchmarkMCPToolsCall(b *testing.B) {
 			}
 			lat := make([]time.Duration, 0, b.N)
 			b.ReportAllocs()
+			cpu0 := processCPU()
 			b.ResetTimer()
 			for b.Loop() {
 				start := time.Now()
@@ -304,6 +313,9 @@ func BenchmarkMCPToolsCall(b *testing.B) {
 				}
 			}
 			b.StopTimer()
+			// Process CPU (user+system) per call: the client, the server
+			// and, through the router, the router — all in this process.
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(len(lat)), "cpu-µs/op")
 			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 			p50 := float64(lat[len(lat)/2].Microseconds())
 			b.ReportMetric(p50, "p50-µs")
