@@ -225,6 +225,9 @@ func (s *server) relay(w http.ResponseWriter, r *http.Request) bool {
 	var head struct {
 		IsError    bool   `json:"isError"`
 		ResultType string `json:"resultType"`
+		Meta       struct {
+			ServerInfo json.RawMessage `json:"io.modelcontextprotocol/serverInfo"`
+		} `json:"_meta"`
 	}
 	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &head) != nil {
 		err := &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: the MCP server " + s.cfg.Name + " answered a result that is not a JSON object"}
@@ -250,7 +253,12 @@ func (s *server) relay(w http.ResponseWriter, r *http.Request) bool {
 		writeRPCError(w, id, err, agentModern)
 		return true
 	}
-	if upModern != agentModern || agentModern {
+	// The server's result is already what the agent expects when both
+	// speak the same era and, for 2026-07-28, it names its type and its
+	// server; otherwise it is shaped.
+	ready := !agentModern && !upModern && head.ResultType == "" ||
+		agentModern && upModern && head.ResultType == "complete" && len(head.Meta.ServerInfo) > 0
+	if !ready {
 		if raw, err = s.shape(raw, agentModern); err != nil {
 			writeRPCError(w, id, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + err.Error()}, agentModern)
 			return true
