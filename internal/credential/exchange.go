@@ -37,6 +37,8 @@ type TokenExchange struct {
 	// name the server the token is for; either may be empty.
 	Resource, Audience string
 	Scopes             []string
+	// DefaultScopes, when Scopes is empty, gives the scopes to request.
+	DefaultScopes func() []string
 	// ClientID and ClientSecret authenticate the router at the token
 	// endpoint when the authorization server asks for it: both set, HTTP
 	// Basic (or the form, when the endpoint says so); only ClientID, the
@@ -82,8 +84,8 @@ func (x *TokenExchange) Fetch(ctx context.Context) (Credential, error) {
 	if x.Audience != "" {
 		form.Set("audience", x.Audience)
 	}
-	if len(x.Scopes) > 0 {
-		form.Set("scope", strings.Join(x.Scopes, " "))
+	if sc := scopes(x.Scopes, x.DefaultScopes); len(sc) > 0 {
+		form.Set("scope", strings.Join(sc, " "))
 	}
 	secrets := []string{subject.Secret}
 	var basic *[2]string

@@ -32,6 +32,9 @@ type ClientCredentials struct {
 	// Secret is the file holding the client secret.
 	Secret KeyFile
 	Scopes []string
+	// DefaultScopes, when Scopes is empty, gives the scopes to request
+	// (the MCP gateway's: what the server's challenge or metadata names).
+	DefaultScopes func() []string
 	// Resource is the RFC 8707 resource indicator binding the token to
 	// the server it is for; empty sends none.
 	Resource string
@@ -58,8 +61,8 @@ func (c *ClientCredentials) Fetch(ctx context.Context) (Credential, error) {
 		return Credential{}, fmt.Errorf("OAuth client secret: %w", err)
 	}
 	form := url.Values{"grant_type": {"client_credentials"}}
-	if len(c.Scopes) > 0 {
-		form.Set("scope", strings.Join(c.Scopes, " "))
+	if sc := scopes(c.Scopes, c.DefaultScopes); len(sc) > 0 {
+		form.Set("scope", strings.Join(sc, " "))
 	}
 	if c.Resource != "" {
 		form.Set("resource", c.Resource)
@@ -73,6 +76,14 @@ func (c *ClientCredentials) Fetch(ctx context.Context) (Credential, error) {
 		basic = &[2]string{c.ClientID, secret.Secret}
 	}
 	return postTokenRequest(ctx, c.Client, ep.URL, form, basic, "OAuth client credentials grant", secret.Secret)
+}
+
+// scopes is the configured scopes, else the default ones.
+func scopes(configured []string, def func() []string) []string {
+	if len(configured) == 0 && def != nil {
+		return def()
+	}
+	return configured
 }
 
 // postTokenRequest sends a token request (RFC 6749 §3.2: a form-encoded

@@ -46,13 +46,13 @@ func newAuthTransport(base http.RoundTripper, s routerconfig.MCPServer, tokenCli
 		t.disc = &discovery{server: s.URL, tokenURL: a.TokenURL, client: tokenClient, grant: "client_credentials"}
 		t.oauth = credential.NewCache(&credential.ClientCredentials{
 			ClientID: a.ClientID, Secret: credential.KeyFile{Path: a.ClientSecretFile},
-			Scopes: a.Scopes, Resource: resourceOf(s), Endpoint: t.disc.endpoint, Client: tokenClient,
+			Scopes: a.Scopes, DefaultScopes: t.disc.scopes, Resource: resourceOf(s), Endpoint: t.disc.endpoint, Client: tokenClient,
 		})
 	case routerconfig.MCPAuthOAuthTokenExchange:
 		t.disc = &discovery{server: s.URL, tokenURL: a.TokenURL, client: tokenClient, grant: credential.GrantTokenExchange}
 		x := &credential.TokenExchange{
 			SubjectToken: credential.KeyFile{Path: a.SubjectTokenFile}, SubjectTokenType: a.SubjectTokenType,
-			Resource: resourceOf(s), Audience: a.Audience, Scopes: a.Scopes, ClientID: a.ClientID,
+			Resource: resourceOf(s), Audience: a.Audience, Scopes: a.Scopes, DefaultScopes: t.disc.scopes, ClientID: a.ClientID,
 			Endpoint: t.disc.endpoint, Client: tokenClient,
 		}
 		if a.ClientSecretFile != "" {
@@ -115,12 +115,19 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = withBearer(req, c.Secret)
 	}
 	resp, err := t.base.RoundTrip(req)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+	if err != nil {
 		return resp, err
+	}
+	challenge := resp.Header.Values("WWW-Authenticate")
+	// 401: no token, or one the server no longer takes. 403 with
+	// insufficient_scope: the token lacks a scope the challenge names (MCP
+	// authorization, "Scope Selection Strategy"; RFC 6750 §3.1).
+	if resp.StatusCode != http.StatusUnauthorized && !(resp.StatusCode == http.StatusForbidden && stepUp(challenge)) {
+		return resp, nil
 	}
 	// The token is missing, expired early, revoked or for another
 	// audience: learn from the challenge, get a new one, retry once.
-	t.disc.learn(resp.Header.Values("WWW-Authenticate"))
+	t.disc.learn(challenge)
 	if req.Body != nil && req.GetBody == nil {
 		return resp, nil // cannot replay the body
 	}
@@ -165,6 +172,38 @@ type discovery struct {
 	post     bool
 	// metadata is the protected resource metadata URL a challenge gave.
 	metadata string
+	// challengeScope is the scope of the server's last challenge;
+	// metaScopes the scopes_supported of its resource metadata.
+	challengeScope, metaScopes []string
+}
+
+// scopes are what the router asks for when the McpServer names none, as
+// the MCP authorization specification's scope selection says: the scope
+// of the server's challenge, else the scopes_supported of its protected
+// resource metadata, else none.
+func (d *discovery) scopes() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.challengeScope) > 0 {
+		return d.challengeScope
+	}
+	return d.metaScopes
+}
+
+// stepUp reports whether a 403's Bearer challenge asks for more scope:
+// error="insufficient_scope" (RFC 6750 §3.1), or — as the Go SDK's
+// middleware answers, without the error code — a scope parameter.
+func stepUp(headers []string) bool {
+	cs, err := oauthex.ParseWWWAuthenticate(headers)
+	if err != nil {
+		return false
+	}
+	for _, c := range cs {
+		if c.Scheme == "bearer" {
+			return c.Params["error"] == "insufficient_scope" || c.Params["scope"] != ""
+		}
+	}
+	return false
 }
 
 func (d *discovery) known() bool {
@@ -176,8 +215,20 @@ func (d *discovery) known() bool {
 // learn records the resource_metadata URL of a Bearer challenge.
 func (d *discovery) learn(headers []string) {
 	u := ResourceMetadataURL(headers)
+	var scope []string
+	if cs, err := oauthex.ParseWWWAuthenticate(headers); err == nil {
+		for _, c := range cs {
+			if c.Scheme == "bearer" {
+				scope = strings.Fields(c.Params["scope"])
+				break
+			}
+		}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if len(scope) > 0 {
+		d.challengeScope = scope
+	}
 	if u != "" {
 		d.metadata = u
 	} else if d.metadata == "" {
@@ -234,6 +285,7 @@ func (d *discovery) endpoint(ctx context.Context) (credential.TokenEndpoint, err
 	if err != nil {
 		return credential.TokenEndpoint{}, fmt.Errorf("protected resource metadata of %s: %w", d.server, err)
 	}
+	d.metaScopes = prm.ScopesSupported
 	if len(prm.AuthorizationServers) == 0 {
 		return credential.TokenEndpoint{}, fmt.Errorf("protected resource metadata at %s names no authorization server", meta)
 	}

@@ -342,3 +342,35 @@ func TestOAuthTokenExchangeRetriesOnce(t *testing.T) {
 		t.Fatal("a tool ran")
 	}
 }
+
+// With no scopes configured the router asks for what the server names
+// (MCP authorization, "Scope Selection Strategy"): the scope of its
+// challenge. A token that lacks a scope the server then asks for (403
+// with the scope in its challenge) is exchanged once more for it.
+func TestOAuthTokenExchangeScopeFromTheServer(t *testing.T) {
+	s := newExchangeSetup(t, func(a *routerconfig.MCPAuth) { a.Scopes = nil })
+	cs := connect(t, s.agent.URL+routerconfig.MCPPath("protected"), "")
+	if res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "x"}}); err != nil || text(res) != "Echo: x" {
+		t.Fatalf("%v %+v", err, res)
+	}
+	if seen := s.as.Seen(); len(seen) != 1 || seen[0].Form["scope"][0] != "tools" {
+		t.Fatalf("token requests %+v, want one for scope tools", seen)
+	}
+
+	// Step-up: the first token is issued without the scope (the server's
+	// first answer named none), so the server answers 403 naming it.
+	s = newExchangeSetup(t, func(a *routerconfig.MCPAuth) { a.Scopes = nil })
+	tr := s.g.servers["protected"].up.http.Transport.(*authTransport)
+	tr.disc.tokenURL = s.as.URL + "/token" // no metadata fetch, no challenge yet
+	cs = connect(t, s.agent.URL+routerconfig.MCPPath("protected"), "")
+	if res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "y"}}); err != nil || text(res) != "Echo: y" {
+		t.Fatalf("%v %+v", err, res)
+	}
+	seen := s.as.Seen()
+	if len(seen) < 2 || seen[0].Form["scope"] != nil || seen[len(seen)-1].Form["scope"][0] != "tools" {
+		t.Fatalf("token requests %+v, want one without scope, then one for tools", seen)
+	}
+	if len(seen) > 2 {
+		t.Fatalf("%d token requests, want 2", len(seen))
+	}
+}

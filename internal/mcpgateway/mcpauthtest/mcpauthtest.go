@@ -266,7 +266,8 @@ func (as *AuthServer) lookup(tok string) (Grant, bool) {
 
 // MCPServer is an MCP server (the official Go SDK) over TLS that accepts
 // only access tokens its authorization server issued for its URL with the
-// scope "tools". Its tools: echo, and whoami (answers the token's subject).
+// scope "tools" (401 without one; 403, naming the scope, with one that
+// lacks it). Its tools: echo, and whoami (answers the token's subject).
 type MCPServer struct {
 	*httptest.Server
 	// Endpoint is the MCP endpoint's URL (and the resource identifier).
@@ -304,9 +305,11 @@ func StartMCPServer(as *AuthServer) *MCPServer {
 		Resource: m.Endpoint, AuthorizationServers: []string{as.URL}, ScopesSupported: []string{"tools"}}))
 	verify := func(_ context.Context, tok string, _ *http.Request) (*auth.TokenInfo, error) {
 		g, ok := as.lookup(tok)
-		if !ok || g.Resource != m.Endpoint || !slices.Contains(strings.Fields(g.Scope), "tools") {
+		if !ok || g.Resource != m.Endpoint {
 			return nil, auth.ErrInvalidToken
 		}
+		// A token without the scope "tools" is answered 403 by the
+		// middleware, with the scope in its challenge.
 		return &auth.TokenInfo{Scopes: strings.Fields(g.Scope), Expiration: time.Now().Add(time.Hour), UserID: g.Subject}, nil
 	}
 	protected := auth.RequireBearerToken(verify, &auth.RequireBearerTokenOptions{ResourceMetadataURL: metaURL, Scopes: []string{"tools"}})(h)
