@@ -7,18 +7,22 @@
 // The agent sees only what the sandbox may call: tools/list is the
 // server's list filtered by the McpServer's tool allowlist (empty allows
 // nothing) and by the governance policy. Each tools/call is decided as the
-// action mcp:<server>.<tool> and audited (Governor) before it is
-// forwarded; a refused call never reaches the server. Credentials toward
-// the server (a bearer token from a Secret, or an OAuth 2.1 client
-// credentials grant) live in the router and are never visible to the
-// agent: the gateway builds every upstream request itself, forwarding
-// only the tool's name and arguments.
+// action mcp:<server>.<tool> (Governor) before it is forwarded, and its
+// audit entry is durable before the answer reaches the agent (it is
+// written while an allowed call is forwarded); a refused call never
+// reaches the server. Credentials toward the server (a bearer token from a
+// Secret, an OAuth 2.1 client credentials grant, or an RFC 8693 token
+// exchange of the sandbox's workload identity) live in the router and are
+// never visible to the agent: the gateway builds every upstream request
+// itself, forwarding only the tool's name and arguments.
 //
 // Resources, prompts, completion, sampling and elicitation are not
 // relayed: the gateway is a tool surface, and every tool call goes through
-// policy. The protocol is the SDK's (github.com/modelcontextprotocol/go-sdk);
-// this package adds the policy seam, the argument checks and the upstream
-// sessions. It must not import the router or Kubernetes packages.
+// policy. The protocol is the SDK's (github.com/modelcontextprotocol/go-sdk),
+// except that tools/call takes a direct relay (relay.go) that answers it as
+// the SDK would, at a fraction of the cost; this package adds the policy
+// seam, the argument checks, the relay and the upstream sessions. It must
+// not import the router or Kubernetes packages.
 package mcpgateway
 
 import (
