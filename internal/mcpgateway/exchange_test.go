@@ -305,7 +305,7 @@ func TestOAuthTokenExchangeFailures(t *testing.T) {
 				}
 			}
 			st := s.g.Status(context.Background())
-			if len(st) != 1 || !strings.Contains(st[0].Error, tc.status) || !strings.Contains(st[0].Error, "OAuth token exchange") {
+			if len(st) != 1 || !strings.Contains(st[0].Error, tc.status) || !strings.Contains(st[0].Error, "OAuth token exchange") || st[0].Reason != ReasonCredential {
 				t.Fatalf("status: %+v, want an error with %q", st, tc.status)
 			}
 			if strings.Contains(st[0].Error, s.subject) || strings.Contains(st[0].Error, s.subject[len(s.subject)-16:]) {

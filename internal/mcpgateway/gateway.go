@@ -193,7 +193,14 @@ type ServerStatus struct {
 	Tools   []string `json:"tools"`
 	Visible []string `json:"visible"`
 	Error   string   `json:"error,omitempty"`
+	// Reason classifies Error: ReasonCredential when the router could not
+	// obtain its credential for the server.
+	Reason string `json:"reason,omitempty"`
 }
+
+// ReasonCredential is the ServerStatus reason of a credential failure (a
+// refused or failed OAuth grant, a missing token file).
+const ReasonCredential = "credential"
 
 // Status lists each server's tools, asking the servers now.
 func (g *Gateway) Status(ctx context.Context) []ServerStatus {
@@ -204,6 +211,10 @@ func (g *Gateway) Status(ctx context.Context) []ServerStatus {
 		tools, err := s.up.listTools(ctx)
 		if err != nil {
 			st.Error = err.Error()
+			var ce *CredentialError
+			if errors.As(err, &ce) {
+				st.Reason = ReasonCredential
+			}
 		}
 		for _, t := range tools {
 			st.Tools = append(st.Tools, t.Name)
