@@ -37,7 +37,7 @@ import (
 // serves, the headers the SDK requires, and params with no member the
 // relay does not know. Anything else — initialize, tools/list, pings,
 // malformed or unusual requests — goes to the SDK's handler, which
-// answers or refuses it. toward the server likewise: the SSE transport, a
+// answers or refuses it. Toward the server likewise: the SSE transport, a
 // tool whose schema asks for Mcp-Param headers, or a session the SDK has
 // not negotiated go through the SDK client.
 
