@@ -87,23 +87,23 @@ type Model struct {
 	unwatched     map[string]string
 	watchErr      error
 
-	focus   pane
-	page    page
-	sel     types.NamespacedName // selected sandbox
-	sreSel  int
+	focus  pane
+	page   page
+	sel    types.NamespacedName // selected sandbox
+	sreSel int
 	// The audit tail of the selected sandbox, from its router.
-	admin      AdminDialer
-	send       func(tea.Msg)
-	ctx        context.Context
-	tailKey    types.NamespacedName // the sandbox followed
-	stopTail   context.CancelFunc
-	auditFor   types.NamespacedName // whose entries these are
-	auditLog   []audit.Entry        // newest first
-	auditErr   error
-	auditAt    time.Time
-	auditSel   int
-	confirm *confirmation
-	status  string
+	admin    AdminDialer
+	send     func(tea.Msg)
+	ctx      context.Context
+	tailKey  types.NamespacedName // the sandbox followed
+	stopTail context.CancelFunc
+	auditFor types.NamespacedName // whose entries these are
+	auditLog []audit.Entry        // newest first
+	auditErr error
+	auditAt  time.Time
+	auditSel int
+	confirm  *confirmation
+	status   string
 	// input, when not nil, is the model name being typed after "m".
 	input *string
 }

@@ -117,7 +117,9 @@ func fixture(t *testing.T, w, h int, a Actions) *Model {
 	// An admin dialer but no Send: the audit tail is shown from the
 	// AuditMsgs a test sends, and no goroutine polls anything.
 	m := New(Options{Renderer: plain(), Actions: a, Title: "https://127.0.0.1:6443",
-		Admin: func(context.Context, types.NamespacedName) (Admin, error) { return nil, fmt.Errorf("not dialled in frame tests") }})
+		Admin: func(context.Context, types.NamespacedName) (Admin, error) {
+			return nil, fmt.Errorf("not dialled in frame tests")
+		}})
 	send(m, tea.WindowSizeMsg{Width: w, Height: h})
 	bot := sandbox("kars-bot", "bot", karsv1.SandboxRunning)
 	bot.Status.Model = "gpt-4.1"
@@ -170,7 +172,7 @@ func fixture(t *testing.T, w, h int, a Actions) *Model {
 				CommonStatus: karsv1.CommonStatus{Conditions: []metav1.Condition{
 					{Type: "Drifted", Status: "True", Reason: "ScoreDropped", Message: "0.90 < previous 1.00"}}}}}},
 		{Obj: &karsv1.KarsEval{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "jailbreak"},
-			Spec: karsv1.KarsEvalSpec{SandboxRef: karsv1.LocalObjectReference{Name: "bot"}, PassThreshold: "0.2"},
+			Spec:   karsv1.KarsEvalSpec{SandboxRef: karsv1.LocalObjectReference{Name: "bot"}, PassThreshold: "0.2"},
 			Status: karsv1.KarsEvalStatus{Phase: "Completed", Score: "0.25", CasesRun: 8, CasesPassed: 2}}},
 		{Obj: &karsv1.TrustGraph{ObjectMeta: metav1.ObjectMeta{Name: "contoso"},
 			Spec: karsv1.TrustGraphSpec{TrustDomain: "contoso.com", Edges: []karsv1.TrustEdge{
