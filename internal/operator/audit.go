@@ -117,12 +117,15 @@ func FollowAudit(ctx context.Context, dial AdminDialer, key types.NamespacedName
 	}
 }
 
-// refusedEgress reports the host and port of an audit entry that refused
-// an egress destination (action "egress:HOST:PORT", docs/egress.md), which
-// an EgressApproval can grant.
+// refusedEgress reports the host and port of an audit entry in which the
+// router refused a connection (attrs op=egress, action "egress:HOST:PORT")
+// because nothing allowed it (step "default", docs/egress.md "The
+// decision") — the one refusal an EgressApproval lifts: a blocklisted
+// host, a refused address or a ToolPolicy denial (steps blocklist,
+// address, governance) stays refused whatever is approved.
 func refusedEgress(e audit.Entry) (host string, port int32, ok bool) {
 	rest, found := strings.CutPrefix(e.Action, "egress:")
-	if !found || e.Decision == "allow" {
+	if !found || e.Decision == "allow" || e.Attrs["op"] != "egress" || e.Attrs["step"] != "default" {
 		return "", 0, false
 	}
 	i := strings.LastIndexByte(rest, ':')

@@ -457,7 +457,10 @@ func (m *Model) askApproveEgress() {
 	e := es[m.auditSel]
 	host, port, ok := refusedEgress(e)
 	if !ok {
-		m.status = fmt.Sprintf("entry %d is not a refused egress destination: only those can be approved here", e.Seq)
+		m.status = fmt.Sprintf("entry %d is not an egress destination refused for want of a rule: only those can be approved here", e.Seq)
+		if step := e.Attrs["step"]; e.Attrs["op"] == "egress" && e.Decision != "allow" {
+			m.status = fmt.Sprintf("entry %d was refused by the %s step: an EgressApproval does not lift that", e.Seq, step)
+		}
 		return
 	}
 	key, act := m.sel, m.actions

@@ -18,15 +18,20 @@ var botKey = types.NamespacedName{Namespace: "kars-bot", Name: "bot"}
 
 // auditFixture is what a router's audit tail answers, oldest first.
 func auditFixture() []audit.Entry {
-	e := func(seq uint64, action, decision, rule, reason string) audit.Entry {
-		return audit.Entry{Seq: seq, Time: t0.Add(time.Duration(seq) * time.Second),
+	e := func(seq uint64, action, decision, rule, reason string, attrs ...string) audit.Entry {
+		en := audit.Entry{Seq: seq, Time: t0.Add(time.Duration(seq) * time.Second),
 			Record: audit.Record{Sandbox: "kars-bot/bot", Agent: "kars-bot/bot", Action: action, Decision: decision, Rule: rule, Reason: reason}}
+		if len(attrs) > 0 {
+			en.Attrs = map[string]string{"op": "egress", "step": attrs[0]}
+		}
+		return en
 	}
 	return []audit.Entry{
+		e(40, "egress:pastebin.com:443", "deny", "blocklist", "listed", "blocklist"),
 		e(41, "inference:gpt-4.1", "allow", "", ""),
-		e(42, "egress:api.github.com:443", "allow", "allowlist", ""),
+		e(42, "egress:api.github.com:443", "allow", "allowlist", "", "allowlist"),
 		e(43, "tool:read_file", "allow", "read-only", ""),
-		e(44, "egress:198.51.100.11:80", "deny", "default", "no rule allows it"),
+		e(44, "egress:198.51.100.11:80", "deny", "default", "no rule allows it", "default"),
 		e(45, "shell:rm -rf /", "deny", "no-shell", "matched deny rule"),
 	}
 }
@@ -132,7 +137,7 @@ func TestApproveRefusedEgress(t *testing.T) {
 	send(m, key("5"))
 	send(m, key("tab")) // 45: shell, refused but not egress
 	send(m, key("a"))
-	if m.confirm != nil || !strings.Contains(m.View(), "entry 45 is not a refused egress destination") {
+	if m.confirm != nil || !strings.Contains(m.View(), "entry 45 is not an egress destination refused for want of a rule") {
 		t.Fatalf("offered to approve a shell command:\n%s", m.View())
 	}
 	send(m, key("down")) // 44
@@ -157,6 +162,13 @@ func TestApproveRefusedEgress(t *testing.T) {
 	if m.confirm != nil {
 		t.Fatal("offered to approve an allowed entry")
 	}
+	for range 3 {
+		send(m, key("down")) // 40: a blocklisted host
+	}
+	send(m, key("a"))
+	if m.confirm != nil || !strings.Contains(m.View(), "entry 40 was refused by the blocklist step: an EgressApproval does not lift that") {
+		t.Fatalf("offered to approve a blocklisted host:\n%s", m.View())
+	}
 	// Leaving the audit page leaves its focus.
 	send(m, key("1"))
 	if m.focus != paneSandboxes {
@@ -166,22 +178,25 @@ func TestApproveRefusedEgress(t *testing.T) {
 
 func TestRefusedEgress(t *testing.T) {
 	for _, c := range []struct {
-		action, decision string
-		host             string
-		port             int32
+		action, decision, step string
+		host                   string
+		port                   int32
 	}{
-		{"egress:198.51.100.11:80", "deny", "198.51.100.11", 80},
-		{"egress:api.github.com:443", "deny", "api.github.com", 443},
-		{"egress:[2001:db8::1]:443", "deny", "2001:db8::1", 443},
-		{"egress:api.github.com:443", "allow", "", 0},
-		{"egress:api.github.com", "deny", "", 0},
-		{"egress::443", "deny", "", 0},
-		{"egress:a.example:0", "deny", "", 0},
-		{"egress:a.example:70000", "deny", "", 0},
-		{"egress:a b:80", "deny", "", 0},
-		{"tool:egress:x:1", "deny", "", 0},
+		{"egress:198.51.100.11:80", "deny", "default", "198.51.100.11", 80},
+		{"egress:api.github.com:443", "deny", "default", "api.github.com", 443},
+		{"egress:[2001:db8::1]:443", "deny", "default", "2001:db8::1", 443},
+		{"egress:api.github.com:443", "deny", "governance", "", 0},
+		{"egress:api.github.com:443", "deny", "blocklist", "", 0},
+		{"egress:api.github.com:443", "deny", "", "", 0},
+		{"egress:api.github.com:443", "allow", "default", "", 0},
+		{"egress:api.github.com", "deny", "default", "", 0},
+		{"egress::443", "deny", "default", "", 0},
+		{"egress:a.example:0", "deny", "default", "", 0},
+		{"egress:a.example:70000", "deny", "default", "", 0},
+		{"egress:a b:80", "deny", "default", "", 0},
+		{"tool:egress:x:1", "deny", "default", "", 0},
 	} {
-		h, p, ok := refusedEgress(audit.Entry{Record: audit.Record{Action: c.action, Decision: c.decision}})
+		h, p, ok := refusedEgress(audit.Entry{Record: audit.Record{Action: c.action, Decision: c.decision, Attrs: map[string]string{"op": "egress", "step": c.step}}})
 		if h != c.host || p != c.port || ok != (c.host != "") {
 			t.Errorf("%s %s: %q %d %v", c.action, c.decision, h, p, ok)
 		}
@@ -196,7 +211,7 @@ func FuzzRefusedEgress(f *testing.F) {
 		f.Add(s, "deny")
 	}
 	f.Fuzz(func(t *testing.T, action, decision string) {
-		h, p, ok := refusedEgress(audit.Entry{Record: audit.Record{Action: action, Decision: decision}})
+		h, p, ok := refusedEgress(audit.Entry{Record: audit.Record{Action: action, Decision: decision, Attrs: map[string]string{"op": "egress", "step": "default"}}})
 		if !ok {
 			return
 		}
