@@ -167,13 +167,13 @@ func fixture(t *testing.T, w, h int, a Actions) *Model {
 				{Type: karsv1.ConditionReady, Status: "False", Reason: "AuthMisconfigured", Message: "the store answered 401"}}}}}},
 		{Obj: &karsv1.KarsEval{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "banned-tools"},
 			Spec: karsv1.KarsEvalSpec{SandboxRef: karsv1.LocalObjectReference{Name: "bot"}, PassThreshold: "0.9"},
-			Status: karsv1.KarsEvalStatus{Phase: "Completed", Score: "0.90", PreviousScore: "1.00", CasesRun: 10, CasesPassed: 9,
+			Status: karsv1.KarsEvalStatus{Phase: "Passed", Score: "0.90", PreviousScore: "1.00", CasesRun: 10, CasesPassed: 9,
 				LastRunTime: &metav1.Time{Time: t0.Add(-2 * time.Hour)}, NextRunTime: &metav1.Time{Time: t0.Add(4 * time.Hour)},
 				CommonStatus: karsv1.CommonStatus{Conditions: []metav1.Condition{
 					{Type: "Drifted", Status: "True", Reason: "ScoreDropped", Message: "0.90 < previous 1.00"}}}}}},
 		{Obj: &karsv1.KarsEval{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "jailbreak"},
 			Spec:   karsv1.KarsEvalSpec{SandboxRef: karsv1.LocalObjectReference{Name: "bot"}, PassThreshold: "0.2"},
-			Status: karsv1.KarsEvalStatus{Phase: "Completed", Score: "0.25", CasesRun: 8, CasesPassed: 2}}},
+			Status: karsv1.KarsEvalStatus{Phase: "Passed", Score: "0.25", CasesRun: 8, CasesPassed: 2}}},
 		{Obj: &karsv1.TrustGraph{ObjectMeta: metav1.ObjectMeta{Name: "contoso"},
 			Spec: karsv1.TrustGraphSpec{TrustDomain: "contoso.com", Edges: []karsv1.TrustEdge{
 				{From: "kars-bot/bot", To: "kars-worker/worker", Score: 800, ExpiresAt: &metav1.Time{Time: t0.Add(48 * time.Hour)}},
