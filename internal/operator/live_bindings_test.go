@@ -104,4 +104,3 @@ func TestLiveBindings(t *testing.T) {
 	send(l.m, key("1"))
 	l.until(t, "the approval", func(f string) bool { return strings.Contains(f, "198.51.100.11 · approved in kars operator") })
 }
-
