@@ -200,8 +200,8 @@ func TestOperatorUnderKarsDev(t *testing.T) {
 	}
 	scr.wait(t, press("y"), 20*time.Second, "done: approve egress to "+host+":80 for kars-web/web")
 
-	// The approval exists with the user's name on nothing but the object,
-	// turns Active once the router confirms it, and the TUI shows that.
+	// The approval exists for that host and port, turns Active once the
+	// router confirms it, and the TUI shows that.
 	var approved *karsv1.EgressApproval
 	for deadline := time.Now().Add(60 * time.Second); approved == nil; time.Sleep(200 * time.Millisecond) {
 		var l karsv1.EgressApprovalList
