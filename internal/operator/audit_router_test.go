@@ -57,7 +57,7 @@ func (httpAdmin) Close() {}
 // kars-dev/demo: the offline model and Strict egress with an empty allow
 // list, its egress listeners off (the explicit proxy on the agent port
 // stays). It returns the agent and admin addresses.
-func startRouter(t *testing.T) (agent, admin string) {
+func startRouter(t testing.TB) (agent, admin string) {
 	t.Helper()
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
@@ -97,7 +97,7 @@ func startRouter(t *testing.T) (agent, admin string) {
 
 // connectThrough asks the router's forward proxy for host:port and returns
 // the status it answers.
-func connectThrough(t *testing.T, agent, hostport string) int {
+func connectThrough(t testing.TB, agent, hostport string) int {
 	t.Helper()
 	c, err := net.Dial("tcp", agent)
 	if err != nil {
@@ -200,4 +200,33 @@ func TestAuditTailFromARealRouter(t *testing.T) {
 	if n := tails.Load() - before; n != 1 {
 		t.Fatalf("%d tail reads for one new entry", n)
 	}
+}
+
+// BenchmarkAuditPoll: what an idle audit tail costs per second (one head
+// request) against what reading the tail every second would (the same-run
+// baseline), on a real router whose log holds 2,000 entries.
+func BenchmarkAuditPoll(b *testing.B) {
+	agent, admin := startRouter(b)
+	for range 2000 {
+		connectThrough(b, agent, "unlisted.test:443")
+	}
+	var tails atomic.Int32
+	a := httpAdmin{base: "http://" + admin, token: "admin-token", tails: &tails}
+	ctx := context.Background()
+	b.Run("head", func(b *testing.B) {
+		for b.Loop() {
+			var head struct{ Seq uint64 }
+			if err := a.Get(ctx, "/admin/v1/audit/head", &head); err != nil || head.Seq < 2000 {
+				b.Fatal(err, head.Seq)
+			}
+		}
+	})
+	b.Run("tail-baseline", func(b *testing.B) {
+		for b.Loop() {
+			var es []json.RawMessage
+			if err := a.Get(ctx, fmt.Sprintf("/admin/v1/audit/tail?n=%d", AuditLines), &es); err != nil || len(es) != AuditLines {
+				b.Fatal(err, len(es))
+			}
+		}
+	})
 }
