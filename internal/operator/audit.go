@@ -18,7 +18,8 @@ import (
 // is too costly to open per request).
 type Admin interface {
 	// Get fetches an admin path (with its query) and decodes its JSON
-	// answer into v; a status other than 200 is an error.
+	// answer into v; a status other than 200 is an error whose text names
+	// the status code.
 	Get(ctx context.Context, path string, v any) error
 	// Close releases the access.
 	Close()
@@ -39,6 +40,43 @@ type AuditMsg struct {
 	Err     error
 	At      time.Time
 }
+
+// MeshMsg carries the selected sandbox's mesh endpoint as its router
+// reports it (GET /admin/v1/mesh): the live trust scores of its peers,
+// which only the router holds. Off is true when the router runs no mesh.
+type MeshMsg struct {
+	Sandbox types.NamespacedName
+	Status  MeshStatus
+	Off     bool
+	Err     error
+}
+
+// MeshStatus is the part of the router's mesh status the trust page shows
+// (internal/mesh/bridge.Status).
+type MeshStatus struct {
+	DID       string     `json:"did"`
+	Connected bool       `json:"connected"`
+	Threshold int        `json:"threshold"`
+	Peers     []MeshPeer `json:"peers"`
+}
+
+// MeshPeer is one peer as the router's admission gate sees it.
+type MeshPeer struct {
+	Name    string `json:"name"`
+	Sandbox string `json:"sandbox"`
+	Trust   struct {
+		Score          int    `json:"score"`
+		Tier           string `json:"tier"`
+		MeetsThreshold bool   `json:"meetsThreshold"`
+	} `json:"trust"`
+	Admitted bool   `json:"admitted"`
+	Refusal  string `json:"refusal"`
+}
+
+// MeshEvery is how many head polls pass between two reads of the mesh
+// status when the audit log did not move (a peer's trust changes with an
+// audited event; its connection may change without one).
+const MeshEvery = 10
 
 // AuditLines is how many entries the audit tail keeps.
 const AuditLines = 50
@@ -69,6 +107,7 @@ func FollowAudit(ctx context.Context, dial AdminDialer, key types.NamespacedName
 	var last uint64
 	seen := false
 	wait := every
+	polls := 0
 	for {
 		err := func() error {
 			if conn == nil {
@@ -84,7 +123,11 @@ func FollowAudit(ctx context.Context, dial AdminDialer, key types.NamespacedName
 			if err := conn.Get(ctx, "/admin/v1/audit/head", &head); err != nil {
 				return err
 			}
+			polls++
 			if seen && head.Seq == last {
+				if polls%MeshEvery == 0 {
+					readMesh(ctx, conn, key, send)
+				}
 				return nil
 			}
 			var entries []audit.Entry
@@ -93,6 +136,7 @@ func FollowAudit(ctx context.Context, dial AdminDialer, key types.NamespacedName
 			}
 			last, seen = head.Seq, true
 			send(AuditMsg{Sandbox: key, Entries: entries, At: time.Now()})
+			readMesh(ctx, conn, key, send)
 			return nil
 		}()
 		if ctx.Err() != nil {
@@ -115,6 +159,18 @@ func FollowAudit(ctx context.Context, dial AdminDialer, key types.NamespacedName
 		case <-time.After(wait):
 		}
 	}
+}
+
+// readMesh sends the router's mesh status; a router without a mesh
+// answers 404 (its admin API mounts no mesh endpoint).
+func readMesh(ctx context.Context, conn Admin, key types.NamespacedName, send func(tea.Msg)) {
+	var st MeshStatus
+	err := conn.Get(ctx, "/admin/v1/mesh", &st)
+	if err != nil && strings.Contains(err.Error(), "404") {
+		send(MeshMsg{Sandbox: key, Off: true})
+		return
+	}
+	send(MeshMsg{Sandbox: key, Status: st, Err: err})
 }
 
 // refusedEgress reports the host and port of an audit entry in which the

@@ -186,6 +186,12 @@ func TestAuditTailFromARealRouter(t *testing.T) {
 		t.Fatalf("calls %v", rec.calls)
 	}
 
+	// This router runs no mesh: the trust page says so (its admin API
+	// answers 404 for /admin/v1/mesh).
+	send(m, key("3"))
+	until("the mesh status", func(f string) bool { return strings.Contains(f, "the router runs no mesh endpoint") })
+	send(m, key("5"))
+
 	// Idle: three head polls, no tail read.
 	before := tails.Load()
 	time.Sleep(3*AuditPoll + AuditPoll/2)

@@ -102,6 +102,8 @@ type Model struct {
 	auditErr error
 	auditAt  time.Time
 	auditSel int
+	meshFor  types.NamespacedName // whose mesh status mesh is
+	mesh     MeshMsg
 	confirm  *confirmation
 	status   string
 	// input, when not nil, is the model name being typed after "m".
@@ -159,6 +161,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		m.clampSelection()
 	case AuditMsg:
 		m.applyAudit(msg)
+	case MeshMsg:
+		if msg.Sandbox == m.sel {
+			m.meshFor, m.mesh = msg.Sandbox, msg
+		}
 	case ErrMsg:
 		m.watchErr = msg.Err
 	case tea.WindowSizeMsg:

@@ -143,6 +143,36 @@ func (m *Model) page2(sb *karsv1.KarsSandbox, w int) []string {
 			add(l)
 		}
 
+		section("mesh · live from the router")
+		mesh := m.mesh
+		switch {
+		case m.admin == nil:
+			add("  not followed here (kars operator --once, or no access to the router's admin API)")
+		case m.meshFor != m.sel:
+			add("  reaching the router…")
+		case mesh.Err != nil:
+			warn("  cannot read the mesh status: " + mesh.Err.Error())
+		case mesh.Off:
+			add("  the router runs no mesh endpoint")
+		default:
+			st := "not connected to kars-mesh"
+			if mesh.Status.Connected {
+				st = "connected to kars-mesh"
+			}
+			add(fmt.Sprintf("  %s · threshold %d · %d peers · %s", st, mesh.Status.Threshold, len(mesh.Status.Peers), orDash(mesh.Status.DID)))
+			for _, p := range mesh.Status.Peers {
+				s := fmt.Sprintf("  %-20s %-28s trust %4d %-10s", p.Name, orDash(p.Sandbox), p.Trust.Score, p.Trust.Tier)
+				if w < narrow {
+					s = fmt.Sprintf("  %-16s %4d %-10s", p.Name, p.Trust.Score, p.Trust.Tier)
+				}
+				if p.Admitted {
+					add(s + " admitted")
+				} else {
+					warn(s + " refused: " + orDash(p.Refusal))
+				}
+			}
+		}
+
 	case pageMemory:
 		section("memory")
 		unwatched("KarsMemory")

@@ -36,6 +36,19 @@ func auditFixture() []audit.Entry {
 	}
 }
 
+// meshFixture is bot's router's mesh status: one peer admitted, one
+// refused for its trust.
+func meshFixture() MeshMsg {
+	st := MeshStatus{DID: "did:key:z6MkbotExample", Connected: true, Threshold: 700}
+	var worker, stranger MeshPeer
+	worker.Name, worker.Sandbox, worker.Admitted = "worker", "kars-worker/worker", true
+	worker.Trust.Score, worker.Trust.Tier, worker.Trust.MeetsThreshold = 820, "trusted", true
+	stranger.Name, stranger.Sandbox, stranger.Refusal = "stranger", "kars-x/stranger", "kars-mesh-trust: score 450 below 700"
+	stranger.Trust.Score, stranger.Trust.Tier = 450, "standard"
+	st.Peers = []MeshPeer{worker, stranger}
+	return MeshMsg{Sandbox: botKey, Status: st}
+}
+
 // Each page of the selected sandbox, wide, narrow and tiny: the frame
 // fits the terminal and matches its golden.
 func TestPageFrames(t *testing.T) {
@@ -46,6 +59,7 @@ func TestPageFrames(t *testing.T) {
 	}{
 		{"policy", 120, 34, []string{"down", "2"}},
 		{"trust", 120, 30, []string{"down", "3"}},
+		{"trust-narrow", 60, 24, []string{"down", "3"}},
 		{"memory-evals", 120, 30, []string{"down", "4"}},
 		{"audit", 120, 30, []string{"down", "5"}},
 		{"audit-focus", 120, 30, []string{"down", "5", "tab", "down"}},
@@ -58,6 +72,7 @@ func TestPageFrames(t *testing.T) {
 			m := fixture(t, c.w, c.h, &recorder{})
 			send(m, key(c.keys[0]))
 			send(m, AuditMsg{Sandbox: botKey, Entries: auditFixture(), At: t0})
+			send(m, meshFixture())
 			for _, k := range c.keys[1:] {
 				send(m, key(k))
 			}
@@ -112,6 +127,16 @@ func TestAuditTailFollowsTheSelection(t *testing.T) {
 	}
 	send(m, AuditMsg{Sandbox: botKey, Entries: auditFixture(), At: t0}) // stale
 	send(m, AuditMsg{Sandbox: types.NamespacedName{Namespace: "kars-analyst", Name: "analyst"}, Err: fmt.Errorf("sandbox kars-analyst/analyst is not running locally yet"), At: t0})
+	send(m, meshFixture()) // bot's, stale
+	send(m, key("3"))
+	if f := m.View(); strings.Contains(f, "worker") && strings.Contains(f, "admitted") || !strings.Contains(f, "reaching the router…") {
+		t.Fatalf("bot's mesh shown for analyst:\n%s", f)
+	}
+	send(m, MeshMsg{Sandbox: types.NamespacedName{Namespace: "kars-analyst", Name: "analyst"}, Off: true})
+	if f := m.View(); !strings.Contains(f, "the router runs no mesh endpoint") {
+		t.Fatalf("mesh off:\n%s", f)
+	}
+	send(m, key("5"))
 	if f := m.View(); strings.Contains(f, "egress:198.51.100.11:80") || !strings.Contains(f, "cannot read the audit log: sandbox kars-analyst/analyst is not running locally yet") {
 		t.Fatalf("after an error:\n%s", f)
 	}

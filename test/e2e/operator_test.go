@@ -222,6 +222,9 @@ func TestOperatorUnderKarsDev(t *testing.T) {
 	}
 	scr.wait(t, press("1"), 10*time.Second, "Active   "+host)
 	waitFetch(t, fetch, "http://"+host+"/second", "hello from "+host+"/second")
+	// The trust page has the router's own mesh view (kars dev always runs
+	// the mesh; web has no peers).
+	scr.wait(t, press("3"), 15*time.Second, "connected to kars-mesh · threshold 500 · 0 peers")
 
 	press("q")
 	select {
