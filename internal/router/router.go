@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kars-io/kars/internal/approval"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/budget"
 	"github.com/kars-io/kars/internal/credential"
@@ -75,6 +76,9 @@ type Router struct {
 	pending        sync.WaitGroup // trust penalties still being written
 	engine         *governance.Engine
 	mcpPool        *mcpgateway.Pool
+	// approvals holds the calls awaiting a person's decision (approvals.go).
+	approvals        *approval.Queue
+	approvalOutcomes *prometheus.CounterVec
 
 	mu     sync.Mutex
 	creds  map[string]credential.Source
@@ -120,6 +124,7 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 		mcpPool:        mcpgateway.NewPool(opts.Transport, opts.TokenClient),
 	}
 	registerAuditSyncs(opts.Registry, opts.Audit)
+	r.approvals, r.approvalOutcomes = newApprovals(opts.Registry, snap.Config.MaxPendingApprovals())
 	r.chain = NewChain(
 		observeStage{r},
 		parseStage{r},
