@@ -84,8 +84,16 @@ type Queue struct {
 	mu      sync.Mutex
 	max     int
 	entries map[string]*entry
-	now     func() time.Time
+	// ended remembers the ids of the last calls that left the queue, so
+	// that a late decision on one is ErrDecided (it was decided, timed out
+	// or abandoned) rather than ErrUnknown; bounded by keepEnded.
+	ended     map[string]Pending
+	endedFIFO []string
+	now       func() time.Time
 }
+
+// keepEnded is how many ended calls a queue remembers per place.
+const keepEnded = 4
 
 type entry struct {
 	p       Pending
@@ -96,7 +104,7 @@ type entry struct {
 
 // New returns a queue holding at most max calls (at least 1).
 func New(capacity int) *Queue {
-	return &Queue{max: max(capacity, 1), entries: map[string]*entry{}, now: time.Now}
+	return &Queue{max: max(capacity, 1), entries: map[string]*entry{}, ended: map[string]Pending{}, now: time.Now}
 }
 
 // Ticket is one held call.
@@ -164,7 +172,16 @@ func (t *Ticket) Wait(ctx context.Context) Result {
 	case <-ctx.Done():
 		res = t.settle(Result{Outcome: Abandoned})
 	}
-	t.Close()
+	q := t.q
+	q.mu.Lock()
+	delete(q.entries, t.e.p.ID)
+	q.ended[t.e.p.ID] = t.e.p
+	q.endedFIFO = append(q.endedFIFO, t.e.p.ID)
+	if len(q.endedFIFO) > keepEnded*q.max {
+		delete(q.ended, q.endedFIFO[0])
+		q.endedFIFO = q.endedFIFO[1:]
+	}
+	q.mu.Unlock()
 	return res
 }
 
@@ -186,6 +203,9 @@ func (q *Queue) Decide(id string, approve bool, by string) (Pending, error) {
 	defer q.mu.Unlock()
 	e := q.entries[id]
 	if e == nil || !e.visible {
+		if p, ok := q.ended[id]; ok {
+			return p, ErrDecided
+		}
 		return Pending{}, ErrUnknown
 	}
 	if e.decided {

@@ -135,10 +135,10 @@ func (r *Router) serveApprovalDecision(w http.ResponseWriter, req *http.Request)
 	p, err := r.approvals.Decide(id, approve, by)
 	switch {
 	case errors.Is(err, approval.ErrUnknown):
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no call awaits approval " + id + " (it was decided, timed out or abandoned, or never existed)"})
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no call awaits approval " + id})
 		return
 	case errors.Is(err, approval.ErrDecided):
-		writeJSON(w, http.StatusConflict, map[string]string{"error": "approval " + id + " is already decided"})
+		writeJSON(w, http.StatusConflict, map[string]string{"error": "approval " + id + " is already decided (approved, denied, timed out or abandoned)"})
 		return
 	case errors.Is(err, approval.ErrNotApprover):
 		writeJSON(w, http.StatusForbidden, map[string]any{"error": by + " is not one of the approvers of rule " + p.Rule, "approvers": p.Approvers})
