@@ -346,4 +346,3 @@ func FuzzApprovalQuery(f *testing.F) {
 		}
 	})
 }
-
