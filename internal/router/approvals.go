@@ -46,11 +46,24 @@ const argsSummaryLen = 512
 // Decide filled it. The entries it writes are durable when it returns;
 // an error means one could not be written, and the call is not forwarded.
 func (m mcpGovernor) holdForApproval(ctx context.Context, c *mcpgateway.Call, d governance.Decision, rec audit.Record) (governance.Decision, error) {
-	r, g := m.r, m.g
+	return m.r.holdForApproval(ctx, m.g, held{start: c.Start, action: c.Action, payload: c.Payload, args: c.Args}, d, rec)
+}
+
+// held is the call holdForApproval holds.
+type held struct {
+	start           time.Time
+	action, payload string
+	args            map[string]any
+}
+
+// holdForApproval holds a call of generation g, decided d
+// (require_approval), as the MCP gateway's version above says; the decide
+// endpoint holds the calls whose agent asked it to (awaitApproval).
+func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d governance.Decision, rec audit.Record) (governance.Decision, error) {
 	refuse := func(outcome, reason string) (governance.Decision, error) {
 		out := governance.Decision{Verdict: governance.Deny, Rule: d.Rule, Reason: reason}
 		rec := withAttrs(rec, "approval", outcome)
-		rec.Decision, rec.Reason, rec.Latency = out.Verdict.String(), reason, time.Since(c.Start)
+		rec.Decision, rec.Reason, rec.Latency = out.Verdict.String(), reason, time.Since(c.start)
 		return out, r.appendAudit(ctx, rec)
 	}
 	var req approval.Request
@@ -60,10 +73,10 @@ func (m mcpGovernor) holdForApproval(ctx context.Context, c *mcpgateway.Call, d 
 		}
 		req.Approvers, req.Timeout = a.Approvers, a.Timeout
 	}
-	req.Action, req.Rule, req.Reason, req.ArgsSHA256 = c.Action, d.Rule, d.Reason, c.Payload
+	req.Action, req.Rule, req.Reason, req.ArgsSHA256 = c.action, d.Rule, d.Reason, c.payload
 	req.Timeout = g.snap.Config.ApprovalTimeout(req.Timeout)
-	if c.Args != nil {
-		b, _ := json.Marshal(c.Args)
+	if c.args != nil {
+		b, _ := json.Marshal(c.args)
 		if len(b) > argsSummaryLen {
 			b = append(b[:argsSummaryLen:argsSummaryLen], "…"...)
 		}
@@ -74,7 +87,7 @@ func (m mcpGovernor) holdForApproval(ctx context.Context, c *mcpgateway.Call, d 
 		return refuse("full", d.Reason+"; "+err.Error()+", so it is refused")
 	}
 	pend := withAttrs(rec, "approval", "pending", "approval_id", t.ID(), "approval_expires", t.Expires().UTC().Format(time.RFC3339Nano))
-	pend.Latency = time.Since(c.Start)
+	pend.Latency = time.Since(c.start)
 	if err := r.appendAudit(ctx, pend); err != nil {
 		t.Close()
 		return governance.Decision{}, err
@@ -96,7 +109,7 @@ func (m mcpGovernor) holdForApproval(ctx context.Context, c *mcpgateway.Call, d 
 	if res.By != "" {
 		fin.Attrs["decided_by"] = res.By
 	}
-	fin.Decision, fin.Reason, fin.Latency = out.Verdict.String(), out.Reason, time.Since(c.Start)
+	fin.Decision, fin.Reason, fin.Latency = out.Verdict.String(), out.Reason, time.Since(c.start)
 	r.approvalOutcomes.WithLabelValues(string(res.Outcome)).Inc()
 	return out, r.appendAudit(ctx, fin)
 }

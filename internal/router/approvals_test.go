@@ -36,6 +36,7 @@ func newApprovalHarness(t *testing.T, ap routerconfig.Approvals, pol *governance
 			{Name: "models", Effect: governance.EffectAllow, Actions: []string{"inference:*:*"}},
 			{Name: "echo", Effect: governance.EffectAllow, Actions: []string{"mcp:everything.echo"}},
 			{Name: "deletes-need-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"mcp:everything.delete_repo"}},
+			{Name: "shell-needs-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"shell:*"}},
 		}}
 		c.MCP = []routerconfig.MCPServer{{Name: "everything", URL: up.url, Tools: []string{"echo", "delete_repo"}}}
 		c.Approvals = &ap
@@ -319,6 +320,62 @@ func TestApprovalMinApprovalsRefused(t *testing.T) {
 	}
 	if got := summary(a.approvalEntries()); !slices.Equal(got, []string{"deny deletes-need-a-human approval=unsupported"}) {
 		t.Fatalf("audit %q", got)
+	}
+}
+
+// The decide endpoint holds a require_approval decision when the agent
+// asks it to (awaitApproval) and answers what the person decided; without
+// it, it answers require_approval at once, as before.
+func TestApprovalDecideEndpoint(t *testing.T) {
+	a := newApprovalHarness(t, routerconfig.Approvals{TimeoutMillis: 60_000}, nil)
+	decide := func(body string) (int, Decision) {
+		resp, err := http.Post(a.agent.URL+DecidePath, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Error(err)
+			return 0, Decision{}
+		}
+		defer resp.Body.Close()
+		var d Decision
+		json.NewDecoder(resp.Body).Decode(&d)
+		return resp.StatusCode, d
+	}
+	if st, d := decide(`{"action":"shell:rm","args":{"path":"/tmp/x"}}`); st != 200 || d.Decision != "require_approval" {
+		t.Fatalf("without awaitApproval: %d %+v", st, d)
+	}
+	if st, d := decide(`{"action":"shell:rm","awaitApproval":"yes"}`); st != 400 {
+		t.Fatalf("awaitApproval not a bool: %d %+v", st, d)
+	}
+	for _, c := range []struct{ verdict, want string }{{"approve", "allow"}, {"deny", "deny"}} {
+		done := make(chan Decision, 1)
+		go func() {
+			st, d := decide(`{"action":"shell:rm","args":{"path":"/tmp/x"},"awaitApproval":true}`)
+			if st != 200 {
+				t.Errorf("held decide answered %d", st)
+			}
+			done <- d
+		}()
+		p := a.awaitPending(1)[0]
+		if p.Action != "shell:rm" || p.Args != `{"path":"/tmp/x"}` {
+			t.Fatalf("pending %+v", p)
+		}
+		if st, b := a.adminDo("POST", "/admin/v1/approvals/"+p.ID+"?decision="+c.verdict+"&by=carol", "admin-secret-token"); st != 200 {
+			t.Fatalf("%s: %d %s", c.verdict, st, b)
+		}
+		if d := <-done; d.Decision != c.want || d.Rule != "shell-needs-a-human" || !strings.Contains(d.Reason, "carol") {
+			t.Fatalf("%s: decided %+v", c.verdict, d)
+		}
+	}
+	var got []string
+	for _, e := range a.auditRecords() {
+		if e.Action == "shell:rm" {
+			got = append(got, e.Decision+" approval="+e.Attrs["approval"]+" by="+e.Attrs["decided_by"]+" op="+e.Attrs["op"])
+		}
+	}
+	want := []string{"require_approval approval= by= op=decide", "deny approval= by= op=decide",
+		"require_approval approval=pending by= op=decide", "allow approval=approved by=carol op=decide",
+		"require_approval approval=pending by= op=decide", "deny approval=denied by=carol op=decide"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("audit %q, want %q", got, want)
 	}
 }
 
