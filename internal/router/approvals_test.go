@@ -403,3 +403,27 @@ func FuzzApprovalQuery(f *testing.F) {
 		}
 	})
 }
+
+// parseDecide reads the agent's untrusted decide body, awaitApproval
+// included.
+func FuzzParseDecide(f *testing.F) {
+	f.Add([]byte(`{"action":"tool:web_search","args":{"q":"x"}}`))
+	f.Add([]byte(`{"action":"shell:rm","awaitApproval":true}`))
+	f.Add([]byte(`{"action":"shell:rm","awaitApproval":1}`))
+	f.Add([]byte(`{"action":"shell:rm","awaitApproval":true,"awaitApproval":false}`))
+	f.Add([]byte(`{"action":"inference:chat:x"}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := parseDecide(body)
+		if err != nil {
+			return
+		}
+		if ns, bad := governance.CheckAction(req.action); bad != "" || ns == governance.NSInference {
+			t.Fatalf("accepted action %q", req.action)
+		}
+		var m map[string]json.RawMessage
+		json.Unmarshal(body, &m)
+		if req.await && string(m["awaitApproval"]) != "true" {
+			t.Fatalf("await without awaitApproval true in %q", body)
+		}
+	})
+}
