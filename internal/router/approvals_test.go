@@ -153,6 +153,18 @@ func summary(es []audit.Entry) []string {
 // pending and the decided entries are on record with the approval id.
 func TestApprovalApproveThroughRouter(t *testing.T) {
 	a := newApprovalHarness(t, routerconfig.Approvals{TimeoutMillis: 60_000}, nil)
+	// A tool that may run once approved is listed (governance MayRun).
+	lt, err := a.cs.ListTools(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tl := range lt.Tools {
+		names = append(names, tl.Name)
+	}
+	if slices.Sort(names); !slices.Equal(names, []string{"delete_repo", "echo"}) {
+		t.Fatalf("tools/list: %v", names)
+	}
 	done := a.callAsync(context.Background(), "delete_repo", map[string]any{"repo": "kars"})
 	p := a.awaitPending(1)[0]
 	if p.Action != "mcp:everything.delete_repo" || p.Rule != "deletes-need-a-human" || p.Args != `{"repo":"kars"}` ||

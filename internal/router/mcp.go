@@ -30,13 +30,13 @@ type mcpGovernor struct {
 }
 
 // Visible implements mcpgateway.Governor: with a ToolPolicy, whatever one
-// of its rules could allow; without one (the default policy allows only
-// inference), nothing.
+// of its rules could allow or hold for approval (approvals.go); without
+// one (the default policy allows only inference), nothing.
 func (m mcpGovernor) Visible(action string) bool {
 	if m.g.snap.Config.Governance == nil {
 		return false
 	}
-	return m.r.engine.Profile().MayAllow(m.g.agent, action)
+	return m.r.engine.Profile().MayRun(m.g.agent, action)
 }
 
 // Decide implements mcpgateway.Governor. The decision is made at once;
