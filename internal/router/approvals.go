@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kars-io/kars/internal/approval"
 	"github.com/kars-io/kars/internal/audit"
@@ -75,13 +76,7 @@ func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d g
 	}
 	req.Action, req.Rule, req.Reason, req.ArgsSHA256 = c.action, d.Rule, d.Reason, c.payload
 	req.Timeout = g.snap.Config.ApprovalTimeout(req.Timeout)
-	if c.args != nil {
-		b, _ := json.Marshal(c.args)
-		if len(b) > argsSummaryLen {
-			b = append(b[:argsSummaryLen:argsSummaryLen], "…"...)
-		}
-		req.Args = string(b)
-	}
+	req.Args = argsSummary(c.args)
 	t, err := r.approvals.Open(req)
 	if err != nil {
 		return refuse("full", d.Reason+"; "+err.Error()+", so it is refused")
@@ -112,6 +107,23 @@ func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d g
 	fin.Decision, fin.Reason, fin.Latency = out.Verdict.String(), out.Reason, time.Since(c.start)
 	r.approvalOutcomes.WithLabelValues(string(res.Outcome)).Inc()
 	return out, r.appendAudit(ctx, fin)
+}
+
+// argsSummary is the arguments' JSON cut to argsSummaryLen bytes, between
+// characters; "" for none.
+func argsSummary(args map[string]any) string {
+	if args == nil {
+		return ""
+	}
+	b, _ := json.Marshal(args)
+	if len(b) > argsSummaryLen {
+		n := argsSummaryLen
+		for n > 0 && !utf8.RuneStart(b[n]) {
+			n--
+		}
+		b = append(b[:n:n], "…"...)
+	}
+	return string(b)
 }
 
 // withAttrs copies rec with its attributes and kv added.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -388,6 +389,19 @@ func TestApprovalDecideEndpoint(t *testing.T) {
 		"require_approval approval=pending by= op=decide", "deny approval=denied by=carol op=decide"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("audit %q, want %q", got, want)
+	}
+}
+
+func TestArgsSummary(t *testing.T) {
+	long := argsSummary(map[string]any{"s": strings.Repeat("é", 400)})
+	if !utf8.ValidString(long) || len(long) > argsSummaryLen+len("…") || !strings.HasSuffix(long, "é…") {
+		t.Fatalf("summary %q", long)
+	}
+	if s := argsSummary(map[string]any{"b": 1, "a": "x"}); s != `{"a":"x","b":1}` {
+		t.Fatalf("summary %q", s)
+	}
+	if argsSummary(nil) != "" {
+		t.Fatal("summary of no arguments")
 	}
 }
 
