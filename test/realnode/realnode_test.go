@@ -20,11 +20,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -44,12 +46,17 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/remotecommand"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/config/crd"
 	"github.com/kars-io/kars/internal/controlplane"
+	"github.com/kars-io/kars/internal/render"
 	"github.com/kars-io/kars/internal/scheme"
 )
+
+// readyLine is kars status's Ready condition line when it is True.
+var readyLine = regexp.MustCompile(`(?m)^\s+Ready\s+True\b`)
 
 // nodeName is the Node the kubelet registers.
 const nodeName = "kars-realnode"
@@ -81,6 +88,7 @@ func TestRealNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the real-node proof needs root (kubelet, containerd, network namespaces)")
 	}
+	ctrllog.SetLogger(logr.Discard())
 	total := time.Now()
 	n := &node{}
 	var err error
@@ -129,8 +137,19 @@ func TestRealNode(t *testing.T) {
 	t.Cleanup(func() { n.teardown(t) })
 	t.Logf("state in %s, node IP %s", n.state, nodeIP)
 
-	// --- control plane -------------------------------------------------
+	// --- kars's programs ------------------------------------------------
 	step := time.Now()
+	ctrlBin, karsBin := filepath.Join(n.state, "bin", "kars-controller"), filepath.Join(n.state, "bin", "kars")
+	probe := filepath.Join(n.state, "bin", "probe")
+	for bin, pkg := range map[string]string{ctrlBin: "./cmd/kars-controller", karsBin: "./cmd/kars", probe: "./test/realnode/probe"} {
+		if out, err := n.goBuild(t, bin, pkg); err != nil {
+			t.Fatalf("build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	n.took("build kars-controller, kars, probe", time.Since(step))
+
+	// --- control plane -------------------------------------------------
+	step = time.Now()
 	pk := newCA(t, filepath.Join(n.state, "pki"))
 	pk.serviceAccountKey(t)
 	pk.issue(t, "apiserver", "kube-apiserver", nil, []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")}, []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"})
@@ -191,7 +210,7 @@ func TestRealNode(t *testing.T) {
 	n.start(t, "kube-controller-manager", nil, filepath.Join(assets, "kube-controller-manager"),
 		"--kubeconfig="+n.kubeconfig, "--authentication-kubeconfig="+n.kubeconfig, "--authorization-kubeconfig="+n.kubeconfig,
 		"--secure-port=0", "--leader-elect=false", "--use-service-account-credentials=false",
-		"--controllers=deployment-controller,replicaset-controller,namespace-controller,garbage-collector-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller",
+		"--controllers=node-lifecycle-controller,deployment-controller,replicaset-controller,namespace-controller,garbage-collector-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,persistentvolume-binder-controller,persistentvolumeclaim-protection-controller",
 		"--service-account-private-key-file="+pk.path("sa.key"), "--root-ca-file="+pk.path("ca.crt"))
 	n.start(t, "kube-scheduler", nil, filepath.Join(nodeBin, "kube-scheduler"),
 		"--kubeconfig="+n.kubeconfig, "--authentication-kubeconfig="+n.kubeconfig, "--authorization-kubeconfig="+n.kubeconfig,
@@ -213,10 +232,6 @@ func TestRealNode(t *testing.T) {
 	// make images, pushing to the local registry.
 	if out, err := n.goRun(t, "./hack/images", "-version", "realnode", "-registry", prefix, "-insecure"); err != nil {
 		t.Fatalf("make images: %v\n%s", err, out)
-	}
-	probe := filepath.Join(n.state, "bin", "probe")
-	if out, err := n.goBuild(t, probe, "./test/realnode/probe"); err != nil {
-		t.Fatalf("build probe: %v\n%s", err, out)
 	}
 	pauseImage := prefix + "/pause:realnode"
 	pushProbeImage(t, probe, empty.Image, pauseImage, []string{"/usr/local/bin/probe", "pause"}, nil)
@@ -260,6 +275,9 @@ state = %q
   address = %q
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
+  # Lowering oom_score_adj below containerd's own needs CAP_SYS_RESOURCE,
+  # which this container lacks: runc's nsexec would die writing -998.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -369,12 +387,6 @@ serializeImagePulls: false
 
 	// --- (c) the kars controller reconciles a KarsSandbox ----------------
 	step = time.Now()
-	ctrlBin, karsBin := filepath.Join(n.state, "bin", "kars-controller"), filepath.Join(n.state, "bin", "kars")
-	for bin, pkg := range map[string]string{ctrlBin: "./cmd/kars-controller", karsBin: "./cmd/kars"} {
-		if out, err := n.goBuild(t, bin, pkg); err != nil {
-			t.Fatalf("build %s: %v\n%s", pkg, err, out)
-		}
-	}
 	const ns, sbName = "kars-proof", "proof"
 	mkNamespace(t, n.cs, "kars-system")
 	mkNamespace(t, n.cs, ns)
@@ -433,7 +445,18 @@ serializeImagePulls: false
 		}
 	}
 	ctrlStart := time.Now()
-	controller := n.start(t, "kars-controller", []string{"KUBECONFIG=" + n.kubeconfig}, ctrlBin,
+	// The controller runs on the host, outside the pod network, with no
+	// cluster DNS or kube-proxy: it reaches the router's admin API (the
+	// headless Service's name) through a private /etc/hosts in a mount
+	// namespace of its own, filled in with the pod's IP below.
+	hostsFile := filepath.Join(n.state, "controller-hosts")
+	hostsBase, _ := os.ReadFile("/etc/hosts")
+	writeFile(t, hostsFile, string(hostsBase))
+	if err := os.Chmod(hostsFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	controller := n.start(t, "kars-controller", []string{"KUBECONFIG=" + n.kubeconfig, "KARS_HOSTS=" + hostsFile, "KARS_CONTROLLER=" + ctrlBin},
+		"unshare", "--mount", "--propagation", "private", "sh", "-c", `mount --bind "$KARS_HOSTS" /etc/hosts && exec "$KARS_CONTROLLER" "$@"`, "kars-controller",
 		"--leader-elect=false", "--metrics-bind-address=0", "--health-probe-bind-address=0",
 		"--system-namespace=kars-system", "--image-registry="+prefix, "--image-version=realnode",
 		"--cluster-dns=10.96.0.10", "--mesh=false")
@@ -458,8 +481,33 @@ serializeImagePulls: false
 		return false, fmt.Errorf("pod %s phase %s: %s", pod.Name, pod.Status.Phase, podProblems(&pod))
 	})
 	n.took("(c) KarsSandbox created -> pod Ready", time.Since(ctrlStart))
-	_ = d
 	t.Logf("(c) pod %s/%s Ready on %s", ns, pod.Name, pod.Spec.NodeName)
+
+	// The router's Service name resolves, for the controller, to the pod.
+	names, err := render.NamesFor(&karsv1.KarsSandbox{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sbName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hf, err := os.OpenFile(hostsFile, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(hf, "%s %s\n", pod.Status.PodIP, names.RouterHostname)
+	hf.Close()
+	d = waitFor(t, "KarsSandbox Ready (the router enforces the controller's config)", 2*time.Minute, controller, func() (bool, error) {
+		var sb karsv1.KarsSandbox
+		if err := n.cl.Get(ctx, client.ObjectKey{Namespace: ns, Name: sbName}, &sb); err != nil {
+			return false, err
+		}
+		for _, c := range sb.Status.Conditions {
+			if c.Type == "Ready" {
+				return c.Status == metav1.ConditionTrue, fmt.Errorf("Ready=%s %s: %s", c.Status, c.Reason, c.Message)
+			}
+		}
+		return false, fmt.Errorf("no Ready condition")
+	})
+	n.took("(c) pod Ready -> KarsSandbox Ready", d)
+	n.took("(c) KarsSandbox created -> KarsSandbox Ready", time.Since(ctrlStart))
 
 	// The egress guard ran to completion.
 	guard := containerStatus(pod.Status.InitContainerStatuses, "egress-guard")
@@ -506,15 +554,17 @@ serializeImagePulls: false
 	// --- (d) kars connect / status / audit through real port-forwards ---
 	step = time.Now()
 	kenv := []string{"KUBECONFIG=" + n.kubeconfig, "HOME=" + n.state}
-	var statusOut string
-	waitFor(t, "kars status reports the sandbox Ready", 2*time.Minute, nil, func() (bool, error) {
-		out, err := run(t, kenv, karsBin, "status", sbName)
-		statusOut = out
-		return err == nil && strings.Contains(out, "Ready"), fmt.Errorf("%v: %s", err, out)
-	})
+	out, err := run(t, kenv, karsBin, "status", sbName)
+	if err != nil {
+		t.Fatalf("kars status: %v\n%s", err, out)
+	}
+	statusOut := out
 	t.Logf("(d) kars status %s:\n%s", sbName, statusOut)
+	if !readyLine.MatchString(statusOut) {
+		t.Fatalf("kars status does not report Ready True:\n%s", statusOut)
+	}
 	connectStart := time.Now()
-	out, err := run(t, kenv, karsBin, "connect", sbName, "-m", "hello from a real node")
+	out, err = run(t, kenv, karsBin, "connect", sbName, "-m", "hello from a real node")
 	if err != nil {
 		t.Fatalf("kars connect: %v\n%s", err, out)
 	}

@@ -24,20 +24,24 @@ func main() {
 	switch os.Args[1] {
 	case "pause":
 		// The pause container only holds the pod's namespaces open.
-		c := make(chan os.Signal, 1)
-		signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
-		<-c
+		waitForSignal()
 	case "syscalls":
 		syscalls()
 		if len(os.Args) > 2 && os.Args[2] == "--wait" {
-			// Stay up so that the pod reaches Completed only after the
-			// proof has read the log (restartPolicy Never).
-			select {}
+			// Stay up so that the pod stays Running until the proof
+			// has read the log.
+			waitForSignal()
 		}
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
 	}
+}
+
+func waitForSignal() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+	<-c
 }
 
 // Linux x86-64 numbers of the calls probed (arch/x86/entry/syscalls).
