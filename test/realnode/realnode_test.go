@@ -549,7 +549,18 @@ serializeImagePulls: false
 			t.Fatalf("agent container probe: want %s in\n%s", want, stdout.String())
 		}
 	}
-	n.took("(c) total (controller build, reconcile, checks)", time.Since(step))
+	// The guard at work: the agent's connection to the instance metadata
+	// address is reset by its rule (the host itself reaches that address).
+	stdout.Reset()
+	stderr.Reset()
+	if err := n.exec(ctx, ns, pod.Name, "agent", []string{"/usr/local/bin/probe", "dial", "169.254.169.254:80"}, &stdout, &stderr); err != nil {
+		t.Fatalf("exec probe dial in the agent container: %v\n%s%s", err, stdout.String(), stderr.String())
+	}
+	t.Logf("(c) agent (UID 1000) dials 169.254.169.254:80: %s", strings.TrimSpace(stdout.String()))
+	if !strings.Contains(stdout.String(), "dial=ECONNREFUSED") {
+		t.Fatalf("the agent's connection to the metadata address was not reset: %s", stdout.String())
+	}
+	n.took("(c) total (reconcile, checks)", time.Since(step))
 
 	// --- (d) kars connect / status / audit through real port-forwards ---
 	step = time.Now()
@@ -665,6 +676,8 @@ func (n *node) teardown(t *testing.T) {
 		t.Logf("KARS_REAL_NODE_KEEP=1: leaving everything running in %s", n.state)
 		return
 	}
+	begin := time.Now()
+	defer func() { t.Logf("teardown took %.1fs", time.Since(begin).Seconds()) }()
 	var kubelet, cd *proc
 	for _, p := range n.procs {
 		switch p.name {
@@ -681,8 +694,8 @@ func (n *node) teardown(t *testing.T) {
 		for _, ns := range []string{"kars-proof", "realnode-trivial"} {
 			_ = n.cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}, metav1.ListOptions{})
 		}
-		begin := time.Now()
-		for time.Since(begin) < time.Minute {
+		deleted := time.Now()
+		for time.Since(deleted) < time.Minute {
 			out, _ := run(t, nil, "ctr", "--address", n.sock, "--namespace", "k8s.io", "tasks", "ls", "-q")
 			pods, _ := n.cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 			if strings.TrimSpace(out) == "" && (pods == nil || len(pods.Items) == 0) {

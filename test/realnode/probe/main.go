@@ -3,16 +3,20 @@
 // would serve is unreachable here), as "syscalls" it reports, one line per
 // call, what the kernel answered to system calls the kars-strict seccomp
 // profile denies and an unconfined container may make, together with its
-// UID and the Seccomp mode of /proc/self/status.
+// UID and the Seccomp mode of /proc/self/status; as "dial HOST:PORT" it
+// reports what one TCP connection attempt got.
 package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -32,6 +36,24 @@ func main() {
 			// has read the log.
 			waitForSignal()
 		}
+	case "dial":
+		// dial ADDR: one TCP connection attempt, the outcome on stdout.
+		if len(os.Args) < 3 {
+			fmt.Fprintln(os.Stderr, "usage: probe dial HOST:PORT")
+			os.Exit(2)
+		}
+		c, err := net.DialTimeout("tcp", os.Args[2], 5*time.Second)
+		if err != nil {
+			var errno syscall.Errno
+			if errors.As(err, &errno) {
+				fmt.Printf("dial=%s\n", errnoName(errno))
+				return
+			}
+			fmt.Printf("dial=error %v\n", err)
+			return
+		}
+		c.Close()
+		fmt.Println("dial=ok")
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
@@ -107,6 +129,12 @@ func errnoName(e syscall.Errno) string {
 		return "ENOSYS"
 	case syscall.ENOKEY:
 		return "ENOKEY"
+	case syscall.ECONNREFUSED:
+		return "ECONNREFUSED"
+	case syscall.EHOSTUNREACH:
+		return "EHOSTUNREACH"
+	case syscall.ENETUNREACH:
+		return "ENETUNREACH"
 	}
 	return fmt.Sprintf("errno%d", int(e))
 }
