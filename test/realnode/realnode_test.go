@@ -263,7 +263,7 @@ func TestRealNode(t *testing.T) {
   "cniVersion": "1.0.0",
   "name": "kars-realnode",
   "plugins": [
-    {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+    {"type": "bridge", "bridge": %q, "isGateway": true, "isDefaultGateway": true, "ipMasq": false, "hairpinMode": true,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.77.0/24"}]], "dataDir": %q}}
   ]
 }`, n.bridge, filepath.Join(n.state, "cni-ipam")))
