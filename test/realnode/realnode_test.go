@@ -692,6 +692,9 @@ func (n *node) teardown(t *testing.T) {
 	// Deleting the pods lets the kubelet stop them through the CRI.
 	if n.cs != nil && kubelet != nil && kubelet.exited() == nil {
 		for _, ns := range []string{"kars-proof", "realnode-trivial"} {
+			// The workload first, or its ReplicaSet replaces the pods.
+			_ = n.cs.AppsV1().Deployments(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+			_ = n.cs.AppsV1().ReplicaSets(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 			_ = n.cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}, metav1.ListOptions{})
 		}
 		deleted := time.Now()
