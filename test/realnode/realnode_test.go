@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package realnode is the proof that the pod kars renders runs on a real
 // node: a kubelet built from the pinned Kubernetes modules, containerd and
 // runc, joined to a real control plane (etcd, kube-apiserver,
@@ -461,7 +463,7 @@ serializeImagePulls: false
 		"--system-namespace=kars-system", "--image-registry="+prefix, "--image-version=realnode",
 		"--cluster-dns=10.96.0.10", "--mesh=false")
 	var pod corev1.Pod
-	d = waitFor(t, "the sandbox's pod Running and Ready", 4*time.Minute, controller, func() (bool, error) {
+	waitFor(t, "the sandbox's pod Running and Ready", 4*time.Minute, controller, func() (bool, error) {
 		if err := kubelet.exited(); err != nil {
 			return false, err
 		}

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command probe is the one program the real-node proof puts into pods: as
 // "pause" it is the pod sandbox's pause container (the image registry.k8s.io
 // would serve is unreachable here), as "syscalls" it reports, one line per
