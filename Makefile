@@ -56,7 +56,7 @@ node-deps: ## install containerd, runc and the CNI plugins from Debian's package
 	@if ! command -v containerd >/dev/null || ! command -v runc >/dev/null || [ ! -x /usr/lib/cni/bridge ]; then \
 	  apt-get install -y --no-install-recommends $(NODE_DEBS) || { apt-get update && apt-get install -y --no-install-recommends $(NODE_DEBS); }; fi
 
-realnode: controlplane node-deps ## the proof on a real node: kubelet+kube-scheduler (built once) with containerd/runc, the kars pod reconciled and connected to (root; docs/operate.md)
+realnode: controlplane node-deps ## the proof on a real node: kubelet+kube-scheduler (built once) with containerd/runc, the kars pod reconciled and connected to (root; docs/realnode.md)
 	@tools/kube/build-node.sh >/dev/null
 	KARS_REAL_NODE=1 KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_NODE_BIN=$$(tools/kube/build-node.sh) go test -count=1 -timeout 20m -v -run TestRealNode ./test/realnode/
 

@@ -25,6 +25,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -90,10 +91,20 @@ func TestRealNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the real-node proof needs root (kubelet, containerd, network namespaces)")
 	}
+	// One proof at a time per machine: the node name, the pod subnet and
+	// the kubelet's cgroup root are fixed.
+	lock, err := os.OpenFile("/tmp/kars-realnode.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Released after the teardown (cleanups run last-registered first).
+	t.Cleanup(func() { lock.Close() })
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
 	ctrllog.SetLogger(logr.Discard())
 	total := time.Now()
 	n := &node{}
-	var err error
 	if n.repo, err = filepath.Abs("../.."); err != nil {
 		t.Fatal(err)
 	}
