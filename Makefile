@@ -85,6 +85,7 @@ test/egress/.venv/bin/python: test/egress/setup.sh test/egress/requirements.txt
 
 test: controlplane agentsandbox verify-generated lint interop-clients interop-mcp egress-clients ## everything CI runs: generated code, lint, unit, integration, interop and e2e tests, then the real-node proof (as root)
 	$(MAKE) runtimes
+	@command -v kubectl >/dev/null || tools/kube/build-node.sh >/dev/null
 	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 KARS_REQUIRE_RUNTIMES=1 KARS_REQUIRE_EGRESS_CLIENTS=1 go test -count=1 -timeout 45m ./...
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) realnode; else echo "test: the real-node proof needs root; skipped (make realnode)"; fi
 
