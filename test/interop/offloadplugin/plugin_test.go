@@ -227,3 +227,24 @@ func TestPluginWireAgainstGo(t *testing.T) {
 		t.Fatalf("the plugin opened %q", pts)
 	}
 }
+
+// TestPluginUnitTests runs the plugin's own checks under go test, so CI
+// runs them with everything else: the lint (tsc --strict over sources and
+// tests) and its node:test suite.
+func TestPluginUnitTests(t *testing.T) {
+	if testing.Short() {
+		t.Skip("tsc and the node:test suite take tens of seconds on a busy machine")
+	}
+	node := Node(t)
+	for _, args := range [][]string{
+		{"node_modules/typescript/bin/tsc", "-p", "tsconfig.json", "--noEmit"},
+		{"node_modules/typescript/bin/tsc", "-p", "tsconfig.test.json"},
+		{"--test", "test/units.test.ts", "test/vectors.test.ts"},
+	} {
+		cmd := exec.Command(node, args...)
+		cmd.Dir = PluginDir(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("node %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
