@@ -425,20 +425,21 @@ export class Host {
         await sleep(1000);
       }
     }
-    let reply: (t: string) => void = () => {};
-    const got = new Promise<string>((r) => (reply = r));
+    let answer: string | undefined;
     const id = newID("m_");
-    this.#replies.set(id, reply);
+    this.#replies.set(id, (t) => (answer = t));
     try {
       await this.#send(broker, BROKER, JSON.stringify(full), id);
     } catch (e) {
       this.#replies.delete(id);
       throw this.#revokedOr(e);
     }
-    const answer = await Promise.race([got, sleep(this.#o.answerTimeoutMs).then(() => null)]);
+    // A revoked pairing gets no answer: the broker's revocation notice
+    // (delivered when the host connects, or while it waits) says why.
+    const got = await this.#waitFor(() => answer ?? (st.revoked ? "" : undefined), this.#o.answerTimeoutMs);
     this.#replies.delete(id);
-    if (answer === null) throw this.#revokedOr(new Error(`the kars broker did not answer ${full.op} within ${this.#o.answerTimeoutMs / 1000} s`));
-    const m = parseBrokerMessage(answer);
+    if (!got) throw this.#revokedOr(new Error(`the kars broker did not answer ${full.op} within ${this.#o.answerTimeoutMs / 1000} s`));
+    const m = parseBrokerMessage(got);
     if (m.re !== full.id) throw new Error(`the broker answered ${m.re}, not ${full.id}`);
     if (!m.ok) {
       const err = m.error ?? { code: "unavailable", message: "the broker refused without a reason" };
