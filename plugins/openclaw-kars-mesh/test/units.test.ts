@@ -164,3 +164,27 @@ test("envelopes: kars routers' {text, in_reply_to} or raw text", () => {
   assert.deepEqual(openEnvelope(Buffer.from('{"text":"hi","in_reply_to":"m_1"}')), { text: "hi", in_reply_to: "m_1" });
   assert.deepEqual(openEnvelope(Buffer.from("plain")), { text: "plain" });
 });
+
+test("parsers of untrusted input throw Errors, never anything else, on mutated frames", () => {
+  const id = Identity.generate();
+  const peer = Identity.generate();
+  const seeds = [
+    JSON.stringify(signFrame({ v: VERSION, type: T.knockAccept, from: peer.did, to: id.did, id: "k_2", ts: nowTS(), knock_id: "k_1", conditions: { ttl_seconds: 60 } }, peer)),
+    JSON.stringify({ v: 1, type: "message", from: peer.did, to: id.did, id: "m_1", header: { dh: Buffer.alloc(32).toString("base64url"), pn: 0, n: 1 }, ciphertext: Buffer.alloc(40).toString("base64url") }),
+    '{"v":1,"op":"event","event":"revoked","ok":false,"error":{"code":"pairing_revoked","message":"m"}}',
+  ];
+  let rnd = 12345;
+  const next = () => (rnd = (rnd * 1103515245 + 12345) & 0x7fffffff);
+  for (let i = 0; i < 5000; i++) {
+    const s = Buffer.from(seeds[i % seeds.length]!);
+    for (let j = 0; j < 1 + (next() % 4); j++) s[next() % s.length] = next() % 256;
+    const text = s.toString("utf8");
+    for (const parse of [parseFrame, parseBrokerMessage, (t: string) => verifyFrame(t, peer.publicKey)]) {
+      try {
+        parse(text);
+      } catch (e) {
+        assert.ok(e instanceof Error, `${String(e)} from ${JSON.stringify(text)}`);
+      }
+    }
+  }
+});
