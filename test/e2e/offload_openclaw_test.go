@@ -145,7 +145,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-// TestKarsDevOffloadOpenClawHost is the issue's show with the real
+// TestKarsDevOpenClaw is the issue's show with the real
 // openclaw package (2026.9.6): a headless OpenClaw host (`openclaw agent
 // --local`, one embedded turn) with the plugin installed the way OpenClaw
 // installs plugins (`openclaw plugins install` of the npm package the
@@ -153,8 +153,10 @@ func writeJSON(w http.ResponseWriter, v any) {
 // --port-forward` names, pairs with kars dev (KARS_PAIRING_TOKEN),
 // offloads a task and takes the answer; the offload sandbox existed and is
 // gone once the answer is acknowledged. The host's model is a scripted
-// OpenAI-compatible endpoint that decides to call the tools.
-func TestKarsDevOffloadOpenClawHost(t *testing.T) {
+// OpenAI-compatible endpoint that decides to call the tools. (The name
+// is short on purpose: kars dev's sandbox sockets live under the test's
+// temporary folder, and a Unix socket path holds at most 107 bytes.)
+func TestKarsDevOpenClaw(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
