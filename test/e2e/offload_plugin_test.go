@@ -155,7 +155,7 @@ func verifyPluginAudit(t *testing.T, path string) []map[string]any {
 // OpenClaw turn calls it) against kars dev's mesh and offload broker:
 // kars_pair redeems the operator's token; kars_offload sends only the
 // task descriptor; the answer comes back end to end and the offload
-// sandbox is deleted once acknowledged. The relay's stored bytes never
+// sandbox is deleted once kars_offload_handoff takes it back. The relay's stored bytes never
 // hold the task or the answer, both sides audit, and every refusal
 // (reused token, expired token, slots exhausted, capability not granted,
 // revoked pairing) reaches the plugin as a clear message with nothing
@@ -261,10 +261,15 @@ func TestKarsDevOffloadPlugin(t *testing.T) {
 		t.Error("the mesh store never saw the plugin's identity: the check above proves nothing")
 	}
 
-	// Acknowledged: the offload ends and its sandbox is deleted.
-	r = pluginTool(t, host, nil, "kars_offload_result", map[string]any{"offload": id})
-	if r.IsError || r.Details["acknowledged"] != true {
-		t.Fatalf("acknowledging: %+v", r)
+	// Handed back (TestKarsDevOpenClaw covers the acknowledgement): the
+	// state summary comes from the sandbox's router, the offload ends and
+	// its sandbox is deleted.
+	r = pluginTool(t, host, nil, "kars_offload_handoff", map[string]any{"offload": id})
+	if r.IsError || !strings.Contains(r.Text, "handed back") {
+		t.Fatalf("kars_offload_handoff: %+v", r)
+	}
+	if h, _ := r.Details["handoff"].(map[string]any); h == nil || h["offload"] != id || h["audit_hash"] == "" || h["messages"] == float64(0) {
+		t.Fatalf("the handoff summary: %+v", r.Details)
 	}
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
 		if err := cl.Get(ctx, client.ObjectKey{Name: offload.Namespace(id)}, &corev1.Namespace{}); apierrors.IsNotFound(err) {

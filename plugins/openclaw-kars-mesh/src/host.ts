@@ -549,7 +549,17 @@ export class Host {
   /** Takes a running offload back with its state summary (capability handoff). */
   async handoff(id: string): Promise<BrokerMessage> {
     if (!validOffloadID(id)) throw new Error(`${JSON.stringify(id)} is not an offload id (8 hex digits)`);
-    return this.connected(() => this.#call({ op: "handoff", offload: id }));
+    return this.connected(async () => {
+      const m = await this.#call({ op: "handoff", offload: id });
+      const o = this.#st!.offloads[id];
+      if (o) {
+        if (m.offload) o.info = { ...o.info, ...m.offload };
+        o.info.phase = "Ending";
+        o.text = ""; // taken back: nothing left to send
+        this.#save();
+      }
+      return m;
+    });
   }
 }
 
