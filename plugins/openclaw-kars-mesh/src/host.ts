@@ -438,7 +438,15 @@ export class Host {
     // (delivered when the host connects, or while it waits) says why.
     const got = await this.#waitFor(() => answer ?? (st.revoked ? "" : undefined), this.#o.answerTimeoutMs);
     this.#replies.delete(id);
-    if (!got) throw this.#revokedOr(new Error(`the kars broker did not answer ${full.op} within ${this.#o.answerTimeoutMs / 1000} s`));
+    if (!got) {
+      if (!st.revoked) {
+        // A broker that lost its half of the session cannot decrypt this
+        // one: drop ours, so the next call KNOCKs and runs X3DH afresh.
+        delete st.sessions[broker];
+        this.#save();
+      }
+      throw this.#revokedOr(new Error(`the kars broker did not answer ${full.op} within ${this.#o.answerTimeoutMs / 1000} s; the session with it was reset, try again`));
+    }
     const m = parseBrokerMessage(got);
     if (m.re !== full.id) throw new Error(`the broker answered ${m.re}, not ${full.id}`);
     if (!m.ok) {
