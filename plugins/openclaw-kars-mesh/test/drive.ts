@@ -12,7 +12,8 @@ if (!name || !stateDir) {
   process.stderr.write("usage: KARS_MESH_STATE_DIR=dir node test/drive.ts <tool> '<params JSON>'\n");
   process.exit(2);
 }
-const tool = createTools({ stateDir }).find((t) => t.name === name);
+const answerTimeoutMs = Number(process.env.KARS_MESH_ANSWER_TIMEOUT_MS ?? "0");
+const tool = createTools(answerTimeoutMs > 0 ? { stateDir, answerTimeoutMs } : { stateDir }).find((t) => t.name === name);
 if (!tool) {
   process.stderr.write(`no tool ${name}\n`);
   process.exit(2);
