@@ -348,7 +348,8 @@ export class Host {
       }
     } else if (name.startsWith("offload-")) {
       const o = st.offloads[name.slice(8)];
-      if (o && !o.result) o.result = { id: f.id!, text: env.text, receivedAt: new Date().toISOString() };
+      // The agent may answer in more than one message: keep them all, in order.
+      if (o) o.result = o.result ? { ...o.result, text: o.result.text + "\n\n" + env.text } : { id: f.id!, text: env.text, receivedAt: new Date().toISOString() };
     }
     this.#save();
   }
@@ -468,7 +469,7 @@ export class Host {
    * answer. Only taskText(t) leaves the host (to the sandbox; the broker
    * sees its title, SHA-256 and size).
    */
-  async offload(t: TaskDescriptor, waitMs = 120_000): Promise<OffloadRecord> {
+  async offload(t: TaskDescriptor, waitMs = 120_000, acknowledge = true): Promise<OffloadRecord> {
     checkDescriptor(t);
     const text = taskText(t);
     return this.connected(async () => {
@@ -481,8 +482,19 @@ export class Host {
       this.#save();
       this.#record({ action: "offload:offload", decision: "allow", reason: "the cluster admitted the offload", payload_sha256: sha256(text), attrs: { offload: m.offload.id, sandbox: m.offload.sandbox } });
       await this.#drive(m.offload.id, Date.now() + waitMs);
-      return st.offloads[m.offload.id]!;
+      const o = st.offloads[m.offload.id]!;
+      if (o.result && acknowledge) await this.#ack(o);
+      return o;
     });
+  }
+
+  /** Acknowledges an answered offload: the cluster ends it and deletes its sandbox. */
+  async #ack(o: OffloadRecord): Promise<void> {
+    const m = await this.#call({ op: "ack", offload: o.info.id });
+    if (m.offload) o.info = { ...o.info, ...m.offload };
+    o.acknowledged = true;
+    o.text = ""; // nothing left to send: drop the local copy of the task
+    this.#save();
   }
 
   /** Advances offload id until deadline: waits for Ready, sends the task, waits for the answer. */
@@ -543,13 +555,7 @@ export class Host {
         if (m.offload) o.info = { ...o.info, ...m.offload };
         await this.#drive(id, Date.now() + waitMs);
       }
-      if (o.result && acknowledge && !o.acknowledged) {
-        const m = await this.#call({ op: "ack", offload: id });
-        if (m.offload) o.info = { ...o.info, ...m.offload };
-        o.acknowledged = true;
-        o.text = ""; // nothing left to send: drop the local copy of the task
-        this.#save();
-      }
+      if (o.result && acknowledge && !o.acknowledged) await this.#ack(o);
       return o;
     });
   }

@@ -47,7 +47,10 @@ function describe(o: OffloadRecord): Record<string, unknown> {
 }
 
 function summary(o: OffloadRecord): string {
-  if (o.result) return `Offload ${o.info.id} answered:\n\n${o.result.text}`;
+  if (o.result) {
+    const end = o.acknowledged ? "acknowledged; its cloud sandbox is being deleted" : `still running: kars_offload_result acknowledges it, kars_offload_handoff takes it back`;
+    return `Offload ${o.info.id} answered (${end}):\n\n${o.result.text}`;
+  }
   if (o.info.phase === "Ending") return `Offload ${o.info.id} ended (${o.info.end_reason ?? "no reason given"}) without an answer.`;
   if (o.sentAt) return `Offload ${o.info.id} is working on the task in ${o.info.sandbox}; call kars_offload_result with offload "${o.info.id}" for the answer.`;
   return `Offload ${o.info.id} is ${o.info.phase === "Ready" ? "ready" : "starting"} (${o.info.sandbox}); call kars_offload_status or kars_offload_result with offload "${o.info.id}" to continue.`;
@@ -101,13 +104,14 @@ export function createTools(cfg: ToolConfig): ToolDef[] {
         inputs: { type: "array", description: "Inputs the user chose to send, each named.", items: obj({ name: { type: "string" }, content: { type: "string" } }, ["name", "content"]) },
         limits: obj({ max_tokens: { type: "integer", minimum: 0 }, ttl_seconds: { type: "integer", minimum: 0, maximum: 86400 } }),
         wait_seconds: { type: "number", minimum: 0, maximum: 600, description: "How long to wait for the answer (default 120)." },
+        acknowledge: { type: "boolean", description: "End the offload (its cloud sandbox is deleted) once the answer is in hand (default true); false keeps it for kars_offload_handoff." },
       }, ["title", "instruction"]),
       async run(p) {
         const t: TaskDescriptor = { title: String(p.title ?? ""), instruction: String(p.instruction ?? "") };
         if (Array.isArray(p.inputs)) t.inputs = (p.inputs as { name: unknown; content: unknown }[]).map((i) => ({ name: String(i.name), content: String(i.content) }));
         if (p.limits && typeof p.limits === "object") t.limits = p.limits as TaskDescriptor["limits"] & object;
         try {
-          const o = await host().offload(t, seconds(p.wait_seconds, cfg.offloadWaitSeconds ?? 120, 600));
+          const o = await host().offload(t, seconds(p.wait_seconds, cfg.offloadWaitSeconds ?? 120, 600), p.acknowledge !== false);
           return { text: summary(o), details: { ok: true, ...describe(o) } };
         } catch (e) {
           return refusal(e);
