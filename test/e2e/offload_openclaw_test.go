@@ -153,9 +153,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 // --port-forward` names, pairs with kars dev (KARS_PAIRING_TOKEN),
 // offloads a task and takes the answer; the offload sandbox existed and is
 // gone once the answer is acknowledged. The host's model is a scripted
-// OpenAI-compatible endpoint that decides to call the tools. (The name
-// is short on purpose: kars dev's sandbox sockets live under the test's
-// temporary folder, and a Unix socket path holds at most 107 bytes.)
+// OpenAI-compatible endpoint that decides to call the tools.
 func TestKarsDevOpenClaw(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
