@@ -90,9 +90,16 @@ func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d g
 	t.Publish()
 	res := t.Wait(ctx)
 	out := governance.Decision{Verdict: governance.Deny, Rule: d.Rule}
+	outcome := string(res.Outcome)
 	switch res.Outcome {
 	case approval.Approved:
 		out.Verdict, out.Reason = governance.Allow, "approved by "+res.By+" ("+t.ID()+")"
+		if q, ok := r.gen.Load().monitor.Quarantined(g.agent); ok {
+			// Quarantined while the call waited: the quarantine wins, as
+			// it wins over every allow.
+			out.Verdict, outcome = governance.Deny, "quarantined"
+			out.Reason = "approved by " + res.By + " (" + t.ID() + ") but the agent was quarantined meanwhile: " + q.Detail
+		}
 	case approval.Denied:
 		out.Reason = "approval " + t.ID() + " denied by " + res.By + ": " + d.Reason
 	case approval.TimedOut:
@@ -100,12 +107,12 @@ func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d g
 	default:
 		out.Reason = "the agent's request ended while awaiting approval " + t.ID()
 	}
-	fin := withAttrs(rec, "approval", string(res.Outcome), "approval_id", t.ID())
+	fin := withAttrs(rec, "approval", outcome, "approval_id", t.ID())
 	if res.By != "" {
 		fin.Attrs["decided_by"] = res.By
 	}
 	fin.Decision, fin.Reason, fin.Latency = out.Verdict.String(), out.Reason, time.Since(c.start)
-	r.approvalOutcomes.WithLabelValues(string(res.Outcome)).Inc()
+	r.approvalOutcomes.WithLabelValues(outcome).Inc()
 	return out, r.appendAudit(ctx, fin)
 }
 

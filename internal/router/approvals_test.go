@@ -392,6 +392,31 @@ func TestApprovalDecideEndpoint(t *testing.T) {
 	}
 }
 
+// An agent quarantined while its call waits does not get it run, even
+// when a person approves it.
+func TestApprovalQuarantineWins(t *testing.T) {
+	a := newApprovalHarness(t, routerconfig.Approvals{TimeoutMillis: 60_000}, nil)
+	done := a.callAsync(context.Background(), "delete_repo", map[string]any{"repo": "kars"})
+	p := a.awaitPending(1)[0]
+	if st, b := a.adminDo("POST", "/admin/v1/quarantine?reason=incident-42", "admin-secret-token"); st != http.StatusOK {
+		t.Fatalf("quarantine: %d %s", st, b)
+	}
+	if st, b := a.adminDo("POST", "/admin/v1/approvals/"+p.ID+"?decision=approve&by=alice", "admin-secret-token"); st != http.StatusOK {
+		t.Fatalf("approve: %d %s", st, b)
+	}
+	r := <-done
+	if r.err != nil || !r.isError || !strings.Contains(r.text, "quarantined meanwhile") || !strings.Contains(r.text, "incident-42") {
+		t.Fatalf("call: %+v", r)
+	}
+	if len(a.ran()) != 0 {
+		t.Fatalf("the server ran %v", a.ran())
+	}
+	if got := summary(a.approvalEntries()); !slices.Equal(got, []string{"require_approval deletes-need-a-human approval=pending",
+		"deny deletes-need-a-human approval=quarantined by=alice"}) {
+		t.Fatalf("audit %q", got)
+	}
+}
+
 func TestArgsSummary(t *testing.T) {
 	long := argsSummary(map[string]any{"s": strings.Repeat("é", 400)})
 	if !utf8.ValidString(long) || len(long) > argsSummaryLen+len("…") || !strings.HasSuffix(long, "é…") {
