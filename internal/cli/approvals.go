@@ -75,9 +75,7 @@ func approvalsPath(args []string, by string) (string, error) {
 		return "", fmt.Errorf("%q is not an approval id (apv- and 16 hex digits; kars approvals %s lists them)", id, args[0])
 	}
 	if by == "" {
-		if u, err := user.Current(); err == nil {
-			by = u.Username
-		}
+		by = loginName()
 	}
 	if err := approval.CheckName(by); err != nil {
 		return "", fmt.Errorf("--by: %w", err)
@@ -144,4 +142,13 @@ func runApprovals(ctx context.Context, ep *endpoint, name, path string, asJSON b
 			max(p.Expires.Sub(now), 0).Round(time.Second), p.Action, dash(p.Rule), dash(args))
 	}
 	return tw.Flush()
+}
+
+// loginName is who decides an approval when no one is named: the user's
+// login name, or "" when it cannot be found.
+func loginName() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
 }

@@ -126,7 +126,12 @@ func (c *cluster) adminGet(ctx context.Context, name, path string, v any) error 
 // name) and decodes its JSON answer into v; a status other than 200 is an
 // error carrying the router's answer.
 func (e *endpoint) getJSON(ctx context.Context, name, path string, v any) error {
-	resp, err := e.do(ctx, http.MethodGet, path, nil)
+	return e.callJSON(ctx, http.MethodGet, name, path, v)
+}
+
+// callJSON is getJSON with another method (and no request body).
+func (e *endpoint) callJSON(ctx context.Context, method, name, path string, v any) error {
+	resp, err := e.do(ctx, method, path, nil)
 	if err != nil {
 		return fmt.Errorf("reach the router of %s: %w", name, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
@@ -27,8 +28,9 @@ func newOperatorCmd(c *cluster) *cobra.Command {
 			"phase, runtime, model and budget; the selected sandbox's SRE actions, egress approvals\n" +
 			"and recent events; its policies, trust and peers, memory and evaluations; and its router's\n" +
 			"audit log, live. Keys suspend or resume a sandbox, switch its model, approve or reject an\n" +
-			"SRE action and approve an egress destination the router refused, each confirmed first and\n" +
-			"done with your own credentials (your RBAC applies).\n" +
+			"SRE action, approve an egress destination the router refused and approve or deny a tool\n" +
+			"call the router holds for approval (as your login name), each confirmed first and done\n" +
+			"with your own credentials (your RBAC applies).\n" +
 			"--once prints one frame without colour once the watches have listed, and exits.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -68,7 +70,7 @@ func newOperatorCmd(c *cluster) *cobra.Command {
 			}
 			var p *tea.Program
 			m := operator.New(operator.Options{Title: cfg.Host, Actions: &operator.KubeActions{Client: cl, Clientset: cs},
-				Admin: c.operatorAdmin, Send: func(msg tea.Msg) { p.Send(msg) }, Context: ctx})
+				Admin: c.operatorAdmin, Send: func(msg tea.Msg) { p.Send(msg) }, Context: ctx, By: loginName()})
 			p = tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(cmd.InOrStdin()), tea.WithOutput(cmd.OutOrStdout()), tea.WithFPS(operator.FPS))
 			if err := operator.Watch(ctx, cfg, c.namespace, p.Send); err != nil {
 				return err
@@ -143,6 +145,10 @@ type operatorAdminConn struct {
 
 func (a operatorAdminConn) Get(ctx context.Context, path string, v any) error {
 	return a.ep.getJSON(ctx, a.name, path, v)
+}
+
+func (a operatorAdminConn) Post(ctx context.Context, path string, v any) error {
+	return a.ep.callJSON(ctx, http.MethodPost, a.name, path, v)
 }
 
 func (a operatorAdminConn) Close() { a.ep.close() }

@@ -10,6 +10,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/kars-io/kars/internal/approval"
 	"github.com/kars-io/kars/internal/audit"
 )
 
@@ -21,6 +22,9 @@ type Admin interface {
 	// answer into v; a status other than 200 is an error whose text names
 	// the status code.
 	Get(ctx context.Context, path string, v any) error
+	// Post posts to an admin path (with its query, no body) and decodes
+	// its JSON answer into v, with Get's errors.
+	Post(ctx context.Context, path string, v any) error
 	// Close releases the access.
 	Close()
 }
@@ -211,4 +215,16 @@ func auditDetails(e audit.Entry) string {
 		b.WriteString(e.Reason)
 	}
 	return b.String()
+}
+
+// heldCall reports the approval id of an audit entry that put a call on
+// hold for a person's approval (attrs approval=pending, docs/router.md
+// "Approvals"); the router decides it once, so an entry whose call was
+// decided since is answered 409 and the TUI says so.
+func heldCall(e audit.Entry) (id string, ok bool) {
+	id = e.Attrs["approval_id"]
+	if e.Attrs["approval"] != "pending" || !approval.ValidID(id) {
+		return "", false
+	}
+	return id, true
 }

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
+	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/router"
 	"github.com/kars-io/kars/internal/routerconfig"
 )
@@ -34,7 +35,15 @@ type httpAdmin struct {
 }
 
 func (a httpAdmin) Get(ctx context.Context, path string, v any) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+path, nil)
+	return a.call(ctx, http.MethodGet, path, v)
+}
+
+func (a httpAdmin) Post(ctx context.Context, path string, v any) error {
+	return a.call(ctx, http.MethodPost, path, v)
+}
+
+func (a httpAdmin) call(ctx context.Context, method, path string, v any) error {
+	req, _ := http.NewRequestWithContext(ctx, method, a.base+path, nil)
 	req.Header.Set("Authorization", "Bearer "+a.token)
 	if strings.HasPrefix(path, "/admin/v1/audit/tail") {
 		a.tails.Add(1)
@@ -57,7 +66,7 @@ func (httpAdmin) Close() {}
 // kars-dev/demo: the offline model and Strict egress with an empty allow
 // list, its egress listeners off (the explicit proxy on the agent port
 // stays). It returns the agent and admin addresses.
-func startRouter(t testing.TB) (agent, admin string) {
+func startRouter(t testing.TB, edit ...func(*routerconfig.Config)) (agent, admin string) {
 	t.Helper()
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
@@ -72,6 +81,9 @@ func startRouter(t testing.TB) (agent, admin string) {
 		StateDir:      filepath.Join(dir, "state"),
 		Egress: &routerconfig.Egress{Mode: "Strict",
 			Blocklist: &routerconfig.Blocklist{Sources: []routerconfig.BlocklistSource{{File: filepath.Join(dir, "blocklist.txt")}}}},
+	}
+	for _, f := range edit {
+		f(c)
 	}
 	b, err := routerconfig.Marshal(c)
 	if err != nil {
@@ -205,6 +217,114 @@ func TestAuditTailFromARealRouter(t *testing.T) {
 	until("a new entry", func(f string) bool { return strings.Contains(f, "egress:blocked.test:443") })
 	if n := tails.Load() - before; n != 1 {
 		t.Fatalf("%d tail reads for one new entry", n)
+	}
+}
+
+// A tool call the router holds for a person's approval shows in the audit
+// tail; approving it there (a, then y) posts the decision, as the
+// operator's login name, and the held call is answered allow; a second
+// held call is denied with r; an entry holding nothing offers nothing.
+func TestAuditApprovesHeldCall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a router")
+	}
+	agent, admin := startRouter(t, func(c *routerconfig.Config) {
+		c.Governance = &governance.Policy{Name: "tools", Rules: []governance.Rule{
+			{Name: "shell-needs-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"shell:*"}},
+		}}
+	})
+	held := func(action string) <-chan string {
+		out := make(chan string, 1)
+		go func() {
+			resp, err := http.Post("http://"+agent+router.DecidePath, "application/json",
+				strings.NewReader(`{"action":"`+action+`","args":{"path":"/tmp/x"},"awaitApproval":true}`))
+			if err != nil {
+				out <- err.Error()
+				return
+			}
+			defer resp.Body.Close()
+			var d router.Decision
+			json.NewDecoder(resp.Body).Decode(&d)
+			out <- d.Decision
+		}()
+		return out
+	}
+	var tails atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	msgs := make(chan tea.Msg, 64)
+	m := New(Options{Renderer: plain(), Actions: &recorder{}, Context: ctx, By: "alice",
+		Admin: func(context.Context, types.NamespacedName) (Admin, error) {
+			return httpAdmin{base: "http://" + admin, token: "admin-token", tails: &tails}, nil
+		},
+		Send: func(msg tea.Msg) {
+			select {
+			case msgs <- msg:
+			case <-ctx.Done():
+			}
+		}})
+	send(m, tea.WindowSizeMsg{Width: 160, Height: 30})
+	send(m, ObjectMsg{Obj: sandbox("kars-dev", "demo", karsv1.SandboxRunning)})
+	send(m, SyncedMsg{})
+	send(m, key("5"))
+	// pick waits for a pending entry of action and selects it.
+	pick := func(action string) {
+		t.Helper()
+		deadline := time.After(20 * time.Second)
+		for {
+			for i, e := range m.auditEntries() {
+				if _, ok := heldCall(e); ok && e.Action == action {
+					send(m, key("tab"))
+					m.focus, m.auditSel = paneAudit, i
+					return
+				}
+			}
+			select {
+			case msg := <-msgs:
+				send(m, msg)
+			case <-deadline:
+				t.Fatalf("no held %s in the tail:\n%s", action, m.View())
+			}
+		}
+	}
+	decided := func(got <-chan string, want string) {
+		t.Helper()
+		// The confirmed action runs as a command; run it as the program would.
+		select {
+		case d := <-got:
+			if d != want {
+				t.Fatalf("held call answered %q, want %q", d, want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("held call not answered:\n%s", m.View())
+		}
+	}
+
+	first := held("shell:rm")
+	pick("shell:rm")
+	cmd := m.key("a")
+	if f := m.View(); cmd != nil || !strings.Contains(f, "approve the held call shell:rm (apv-") || !strings.Contains(f, "as alice? [y/N]") {
+		t.Fatalf("no prompt:\n%s", f)
+	}
+	cmd = m.key("y")
+	if cmd == nil {
+		t.Fatal("confirming ran nothing")
+	}
+	if msg := cmd().(actionDoneMsg); msg.err != nil {
+		t.Fatalf("approve: %v", msg.err)
+	}
+	decided(first, "allow")
+
+	second := held("shell:ls")
+	pick("shell:ls")
+	m.key("r")
+	if msg := m.key("y")().(actionDoneMsg); msg.err != nil {
+		t.Fatalf("deny: %v", msg.err)
+	}
+	decided(second, "deny")
+	// Deciding the same call again: the router answers 409, shown as a failure.
+	if msg := func() actionDoneMsg { m.key("r"); return m.key("y")().(actionDoneMsg) }(); msg.err == nil || !strings.Contains(msg.err.Error(), "409") {
+		t.Fatalf("second decision: %v", msg.err)
 	}
 }
 

@@ -3,6 +3,7 @@ package operator
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 	"unicode"
@@ -106,6 +107,8 @@ type Model struct {
 	mesh     MeshMsg
 	confirm  *confirmation
 	status   string
+	// by names the operator in approval decisions (Options.By).
+	by string
 	// input, when not nil, is the model name being typed after "m".
 	input *string
 }
@@ -126,6 +129,9 @@ type Options struct {
 	Admin   AdminDialer
 	Send    func(tea.Msg)
 	Context context.Context
+	// By names the operator when it approves or denies a held call (the
+	// router records it); empty means "kars-operator".
+	By string
 }
 
 // New returns a Model over an empty State, sized 80×24 until the terminal
@@ -139,8 +145,12 @@ func New(o Options) *Model {
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	by := o.By
+	if by == "" {
+		by = "kars-operator"
+	}
 	return &Model{state: NewState(), actions: o.Actions, styles: newStyles(r), title: o.Title, width: 80, height: 24,
-		admin: o.Admin, send: o.Send, ctx: ctx}
+		admin: o.Admin, send: o.Send, ctx: ctx, by: by}
 }
 
 // State is what the model knows.
@@ -229,12 +239,16 @@ func (m *Model) key(k string) tea.Cmd {
 		m.askSuspend()
 	case "a":
 		if m.focus == paneAudit {
-			m.askApproveEgress()
+			m.askAuditApproval(true)
 		} else {
 			m.askDecision("Approved")
 		}
 	case "r":
-		m.askDecision("Rejected")
+		if m.focus == paneAudit {
+			m.askAuditApproval(false)
+		} else {
+			m.askDecision("Rejected")
+		}
 	case "m":
 		if m.state.Sandbox(m.sel) == nil {
 			return nil
@@ -446,6 +460,50 @@ func (m *Model) auditEntries() []audit.Entry {
 		return nil
 	}
 	return m.auditLog
+}
+
+// askAuditApproval acts on the selected audit entry: a call the router
+// holds for approval is approved or denied (approve false) on the
+// router's admin API as By; otherwise approve offers an EgressApproval for
+// a refused destination.
+func (m *Model) askAuditApproval(approve bool) {
+	es := m.auditEntries()
+	if m.auditSel >= len(es) {
+		return
+	}
+	e := es[m.auditSel]
+	id, held := heldCall(e)
+	if !held {
+		if approve {
+			m.askApproveEgress()
+		} else {
+			m.status = fmt.Sprintf("entry %d holds no call waiting for approval: nothing to deny", e.Seq)
+		}
+		return
+	}
+	if m.actions == nil || m.admin == nil {
+		m.status = "read-only: no actions"
+		return
+	}
+	verb := "deny"
+	if approve {
+		verb = "approve"
+	}
+	key, dial, by := m.sel, m.admin, m.by
+	path := "/admin/v1/approvals/" + id + "?" + url.Values{"decision": {verb}, "by": {by}}.Encode()
+	m.confirm = &confirmation{
+		prompt: fmt.Sprintf("%s the held call %s (%s) of %s as %s? [y/N]", verb, e.Action, id, key, by),
+		what:   fmt.Sprintf("%s %s (%s) for %s", verb, e.Action, id, key),
+		run: func(ctx context.Context) error {
+			conn, err := dial(ctx, key)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			var out map[string]any
+			return conn.Post(ctx, path, &out)
+		},
+	}
 }
 
 // askApproveEgress offers to approve the destination a selected audit

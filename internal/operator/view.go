@@ -74,7 +74,7 @@ func (m *Model) View() string {
 		}
 		line(&bottom, st, m.status)
 	}
-	keys := "↑/↓ select · ←/→ or 1-5 page · tab SRE actions/audit · s suspend/resume · m model · a approve · r reject · q quit"
+	keys := "↑/↓ select · ←/→ or 1-5 page · tab SRE actions/audit · s suspend/resume · m model · a approve · r reject/deny · q quit"
 	if m.actions == nil {
 		keys = "↑/↓ select · ←/→ or 1-5 page · tab SRE actions/audit · q quit (read-only)"
 	}
