@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -92,11 +93,15 @@ func (s forwardStage) try(c *Call, u *upstream) (*http.Response, []byte, error) 
 		return nil, nil, err
 	}
 	t0 := time.Now()
-	resp, err := u.client.Do(req)
+	resp, err := u.rt.RoundTrip(req)
 	c.UpstreamLatency = time.Since(t0)
-	s.r.metrics.upstreamLatency.WithLabelValues(u.ID()).Observe(c.UpstreamLatency.Seconds())
+	u.latency.Observe(c.UpstreamLatency.Seconds())
 	if err != nil {
-		return nil, nil, err
+		// As http.Client reports it: the method and URL, then the cause.
+		return nil, nil, &url.Error{Op: "Post", URL: req.URL.Redacted(), Err: err}
+	}
+	if resp.Body == nil {
+		resp.Body = http.NoBody
 	}
 	// The request (its body, headers and URL) is not kept for the
 	// response's life, which for a stream is minutes.

@@ -59,7 +59,7 @@ func (s forwardStage) relayBody(c *Call, resp *http.Response, mt string, secret 
 		return
 	}
 	c.release = append(c.release, release)
-	if len(secret) > 0 {
+	if len(secret) > 0 && bytes.Contains(body, secret) {
 		body = bytes.ReplaceAll(body, secret, redacted)
 	}
 	if resp.StatusCode < 300 {

@@ -32,7 +32,7 @@ func (s governStage) decide(c *Call) bool {
 	for _, u := range c.Candidates {
 		action := "inference:" + string(c.Route.Op) + ":" + u.Target.Model
 		d := c.Gen.gov.Decide(&governance.Request{Agent: c.Gen.agent, Action: action})
-		s.r.metrics.decisions.WithLabelValues(d.Verdict.String()).Inc()
+		s.r.metrics.decided(d.Verdict)
 		if first == nil || (!first.Allowed() && d.Allowed()) {
 			dd := d
 			first, firstAction = &dd, action
