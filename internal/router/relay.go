@@ -11,6 +11,7 @@ import (
 
 	"github.com/kars-io/kars/internal/inference"
 	"github.com/kars-io/kars/internal/safety"
+	"github.com/tidwall/gjson"
 )
 
 // MaxResponseBytes bounds a non-streamed upstream response the router
@@ -62,11 +63,14 @@ func (s forwardStage) relayBody(c *Call, resp *http.Response, mt string, secret 
 	if len(secret) > 0 && bytes.Contains(body, secret) {
 		body = bytes.ReplaceAll(body, secret, redacted)
 	}
-	if resp.StatusCode < 300 {
-		c.Usage = inference.ParseUsage(c.Route.Dialect, c.Route.Op, body)
+	// One validation serves the usage and the content-safety check; an
+	// answer that is not JSON has neither.
+	valid := (resp.StatusCode < 300 || mt == "application/json") && gjson.ValidBytes(body)
+	if resp.StatusCode < 300 && valid {
+		c.Usage = inference.ParseValidUsage(c.Route.Dialect, c.Route.Op, body)
 	}
-	if mt == "application/json" {
-		v := c.Gen.safety.CheckBody(body)
+	if mt == "application/json" && valid {
+		v := c.Gen.safety.CheckValidBody(body)
 		c.Findings = append(c.Findings, v.Findings...)
 		if v.Block && resp.StatusCode < 300 {
 			c.Refuse(safetyRefusal(v.Reason))
