@@ -57,6 +57,17 @@ type upstream struct {
 	id string
 	// latency is the upstream latency histogram's series for id.
 	latency prometheus.Observer
+	// actions are the governance actions "inference:<op>:<model>" of
+	// calling this target, by operation.
+	actions map[inference.Op]string
+}
+
+// action is the governance action of calling u for op.
+func (u *upstream) action(op inference.Op) string {
+	if a, ok := u.actions[op]; ok {
+		return a
+	}
+	return "inference:" + string(op) + ":" + u.Target.Model
 }
 
 // ID names the target in metrics, logs and the audit log.
@@ -118,6 +129,10 @@ func (r *Router) buildGeneration(snap *routerconfig.Snapshot) (*generation, erro
 			u.rt = inference.OfflineTransport{}
 		}
 		u.id = u.Upstream.ID()
+		u.actions = map[inference.Op]string{}
+		for _, op := range []inference.Op{inference.OpChat, inference.OpCompletions, inference.OpResponses, inference.OpEmbeddings, inference.OpModels, inference.OpMessages} {
+			u.actions[op] = "inference:" + string(op) + ":" + t.Model
+		}
 		u.latency = r.metrics.upstreamLatency.WithLabelValues(u.id)
 		u.health = r.healthFor(u.id)
 		g.upstreams = append(g.upstreams, u)

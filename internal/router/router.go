@@ -69,6 +69,7 @@ type Router struct {
 	upstreamClient *http.Client
 	tokenClient    *http.Client
 	auditFailing   atomic.Bool
+	auditCtx       atomic.Pointer[auditDeadline]
 	inflight       atomic.Int64
 	maxInflight    int64
 	buffers        *byteBudget
