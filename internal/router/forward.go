@@ -132,6 +132,9 @@ func retryAfter(h http.Header) time.Duration {
 // healthOrder puts healthy targets first, keeping configured order within
 // each group; if all are cooling down they are all still tried.
 func healthOrder(us []*upstream, now time.Time) []*upstream {
+	if len(us) == 1 {
+		return us // one target is tried whatever its health
+	}
 	out := make([]*upstream, 0, len(us))
 	for _, u := range us {
 		if u.health.healthy(now) {

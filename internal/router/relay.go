@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/kars-io/kars/internal/inference"
 	"github.com/kars-io/kars/internal/safety"
@@ -25,7 +26,7 @@ var redacted = []byte("[redacted by kars-router]")
 // credential scrubber.
 func (s forwardStage) relay(c *Call, resp *http.Response, secret []byte) {
 	defer resp.Body.Close()
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	mt := mediaType(resp.Header.Get("Content-Type"))
 	if c.Req.Stream && resp.StatusCode == http.StatusOK && mt == "text/event-stream" {
 		// The request body (a whole conversation, often tens of KiB) is
 		// not needed for the stream's life, only its hash for the entry.
@@ -90,6 +91,22 @@ func (s forwardStage) relayBody(c *Call, resp *http.Response, mt string, secret 
 	// Push the answer out now: settlement follows, and the agent need not
 	// wait for it.
 	http.NewResponseController(c.W).Flush()
+}
+
+// mediaType is the media type of a Content-Type value, as
+// mime.ParseMediaType reads it ("" for one it refuses), without parsing
+// the parameters of the plain values upstreams send.
+func mediaType(v string) string {
+	plain := true
+	for i := 0; i < len(v) && plain; i++ {
+		c := v[i]
+		plain = c == '/' || c == '-' || c == '.' || c == '+' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9'
+	}
+	if plain && strings.Count(v, "/") == 1 && v[0] != '/' && v[len(v)-1] != '/' {
+		return v
+	}
+	mt, _, _ := mime.ParseMediaType(v)
+	return mt
 }
 
 func safetyRefusal(reason string) *inference.APIError {

@@ -73,9 +73,12 @@ type Router struct {
 	inflight       atomic.Int64
 	maxInflight    int64
 	buffers        *byteBudget
-	pending        sync.WaitGroup // trust penalties still being written
-	engine         *governance.Engine
-	mcpPool        *mcpgateway.Pool
+	// giveAllowance gives an answer allowance back to buffers; made once,
+	// not per call.
+	giveAllowance func()
+	pending       sync.WaitGroup // trust penalties still being written
+	engine        *governance.Engine
+	mcpPool       *mcpgateway.Pool
 
 	mu     sync.Mutex
 	creds  map[string]credential.Source
@@ -120,6 +123,7 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 		buffers:        newByteBudget(opts.BufferBytes),
 		mcpPool:        mcpgateway.NewPool(opts.Transport, opts.TokenClient),
 	}
+	r.giveAllowance = func() { r.buffers.give(answerAllowance) }
 	registerAuditSyncs(opts.Registry, opts.Audit)
 	r.chain = NewChain(
 		observeStage{r},

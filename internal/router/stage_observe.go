@@ -74,7 +74,9 @@ func payloadHash(body []byte) string {
 		return ""
 	}
 	sum := sha256.Sum256(body)
-	return hex.EncodeToString(sum[:])
+	var hx [2 * sha256.Size]byte
+	hex.Encode(hx[:], sum[:])
+	return string(hx[:])
 }
 
 // commit appends the call's audit entry and waits until it is durable.
