@@ -34,6 +34,9 @@ const (
 	Burst               Kind = "burst"
 	ConsecutiveFailures Kind = "consecutive-failures"
 	RepeatedDenials     Kind = "repeated-denials"
+	// Operator marks a quarantine an operator imposed (Impose), not a
+	// pattern the monitor saw.
+	Operator Kind = "operator"
 )
 
 // Alert reports a detected pattern.
@@ -139,8 +142,11 @@ func New(cfg Config) (*Monitor, error) {
 
 func newQuarantine(a Alert) *quarantine {
 	a.Quarantined = true
-	return &quarantine{alert: a, decision: governance.Decision{Verdict: governance.Deny, Rule: Rule,
-		Reason: fmt.Sprintf("agent quarantined by the behaviour monitor (%s: %s) until an operator clears it", a.Kind, a.Detail)}}
+	reason := fmt.Sprintf("agent quarantined by the behaviour monitor (%s: %s) until an operator clears it", a.Kind, a.Detail)
+	if a.Kind == Operator {
+		reason = fmt.Sprintf("agent quarantined by an operator (%s) until an operator clears it", a.Detail)
+	}
+	return &quarantine{alert: a, decision: governance.Decision{Verdict: governance.Deny, Rule: Rule, Reason: reason}}
 }
 
 // state returns the agent's state, creating it; nil past MaxAgents.
@@ -266,6 +272,32 @@ func (m *Monitor) Quarantines() []Alert {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
 	return out
+}
+
+// Impose quarantines agent on an operator's word (detail says why), whatever
+// the monitor's configuration, and persists it like any quarantine. It is
+// idempotent: an agent already quarantined keeps its first quarantine, and
+// Impose returns that alert with imposed false. It fails, changing nothing,
+// when the monitor tracks MaxAgents others already.
+func (m *Monitor) Impose(agent, detail string) (a Alert, imposed bool, err error) {
+	st := m.state(agent)
+	if st == nil {
+		return Alert{}, false, fmt.Errorf("behavior: already tracking %d agents; %q cannot be quarantined", m.cfg.MaxAgents, agent)
+	}
+	q := newQuarantine(Alert{Agent: agent, Kind: Operator, Detail: detail, At: m.cfg.Now()})
+	if !st.quarantine.CompareAndSwap(nil, q) {
+		return st.quarantine.Load().alert, false, nil
+	}
+	if err := m.save(); err != nil {
+		// A quarantine that would not survive a restart is not what the
+		// operator asked for: undo it and say so.
+		st.quarantine.CompareAndSwap(q, nil)
+		return Alert{}, false, fmt.Errorf("behavior: quarantine not persisted: %w", err)
+	}
+	if m.cfg.OnAlert != nil {
+		m.cfg.OnAlert(q.alert)
+	}
+	return q.alert, true, nil
 }
 
 // Clear lifts agent's quarantine (an operator action) and resets its

@@ -224,3 +224,65 @@ func TestConcurrentGuard(t *testing.T) {
 		t.Fatalf("quarantines: %+v", m.Quarantines())
 	}
 }
+
+func TestOperatorQuarantine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "quarantine.json")
+	got := &alerts{}
+	// No thresholds and no Quarantine flag: an operator's quarantine does
+	// not depend on the monitor's own configuration.
+	cfg := Config{StatePath: path, OnAlert: got.add}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Guard{Next: engine(t), Monitor: m}
+	req := &governance.Request{Agent: "a1", Action: "tool:search"}
+	if d := g.Decide(req); d.Verdict != governance.Allow {
+		t.Fatalf("before: %+v", d)
+	}
+	a, imposed, err := m.Impose("a1", "incident 42")
+	if err != nil || !imposed || a.Kind != Operator || !a.Quarantined {
+		t.Fatalf("Impose: %+v %v %v", a, imposed, err)
+	}
+	d := g.Decide(req)
+	if d.Verdict != governance.Deny || d.Rule != Rule || !strings.Contains(d.Reason, "by an operator (incident 42)") {
+		t.Fatalf("after: %+v", d)
+	}
+	if again, imposed, err := m.Impose("a1", "second"); err != nil || imposed || again.Detail != "incident 42" {
+		t.Fatalf("second Impose replaced the first: %+v %v %v", again, imposed, err)
+	}
+	if got.n() != 1 {
+		t.Errorf("%d alerts, want 1", got.n())
+	}
+	if d := g.Decide(&governance.Request{Agent: "a2", Action: "tool:search"}); d.Verdict != governance.Allow {
+		t.Fatalf("another agent was quarantined too: %+v", d)
+	}
+
+	m2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, ok := m2.Quarantined("a1"); !ok || q.Kind != Operator {
+		t.Fatalf("operator quarantine not persisted: %+v %v", q, ok)
+	}
+	if ok, err := m2.Clear("a1"); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if d := (&Guard{Next: engine(t), Monitor: m2}).Decide(req); d.Verdict != governance.Allow {
+		t.Fatalf("cleared agent still denied: %+v", d)
+	}
+
+	// A state file that cannot be written: the quarantine is refused, not
+	// held in memory only.
+	bad, err := New(Config{StatePath: filepath.Join(dir, "missing", "q.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := bad.Impose("a1", "x"); err == nil {
+		t.Fatal("Impose succeeded without persisting")
+	}
+	if _, ok := bad.Quarantined("a1"); ok {
+		t.Fatal("unpersisted quarantine kept")
+	}
+}

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -318,7 +321,7 @@ func (r *SREActionReconciler) execute(ctx context.Context, a *karsv1.KarsSREActi
 	case karsv1.SRESetModel:
 		return r.setModel(ctx, &sb, a.Spec.Params["model"])
 	case karsv1.SREQuarantineAgent:
-		return &sb, "", fmt.Errorf("QuarantineAgent is not supported yet: the router's admin API can release a quarantine but not impose one (suspend the sandbox instead)")
+		return r.quarantine(ctx, &sb, quarantineReason(a))
 	}
 	return &sb, "", fmt.Errorf("unknown action %q", a.Spec.Action)
 }
@@ -399,27 +402,74 @@ func (r *SREActionReconciler) rotate(ctx context.Context, a *karsv1.KarsSREActio
 	return sb, "router admin token and TLS certificate rotated; the pod rolls to load them", nil
 }
 
-// releaseQuarantine asks the router to clear its quarantine of the agent.
-func (r *SREActionReconciler) releaseQuarantine(ctx context.Context, sb *karsv1.KarsSandbox) (client.Object, string, error) {
+// routerTarget is the admin API of the sandbox's running router.
+func (r *SREActionReconciler) routerTarget(ctx context.Context, sb *karsv1.KarsSandbox) (RouterTarget, error) {
 	if r.admin == nil {
-		return sb, "", fmt.Errorf("this controller cannot call router admin APIs")
+		return RouterTarget{}, fmt.Errorf("this controller cannot call router admin APIs")
 	}
 	if sb.Status.RouterEndpoint == "" || sb.Spec.Suspended {
-		return sb, "", fmt.Errorf("no router is running for the sandbox (phase %s)", sb.Status.Phase)
+		return RouterTarget{}, fmt.Errorf("no router is running for the sandbox (phase %s)", sb.Status.Phase)
 	}
 	names, err := render.NamesFor(sb)
 	if err != nil {
-		return sb, "", err
+		return RouterTarget{}, err
 	}
 	var s corev1.Secret
 	if err := r.client.Get(ctx, client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin}, &s); err != nil {
-		return sb, "", notFoundOr(err, "Secret", client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin})
+		return RouterTarget{}, notFoundOr(err, "Secret", client.ObjectKey{Namespace: sb.Namespace, Name: names.RouterAdmin})
+	}
+	return RouterTarget{Endpoint: sb.Status.RouterEndpoint, ServerName: names.RouterHostname, CertPEM: s.Data[render.AdminCertKey], Token: s.Data[render.AdminTokenKey]}, nil
+}
+
+// quarantineReason is what the router tells the agent and logs: the action's
+// name and reason, as printable text within the router's 256 bytes (the
+// CRD allows a 2,048-byte reason).
+func quarantineReason(a *karsv1.KarsSREAction) string {
+	s := strings.Map(func(r rune) rune {
+		if !unicode.IsPrint(r) {
+			return ' '
+		}
+		return r
+	}, "KarsSREAction "+a.Namespace+"/"+a.Name+": "+a.Spec.Reason)
+	for len(s) > 256 {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
+	}
+	return s
+}
+
+// quarantine asks the router to quarantine the agent: every further
+// decision is denied until a ReleaseQuarantine. The router keeps the
+// quarantine in its state (it survives restarts), and a second call leaves
+// the first quarantine in place, so a retried action changes nothing more.
+func (r *SREActionReconciler) quarantine(ctx context.Context, sb *karsv1.KarsSandbox, reason string) (client.Object, string, error) {
+	t, err := r.routerTarget(ctx, sb)
+	if err != nil {
+		return sb, "", err
+	}
+	var out struct {
+		Agent   string `json:"agent"`
+		Imposed bool   `json:"imposed"`
+	}
+	if err := r.admin.Call(ctx, t, http.MethodPost, "/admin/v1/quarantine?reason="+url.QueryEscape(reason), &out); err != nil {
+		return sb, "", transientError{fmt.Errorf("router admin API: %w", err)}
+	}
+	if !out.Imposed {
+		return sb, "agent " + out.Agent + " was already quarantined", nil
+	}
+	return sb, "agent " + out.Agent + " quarantined by the router: every call is denied until a ReleaseQuarantine", nil
+}
+
+// releaseQuarantine asks the router to clear its quarantine of the agent.
+func (r *SREActionReconciler) releaseQuarantine(ctx context.Context, sb *karsv1.KarsSandbox) (client.Object, string, error) {
+	t, err := r.routerTarget(ctx, sb)
+	if err != nil {
+		return sb, "", err
 	}
 	var out struct {
 		Agent   string `json:"agent"`
 		Cleared bool   `json:"cleared"`
 	}
-	t := RouterTarget{Endpoint: sb.Status.RouterEndpoint, ServerName: names.RouterHostname, CertPEM: s.Data[render.AdminCertKey], Token: s.Data[render.AdminTokenKey]}
 	if err := r.admin.Call(ctx, t, http.MethodDelete, "/admin/v1/quarantine", &out); err != nil {
 		return sb, "", transientError{fmt.Errorf("router admin API: %w", err)}
 	}

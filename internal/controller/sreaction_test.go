@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -176,6 +177,36 @@ func TestSREActionsEachType(t *testing.T) {
 		}
 	})
 
+	t.Run("QuarantineAgent", func(t *testing.T) {
+		var calls atomic.Int32
+		var reason atomic.Value
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodPost || r.URL.Path != "/admin/v1/quarantine" {
+				http.NotFound(w, r)
+				return
+			}
+			reason.Store(r.URL.Query().Get("reason"))
+			n := calls.Add(1)
+			json.NewEncoder(w).Encode(map[string]any{"agent": "kars-sandbox/" + ns + "/bot", "imposed": n == 1})
+		})
+		router.other.Store(&h)
+		a := sreAction(ns, "quarantine", karsv1.SREQuarantineAgent, "bot", nil)
+		a.Spec.Reason = "exfiltration suspected\nsee incident 42 " + strings.Repeat("é", 200)
+		got := run(a, SREPhaseSucceeded)
+		if calls.Load() != 1 || !strings.Contains(got.Status.Result, "quarantined by the router") {
+			t.Fatalf("router called %d times; result %q", calls.Load(), got.Status.Result)
+		}
+		r, _ := reason.Load().(string)
+		if !strings.HasPrefix(r, "KarsSREAction "+ns+"/quarantine: exfiltration suspected see incident 42 é") || len(r) > 256 || !utf8.ValidString(r) {
+			t.Errorf("reason sent to the router: %q (%d bytes)", r, len(r))
+		}
+		// A second action finds the agent quarantined already.
+		got = run(sreAction(ns, "quarantine-again", karsv1.SREQuarantineAgent, "bot", nil), SREPhaseSucceeded)
+		if calls.Load() != 2 || !strings.Contains(got.Status.Result, "already quarantined") {
+			t.Fatalf("router called %d times; result %q", calls.Load(), got.Status.Result)
+		}
+	})
+
 	t.Run("RotateRouterCredentials", func(t *testing.T) {
 		names, _ := render.NamesFor(sb)
 		var before corev1.Secret
@@ -252,12 +283,8 @@ func TestSREActionsEachType(t *testing.T) {
 		waitCondition(t, sb, karsv1.ConditionSuspended, metav1.ConditionFalse, ReasonActive)
 	})
 
-	t.Run("Unsupported and missing targets fail clearly", func(t *testing.T) {
-		got := run(sreAction(ns, "quarantine", karsv1.SREQuarantineAgent, "bot", nil), SREPhaseFailed)
-		if !strings.Contains(got.Status.Result, "not supported yet") {
-			t.Errorf("result %q", got.Status.Result)
-		}
-		got = run(sreAction(ns, "ghost", karsv1.SRESuspendSandbox, "nobody", nil), SREPhaseFailed)
+	t.Run("Missing targets fail clearly", func(t *testing.T) {
+		got := run(sreAction(ns, "ghost", karsv1.SRESuspendSandbox, "nobody", nil), SREPhaseFailed)
 		if !strings.Contains(got.Status.Result, "KarsSandbox "+ns+"/nobody not found") {
 			t.Errorf("result %q", got.Status.Result)
 		}

@@ -61,10 +61,11 @@ func newImages(cache string) *images {
 		},
 		reason: func(err error) string {
 			var ce *ociroot.ContractError
+			var ue *ociroot.UnpackError
 			switch {
 			case errors.As(err, &ce):
 				return ReasonImageContract
-			case strings.Contains(err.Error(), "unpack "):
+			case errors.As(err, &ue):
 				return ReasonImageUnpackInvalid
 			}
 			return ReasonImagePullFailed

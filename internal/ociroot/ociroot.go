@@ -60,6 +60,18 @@ type Options struct {
 	MaxBytes int64
 }
 
+// UnpackError reports an image whose layers could not be unpacked into a
+// root: a hostile or malformed archive, or a layer that failed to arrive.
+type UnpackError struct {
+	Ref string
+	Err error
+}
+
+func (e *UnpackError) Error() string { return fmt.Sprintf("unpack %s: %v", e.Ref, e.Err) }
+
+// Unwrap returns the cause.
+func (e *UnpackError) Unwrap() error { return e.Err }
+
 // ContractError reports an image without the wanted contract label.
 type ContractError struct{ Ref, Got, Want string }
 
@@ -120,7 +132,7 @@ func Unpack(ctx context.Context, ref string, o Options) (*Root, error) {
 	}
 	rootfs := filepath.Join(tmp, "rootfs")
 	if err := Extract(flat, rootfs, max); err != nil {
-		return nil, fmt.Errorf("unpack %s: %w", ref, err)
+		return nil, &UnpackError{Ref: ref, Err: err}
 	}
 	if err := readOnly(rootfs); err != nil {
 		return nil, err

@@ -157,6 +157,22 @@ func TestUnpackChecksContractBeforeLayers(t *testing.T) {
 	}
 }
 
+// TestUnpackFailureIsTyped: a layer that cannot be unpacked (here: past
+// the size bound) is an UnpackError, which kars dev reports as
+// ImageUnpackInvalid, and leaves nothing in the cache.
+func TestUnpackFailureIsTyped(t *testing.T) {
+	ref, _ := registryWith(t, map[string]string{ContractLabel: "v1"})
+	cache := t.TempDir()
+	_, err := Unpack(context.Background(), ref, Options{Cache: cache, Contract: "v1", Insecure: true, MaxBytes: 8})
+	var ue *UnpackError
+	if !errors.As(err, &ue) || ue.Ref != ref {
+		t.Fatalf("err = %v, want an UnpackError for %s", err, ref)
+	}
+	if ents, _ := os.ReadDir(cache); len(ents) != 0 {
+		t.Fatalf("cache holds %d entries after a failed unpack", len(ents))
+	}
+}
+
 func TestExtractRefusesEscapes(t *testing.T) {
 	outside := t.TempDir()
 	for name, es := range map[string][]tentry{

@@ -4,10 +4,13 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/behavior"
@@ -124,6 +127,21 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"agent": g.agent, "quarantines": q})
 	}))
+	mux.Handle("POST /admin/v1/quarantine", auth(func(w http.ResponseWriter, req *http.Request) {
+		reason, err := quarantineReason(req.URL.Query().Get("reason"))
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
+		}
+		g := r.gen.Load()
+		call(w, true, func() (any, error) {
+			a, imposed, err := g.monitor.Impose(g.agent, reason)
+			if imposed {
+				r.log.Warn("agent quarantined by an operator", "agent", g.agent, "reason", reason)
+			}
+			return map[string]any{"agent": g.agent, "imposed": imposed, "quarantine": a}, err
+		})
+	}))
 	mux.Handle("DELETE /admin/v1/quarantine", auth(func(w http.ResponseWriter, _ *http.Request) {
 		g := r.gen.Load()
 		call(w, true, func() (any, error) {
@@ -208,4 +226,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// quarantineReason checks an operator's reason for a quarantine: it ends up
+// in every denial the agent sees and in the router's log, so it is short,
+// printable text.
+func quarantineReason(s string) (string, error) {
+	s = strings.TrimSpace(s)
+	switch {
+	case s == "":
+		return "", errors.New("say why: ?reason=<text>")
+	case len(s) > 256:
+		return "", errors.New("reason longer than 256 bytes")
+	case !utf8.ValidString(s) || strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0:
+		return "", errors.New("reason must be printable UTF-8 text")
+	}
+	return s, nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -274,8 +275,8 @@ func TestDecideQuarantine(t *testing.T) {
 	// The operator clears it on the admin API; the agent is allowed again.
 	admin := httptest.NewServer(r2.AdminHandler(h.cfg.Admin.TokenFile, AdminBackends{}))
 	defer admin.Close()
-	adminDo := func(method string) map[string]any {
-		req, _ := http.NewRequest(method, admin.URL+"/admin/v1/quarantine", nil)
+	adminAt := func(method, query string, want int) map[string]any {
+		req, _ := http.NewRequest(method, admin.URL+"/admin/v1/quarantine"+query, nil)
 		req.Header.Set("Authorization", "Bearer admin-secret-token")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -284,11 +285,12 @@ func TestDecideQuarantine(t *testing.T) {
 		defer resp.Body.Close()
 		var v map[string]any
 		json.NewDecoder(resp.Body).Decode(&v)
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s quarantine: %d %v", method, resp.StatusCode, v)
+		if resp.StatusCode != want {
+			t.Fatalf("%s quarantine%s: %d %v", method, query, resp.StatusCode, v)
 		}
 		return v
 	}
+	adminDo := func(method string) map[string]any { return adminAt(method, "", 200) }
 	if q := adminDo("GET")["quarantines"].([]any); len(q) != 1 || q[0].(map[string]any)["kind"] != string(behavior.RepeatedDenials) {
 		t.Fatalf("quarantine list %v", q)
 	}
@@ -297,6 +299,31 @@ func TestDecideQuarantine(t *testing.T) {
 	}
 	if _, v := h2.decide(`{"action":"tool:web_search"}`); v["decision"] != "allow" {
 		t.Fatalf("after clearing: %v", v)
+	}
+
+	// An operator quarantines the agent (the KarsSREAction QuarantineAgent):
+	// without a reason, or with one that is not printable text, nothing
+	// changes.
+	adminAt("POST", "", 400)
+	adminAt("POST", "?reason=a%0Ab", 400)
+	adminAt("POST", "?reason="+strings.Repeat("x", 257), 400)
+	if _, v := h2.decide(`{"action":"tool:web_search"}`); v["decision"] != "allow" {
+		t.Fatalf("a refused quarantine changed something: %v", v)
+	}
+	if v := adminAt("POST", "?reason=incident+42", 200); v["imposed"] != true {
+		t.Fatalf("impose: %v", v)
+	}
+	if v := adminAt("POST", "?reason=again", 200); v["imposed"] != false {
+		t.Fatalf("second impose: %v", v)
+	}
+	if _, v := h2.decide(`{"action":"tool:web_search"}`); v["rule"] != behavior.Rule || !strings.Contains(fmt.Sprint(v["reason"]), "by an operator (incident 42)") {
+		t.Fatalf("after an operator quarantine: %v", v)
+	}
+	if q := adminDo("GET")["quarantines"].([]any); len(q) != 1 || q[0].(map[string]any)["kind"] != string(behavior.Operator) {
+		t.Fatalf("quarantine list %v", q)
+	}
+	if v := adminDo("DELETE"); v["cleared"] != true {
+		t.Fatalf("clear: %v", v)
 	}
 }
 
