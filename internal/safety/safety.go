@@ -181,23 +181,27 @@ func (b doc) members(i int, fn func(name []byte, val int) int) int {
 
 // elements calls fn with each element of the array at i, or each member
 // value of the object at i (gjson's ForEach over values); fn returns the
-// index past the value. Anything else has none.
-func (b doc) elements(i int, fn func(val int) int) {
+// index past the value. Anything else has none. It returns the index past
+// the value at i.
+func (b doc) elements(i int, fn func(val int) int) int {
 	switch {
 	case b.is(i, '{'):
-		b.members(i, func(_ []byte, val int) int { return fn(val) })
+		return b.members(i, func(_ []byte, val int) int { return fn(val) })
 	case b.is(i, '['):
 		for i++; ; {
 			i = b.space(i)
 			if i >= len(b) || b[i] == ']' {
-				return
+				return i + 1
 			}
 			i = b.space(fn(i))
 			if i < len(b) && b[i] == ',' {
 				i++
 			}
 		}
+	case i < 0:
+		return i
 	}
+	return b.end(i)
 }
 
 // get returns the first member named name of the object at i (-1 for none
@@ -296,13 +300,17 @@ func (b doc) severityOf(i int) int {
 	return severityRank(strings.ToLower(b.str(i)))
 }
 
-// scan reads one content_filter_results object into v. It reports whether
-// the object carries a Prompt Shields (jailbreak) annotation.
-func (p *Policy) scan(b doc, where string, r int, v *Verdict) (shielded bool) {
+// scan reads one content_filter_results object at r into v. It returns
+// the index past it and whether it carries a Prompt Shields (jailbreak)
+// annotation.
+func (p *Policy) scan(b doc, where string, r int, v *Verdict) (end int, shielded bool) {
 	if !b.is(r, '{') {
-		return false
+		if r < 0 {
+			return r, false
+		}
+		return b.end(r), false
 	}
-	b.members(r, func(name []byte, cat int) int {
+	end = b.members(r, func(name []byte, cat int) int {
 		if !b.is(cat, '{') {
 			return b.end(cat)
 		}
@@ -310,7 +318,7 @@ func (p *Policy) scan(b doc, where string, r int, v *Verdict) (shielded bool) {
 		shielded = shielded || sh
 		return end
 	})
-	return shielded
+	return end, shielded
 }
 
 // category reads one annotation, {"filtered":…,"detected":…,"severity":…},
@@ -379,85 +387,123 @@ func (p *Policy) category(b doc, where string, rawName []byte, cat int, v *Verdi
 }
 
 // members are the top-level members of a body or event that the checks
-// read, found in one pass (the first of a repeated member, as with
-// gjson.Get), by the index of their values.
+// read (the first of a repeated member, as with gjson.Get), by the index of
+// their values.
 type members struct {
 	promptFilter, promptAnnotations, choices, err, typ int
 }
 
-// read fills m from the document's top-level value.
-func (m *members) read(b doc) {
-	*m = members{-1, -1, -1, -1, -1}
-	top := b.space(0)
-	if !b.is(top, '{') {
-		return
-	}
-	b.members(top, func(n []byte, val int) int {
-		var dst *int
-		switch {
-		case nameIs(n, "prompt_filter_results"):
-			dst = &m.promptFilter
-		case nameIs(n, "prompt_annotations"):
-			dst = &m.promptAnnotations
-		case nameIs(n, "choices"):
-			dst = &m.choices
-		case nameIs(n, "error"):
-			dst = &m.err
-		case nameIs(n, "type"):
-			dst = &m.typ
-		}
-		if dst != nil && *dst < 0 {
-			*dst = val
-		}
-		return b.end(val)
-	})
-}
+// Sections of a body, in the order the checks report them.
+const (
+	secPromptFilter = iota
+	secPromptAnnotations
+	secChoices
+	nSections
+)
 
-// annotations reads every content-safety annotation of a body or event.
-func (p *Policy) annotations(b doc, m *members, v *Verdict) (shielded bool) {
-	shielded = p.prompt(b, m.promptFilter, v)
-	if p.prompt(b, m.promptAnnotations, v) {
-		shielded = true
+// annotations reads every content-safety annotation of a body or event
+// into v, in one walk of the document: the prompt annotations and the
+// choices are checked where they stand, each into its own section, and the
+// sections are joined in a fixed order — prompt_filter_results,
+// prompt_annotations, choices, then Azure's refusal — whatever the order of
+// the members. It returns the top-level members and whether a Prompt
+// Shields annotation was seen.
+func (p *Policy) annotations(b doc, v *Verdict) (m members, shielded bool) {
+	m = members{-1, -1, -1, -1, -1}
+	var sec [nSections]Verdict
+	top := b.space(0)
+	if b.is(top, '{') {
+		b.members(top, func(n []byte, val int) int {
+			switch {
+			case nameIs(n, "prompt_filter_results"):
+				if m.promptFilter < 0 {
+					m.promptFilter = val
+					end, sh := p.prompt(b, val, &sec[secPromptFilter])
+					shielded = shielded || sh
+					return end
+				}
+			case nameIs(n, "prompt_annotations"):
+				if m.promptAnnotations < 0 {
+					m.promptAnnotations = val
+					end, sh := p.prompt(b, val, &sec[secPromptAnnotations])
+					shielded = shielded || sh
+					return end
+				}
+			case nameIs(n, "choices"):
+				if m.choices < 0 {
+					m.choices = val
+					return b.elements(val, func(c int) int { return p.choice(b, c, &sec[secChoices]) })
+				}
+			case nameIs(n, "error"):
+				if m.err < 0 {
+					m.err = val
+				}
+			case nameIs(n, "type"):
+				if m.typ < 0 {
+					m.typ = val
+				}
+			}
+			return b.end(val)
+		})
 	}
-	b.elements(m.choices, func(c int) int { return p.choice(b, c, v) })
+	for i := range sec {
+		v.Findings = append(v.Findings, sec[i].Findings...)
+		if sec[i].Block && !v.Block {
+			v.Block, v.Reason = true, sec[i].Reason
+		}
+	}
 	// Azure's refusal: error.innererror.content_filter_result. Rare, so
 	// gjson finds it, with its rules for a path through repeated members.
 	if inner := b.path(m.err, "innererror.content_filter_result"); inner >= 0 {
-		if p.scan(b, "prompt", inner, v) {
+		if _, sh := p.scan(b, "prompt", inner, v); sh {
 			shielded = true
 		}
 	}
-	return shielded
+	return m, shielded
 }
 
-// prompt reads a prompt_filter_results (or prompt_annotations) array.
-func (p *Policy) prompt(b doc, results int, v *Verdict) (shielded bool) {
-	b.elements(results, func(pr int) int {
-		if p.scan(b, "prompt", b.get(pr, "content_filter_results"), v) {
-			shielded = true
+// prompt reads a prompt_filter_results (or prompt_annotations) array at
+// results: the first content_filter_results of each element. It returns
+// the index past the array and whether a Prompt Shields annotation was
+// seen.
+func (p *Policy) prompt(b doc, results int, v *Verdict) (end int, shielded bool) {
+	end = b.elements(results, func(pr int) int {
+		if !b.is(pr, '{') {
+			return b.end(pr)
 		}
-		return b.end(pr)
+		seen := false
+		return b.members(pr, func(n []byte, val int) int {
+			if seen || !nameIs(n, "content_filter_results") {
+				return b.end(val)
+			}
+			seen = true
+			end, sh := p.scan(b, "prompt", val, v)
+			shielded = shielded || sh
+			return end
+		})
 	})
-	return shielded
+	return end, shielded
 }
 
-// choice reads a choice's completion annotations and its finish reason,
-// and returns the index past the choice.
+// choice reads a choice's completion annotations (its first
+// content_filter_results) and its finish reason, and returns the index
+// past the choice.
 func (p *Policy) choice(b doc, c int, v *Verdict) int {
 	if !b.is(c, '{') {
 		return b.end(c)
 	}
-	results, finish := -1, -1
+	seen, finish := false, -1
 	end := b.members(c, func(n []byte, val int) int {
 		switch {
-		case results < 0 && nameIs(n, "content_filter_results"):
-			results = val
+		case !seen && nameIs(n, "content_filter_results"):
+			seen = true
+			end, _ := p.scan(b, "completion", val, v)
+			return end
 		case finish < 0 && nameIs(n, "finish_reason"):
 			finish = val
 		}
 		return b.end(val)
 	})
-	p.scan(b, "completion", results, v)
 	if b.strIs(finish, "content_filter") && !v.Block {
 		v.Block = true
 		v.Reason = "content safety: the upstream filtered the completion"
@@ -478,10 +524,7 @@ func (p *Policy) CheckBody(body []byte) Verdict {
 // router validates an answer once for this check and for its usage).
 func (p *Policy) CheckValidBody(body []byte) Verdict {
 	var v Verdict
-	b := doc(body)
-	var m members
-	m.read(b)
-	shielded := p.annotations(b, &m, &v)
+	_, shielded := p.annotations(doc(body), &v)
 	if p.requireShields && !shielded && !v.Block {
 		v.Block = true
 		v.Reason = "content safety: the response carries no Prompt Shields annotation and requirePromptShields is set"
@@ -508,9 +551,8 @@ func (s *StreamCheck) Event(data []byte) Verdict {
 		return v
 	}
 	b := doc(data)
-	var m members
-	m.read(b)
-	if s.p.annotations(b, &m, &v) {
+	m, shielded := s.p.annotations(b, &v)
+	if shielded {
 		s.shielded = true
 	}
 	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(b, &m) {
