@@ -91,9 +91,9 @@ func severityRank(s string) int {
 	return -1
 }
 
-// The checks read a body or event in a few passes at most: doc walks a
-// JSON text that gjson.ValidBytes has accepted, visiting only the members
-// the checks read and skipping everything else without decoding it (gjson's
+// The checks read a body or event in one walk: doc walks a JSON text that
+// gjson.ValidBytes has accepted, checking the members the checks read where
+// they stand and skipping everything else without decoding it (gjson's
 // ForEach and Get walked each annotation again for every level it is
 // nested in). Member names and strings are compared as gjson reads them
 // (escapes decoded); where a member is repeated, the first counts, as with
