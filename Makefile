@@ -8,7 +8,7 @@ CMDS       := $(notdir $(wildcard cmd/*))
 GOFLAGS    ?=
 export GOFLAGS
 
-.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients interop-mcp egress-clients images runtimes
+.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients interop-mcp egress-clients images runtimes realnode node-deps
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,20 @@ lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck
 controlplane: ## build kube-apiserver, kube-controller-manager and etcd (skipped when present)
 	@tools/kube/build.sh >/dev/null
 
+# Debian 12's packages the real-node proof runs (containerd, runc, the CNI
+# bridge/host-local plugins); installed only when one is missing.
+NODE_DEBS := containerd=1.6.20~ds1-1+deb12u3 runc=1.1.5+ds1-1+deb12u1 containernetworking-plugins=1.1.1+ds1-3+b5
+
+node-deps: ## install containerd, runc and the CNI plugins from Debian's packages (skipped when present; root)
+	@if ! command -v containerd >/dev/null || ! command -v runc >/dev/null || [ ! -x /usr/lib/cni/bridge ]; then \
+	  apt-get install -y --no-install-recommends $(NODE_DEBS) || { apt-get update && apt-get install -y --no-install-recommends $(NODE_DEBS); } || \
+	  { echo "node-deps: the pinned versions are gone from the mirror; installing its current ones" >&2; \
+	    apt-get install -y --no-install-recommends $(foreach d,$(NODE_DEBS),$(firstword $(subst =, ,$(d)))); }; fi
+
+realnode: controlplane node-deps ## the proof on a real node: kubelet+kube-scheduler (built once) with containerd/runc, the kars pod reconciled and connected to (root; docs/realnode.md)
+	@tools/kube/build-node.sh >/dev/null
+	KARS_REAL_NODE=1 KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_NODE_BIN=$$(tools/kube/build-node.sh) go test -count=1 -timeout 20m -v -run TestRealNode ./test/realnode/
+
 agentsandbox: ## build the pinned upstream agent-sandbox controller the co-existence tests run (skipped when present)
 	@tools/agentsandbox/build.sh >/dev/null
 
@@ -69,9 +83,10 @@ egress-clients: test/egress/.venv/bin/python ## install the Python httpx and req
 test/egress/.venv/bin/python: test/egress/setup.sh test/egress/requirements.txt
 	test/egress/setup.sh
 
-test: controlplane agentsandbox verify-generated lint interop-clients interop-mcp egress-clients ## everything CI runs: generated code, lint, unit, integration and interop tests
+test: controlplane agentsandbox verify-generated lint interop-clients interop-mcp egress-clients ## everything CI runs: generated code, lint, unit, integration, interop and e2e tests, then the real-node proof (as root)
 	$(MAKE) runtimes
 	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 KARS_REQUIRE_RUNTIMES=1 KARS_REQUIRE_EGRESS_CLIENTS=1 go test -count=1 -timeout 45m ./...
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) realnode; else echo "test: the real-node proof needs root; skipped (make realnode)"; fi
 
 VERSION    ?= v0.0.0-dev
 REGISTRY   ?=

@@ -25,14 +25,15 @@ import (
 type allowList []string
 
 func (a allowList) Visible(string) bool { return true }
-func (a allowList) Decide(_ context.Context, c *mcpgateway.Call) (governance.Decision, error) {
+func (a allowList) Decide(_ context.Context, c *mcpgateway.Call) (governance.Decision, func() error, error) {
+	durable := func() error { return nil }
 	if c.Refused != nil {
-		return *c.Refused, nil
+		return *c.Refused, durable, nil
 	}
 	if slices.Contains(a, c.Action) {
-		return governance.Decision{Verdict: governance.Allow, Rule: "test"}, nil
+		return governance.Decision{Verdict: governance.Allow, Rule: "test"}, durable, nil
 	}
-	return governance.Decision{Rule: "test", Reason: "denied by the test policy"}, nil
+	return governance.Decision{Rule: "test", Reason: "denied by the test policy"}, durable, nil
 }
 func (allowList) Finished(*mcpgateway.Call, governance.Decision, string, time.Duration) {}
 

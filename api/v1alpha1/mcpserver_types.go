@@ -68,7 +68,8 @@ type McpServerSpec struct {
 	// +optional
 	AuthSecretRef *SecretKeyReference `json:"authSecretRef,omitempty"`
 	// OAuth makes the router obtain tokens for the server with the OAuth
-	// 2.1 client credentials grant. The agent never sees them.
+	// 2.1 client credentials grant or an OAuth token exchange (RFC 8693)
+	// of the sandbox's workload identity. The agent never sees them.
 	// +optional
 	OAuth *McpOAuth `json:"oauth,omitempty"`
 }
@@ -84,15 +85,32 @@ type McpEnvVar struct {
 	Value string `json:"value,omitempty"`
 }
 
-// McpOAuth configures the OAuth 2.1 client credentials grant (RFC 6749
-// §4.4) the router runs for an MCP server.
+// McpOAuth configures how the router obtains OAuth access tokens for the
+// server: the OAuth 2.1 client credentials grant (RFC 6749 §4.4), or the
+// OAuth 2.0 token exchange (RFC 8693), in which the router presents the
+// sandbox's workload identity and receives a token for the server. The
+// agent never sees any of them.
+// +kubebuilder:validation:XValidation:rule="(has(self.grant) && self.grant == 'TokenExchange') ? has(self.subjectToken) : (has(self.clientId) && has(self.clientSecretRef))",message="grant ClientCredentials needs clientId and clientSecretRef; grant TokenExchange needs subjectToken"
+// +kubebuilder:validation:XValidation:rule="!has(self.subjectToken) || (has(self.grant) && self.grant == 'TokenExchange')",message="subjectToken is for grant TokenExchange"
+// +kubebuilder:validation:XValidation:rule="!has(self.clientSecretRef) || has(self.clientId)",message="clientSecretRef needs clientId"
 type McpOAuth struct {
-	// ClientID of the router's OAuth client.
+	// Grant is ClientCredentials (the router is an OAuth client with its
+	// own secret) or TokenExchange (the router exchanges the sandbox's
+	// workload identity token for an access token, RFC 8693).
+	// +kubebuilder:validation:Enum=ClientCredentials;TokenExchange
+	// +kubebuilder:default=ClientCredentials
+	// +optional
+	Grant string `json:"grant,omitempty"`
+	// ClientID of the router's OAuth client. Required for
+	// ClientCredentials; for TokenExchange, sent when the authorization
+	// server identifies clients (with clientSecretRef: HTTP Basic).
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=512
-	ClientID string `json:"clientId"`
+	// +optional
+	ClientID string `json:"clientId,omitempty"`
 	// ClientSecretRef holds the client secret.
-	ClientSecretRef SecretKeyReference `json:"clientSecretRef"`
+	// +optional
+	ClientSecretRef *SecretKeyReference `json:"clientSecretRef,omitempty"`
 	// TokenURL is the token endpoint. Empty discovers it from the server
 	// (protected resource metadata, RFC 9728, then the authorization
 	// server's metadata, RFC 8414).
@@ -109,6 +127,40 @@ type McpOAuth struct {
 	// +kubebuilder:validation:MaxLength=2048
 	// +optional
 	Resource string `json:"resource,omitempty"`
+	// Audience is the RFC 8693 audience parameter (TokenExchange): the
+	// server's name at the authorization server, when it is not its URL.
+	// +kubebuilder:validation:MaxLength=2048
+	// +optional
+	Audience string `json:"audience,omitempty"`
+	// SubjectToken is what the router presents as the subject of a
+	// TokenExchange: the sandbox's identity.
+	// +optional
+	SubjectToken *McpSubjectToken `json:"subjectToken,omitempty"`
+}
+
+// McpSubjectToken is the subject token of a token exchange: the sandbox
+// pod's projected ServiceAccount token (a JWT the cluster signs, rotated by
+// the kubelet, mounted into the router only), or a token held in a Secret
+// (for authorization servers that do not trust the cluster's issuer, and
+// under kars dev, which projects no ServiceAccount token).
+// +kubebuilder:validation:XValidation:rule="has(self.serviceAccountAudience) != has(self.secretRef)",message="subjectToken needs exactly one of serviceAccountAudience or secretRef"
+type McpSubjectToken struct {
+	// ServiceAccountAudience is the audience of the projected
+	// ServiceAccount token: the identifier under which the authorization
+	// server trusts the cluster's tokens.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
+	// +optional
+	ServiceAccountAudience string `json:"serviceAccountAudience,omitempty"`
+	// SecretRef holds a subject token, re-read when the Secret changes.
+	// +optional
+	SecretRef *SecretKeyReference `json:"secretRef,omitempty"`
+	// Type is the RFC 8693 token type URI of the subject token.
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^urn:`
+	// +kubebuilder:default="urn:ietf:params:oauth:token-type:jwt"
+	// +optional
+	Type string `json:"type,omitempty"`
 }
 
 // McpServerStatus is the observed state of an MCP server.

@@ -111,6 +111,19 @@ spec:
   url: "https://mcp.internal.example.com/mcp"
 `
 
+const validMcpExchange = `
+apiVersion: kars.azure.com/v1alpha1
+kind: McpServer
+metadata: {name: jira, namespace: validation}
+spec:
+  url: "https://mcp.jira.example.com/mcp"
+  oauth:
+    grant: TokenExchange
+    audience: jira
+    scopes: [read]
+    subjectToken: {serviceAccountAudience: "https://idp.example.com"}
+`
+
 const validEval = `
 apiVersion: kars.azure.com/v1alpha1
 kind: KarsEval
@@ -256,6 +269,16 @@ var invalidCases = []invalidCase{
 		[]string{"name must be a DNS label"}},
 	{"mcp server with bearer and oauth", validMcp, `spec: {authSecretRef: {name: s, key: k}, oauth: {clientId: c, clientSecretRef: {name: s, key: k}}}`,
 		[]string{"spec", "at most one"}},
+	{"mcp client credentials without a secret", validMcp, `spec: {oauth: {clientId: c}}`,
+		[]string{"spec.oauth", "grant ClientCredentials needs clientId and clientSecretRef"}},
+	{"mcp token exchange without a subject token", validMcp, `spec: {oauth: {grant: TokenExchange}}`,
+		[]string{"spec.oauth", "grant TokenExchange needs subjectToken"}},
+	{"mcp subject token from two sources", validMcpExchange, `spec: {oauth: {subjectToken: {secretRef: {name: s, key: k}}}}`,
+		[]string{"spec.oauth.subjectToken", "exactly one of serviceAccountAudience or secretRef"}},
+	{"mcp subject token with client credentials", validMcpExchange, `spec: {oauth: {grant: ClientCredentials, clientId: c, clientSecretRef: {name: s, key: k}}}`,
+		[]string{"spec.oauth", "subjectToken is for grant TokenExchange"}},
+	{"mcp subject token type not a URI", validMcpExchange, `spec: {oauth: {subjectToken: {type: jwt}}}`,
+		[]string{"spec.oauth.subjectToken.type"}},
 	{"eval with cases and a builtin corpus", validEval, `spec: {dataset: {builtin: banned-tools}}`,
 		[]string{"spec", "exactly one of configMapRef, inline cases or builtin"}},
 	{"eval with an unknown corpus", validEval, `spec: {dataset: {cases: null, builtin: everything}}`,

@@ -26,7 +26,7 @@ type policy struct {
 }
 
 func (p *policy) Visible(action string) bool { return slices.Contains(p.allow, action) }
-func (p *policy) Decide(_ context.Context, c *mcpgateway.Call) (governance.Decision, error) {
+func (p *policy) Decide(_ context.Context, c *mcpgateway.Call) (governance.Decision, func() error, error) {
 	d := governance.Decision{Rule: "test", Reason: "not allowed by the test policy"}
 	if c.Refused != nil {
 		d = *c.Refused
@@ -36,7 +36,7 @@ func (p *policy) Decide(_ context.Context, c *mcpgateway.Call) (governance.Decis
 	p.mu.Lock()
 	p.seen = append(p.seen, c.Action+"="+d.Verdict.String())
 	p.mu.Unlock()
-	return d, nil
+	return d, func() error { return nil }, nil
 }
 func (p *policy) Finished(*mcpgateway.Call, governance.Decision, string, time.Duration) {}
 

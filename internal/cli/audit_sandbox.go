@@ -119,7 +119,14 @@ func (c *cluster) adminGet(ctx context.Context, name, path string, v any) error 
 		return err
 	}
 	defer ep.close()
-	resp, err := ep.do(ctx, http.MethodGet, path, nil)
+	return ep.getJSON(ctx, name, path, v)
+}
+
+// getJSON fetches path from the endpoint (a router's admin API of sandbox
+// name) and decodes its JSON answer into v; a status other than 200 is an
+// error carrying the router's answer.
+func (e *endpoint) getJSON(ctx context.Context, name, path string, v any) error {
+	resp, err := e.do(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return fmt.Errorf("reach the router of %s: %w", name, err)
 	}

@@ -10,8 +10,10 @@ import (
 	"github.com/charmbracelet/lipgloss"
 	"github.com/muesli/termenv"
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/operator"
 )
 
@@ -20,11 +22,13 @@ func newOperatorCmd(c *cluster) *cobra.Command {
 	var width, height int
 	cmd := &cobra.Command{
 		Use:   "operator",
-		Short: "Live terminal UI: sandboxes, SRE actions, egress approvals and events, from watches",
+		Short: "Live terminal UI: sandboxes, their policies, trust, memory, evals, SRE actions, egress and audit",
 		Long: "kars operator watches the cluster's kars objects and shows them live: each sandbox's\n" +
 			"phase, runtime, model and budget; the selected sandbox's SRE actions, egress approvals\n" +
-			"and recent events. Keys suspend or resume a sandbox and approve or reject an SRE action,\n" +
-			"each confirmed first and done with your own credentials (your RBAC applies).\n" +
+			"and recent events; its policies, trust and peers, memory and evaluations; and its router's\n" +
+			"audit log, live. Keys suspend or resume a sandbox, switch its model, approve or reject an\n" +
+			"SRE action and approve an egress destination the router refused, each confirmed first and\n" +
+			"done with your own credentials (your RBAC applies).\n" +
 			"--once prints one frame without colour once the watches have listed, and exits.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -62,8 +66,10 @@ func newOperatorCmd(c *cluster) *cobra.Command {
 				fmt.Fprintln(cmd.OutOrStdout(), m.View())
 				return nil
 			}
-			m := operator.New(operator.Options{Title: cfg.Host, Actions: &operator.KubeActions{Client: cl, Clientset: cs}})
-			p := tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(cmd.InOrStdin()), tea.WithOutput(cmd.OutOrStdout()), tea.WithFPS(operator.FPS))
+			var p *tea.Program
+			m := operator.New(operator.Options{Title: cfg.Host, Actions: &operator.KubeActions{Client: cl, Clientset: cs},
+				Admin: c.operatorAdmin, Send: func(msg tea.Msg) { p.Send(msg) }, Context: ctx})
+			p = tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(cmd.InOrStdin()), tea.WithOutput(cmd.OutOrStdout()), tea.WithFPS(operator.FPS))
 			if err := operator.Watch(ctx, cfg, c.namespace, p.Send); err != nil {
 				return err
 			}
@@ -109,3 +115,34 @@ func settle(ctx context.Context, m *operator.Model, msgs <-chan tea.Msg) error {
 		}
 	}
 }
+
+// operatorAdmin opens the router admin API of a sandbox for the operator's
+// audit tail, as `kars audit tail` reaches it (adminEndpoint): the dev
+// daemon's socket under kars dev, a port-forward on a cluster, held open
+// while the sandbox stays selected.
+func (c *cluster) operatorAdmin(ctx context.Context, key types.NamespacedName) (operator.Admin, error) {
+	cl, err := c.client()
+	if err != nil {
+		return nil, err
+	}
+	sb := &karsv1.KarsSandbox{}
+	if err := cl.Get(ctx, key, sb); err != nil {
+		return nil, describeGetError(err, "KarsSandbox", key.String())
+	}
+	ep, err := c.adminEndpoint(ctx, cl, sb)
+	if err != nil {
+		return nil, err
+	}
+	return operatorAdminConn{ep: ep, name: key.String()}, nil
+}
+
+type operatorAdminConn struct {
+	ep   *endpoint
+	name string
+}
+
+func (a operatorAdminConn) Get(ctx context.Context, path string, v any) error {
+	return a.ep.getJSON(ctx, a.name, path, v)
+}
+
+func (a operatorAdminConn) Close() { a.ep.close() }

@@ -61,6 +61,9 @@ type McpGatewayServer struct {
 	Tools   []string `json:"tools"`
 	Visible []string `json:"visible"`
 	Error   string   `json:"error,omitempty"`
+	// Reason is "credential" when the router could not obtain its
+	// credential for the server.
+	Reason string `json:"reason,omitempty"`
 }
 
 // McpStatusPath is the router admin endpoint of the gateway's servers.
@@ -83,7 +86,11 @@ const (
 	ReasonNoSandbox            = "NoSandbox"
 	ReasonDiscoveryPending     = "DiscoveryPending"
 	ReasonDiscoveryFailed      = "DiscoveryFailed"
-	ReasonDiscovered           = "Discovered"
+	// ReasonCredentialUnavailable: a router could not obtain its
+	// credential for the server (an OAuth grant or token exchange refused,
+	// a token file missing); the message says why, without the token.
+	ReasonCredentialUnavailable = "CredentialUnavailable"
+	ReasonDiscovered            = "Discovered"
 )
 
 // McpServerReconciler runs an McpServer (or takes its url), reports the
@@ -185,6 +192,7 @@ func (r *McpServerReconciler) discover(ctx context.Context, m *karsv1.McpServer)
 	}
 	var tools, problems []string
 	asked := 0
+	credential := false
 	for _, name := range m.Spec.Sandboxes {
 		var sb karsv1.KarsSandbox
 		if err := r.client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: name}, &sb); err != nil {
@@ -212,6 +220,7 @@ func (r *McpServerReconciler) discover(ctx context.Context, m *karsv1.McpServer)
 			problems = append(problems, fmt.Sprintf("the router of sandbox %s does not serve it yet", name))
 		case servers[i].Error != "":
 			problems = append(problems, fmt.Sprintf("the router of sandbox %s: %s", name, servers[i].Error))
+			credential = credential || servers[i].Reason == "credential"
 		default:
 			for _, tool := range servers[i].Tools {
 				if !slices.Contains(tools, tool) {
@@ -225,6 +234,9 @@ func (r *McpServerReconciler) discover(ctx context.Context, m *karsv1.McpServer)
 	reason := ReasonDiscoveryPending
 	if asked > 0 {
 		reason = ReasonDiscoveryFailed
+	}
+	if credential {
+		reason = ReasonCredentialUnavailable
 	}
 	return tools, reason, strings.Join(problems, "; ")
 }

@@ -10,6 +10,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -80,6 +81,27 @@ func TestMcpServerRemote(t *testing.T) {
 		}
 		if m.Status.Endpoint != m.Spec.URL || m.Status.Phase != "Ready" || !slices.Equal(m.Status.DiscoveredTools, []string{"delete_repo", "search_issues"}) {
 			return errorf("status %+v", m.Status)
+		}
+		return nil
+	})
+	// The router cannot get its credential: the conditions say so, with
+	// the router's (token-free) reason.
+	router.mcp.Store(&[]McpGatewayServer{{Name: "github", Tools: []string{}, Visible: []string{}, Reason: "credential",
+		Error: "no credential for MCP server github: OAuth token exchange: HTTP 400 invalid_grant: the subject token has expired"}})
+	if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(m), m); err != nil {
+		t.Fatal(err)
+	}
+	m.Spec.Tools = []string{"search_issues", "list_prs"} // a change, so that the server is reconciled now
+	if err := k8s.Update(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "the credential failure in the conditions", func() error {
+		markDeploymentReady(t, sb) // the new tool list rolls the router config
+		router.reload(t, sb)
+		get(t, ns, m.Name, m)
+		c := meta.FindStatusCondition(m.Status.Conditions, karsv1.ConditionReady)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != ReasonCredentialUnavailable || !strings.Contains(c.Message, "invalid_grant") {
+			return errorf("conditions %+v", m.Status.Conditions)
 		}
 		return nil
 	})

@@ -2,6 +2,7 @@ package credential
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -157,4 +158,49 @@ func TestKeyFileRotation(t *testing.T) {
 	if _, err := k.Credential(context.Background()); err == nil {
 		t.Fatal("empty key file accepted")
 	}
+}
+
+// FuzzParseTokenResponse feeds token endpoint answers (RFC 6749 §5.1,
+// §5.2, RFC 8693 §2.2) to the parser: it never panics, accepts only a
+// Bearer token that fits a header, bounds the expiry, and its errors are
+// short printable text that never quotes the body's access_token.
+func FuzzParseTokenResponse(f *testing.F) {
+	f.Add(200, []byte(`{"access_token":"at-1","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":300}`))
+	f.Add(200, []byte(`{"access_token":"at-1","token_type":"bearer","expires_in":"300"}`))
+	f.Add(200, []byte(`{"access_token":"at-1","token_type":"N_A","issued_token_type":"urn:ietf:params:oauth:token-type:refresh_token"}`))
+	f.Add(200, []byte(`{"access_token":"a\r\nX: y","token_type":"Bearer"}`))
+	f.Add(200, []byte(`{"access_token":"at","token_type":"Bearer","expires_in":99999999999999999999}`))
+	f.Add(400, []byte(`{"error":"invalid_grant","error_description":"subject token expired"}`))
+	f.Add(401, []byte(`{"error":"invalid_client","error_description":"\u0000\u001b[31mred"}`))
+	f.Add(500, []byte(`<html>oops</html>`))
+	f.Add(200, []byte(`{"access_token":"x","access_token":"y","token_type":"Bearer"}`))
+	f.Add(200, []byte(`[]`))
+	f.Fuzz(func(t *testing.T, status int, body []byte) {
+		sent := time.Unix(1_800_000_000, 0)
+		c, err := ParseTokenResponse(status, body, sent)
+		if err != nil {
+			msg := err.Error()
+			if len(msg) > 400 {
+				t.Fatalf("error of %d bytes", len(msg))
+			}
+			for _, r := range msg {
+				if r < 0x20 || r > 0x7e {
+					t.Fatalf("unprintable %q in error %q", r, msg)
+				}
+			}
+			var tr struct {
+				AccessToken string `json:"access_token"`
+			}
+			if json.Unmarshal(body, &tr) == nil && len(tr.AccessToken) >= 8 && status == 200 && strings.Contains(msg, tr.AccessToken) {
+				t.Fatalf("error %q quotes the access token", msg)
+			}
+			return
+		}
+		if status != 200 || c.Secret == "" || strings.ContainsAny(c.Secret, " \r\n\t\"") {
+			t.Fatalf("accepted %q with status %d", c.Secret, status)
+		}
+		if !c.ExpiresAt.After(sent) || c.ExpiresAt.After(sent.Add(24*time.Hour)) {
+			t.Fatalf("expiry %v not within a day of %v", c.ExpiresAt, sent)
+		}
+	})
 }

@@ -144,6 +144,7 @@ func (m *ManagedIdentity) Fetch(ctx context.Context) (Credential, error) {
 type tokenResponse struct {
 	AccessToken      string          `json:"access_token"`
 	TokenType        string          `json:"token_type"`
+	IssuedTokenType  string          `json:"issued_token_type"`
 	ExpiresIn        json.RawMessage `json:"expires_in"`
 	ExpiresOn        json.RawMessage `json:"expires_on"`
 	Error            string          `json:"error"`

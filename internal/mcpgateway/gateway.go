@@ -7,18 +7,22 @@
 // The agent sees only what the sandbox may call: tools/list is the
 // server's list filtered by the McpServer's tool allowlist (empty allows
 // nothing) and by the governance policy. Each tools/call is decided as the
-// action mcp:<server>.<tool> and audited (Governor) before it is
-// forwarded; a refused call never reaches the server. Credentials toward
-// the server (a bearer token from a Secret, or an OAuth 2.1 client
-// credentials grant) live in the router and are never visible to the
-// agent: the gateway builds every upstream request itself, forwarding
-// only the tool's name and arguments.
+// action mcp:<server>.<tool> (Governor) before it is forwarded, and its
+// audit entry is durable before the answer reaches the agent (it is
+// written while an allowed call is forwarded); a refused call never
+// reaches the server. Credentials toward the server (a bearer token from a
+// Secret, an OAuth 2.1 client credentials grant, or an RFC 8693 token
+// exchange of the sandbox's workload identity) live in the router and are
+// never visible to the agent: the gateway builds every upstream request
+// itself, forwarding only the tool's name and arguments.
 //
 // Resources, prompts, completion, sampling and elicitation are not
 // relayed: the gateway is a tool surface, and every tool call goes through
-// policy. The protocol is the SDK's (github.com/modelcontextprotocol/go-sdk);
-// this package adds the policy seam, the argument checks and the upstream
-// sessions. It must not import the router or Kubernetes packages.
+// policy. The protocol is the SDK's (github.com/modelcontextprotocol/go-sdk),
+// except that tools/call takes a direct relay (relay.go) that answers it as
+// the SDK would, at a fraction of the cost; this package adds the policy
+// seam, the argument checks, the relay and the upstream sessions. It must
+// not import the router or Kubernetes packages.
 package mcpgateway
 
 import (
@@ -32,6 +36,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -50,10 +55,12 @@ type Governor interface {
 	// a decision.
 	Visible(action string) bool
 	// Decide decides c — or records c.Refused as the decision when the
-	// gateway refused the call itself — and writes its audit entry. It
-	// returns once the entry is durable; an error means it is not on
-	// record, and the call is not forwarded.
-	Decide(ctx context.Context, c *Call) (governance.Decision, error)
+	// gateway refused the call itself — and starts writing its audit
+	// entry. durable reports once the entry is on record (nil) or could
+	// not be written; the gateway calls it exactly once, before it
+	// answers the agent. An error means the call cannot be put on record
+	// at all (the audit log is failing), and the call is not forwarded.
+	Decide(ctx context.Context, c *Call) (d governance.Decision, durable func() error, err error)
 	// Finished reports what became of a decided call, for metrics and the
 	// log: Outcome* constants.
 	Finished(c *Call, d governance.Decision, outcome string, took time.Duration)
@@ -103,8 +110,9 @@ func New(servers []routerconfig.MCPServer, pool *Pool, gov Governor, log *slog.L
 	}
 	g := &Gateway{servers: map[string]*server{}, log: log}
 	for _, cfg := range servers {
-		s := &server{cfg: cfg, up: pool.upstream(cfg), gov: gov}
-		s.sdk = mcp.NewServer(&mcp.Implementation{Name: "kars-mcp-gateway", Title: "kars MCP gateway: " + cfg.Name, Version: version.Version},
+		s := &server{cfg: cfg, up: pool.upstream(cfg), gov: gov, log: log,
+			impl: &mcp.Implementation{Name: "kars-mcp-gateway", Title: "kars MCP gateway: " + cfg.Name, Version: version.Version}}
+		s.sdk = mcp.NewServer(s.impl,
 			&mcp.ServerOptions{
 				// Tools only; no logging capability (the SDK's default).
 				Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{}},
@@ -134,6 +142,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := g.servers[name]
 	if !ok || s == nil || strings.Contains(name, "/") {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no MCP server %q in this sandbox; GET %s lists them", name, IndexPath))
+		return
+	}
+	if !s.noRelay && s.relay(w, r) {
+		s.relayed.Add(1)
 		return
 	}
 	s.http.ServeHTTP(w, r)
@@ -181,7 +193,14 @@ type ServerStatus struct {
 	Tools   []string `json:"tools"`
 	Visible []string `json:"visible"`
 	Error   string   `json:"error,omitempty"`
+	// Reason classifies Error: ReasonCredential when the router could not
+	// obtain its credential for the server.
+	Reason string `json:"reason,omitempty"`
 }
+
+// ReasonCredential is the ServerStatus reason of a credential failure (a
+// refused or failed OAuth grant, a missing token file).
+const ReasonCredential = "credential"
 
 // Status lists each server's tools, asking the servers now.
 func (g *Gateway) Status(ctx context.Context) []ServerStatus {
@@ -192,6 +211,10 @@ func (g *Gateway) Status(ctx context.Context) []ServerStatus {
 		tools, err := s.up.listTools(ctx)
 		if err != nil {
 			st.Error = err.Error()
+			var ce *CredentialError
+			if errors.As(err, &ce) {
+				st.Reason = ReasonCredential
+			}
 		}
 		for _, t := range tools {
 			st.Tools = append(st.Tools, t.Name)
@@ -218,6 +241,12 @@ type server struct {
 	gov  Governor
 	sdk  *mcp.Server
 	http *mcp.StreamableHTTPHandler
+	log  *slog.Logger
+	impl *mcp.Implementation
+	// noRelay sends every message through the SDK (tests compare the
+	// two paths); relayed counts the calls the relay answered.
+	noRelay bool
+	relayed atomic.Int64
 }
 
 // intercept answers tools/list and tools/call from the server behind the
@@ -253,7 +282,7 @@ func (s *server) visible(tool string) bool {
 func (s *server) listTools(ctx context.Context, _ *mcp.ListToolsRequest) (mcp.Result, error) {
 	tools, err := s.up.listTools(ctx)
 	if err != nil {
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + err.Error()}
+		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
 	}
 	// The list is this sandbox's (allowlist and policy), and a reload can
 	// change it at any moment: private, and stale at once (2026-07-28
@@ -267,15 +296,61 @@ func (s *server) listTools(ctx context.Context, _ *mcp.ListToolsRequest) (mcp.Re
 	return out, nil
 }
 
-// callTool decides, audits and forwards one tools/call.
+// callTool decides, audits and forwards one tools/call through the SDK.
 func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Result, error) {
 	p := req.Params
-	c := &Call{Server: s.cfg.Name, Tool: p.Name, Action: routerconfig.MCPAction(s.cfg.Name, p.Name), Start: time.Now()}
-	args, payload, argErr := ReadArguments(p.Arguments)
+	c, d, durable, res, err := s.admit(ctx, p.Name, p.Arguments)
+	if c == nil {
+		if res != nil {
+			return forAgent(req, res)
+		}
+		return nil, err
+	}
+	up, modern, err := s.up.callTool(ctx, p.Name, p.Arguments)
+	if err != nil {
+		var werr *jsonrpc.Error
+		var cerr *CredentialError
+		if !errors.As(err, &cerr) && errors.As(err, &werr) {
+			err = &jsonrpc.Error{Code: werr.Code, Message: werr.Message, Data: werr.Data}
+		} else {
+			err = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
+		}
+		return nil, s.settle(c, d, durable, OutcomeUpstreamError, err)
+	}
+	if up.NeedsInput() {
+		// The server asks the client for input (sampling, elicitation:
+		// SEP-2322); the gateway relays no server-to-client requests.
+		if err := s.settle(c, d, durable, OutcomeToolError, nil); err != nil {
+			return nil, err
+		}
+		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{
+			Text: "the MCP server " + s.cfg.Name + " asked for client input (sampling or elicitation), which the kars gateway does not relay"}}})
+	}
+	outcome := OutcomeOK
+	if up.IsError {
+		outcome = OutcomeToolError
+	}
+	if err := s.settle(c, d, durable, outcome, nil); err != nil {
+		return nil, err
+	}
+	if modern == (req.ProtocolVersion() >= modernProtocol) {
+		return up, nil // the server's result type is already what the agent expects
+	}
+	return forAgent(req, up)
+}
+
+// admit decides one tools/call and has its audit entry written. When the
+// call is not to be forwarded it returns a nil Call and the answer: a tool
+// result (a policy refusal the model can read) or a JSON-RPC error. When
+// it is, durable reports once the call's entry is on record; the caller
+// forwards the call meanwhile and must settle it before answering.
+func (s *server) admit(ctx context.Context, name string, rawArgs json.RawMessage) (c *Call, d governance.Decision, durable func() error, res *mcp.CallToolResult, err error) {
+	c = &Call{Server: s.cfg.Name, Tool: name, Action: routerconfig.MCPAction(s.cfg.Name, name), Start: time.Now()}
+	args, payload, argErr := ReadArguments(rawArgs)
 	c.Args, c.Payload = args, payload
 	switch {
-	case !s.cfg.Allows(p.Name):
-		c.Refused = &governance.Decision{Rule: RuleAllowlist, Reason: "tool " + quoteTool(p.Name) + " is not in the McpServer's tool allowlist"}
+	case !s.cfg.Allows(name):
+		c.Refused = &governance.Decision{Rule: RuleAllowlist, Reason: "tool " + quoteTool(name) + " is not in the McpServer's tool allowlist"}
 	case argErr != nil:
 		c.Refused = &governance.Decision{Rule: RuleArguments, Reason: argErr.Error()}
 	default:
@@ -286,53 +361,69 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 	if c.Refused != nil {
 		c.Action = auditedAction(c.Action)
 	}
-	d, err := s.gov.Decide(ctx, c)
+	d, durable, err = s.gov.Decide(ctx, c)
+	if err == nil && (c.Refused != nil || !d.Allowed()) {
+		// Nothing is forwarded, so nothing waits on the entry: it is
+		// durable before the refusal is answered.
+		err = durable()
+	}
 	if err != nil {
 		s.gov.Finished(c, d, OutcomeUnaudited, time.Since(c.Start))
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError,
-			Message: "kars_audit_unavailable: kars-router could not write the call to its audit log, so it did not forward it"}
+		return nil, d, nil, nil, errUnaudited("did not forward it")
 	}
-	if c.Refused != nil && c.Refused.Rule == RuleAllowlist {
+	switch {
+	case c.Refused != nil && c.Refused.Rule == RuleAllowlist:
 		// Invisible tools stay invisible: the agent gets what a server
 		// that does not have the tool answers.
 		s.gov.Finished(c, d, OutcomeRefused, time.Since(c.Start))
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("unknown tool %q", p.Name)}
-	}
-	if c.Refused != nil {
+		return nil, d, nil, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: fmt.Sprintf("unknown tool %q", name)}
+	case c.Refused != nil:
 		s.gov.Finished(c, d, OutcomeRefused, time.Since(c.Start))
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "kars MCP gateway: " + c.Refused.Reason}
-	}
-	if !d.Allowed() {
+		return nil, d, nil, nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams, Message: "kars MCP gateway: " + c.Refused.Reason}
+	case !d.Allowed():
 		// A policy refusal is a tool error the model can read and act on
 		// (MCP "Tools", error handling), as the runtime contract asks.
 		s.gov.Finished(c, d, OutcomeRefused, time.Since(c.Start))
-		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: refusal(c, d)}}})
+		return nil, d, nil, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: refusal(c, d)}}}, nil
 	}
-	res, modern, err := s.up.callTool(ctx, p.Name, p.Arguments)
-	if err != nil {
-		s.gov.Finished(c, d, OutcomeUpstreamError, time.Since(c.Start))
-		var werr *jsonrpc.Error
-		if errors.As(err, &werr) {
-			return nil, &jsonrpc.Error{Code: werr.Code, Message: werr.Message, Data: werr.Data}
-		}
-		return nil, &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: the MCP server " + s.cfg.Name + " failed: " + err.Error()}
-	}
-	if res.NeedsInput() {
-		// The server asks the client for input (sampling, elicitation:
-		// SEP-2322); the gateway relays no server-to-client requests.
-		s.gov.Finished(c, d, OutcomeToolError, time.Since(c.Start))
-		return forAgent(req, &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{
-			Text: "the MCP server " + s.cfg.Name + " asked for client input (sampling or elicitation), which the kars gateway does not relay"}}})
-	}
-	outcome := OutcomeOK
-	if res.IsError {
-		outcome = OutcomeToolError
+	return c, d, durable, nil, nil
+}
+
+// settle waits until a forwarded call's audit entry is durable, then
+// reports the call finished. An entry that could not be written withholds
+// the answer: the agent gets kars_audit_unavailable in its place (the
+// tool has run; docs/audit.md says why the gateway forwards while the
+// entry is being written). Otherwise it returns answerErr.
+func (s *server) settle(c *Call, d governance.Decision, durable func() error, outcome string, answerErr error) error {
+	if err := durable(); err != nil {
+		s.gov.Finished(c, d, OutcomeUnaudited, time.Since(c.Start))
+		s.log.Error("mcp call forwarded but its audit entry failed; answer withheld",
+			slog.String("server", c.Server), slog.String("action", c.Action), slog.String("error", err.Error()))
+		return errUnaudited("withheld the server's answer")
 	}
 	s.gov.Finished(c, d, outcome, time.Since(c.Start))
-	if modern == (req.ProtocolVersion() >= modernProtocol) {
-		return res, nil // the server's result type is already what the agent expects
+	return answerErr
+}
+
+func errUnaudited(what string) *jsonrpc.Error {
+	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError,
+		Message: "kars_audit_unavailable: kars-router could not write the call to its audit log, so it " + what}
+}
+
+// agentMessage is what the agent is told of a failure toward the server.
+// A credential failure is logged (Finished) and reported in the admin
+// status, which the McpServer's conditions show; the agent learns only
+// that the router holds no credential: the authorization server's answer
+// is none of its business, and must not become a channel for what the
+// router was given.
+func (s *server) agentMessage(err error) string {
+	var ce *CredentialError
+	if errors.As(err, &ce) {
+		s.log.Warn("mcp credential", slog.String("server", s.cfg.Name), slog.String("error", ce.Error()))
+		return "the router holds no credential for the MCP server " + s.cfg.Name +
+			" right now; the McpServer's status and the router's log say why"
 	}
-	return forAgent(req, res)
+	return "the MCP server " + s.cfg.Name + " failed: " + err.Error()
 }
 
 // forAgent gives a tool result the result type the agent's protocol

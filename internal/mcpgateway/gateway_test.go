@@ -92,11 +92,12 @@ func (u *upstreamServer) ranTools() []string {
 // recorder is a Governor over a real governance engine that keeps what it
 // would have audited.
 type recorder struct {
-	eng      *governance.Engine
-	mu       sync.Mutex
-	audited  []audited
-	failNext atomic.Bool
-	finished []string
+	eng       *governance.Engine
+	mu        sync.Mutex
+	audited   []audited
+	failNext  atomic.Bool // the log is known to fail: Decide errs
+	failWrite atomic.Bool // the next entry fails to become durable
+	finished  []string
 }
 
 type audited struct {
@@ -114,7 +115,7 @@ func newRecorder(t testing.TB, rules ...governance.Rule) *recorder {
 
 func (r *recorder) Visible(action string) bool { return r.eng.Profile().MayAllow("", action) }
 
-func (r *recorder) Decide(_ context.Context, c *Call) (governance.Decision, error) {
+func (r *recorder) Decide(_ context.Context, c *Call) (governance.Decision, func() error, error) {
 	d := governance.Decision{}
 	if c.Refused != nil {
 		d = *c.Refused
@@ -122,12 +123,18 @@ func (r *recorder) Decide(_ context.Context, c *Call) (governance.Decision, erro
 		d = r.eng.Decide(&governance.Request{Action: c.Action, Args: c.Args})
 	}
 	if r.failNext.Swap(false) {
-		return d, errors.New("disk full")
+		return d, nil, errors.New("disk full")
 	}
+	fail := r.failWrite.Swap(false)
 	r.mu.Lock()
 	r.audited = append(r.audited, audited{c.Action, d.Verdict.String(), d.Rule, c.Payload})
 	r.mu.Unlock()
-	return d, nil
+	return d, func() error {
+		if fail {
+			return errors.New("fdatasync: input/output error")
+		}
+		return nil
+	}, nil
 }
 
 func (r *recorder) Finished(c *Call, _ governance.Decision, outcome string, _ time.Duration) {
@@ -286,6 +293,28 @@ func TestAuditFailureRefusesTheCall(t *testing.T) {
 	}
 	if up.calls.Load() != 0 {
 		t.Fatal("a call that is not on record reached the server")
+	}
+}
+
+// An entry that fails to become durable while the call is forwarded
+// withholds the server's answer; a refusal waits for its entry before it
+// is answered.
+func TestAuditWriteFailureWithholdsTheAnswer(t *testing.T) {
+	up := startUpstream(t, true, nil)
+	rec := newRecorder(t, allowEcho)
+	cs, _ := gatewayFor(t, routerconfig.MCPServer{Name: "everything", URL: up.url, Tools: []string{"echo", "pay"}}, rec)
+	rec.failWrite.Store(true)
+	_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"message": "x"}})
+	if err == nil || !strings.Contains(err.Error(), "kars_audit_unavailable") || !strings.Contains(err.Error(), "withheld") {
+		t.Fatalf("call whose entry failed: %v", err)
+	}
+	rec.failWrite.Store(true)
+	_, err = cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "pay", Arguments: map[string]any{"amount": 1}})
+	if err == nil || !strings.Contains(err.Error(), "did not forward it") {
+		t.Fatalf("refusal whose entry failed: %v", err)
+	}
+	if got := up.calls.Load(); got != 1 {
+		t.Fatalf("the server ran %d calls, want 1 (the refused one never went)", got)
 	}
 }
 

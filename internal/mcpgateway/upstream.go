@@ -1,12 +1,14 @@
 package mcpgateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -88,6 +90,20 @@ type upstream struct {
 
 	mu      sync.Mutex
 	session *mcp.ClientSession
+	// headered names the tools whose input schema asks for Mcp-Param
+	// headers (x-mcp-header), which only the SDK client sends: the relay
+	// leaves their calls to it. Learnt from every listing.
+	headered map[string]bool
+	// relayed counts the calls the relay posted itself.
+	relayed atomic.Int64
+}
+
+// annotated reports whether the last listing showed tool asking for
+// Mcp-Param headers.
+func (u *upstream) annotated(tool string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.headered[tool]
 }
 
 // clientImpl identifies the router to MCP servers.
@@ -164,6 +180,15 @@ func (u *upstream) listTools(ctx context.Context) ([]*mcp.Tool, error) {
 		}
 		tools, err := collectTools(ctx, cs)
 		if err == nil {
+			headered := map[string]bool{}
+			for _, t := range tools {
+				if b, _ := json.Marshal(t.InputSchema); bytes.Contains(b, []byte("x-mcp-header")) {
+					headered[t.Name] = true
+				}
+			}
+			u.mu.Lock()
+			u.headered = headered
+			u.mu.Unlock()
 			return tools, nil
 		}
 		if gone(err) {

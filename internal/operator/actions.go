@@ -26,6 +26,10 @@ type Actions interface {
 	// SetModel switches a sandbox's primary model, as `kars model set`
 	// does; the router reloads it without a restart.
 	SetModel(ctx context.Context, sandbox types.NamespacedName, model string) error
+	// ApproveEgress grants a sandbox egress to host:port by creating an
+	// EgressApproval (its default TTL, 24 h): creating one is the approval,
+	// so RBAC on the kind decides who may approve (docs/egress.md).
+	ApproveEgress(ctx context.Context, sandbox types.NamespacedName, host string, port int32, reason string) error
 }
 
 // KubeActions implements Actions on the API server.
@@ -79,6 +83,19 @@ func (k *KubeActions) SetModel(ctx context.Context, key types.NamespacedName, mo
 	}
 	if err := k.Client.Patch(ctx, &ip, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("patch InferencePolicy %s: %w", ipKey, err)
+	}
+	return nil
+}
+
+// ApproveEgress implements Actions.
+func (k *KubeActions) ApproveEgress(ctx context.Context, key types.NamespacedName, host string, port int32, reason string) error {
+	a := &karsv1.EgressApproval{
+		ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, GenerateName: key.Name + "-"},
+		Spec: karsv1.EgressApprovalSpec{Sandbox: key.Name, Hosts: []karsv1.Hostname{karsv1.Hostname(host)},
+			Ports: []int32{port}, Reason: reason},
+	}
+	if err := k.Client.Create(ctx, a); err != nil {
+		return fmt.Errorf("create an EgressApproval for %s: %w", key, err)
 	}
 	return nil
 }

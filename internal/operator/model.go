@@ -11,6 +11,8 @@ import (
 	"github.com/charmbracelet/lipgloss"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kars-io/kars/internal/audit"
 )
 
 // ObjectMsg is one watch event: Obj was added or updated, or (Deleted)
@@ -43,7 +45,22 @@ type pane int
 const (
 	paneSandboxes pane = iota
 	paneSRE
+	paneAudit
 )
+
+// page is which of the selected sandbox's detail pages is shown.
+type page int
+
+const (
+	pageActivity page = iota // SRE actions, egress approvals, pairings, events
+	pagePolicy               // inference, tool policy, egress, MCP servers
+	pageTrust                // trust threshold, trust graph edges, peers and pairings
+	pageMemory               // memory binding and evaluations
+	pageAudit                // the router's live audit tail
+	pages
+)
+
+var pageNames = [pages]string{"activity", "policy", "trust", "memory/evals", "audit"}
 
 // confirmation is an action waiting for y/n.
 type confirmation struct {
@@ -70,11 +87,25 @@ type Model struct {
 	unwatched     map[string]string
 	watchErr      error
 
-	focus   pane
-	sel     types.NamespacedName // selected sandbox
-	sreSel  int
-	confirm *confirmation
-	status  string
+	focus  pane
+	page   page
+	sel    types.NamespacedName // selected sandbox
+	sreSel int
+	// The audit tail of the selected sandbox, from its router.
+	admin    AdminDialer
+	send     func(tea.Msg)
+	ctx      context.Context
+	tailKey  types.NamespacedName // the sandbox followed
+	stopTail context.CancelFunc
+	auditFor types.NamespacedName // whose entries these are
+	auditLog []audit.Entry        // newest first
+	auditErr error
+	auditAt  time.Time
+	auditSel int
+	meshFor  types.NamespacedName // whose mesh status mesh is
+	mesh     MeshMsg
+	confirm  *confirmation
+	status   string
 	// input, when not nil, is the model name being typed after "m".
 	input *string
 }
@@ -88,6 +119,13 @@ type Options struct {
 	Renderer *lipgloss.Renderer
 	// Title is shown in the header (the cluster or context name).
 	Title string
+	// Admin opens a sandbox's router admin API for the audit tail; nil
+	// shows no audit tail. Send delivers the tail's messages to the
+	// program (tea.Program.Send) and Context bounds it; both are needed
+	// with Admin.
+	Admin   AdminDialer
+	Send    func(tea.Msg)
+	Context context.Context
 }
 
 // New returns a Model over an empty State, sized 80×24 until the terminal
@@ -97,7 +135,12 @@ func New(o Options) *Model {
 	if r == nil {
 		r = lipgloss.DefaultRenderer()
 	}
-	return &Model{state: NewState(), actions: o.Actions, styles: newStyles(r), title: o.Title, width: 80, height: 24}
+	ctx := o.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return &Model{state: NewState(), actions: o.Actions, styles: newStyles(r), title: o.Title, width: 80, height: 24,
+		admin: o.Admin, send: o.Send, ctx: ctx}
 }
 
 // State is what the model knows.
@@ -116,6 +159,12 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case SyncedMsg:
 		m.synced, m.unwatched = true, msg.Unwatched
 		m.clampSelection()
+	case AuditMsg:
+		m.applyAudit(msg)
+	case MeshMsg:
+		if msg.Sandbox == m.sel {
+			m.meshFor, m.mesh = msg.Sandbox, msg
+		}
 	case ErrMsg:
 		m.watchErr = msg.Err
 	case tea.WindowSizeMsg:
@@ -127,8 +176,11 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			m.status = "done: " + msg.what
 		}
 	case tea.KeyMsg:
-		return m, m.key(msg.String())
+		cmd := m.key(msg.String())
+		m.follow()
+		return m, cmd
 	}
+	m.follow()
 	return m, nil
 }
 
@@ -155,11 +207,20 @@ func (m *Model) key(k string) tea.Cmd {
 	case "q", "ctrl+c":
 		return tea.Quit
 	case "tab":
-		if m.focus == paneSandboxes && len(m.sreActions()) > 0 {
-			m.focus = paneSRE
-		} else {
+		switch {
+		case m.focus != paneSandboxes:
 			m.focus = paneSandboxes
+		case m.page == pageActivity && len(m.sreActions()) > 0:
+			m.focus = paneSRE
+		case m.page == pageAudit && len(m.auditEntries()) > 0:
+			m.focus = paneAudit
 		}
+	case "right", "l":
+		m.setPage((m.page + 1) % pages)
+	case "left", "h":
+		m.setPage((m.page + pages - 1) % pages)
+	case "1", "2", "3", "4", "5":
+		m.setPage(page(k[0] - '1'))
 	case "up", "k":
 		m.move(-1)
 	case "down", "j":
@@ -167,7 +228,11 @@ func (m *Model) key(k string) tea.Cmd {
 	case "s":
 		m.askSuspend()
 	case "a":
-		m.askDecision("Approved")
+		if m.focus == paneAudit {
+			m.askApproveEgress()
+		} else {
+			m.askDecision("Approved")
+		}
 	case "r":
 		m.askDecision("Rejected")
 	case "m":
@@ -222,6 +287,10 @@ func (m *Model) move(d int) {
 		m.sreSel = max(0, min(m.sreSel+d, len(m.sreActions())-1))
 		return
 	}
+	if m.focus == paneAudit {
+		m.auditSel = max(0, min(m.auditSel+d, len(m.auditEntries())-1))
+		return
+	}
 	order := m.state.Sandboxes()
 	if len(order) == 0 {
 		return
@@ -253,7 +322,7 @@ func (m *Model) clampSelection() {
 		m.sel = order[0]
 	}
 	n := len(m.sreActions())
-	if n == 0 {
+	if n == 0 && m.focus == paneSRE {
 		m.focus = paneSandboxes
 	}
 	m.sreSel = max(0, min(m.sreSel, n-1))
@@ -282,7 +351,7 @@ func (m *Model) askSuspend() {
 
 func (m *Model) askDecision(state string) {
 	if m.focus != paneSRE {
-		m.status = "select an SRE action first (tab)"
+		m.status = "select an SRE action first (tab on the activity page), or a refused egress entry (tab on the audit page)"
 		return
 	}
 	as := m.sreActions()
@@ -304,5 +373,107 @@ func (m *Model) askDecision(state string) {
 		prompt: fmt.Sprintf("%s %s (%s on %s)? [y/N]", verb, key, a.Spec.Action, a.Spec.Target.Name),
 		what:   verb + " " + key.String(),
 		run:    func(ctx context.Context) error { return act.DecideSRE(ctx, key, state) },
+	}
+}
+
+// setPage shows page p; the focus goes back to the sandbox list when the
+// pane it was in is not on p.
+func (m *Model) setPage(p page) {
+	if p < 0 || p >= pages {
+		return
+	}
+	m.page = p
+	if (m.focus == paneSRE && p != pageActivity) || (m.focus == paneAudit && p != pageAudit) {
+		m.focus = paneSandboxes
+	}
+}
+
+// follow keeps the audit tail on the selected sandbox: a new selection
+// stops the old tail and starts one for it.
+func (m *Model) follow() {
+	if m.admin == nil || m.send == nil || m.tailKey == m.sel {
+		return
+	}
+	if m.stopTail != nil {
+		m.stopTail()
+		m.stopTail = nil
+	}
+	m.tailKey = m.sel
+	if m.sel == (types.NamespacedName{}) {
+		return
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	m.stopTail = cancel
+	go FollowAudit(ctx, m.admin, m.sel, AuditPoll, m.send)
+}
+
+// applyAudit keeps the entries of the selected sandbox, newest first; a
+// message about another sandbox (a tail stopped after it sent) is dropped.
+func (m *Model) applyAudit(msg AuditMsg) {
+	if msg.Sandbox != m.sel {
+		return
+	}
+	if m.auditFor != msg.Sandbox {
+		m.auditFor, m.auditLog, m.auditSel = msg.Sandbox, nil, 0
+	}
+	m.auditErr, m.auditAt = msg.Err, msg.At
+	if msg.Err != nil {
+		return
+	}
+	// Keep the selected entry selected as new ones arrive above it.
+	var selSeq uint64
+	if m.auditSel < len(m.auditLog) {
+		selSeq = m.auditLog[m.auditSel].Seq
+	}
+	m.auditLog = m.auditLog[:0]
+	for i := len(msg.Entries) - 1; i >= 0; i-- {
+		m.auditLog = append(m.auditLog, msg.Entries[i])
+	}
+	m.auditSel = 0
+	for i, e := range m.auditLog {
+		if e.Seq == selSeq {
+			m.auditSel = i
+		}
+	}
+	if len(m.auditLog) == 0 && m.focus == paneAudit {
+		m.focus = paneSandboxes
+	}
+}
+
+// auditEntries are the selected sandbox's audit entries, newest first.
+func (m *Model) auditEntries() []audit.Entry {
+	if m.auditFor != m.sel {
+		return nil
+	}
+	return m.auditLog
+}
+
+// askApproveEgress offers to approve the destination a selected audit
+// entry refused: creating an EgressApproval is the approval
+// (docs/egress.md), for its default 24 h.
+func (m *Model) askApproveEgress() {
+	es := m.auditEntries()
+	if m.auditSel >= len(es) {
+		return
+	}
+	if m.actions == nil {
+		m.status = "read-only: no actions"
+		return
+	}
+	e := es[m.auditSel]
+	host, port, ok := refusedEgress(e)
+	if !ok {
+		m.status = fmt.Sprintf("entry %d is not an egress destination refused for want of a rule: only those can be approved here", e.Seq)
+		if step := e.Attrs["step"]; e.Attrs["op"] == "egress" && e.Decision != "allow" {
+			m.status = fmt.Sprintf("entry %d was refused by the %s step: an EgressApproval does not lift that", e.Seq, step)
+		}
+		return
+	}
+	key, act := m.sel, m.actions
+	reason := fmt.Sprintf("approved in kars operator after audit entry %d (%s)", e.Seq, orDash(e.Rule))
+	m.confirm = &confirmation{
+		prompt: fmt.Sprintf("approve egress to %s:%d for %s for 24h (creates an EgressApproval)? [y/N]", host, port, key),
+		what:   fmt.Sprintf("approve egress to %s:%d for %s", host, port, key),
+		run:    func(ctx context.Context) error { return act.ApproveEgress(ctx, key, host, port, reason) },
 	}
 }

@@ -90,6 +90,13 @@ func (r *recorder) SetModel(_ context.Context, k types.NamespacedName, model str
 	return r.err
 }
 
+func (r *recorder) ApproveEgress(_ context.Context, k types.NamespacedName, host string, port int32, reason string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, fmt.Sprintf("egress %s %s:%d %s", k, host, port, reason))
+	return r.err
+}
+
 func (r *recorder) DecideSRE(_ context.Context, k types.NamespacedName, state string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -107,10 +114,20 @@ func plain() *lipgloss.Renderer {
 // an egress approval and events.
 func fixture(t *testing.T, w, h int, a Actions) *Model {
 	t.Helper()
-	m := New(Options{Renderer: plain(), Actions: a, Title: "https://127.0.0.1:6443"})
+	// An admin dialer but no Send: the audit tail is shown from the
+	// AuditMsgs a test sends, and no goroutine polls anything.
+	m := New(Options{Renderer: plain(), Actions: a, Title: "https://127.0.0.1:6443",
+		Admin: func(context.Context, types.NamespacedName) (Admin, error) {
+			return nil, fmt.Errorf("not dialled in frame tests")
+		}})
 	send(m, tea.WindowSizeMsg{Width: w, Height: h})
 	bot := sandbox("kars-bot", "bot", karsv1.SandboxRunning)
 	bot.Status.Model = "gpt-4.1"
+	threshold := karsv1.TrustScore(700)
+	bot.Spec.Governance = karsv1.GovernanceSpec{ToolPolicyRef: &karsv1.LocalObjectReference{Name: "bot-tools"}, TrustThreshold: &threshold, RegistryMode: "local"}
+	bot.Spec.NetworkPolicy = karsv1.SandboxNetworkPolicy{EgressMode: karsv1.EgressStrict, AllowedHosts: []karsv1.Hostname{"api.github.com"},
+		AllowlistRef: &karsv1.OCIArtifactReference{Registry: "127.0.0.1:16500", Repository: "policy/egress/bot", Digest: "sha256:5f1d2c3b4a5968778695a4b3c2d1e0f00112233445566778899aabbccddeeff"}}
+	bot.Status.Conditions = []metav1.Condition{{Type: karsv1.ConditionAllowlistVerified, Status: "True", Reason: "Verified"}}
 	analyst := sandbox("kars-analyst", "analyst", karsv1.SandboxDegraded)
 	analyst.Status.Conditions = []metav1.Condition{{Type: karsv1.ConditionReady, Status: "False", Reason: "RouterUnreachable", Message: "the router did not answer"}}
 	ea := &karsv1.EgressApproval{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "github", CreationTimestamp: metav1.NewTime(t0)},
@@ -132,6 +149,37 @@ func fixture(t *testing.T, w, h int, a Actions) *Model {
 		{Obj: event("kars-bot", "e1", "Normal", "SREActionExecuted", "KarsSREAction", "restart-bot", "RestartSandbox KarsSandbox/bot: pod restarted", t0.Add(-50*time.Minute))},
 		{Obj: event("kars-bot", "e2", "Warning", "ApplyFailed", "KarsSandbox", "bot", "quota exceeded", t0.Add(-10*time.Minute))},
 		{Obj: event("kars-bot", "e3", "Normal", "Pulled", "Pod", "bot-abc", "not a kars object", t0)},
+		{Obj: &karsv1.ToolPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "bot-tools"},
+			Spec: karsv1.ToolPolicySpec{Rules: []karsv1.ToolRule{
+				{Name: "read-only", Effect: karsv1.EffectAllow, Priority: 10, Actions: []string{"tool:read_*", "mcp:docs.*"}},
+				{Name: "no-shell", Effect: karsv1.EffectDeny, Priority: 100, Actions: []string{"shell:*"}},
+				{Name: "pay", Effect: karsv1.EffectRequireApproval, Actions: []string{"tool:pay"}}},
+				Approval: &karsv1.ToolApproval{Mode: karsv1.ApprovalAboveThreshold}, RateLimit: &karsv1.ToolRateLimit{RequestsPerMinute: 120}},
+			Status: karsv1.PolicyStatus{Phase: "Ready"}}},
+		{Obj: &karsv1.McpServer{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "docs"},
+			Spec:   karsv1.McpServerSpec{URL: "https://mcp.example.com/mcp", Sandboxes: []string{"bot"}, Tools: []string{"search", "fetch"}},
+			Status: karsv1.McpServerStatus{Phase: "Ready", Endpoint: "https://mcp.example.com/mcp"}}},
+		{Obj: &karsv1.McpServer{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "other"}, Spec: karsv1.McpServerSpec{Sandboxes: []string{"not-bot"}}}},
+		{Obj: &karsv1.KarsMemory{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "bot-memory"},
+			Spec: karsv1.KarsMemorySpec{SandboxRef: karsv1.LocalObjectReference{Name: "bot"}, Scope: "user", RetentionDays: 90,
+				Foundry: karsv1.FoundryMemoryStore{Endpoint: "https://contoso.services.ai.azure.com/api/projects/agents", StoreName: "bot-memories"}},
+			Status: karsv1.KarsMemoryStatus{Phase: "Failed", CommonStatus: karsv1.CommonStatus{Conditions: []metav1.Condition{
+				{Type: karsv1.ConditionReady, Status: "False", Reason: "AuthMisconfigured", Message: "the store answered 401"}}}}}},
+		{Obj: &karsv1.KarsEval{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "banned-tools"},
+			Spec: karsv1.KarsEvalSpec{SandboxRef: karsv1.LocalObjectReference{Name: "bot"}, PassThreshold: "0.9"},
+			Status: karsv1.KarsEvalStatus{Phase: "Passed", Score: "0.90", PreviousScore: "1.00", CasesRun: 10, CasesPassed: 9,
+				LastRunTime: &metav1.Time{Time: t0.Add(-2 * time.Hour)}, NextRunTime: &metav1.Time{Time: t0.Add(4 * time.Hour)},
+				CommonStatus: karsv1.CommonStatus{Conditions: []metav1.Condition{
+					{Type: "Drifted", Status: "True", Reason: "ScoreDropped", Message: "0.90 < previous 1.00"}}}}}},
+		{Obj: &karsv1.KarsEval{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-bot", Name: "jailbreak"},
+			Spec:   karsv1.KarsEvalSpec{SandboxRef: karsv1.LocalObjectReference{Name: "bot"}, PassThreshold: "0.2"},
+			Status: karsv1.KarsEvalStatus{Phase: "Passed", Score: "0.25", CasesRun: 8, CasesPassed: 2}}},
+		{Obj: &karsv1.TrustGraph{ObjectMeta: metav1.ObjectMeta{Name: "contoso"},
+			Spec: karsv1.TrustGraphSpec{TrustDomain: "contoso.com", Edges: []karsv1.TrustEdge{
+				{From: "kars-bot/bot", To: "kars-worker/worker", Score: 800, ExpiresAt: &metav1.Time{Time: t0.Add(48 * time.Hour)}},
+				{From: "kars-analyst/analyst", To: "kars-bot/bot", Score: 650},
+				{From: "kars-analyst/analyst", To: "kars-worker/worker", Score: 900}}},
+			Status: karsv1.TrustGraphStatus{VerifiedEdges: 3}}},
 	} {
 		send(m, o)
 	}
@@ -291,7 +339,7 @@ func TestActionsAreConfirmed(t *testing.T) {
 
 	// SRE decisions: only with an action selected, open actions only.
 	send(m, key("a"))
-	if m.confirm != nil || !strings.Contains(m.View(), "select an SRE action first (tab)") {
+	if m.confirm != nil || !strings.Contains(m.View(), "select an SRE action first (tab on the activity page)") {
 		t.Fatalf("approve without a selected action:\n%s", m.View())
 	}
 	send(m, key("tab"))

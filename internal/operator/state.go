@@ -36,6 +36,12 @@ type State struct {
 	pairings  map[types.NamespacedName]*karsv1.KarsPairing
 	events    map[string][]*eventsv1.Event // by namespace, newest first
 
+	toolPolicies map[types.NamespacedName]*karsv1.ToolPolicy
+	mcpServers   map[types.NamespacedName]*karsv1.McpServer
+	memories     map[types.NamespacedName]*karsv1.KarsMemory
+	evals        map[types.NamespacedName]*karsv1.KarsEval
+	trustGraphs  map[types.NamespacedName]*karsv1.TrustGraph // cluster scoped: no namespace
+
 	// order is the sandboxes sorted by namespace/name, rebuilt only when
 	// one is added or removed (an update keeps its place).
 	order []types.NamespacedName
@@ -50,6 +56,12 @@ func NewState() *State {
 		egress:    map[types.NamespacedName]*karsv1.EgressApproval{},
 		pairings:  map[types.NamespacedName]*karsv1.KarsPairing{},
 		events:    map[string][]*eventsv1.Event{},
+
+		toolPolicies: map[types.NamespacedName]*karsv1.ToolPolicy{},
+		mcpServers:   map[types.NamespacedName]*karsv1.McpServer{},
+		memories:     map[types.NamespacedName]*karsv1.KarsMemory{},
+		evals:        map[types.NamespacedName]*karsv1.KarsEval{},
+		trustGraphs:  map[types.NamespacedName]*karsv1.TrustGraph{},
 	}
 }
 
@@ -76,6 +88,16 @@ func (s *State) Apply(obj client.Object, deleted bool) {
 		put(s.egress, key, o, deleted)
 	case *karsv1.KarsPairing:
 		put(s.pairings, key, o, deleted)
+	case *karsv1.ToolPolicy:
+		put(s.toolPolicies, key, o, deleted)
+	case *karsv1.McpServer:
+		put(s.mcpServers, key, o, deleted)
+	case *karsv1.KarsMemory:
+		put(s.memories, key, o, deleted)
+	case *karsv1.KarsEval:
+		put(s.evals, key, o, deleted)
+	case *karsv1.TrustGraph:
+		put(s.trustGraphs, key, o, deleted)
 	case *eventsv1.Event:
 		s.applyEvent(o, deleted)
 	}
@@ -105,7 +127,9 @@ func (s *State) reorder() {
 // applyEvent keeps the newest maxEvents events of a namespace that concern
 // kars objects, newest first.
 func (s *State) applyEvent(e *eventsv1.Event, deleted bool) {
-	if !strings.HasPrefix(e.Regarding.Kind, "Kars") && e.Regarding.Kind != "EgressApproval" && e.Regarding.Kind != "InferencePolicy" {
+	switch k := e.Regarding.Kind; {
+	case strings.HasPrefix(k, "Kars"), k == "EgressApproval", k == "InferencePolicy", k == "ToolPolicy", k == "McpServer", k == "TrustGraph":
+	default:
 		return
 	}
 	l := s.events[e.Namespace]

@@ -74,9 +74,9 @@ func (m *Model) View() string {
 		}
 		line(&bottom, st, m.status)
 	}
-	keys := "↑/↓ select · tab SRE actions · s suspend/resume · m model · a approve · r reject · q quit"
+	keys := "↑/↓ select · ←/→ or 1-5 page · tab SRE actions/audit · s suspend/resume · m model · a approve · r reject · q quit"
 	if m.actions == nil {
-		keys = "↑/↓ select · tab SRE actions · q quit (read-only)"
+		keys = "↑/↓ select · ←/→ or 1-5 page · tab SRE actions/audit · q quit (read-only)"
 	}
 	line(&bottom, &m.styles.dim, keys)
 
@@ -110,13 +110,13 @@ func (m *Model) sandboxList(w, rows int) []string {
 		return []string{ansi.Truncate("no sandboxes yet: `kars add NAME` or `kars up --name NAME` creates one", w, "…")}
 	}
 	wide := w >= narrow
-	row := func(mark, name, phase, runtime, model, budget string) string {
+	row := func(mark, name, phase, runtime, model, trust, budget string) string {
 		if wide {
-			return fmt.Sprintf("%s %-28s %-12s %-14s %-20s %s", mark, name, phase, runtime, model, budget)
+			return fmt.Sprintf("%s %-28s %-12s %-14s %-20s %-6s %s", mark, name, phase, runtime, model, trust, budget)
 		}
 		return fmt.Sprintf("%s %-22s %-11s %s", mark, name, phase, model)
 	}
-	out := []string{m.styles.header.Render(ansi.Truncate(row(" ", "NAMESPACE/NAME", "PHASE", "RUNTIME", "MODEL", "BUDGET"), w, "…"))}
+	out := []string{m.styles.header.Render(ansi.Truncate(row(" ", "NAMESPACE/NAME", "PHASE", "RUNTIME", "MODEL", "TRUST", "BUDGET"), w, "…"))}
 	visible := rows - 1
 	sel := m.selectedIndex()
 	first := max(0, min(sel-visible/2, len(order)-visible))
@@ -130,7 +130,7 @@ func (m *Model) sandboxList(w, rows int) []string {
 		if phase == "" {
 			phase = "Pending"
 		}
-		s := ansi.Truncate(row(mark, order[i].String(), phase, string(sb.Spec.Runtime.Kind), m.model(sb), m.budget(sb)), w, "…")
+		s := ansi.Truncate(row(mark, order[i].String(), phase, string(sb.Spec.Runtime.Kind), m.model(sb), fmt.Sprintf("≥%d", TrustThreshold(sb)), m.budget(sb)), w, "…")
 		switch {
 		case i == sel && m.focus == paneSandboxes:
 			s = m.styles.selected.Render(s)
@@ -194,7 +194,19 @@ func (m *Model) panels(w, rows int) []string {
 		out = append(out, m.styles.header.Render(ansi.Truncate("── "+s+" "+strings.Repeat("─", max(0, w)), w, "")))
 	}
 
-	section(m.sel.String())
+	tabs := ""
+	for p, name := range pageNames {
+		if page(p) == m.page {
+			tabs += fmt.Sprintf(" [%d %s]", p+1, name)
+		} else {
+			tabs += fmt.Sprintf(" %d %s", p+1, name)
+		}
+	}
+	if lipgloss.Width(m.sel.String()+" ·"+tabs)+4 > w {
+		// Too narrow for every tab: name the page shown.
+		tabs = fmt.Sprintf(" %d/%d %s", m.page+1, pages, pageNames[m.page])
+	}
+	section(m.sel.String() + " ·" + tabs)
 	detail := fmt.Sprintf("  phase %s · runtime %s · model %s · budget %s", orDash(string(sb.Status.Phase)), sb.Spec.Runtime.Kind, m.model(sb), m.budget(sb))
 	if sb.Spec.Suspended {
 		detail += " · suspended"
@@ -204,6 +216,14 @@ func (m *Model) panels(w, rows int) []string {
 		if c.Type == karsv1.ConditionReady && c.Status != "True" {
 			out = append(out, m.styles.warn.Render(ansi.Truncate("  not ready: "+c.Reason+": "+c.Message, w, "…")))
 		}
+	}
+
+	if m.page != pageActivity {
+		out = append(out, m.page2(sb, w)...)
+		if len(out) > rows {
+			out = out[:rows]
+		}
+		return out
 	}
 
 	section("SRE actions")
@@ -248,27 +268,8 @@ func (m *Model) panels(w, rows int) []string {
 	}
 
 	section("pairings")
-	ps := m.state.Pairings(sb)
-	if len(ps) == 0 {
-		add("  none")
-	}
-	if why, ok := m.unwatched["KarsPairing"]; ok {
-		add("  not watched: " + why)
-	}
-	for _, p := range ps {
-		peer := p.Spec.PeerSandbox
-		if peer == "" {
-			peer = orDash(p.Spec.DisplayName)
-		}
-		caps := make([]string, len(p.Spec.Capabilities))
-		for i, c := range p.Spec.Capabilities {
-			caps[i] = string(c)
-		}
-		phase := orDash(p.Status.Phase)
-		if p.Spec.Revoked {
-			phase = "Revoked"
-		}
-		add(fmt.Sprintf("  %-9s %-24s peer %s · %s · until %s", phase, p.Name, peer, strings.Join(caps, ","), p.Spec.ExpiresAt.Local().Format("Jan 2 15:04")))
+	for _, l := range m.pairingLines(sb) {
+		add(l)
 	}
 
 	section("events")

@@ -30,6 +30,14 @@ var watched = []struct {
 	{"KarsSREAction", &karsv1.KarsSREAction{}, &karsv1.KarsSREActionList{}},
 	{"EgressApproval", &karsv1.EgressApproval{}, &karsv1.EgressApprovalList{}},
 	{"KarsPairing", &karsv1.KarsPairing{}, &karsv1.KarsPairingList{}},
+	{"ToolPolicy", &karsv1.ToolPolicy{}, &karsv1.ToolPolicyList{}},
+	{"McpServer", &karsv1.McpServer{}, &karsv1.McpServerList{}},
+	{"KarsMemory", &karsv1.KarsMemory{}, &karsv1.KarsMemoryList{}},
+	{"KarsEval", &karsv1.KarsEval{}, &karsv1.KarsEvalList{}},
+	// Cluster scoped: with a namespace given, the client and the cache
+	// list it cluster-wide all the same, and a namespaced user's RBAC
+	// usually forbids that, which the panel then says.
+	{"TrustGraph", &karsv1.TrustGraph{}, &karsv1.TrustGraphList{}},
 	{"Event", &eventsv1.Event{}, &eventsv1.EventList{}},
 }
 

@@ -212,8 +212,20 @@ func mcpConfig(servers []karsv1.McpServer) []routerconfig.MCPServer {
 			s.Auth = &routerconfig.MCPAuth{Mode: routerconfig.MCPAuthBearer, TokenFile: mcpSecretFile(*m.Spec.AuthSecretRef)}
 		case m.Spec.OAuth != nil:
 			o := m.Spec.OAuth
-			s.Auth = &routerconfig.MCPAuth{Mode: routerconfig.MCPAuthOAuthClientCredentials, ClientID: o.ClientID,
-				ClientSecretFile: mcpSecretFile(o.ClientSecretRef), TokenURL: o.TokenURL, Scopes: slices.Clone(o.Scopes), Resource: o.Resource}
+			a := &routerconfig.MCPAuth{Mode: routerconfig.MCPAuthOAuthClientCredentials, ClientID: o.ClientID,
+				TokenURL: o.TokenURL, Scopes: slices.Clone(o.Scopes), Resource: o.Resource}
+			if o.ClientSecretRef != nil {
+				a.ClientSecretFile = mcpSecretFile(*o.ClientSecretRef)
+			}
+			if o.Grant == McpGrantTokenExchange && o.SubjectToken != nil {
+				a.Mode, a.Audience, a.SubjectTokenType = routerconfig.MCPAuthOAuthTokenExchange, o.Audience, o.SubjectToken.Type
+				if ref := o.SubjectToken.SecretRef; ref != nil {
+					a.SubjectTokenFile = mcpSecretFile(*ref)
+				} else {
+					a.SubjectTokenFile = McpIdentityTokenFile(m.Name)
+				}
+			}
+			s.Auth = a
 		}
 		out = append(out, s)
 	}
@@ -237,24 +249,65 @@ type mcpSecret struct {
 func mcpSecrets(servers []karsv1.McpServer) []mcpSecret {
 	var out []mcpSecret
 	for _, m := range servers {
-		var ref *karsv1.SecretKeyReference
+		var refs []*karsv1.SecretKeyReference
 		switch {
 		case m.Spec.AuthSecretRef != nil:
-			ref = m.Spec.AuthSecretRef
+			refs = append(refs, m.Spec.AuthSecretRef)
 		case m.Spec.OAuth != nil:
-			ref = &m.Spec.OAuth.ClientSecretRef
+			refs = append(refs, m.Spec.OAuth.ClientSecretRef)
+			if st := m.Spec.OAuth.SubjectToken; st != nil && m.Spec.OAuth.Grant == McpGrantTokenExchange {
+				refs = append(refs, st.SecretRef)
+			}
 		}
-		if ref == nil {
+		for _, ref := range refs {
+			if ref == nil {
+				continue
+			}
+			i := slices.IndexFunc(out, func(s mcpSecret) bool { return s.name == ref.Name })
+			if i < 0 {
+				out = append(out, mcpSecret{name: ref.Name})
+				i = len(out) - 1
+			}
+			if !slices.Contains(out[i].keys, ref.Key) {
+				out[i].keys = append(out[i].keys, ref.Key)
+			}
+		}
+	}
+	return out
+}
+
+// McpGrantTokenExchange is the McpOAuth grant of an RFC 8693 token
+// exchange.
+const McpGrantTokenExchange = "TokenExchange"
+
+// RouterMcpIdentityDir holds, in the router container only, one folder
+// per McpServer whose token exchange presents the sandbox's projected
+// ServiceAccount token, with the token (audience the McpServer's
+// serviceAccountAudience) in the file "token".
+const RouterMcpIdentityDir = "/var/run/secrets/kars/mcp-identity"
+
+// McpIdentityTokenFile is where the router reads the projected
+// ServiceAccount token it exchanges for the named McpServer.
+func McpIdentityTokenFile(server string) string {
+	return path.Join(RouterMcpIdentityDir, server, "token")
+}
+
+// mcpIdentity is one projected ServiceAccount token for a token exchange.
+type mcpIdentity struct {
+	server, audience string
+}
+
+// mcpIdentities lists the projected ServiceAccount tokens the router needs
+// for its MCP servers' token exchanges: one per server, since each
+// authorization server trusts its own audience.
+func mcpIdentities(servers []karsv1.McpServer) []mcpIdentity {
+	var out []mcpIdentity
+	for _, m := range servers {
+		o := m.Spec.OAuth
+		if o == nil || o.Grant != McpGrantTokenExchange || o.SubjectToken == nil || o.SubjectToken.ServiceAccountAudience == "" {
 			continue
 		}
-		i := slices.IndexFunc(out, func(s mcpSecret) bool { return s.name == ref.Name })
-		if i < 0 {
-			out = append(out, mcpSecret{name: ref.Name})
-			i = len(out) - 1
-		}
-		if !slices.Contains(out[i].keys, ref.Key) {
-			out[i].keys = append(out[i].keys, ref.Key)
-		}
+		out = append(out, mcpIdentity{server: m.Name, audience: o.SubjectToken.ServiceAccountAudience})
 	}
 	return out
 }

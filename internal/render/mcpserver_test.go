@@ -52,7 +52,7 @@ func TestRenderWithMcpServers(t *testing.T) {
 		ready(mcpServer("everything", nil), "http://mcp-everything.kars-agent.svc:3001/mcp"),
 		ready(mcpServer("github", func(m *karsv1.McpServer) {
 			m.Spec.Image, m.Spec.URL, m.Spec.AuthSecretRef = "", "https://mcp.github.example/mcp", nil
-			m.Spec.OAuth = &karsv1.McpOAuth{ClientID: "kars", ClientSecretRef: karsv1.SecretKeyReference{Name: "everything-token", Key: "oauth"}}
+			m.Spec.OAuth = &karsv1.McpOAuth{ClientID: "kars", ClientSecretRef: &karsv1.SecretKeyReference{Name: "everything-token", Key: "oauth"}}
 		}), "https://mcp.github.example/mcp"),
 		ready(mcpServer("other-sandbox", func(m *karsv1.McpServer) { m.Spec.Sandboxes = []string{"someone-else"} }), "http://x:1/mcp"),
 		mcpServer("not-ready", nil),
@@ -105,5 +105,76 @@ func TestRenderWithMcpServers(t *testing.T) {
 	}
 	if !ports[3001] || !ports[443] {
 		t.Fatalf("egress ports %v lack the MCP servers'", ports)
+	}
+}
+
+// A token exchange presents the sandbox's projected ServiceAccount token
+// (the audience its authorization server trusts), mounted into the router
+// only; or a subject token from a Secret.
+func TestRenderMcpTokenExchange(t *testing.T) {
+	in := input(sandbox(karsv1.RuntimeOpenClaw, karsv1.IsolationStandard))
+	sb := in.Sandbox
+	ready := func(m karsv1.McpServer, endpoint string) karsv1.McpServer { m.Status.Endpoint = endpoint; return m }
+	in.Bindings.MCP = McpServersFor(sb, []karsv1.McpServer{
+		ready(mcpServer("jira", func(m *karsv1.McpServer) {
+			m.Spec.Image, m.Spec.URL, m.Spec.AuthSecretRef = "", "https://mcp.jira.example/mcp", nil
+			m.Spec.OAuth = &karsv1.McpOAuth{Grant: McpGrantTokenExchange, Scopes: []string{"read"}, Audience: "jira",
+				SubjectToken: &karsv1.McpSubjectToken{ServiceAccountAudience: "https://idp.example", Type: "urn:ietf:params:oauth:token-type:jwt"}}
+		}), "https://mcp.jira.example/mcp"),
+		ready(mcpServer("wiki", func(m *karsv1.McpServer) {
+			m.Spec.Image, m.Spec.URL, m.Spec.AuthSecretRef = "", "https://mcp.wiki.example/mcp", nil
+			m.Spec.OAuth = &karsv1.McpOAuth{Grant: McpGrantTokenExchange, ClientID: "kars",
+				ClientSecretRef: &karsv1.SecretKeyReference{Name: "wiki", Key: "client"},
+				SubjectToken:    &karsv1.McpSubjectToken{SecretRef: &karsv1.SecretKeyReference{Name: "wiki", Key: "subject"}}}
+		}), "https://mcp.wiki.example/mcp"),
+	})
+	out, err := Render(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []*routerconfig.MCPAuth{
+		{Mode: routerconfig.MCPAuthOAuthTokenExchange, Scopes: []string{"read"}, Audience: "jira",
+			SubjectTokenFile: "/var/run/secrets/kars/mcp-identity/jira/token", SubjectTokenType: "urn:ietf:params:oauth:token-type:jwt"},
+		{Mode: routerconfig.MCPAuthOAuthTokenExchange, ClientID: "kars", ClientSecretFile: "/var/run/secrets/kars/mcp/wiki/client",
+			SubjectTokenFile: "/var/run/secrets/kars/mcp/wiki/subject"},
+	}
+	for i, w := range want {
+		if g := out.Config.MCP[i].Auth; !reflect.DeepEqual(g, w) {
+			t.Fatalf("mcp[%d].auth = %+v, want %+v", i, g, w)
+		}
+	}
+	if err := out.Config.Validate(); err != nil {
+		t.Fatalf("rendered config: %v", err)
+	}
+	pod := out.Deployment.Spec.Template.Spec
+	var projected, secret string
+	for _, v := range pod.Volumes {
+		switch {
+		case v.Projected != nil && len(v.Projected.Sources) == 1 && v.Projected.Sources[0].ServiceAccountToken != nil &&
+			v.Projected.Sources[0].ServiceAccountToken.Audience == "https://idp.example":
+			projected = v.Name
+		case v.Secret != nil && v.Secret.SecretName == "wiki":
+			if len(v.Secret.Items) != 2 {
+				t.Fatalf("the wiki Secret's keys: %+v", v.Secret.Items)
+			}
+			secret = v.Name
+		}
+	}
+	if projected == "" || secret == "" {
+		t.Fatalf("volumes %+v", pod.Volumes)
+	}
+	mounted := 0
+	for _, c := range pod.Containers {
+		for _, m := range c.VolumeMounts {
+			if m.Name == projected {
+				if c.Name != ContainerRouter || m.MountPath != "/var/run/secrets/kars/mcp-identity/jira" {
+					t.Fatalf("container %s mounts the identity token at %s", c.Name, m.MountPath)
+				}
+				mounted++
+			}
+		}
+	}
+	if mounted != 1 || pod.ServiceAccountName == "" || pod.ServiceAccountName == "default" {
+		t.Fatalf("identity token mounted %d times; pod ServiceAccount %q", mounted, pod.ServiceAccountName)
 	}
 }

@@ -322,6 +322,9 @@ func routerContainer(in Input, names Names, a2a bool) corev1.Container {
 	for i, sec := range mcpSecrets(in.Bindings.MCP) {
 		mounts = append(mounts, corev1.VolumeMount{Name: "mcp-" + strconv.Itoa(i), MountPath: path.Join(RouterMcpDir, sec.name), ReadOnly: true})
 	}
+	for i, id := range mcpIdentities(in.Bindings.MCP) {
+		mounts = append(mounts, corev1.VolumeMount{Name: "mcp-identity-" + strconv.Itoa(i), MountPath: path.Dir(McpIdentityTokenFile(id.server)), ReadOnly: true})
+	}
 	if ref := memorySecret(in.Bindings.Memory); ref != nil {
 		mounts = append(mounts, corev1.VolumeMount{Name: "memory-key", MountPath: path.Join(RouterMemoryDir, ref.Name), ReadOnly: true})
 	}
@@ -469,6 +472,17 @@ func volumes(in Input, names Names, rt *Runtime) []corev1.Volume {
 		}
 		vs = append(vs, corev1.Volume{Name: "mcp-" + strconv.Itoa(i), VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 			SecretName: sec.name, Items: items, DefaultMode: ptr(int32(0o444)),
+		}}})
+	}
+	for i, id := range mcpIdentities(in.Bindings.MCP) {
+		// The sandbox's workload identity for a token exchange (RFC 8693),
+		// bound to the pod and rotated by the kubelet; only the router
+		// mounts it.
+		vs = append(vs, corev1.Volume{Name: "mcp-identity-" + strconv.Itoa(i), VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			DefaultMode: ptr(int32(0o444)),
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: id.audience, ExpirationSeconds: ptr(int64(3600)), Path: "token",
+			}}},
 		}}})
 	}
 	if ref := memorySecret(in.Bindings.Memory); ref != nil {

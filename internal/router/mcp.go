@@ -20,8 +20,8 @@ import (
 // The router is its Governor: tools/call is decided by the same decision
 // provider as inference and decide (behaviour monitor, ToolPolicy rules,
 // conditions, rate limits, approval), and each call's audit entry is
-// durable before the call is forwarded — the same guarantee the decide
-// endpoint gives an agent, held here by the router that acts on it.
+// durable before its answer reaches the agent — written while an allowed
+// call is forwarded (docs/audit.md, "MCP tool calls").
 
 // mcpGovernor is the Governor of one config generation.
 type mcpGovernor struct {
@@ -39,8 +39,11 @@ func (m mcpGovernor) Visible(action string) bool {
 	return m.r.engine.Profile().MayAllow(m.g.agent, action)
 }
 
-// Decide implements mcpgateway.Governor.
-func (m mcpGovernor) Decide(ctx context.Context, c *mcpgateway.Call) (governance.Decision, error) {
+// Decide implements mcpgateway.Governor. The decision is made at once;
+// the audit entry is appended on its own goroutine, so that an allowed
+// call is forwarded while the entry is being made durable (docs/audit.md,
+// "MCP tool calls"), and the gateway waits for it before it answers.
+func (m mcpGovernor) Decide(ctx context.Context, c *mcpgateway.Call) (governance.Decision, func() error, error) {
 	g := m.g
 	rec := audit.Record{Sandbox: g.sandbox, Agent: g.agent, Action: c.Action, PayloadSHA256: c.Payload,
 		Attrs: map[string]string{"op": "mcp", "server": c.Server}}
@@ -50,7 +53,7 @@ func (m mcpGovernor) Decide(ctx context.Context, c *mcpgateway.Call) (governance
 		rec.Decision, rec.Reason, rec.Latency = "refused", "kars-router cannot write its audit log", time.Since(c.Start)
 		rec.Attrs["status"] = strconv.Itoa(http.StatusServiceUnavailable)
 		m.r.appendAudit(ctx, rec)
-		return governance.Decision{}, errors.New("audit log unavailable")
+		return governance.Decision{}, nil, errors.New("audit log unavailable")
 	}
 	var d governance.Decision
 	if c.Refused != nil {
@@ -65,10 +68,9 @@ func (m mcpGovernor) Decide(ctx context.Context, c *mcpgateway.Call) (governance
 	m.r.metrics.decisions.WithLabelValues(verdict).Inc()
 	rec.Decision, rec.Rule, rec.Reason, rec.Latency = verdict, d.Rule, d.Reason, time.Since(c.Start)
 	rec.Attrs["status"] = strconv.Itoa(http.StatusOK)
-	if err := m.r.appendAudit(ctx, rec); err != nil {
-		return d, err
-	}
-	return d, nil
+	done := make(chan error, 1)
+	go func() { done <- m.r.appendAudit(ctx, rec) }()
+	return d, func() error { return <-done }, nil
 }
 
 // Finished implements mcpgateway.Governor.

@@ -42,10 +42,14 @@ type MCPAuthMode string
 // grant (RFC 6749 §4.4, as OAuth 2.1 keeps it) against the token endpoint
 // TokenURL names, or the one the server's protected resource metadata
 // (RFC 9728) points at, and presents the access token as a Bearer token
-// (RFC 6750).
+// (RFC 6750). OAuthTokenExchange runs the OAuth 2.0 token exchange grant
+// (RFC 8693): the router presents its subject token (the sandbox's
+// workload identity, read from SubjectTokenFile) and receives an access
+// token for the server.
 const (
 	MCPAuthBearer                 MCPAuthMode = "Bearer"
 	MCPAuthOAuthClientCredentials MCPAuthMode = "OAuthClientCredentials"
+	MCPAuthOAuthTokenExchange     MCPAuthMode = "OAuthTokenExchange"
 )
 
 // MCPAuth describes a credential toward an MCP server by reference.
@@ -54,7 +58,8 @@ type MCPAuth struct {
 	// TokenFile holds the bearer token (Bearer), re-read when it changes.
 	TokenFile string `json:"tokenFile,omitempty"`
 	// ClientID and ClientSecretFile are the OAuth client's credentials
-	// (OAuthClientCredentials); the secret is re-read on every grant.
+	// (required for OAuthClientCredentials, optional for
+	// OAuthTokenExchange); the secret is re-read on every grant.
 	ClientID         string `json:"clientId,omitempty"`
 	ClientSecretFile string `json:"clientSecretFile,omitempty"`
 	// TokenURL is the authorization server's token endpoint. Empty means
@@ -67,6 +72,17 @@ type MCPAuth struct {
 	// Resource is the RFC 8707 resource indicator sent with the grant, so
 	// that the token is bound to this server; empty means the server's URL.
 	Resource string `json:"resource,omitempty"`
+	// Audience is the RFC 8693 audience parameter (OAuthTokenExchange): the
+	// logical name of the server at the authorization server; empty sends
+	// none.
+	Audience string `json:"audience,omitempty"`
+	// SubjectTokenFile holds the subject token (OAuthTokenExchange),
+	// re-read when it changes (the kubelet rotates a projected
+	// ServiceAccount token).
+	SubjectTokenFile string `json:"subjectTokenFile,omitempty"`
+	// SubjectTokenType is the RFC 8693 §3 type URI of the subject token;
+	// empty means urn:ietf:params:oauth:token-type:jwt.
+	SubjectTokenType string `json:"subjectTokenType,omitempty"`
 }
 
 // MCPPathPrefix is where the gateway serves on the agent API.
@@ -143,8 +159,23 @@ func validateMCP(servers []MCPServer, bad func(field, format string, args ...any
 						bad(field+".auth.tokenUrl", "%q is not an http(s) URL", a.TokenURL)
 					}
 				}
+			case MCPAuthOAuthTokenExchange:
+				if a.SubjectTokenFile == "" {
+					bad(field+".auth.subjectTokenFile", "is required for OAuthTokenExchange")
+				}
+				if a.ClientSecretFile != "" && a.ClientID == "" {
+					bad(field+".auth.clientId", "is required with clientSecretFile")
+				}
+				if a.SubjectTokenType != "" && !strings.HasPrefix(a.SubjectTokenType, "urn:") {
+					bad(field+".auth.subjectTokenType", "%q is not a token type URI (RFC 8693 §3)", a.SubjectTokenType)
+				}
 			default:
-				bad(field+".auth.mode", "%q is not Bearer or OAuthClientCredentials", a.Mode)
+				bad(field+".auth.mode", "%q is not Bearer, OAuthClientCredentials or OAuthTokenExchange", a.Mode)
+			}
+			if a.TokenURL != "" && a.Mode == MCPAuthOAuthTokenExchange {
+				if u, err := url.Parse(a.TokenURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+					bad(field+".auth.tokenUrl", "%q is not an http(s) URL", a.TokenURL)
+				}
 			}
 		}
 	}
@@ -156,6 +187,7 @@ func (s MCPServer) under(root string) MCPServer {
 		a := *s.Auth
 		a.TokenFile = UnderRoot(root, a.TokenFile)
 		a.ClientSecretFile = UnderRoot(root, a.ClientSecretFile)
+		a.SubjectTokenFile = UnderRoot(root, a.SubjectTokenFile)
 		s.Auth = &a
 	}
 	return s
