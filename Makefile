@@ -8,7 +8,7 @@ CMDS       := $(notdir $(wildcard cmd/*))
 GOFLAGS    ?=
 export GOFLAGS
 
-.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients interop-mcp egress-clients images runtimes realnode node-deps
+.PHONY: help build generate verify-generated lint test test-unit controlplane agentsandbox dev bench tools clean interop-clients interop-mcp egress-clients images runtimes realnode node-deps plugin-deps
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -78,13 +78,17 @@ test/interop/.venv/bin/python test/interop/node_modules/openai: test/interop/set
 interop-mcp: ## install the pinned MCP reference server, conformance suite and Python SDK the MCP gateway interop tests drive
 	test/interop/mcp/setup.sh
 
+plugin-deps: ## install the OpenClaw plugin's pinned dev dependencies (typescript, @types/node, Node 24) from its package-lock.json (skipped when present)
+	plugins/openclaw-kars-mesh/setup.sh
+
 egress-clients: test/egress/.venv/bin/python ## install the Python httpx and requests clients the egress sandbox tests run
 
 test/egress/.venv/bin/python: test/egress/setup.sh test/egress/requirements.txt
 	test/egress/setup.sh
 
-test: controlplane agentsandbox verify-generated lint interop-clients interop-mcp egress-clients ## everything CI runs: generated code, lint, unit, integration, interop and e2e tests, then the real-node proof (as root)
+test: controlplane agentsandbox verify-generated lint interop-clients interop-mcp egress-clients plugin-deps ## everything CI runs: generated code, lint, unit, integration, interop and e2e tests, then the real-node proof (as root)
 	$(MAKE) runtimes
+	@command -v kubectl >/dev/null || tools/kube/build-node.sh >/dev/null
 	KUBEBUILDER_ASSETS=$$(tools/kube/build.sh) KARS_AGENT_SANDBOX_DIR=$$(tools/agentsandbox/build.sh) KARS_REQUIRE_INTEROP=1 KARS_REQUIRE_RUNTIMES=1 KARS_REQUIRE_EGRESS_CLIENTS=1 go test -count=1 -timeout 45m ./...
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) realnode; else echo "test: the real-node proof needs root; skipped (make realnode)"; fi
 

@@ -287,7 +287,10 @@ type Decision struct {
 const DecidePath = "/kars/v1/decide"
 
 func (a *Agent) decide(ctx context.Context, action string, args map[string]any) (*Decision, error) {
-	body, err := json.Marshal(map[string]any{"action": action, "args": args})
+	// awaitApproval: a call that needs a person's approval is held by the
+	// router until it is decided (docs/router.md, "Approvals"); the 5-minute
+	// client timeout outlasts the router's default hold of 2 minutes.
+	body, err := json.Marshal(map[string]any{"action": action, "args": args, "awaitApproval": true})
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,6 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newVersionCmd(), newAuditCmd(&c), newAddCmd(&c), newConnectCmd(&c), newStatusCmd(&c),
 		newModelCmd(&c), newCredentialsCmd(&c), newDevCmd(), newMigrateCmd(&c), newConvertCmd(), newEgressCmd(&c), newTraceCmd(&c),
 		newPairCmd(&c), newMeshCmd(&c), newA2ACmd(&c), newEvalCmd(&c))
-	root.AddCommand(newUpCmd(&c), newSRECmd(&c), newOperatorCmd(&c))
+	root.AddCommand(newUpCmd(&c), newSRECmd(&c), newOperatorCmd(&c), newApprovalsCmd(&c))
 	return root
 }

@@ -21,6 +21,7 @@ import (
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/devenv"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/unixsock"
 )
 
 // endpoint is HTTP access to one port inside a sandbox's pod: through the
@@ -99,7 +100,7 @@ func (c *cluster) podEndpoint(ctx context.Context, cl client.Client, sb *karsv1.
 			return nil, fmt.Errorf("sandbox %s/%s is not running locally yet (no %s); check `kars status %s`", sb.Namespace, sb.Name, sock, sb.Name)
 		}
 		tr := &http.Transport{TLSClientConfig: tlsCfg, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+			return unixsock.DialContext(ctx, &net.Dialer{}, sock)
 		}}
 		host := "sandbox"
 		if tlsCfg != nil {

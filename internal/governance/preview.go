@@ -11,8 +11,16 @@ package governance
 //
 // The MCP gateway uses it to show the agent only the tools it may call;
 // each call is still decided in full.
-func (p *Profile) MayAllow(agent, action string) bool {
-	if p == nil || p.approvalMode == ApprovalAlways {
+func (p *Profile) MayAllow(agent, action string) bool { return p.mayRun(agent, action, false) }
+
+// MayRun is MayAllow for a caller that holds require_approval decisions
+// until a person decides them (the router's MCP gateway): a
+// require-approval rule and an approval mode of "always" answer true,
+// since an approved call runs.
+func (p *Profile) MayRun(agent, action string) bool { return p.mayRun(agent, action, true) }
+
+func (p *Profile) mayRun(agent, action string, approvals bool) bool {
+	if p == nil || p.approvalMode == ApprovalAlways && !approvals {
 		return false
 	}
 	ns, bad := CheckAction(action)
@@ -43,7 +51,7 @@ func (p *Profile) MayAllow(agent, action string) bool {
 		}
 		r := &p.rules[cands[best].rule]
 		switch {
-		case r.effect == EffectAllow:
+		case r.effect == EffectAllow, r.effect == EffectRequireApproval && approvals:
 			return true
 		case r.effect == EffectDeny && len(r.conds) > 0:
 			cands = append(cands[:best], cands[best+1:]...)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kars-io/kars/internal/sandbox/local"
+	"github.com/kars-io/kars/internal/unixsock"
 )
 
 // MeshSocket is where a local router finds kars-mesh: a Unix socket in the
@@ -36,7 +37,7 @@ func (s *Substrate) openMeshSocket(routerDir string, e *entry) error {
 		}
 	}
 	_ = os.Remove(p)
-	l, err := net.Listen("unix", p)
+	l, err := unixsock.Listen(p)
 	if err != nil {
 		return err
 	}

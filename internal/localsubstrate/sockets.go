@@ -10,6 +10,7 @@ import (
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
 	"github.com/kars-io/kars/internal/render"
+	"github.com/kars-io/kars/internal/unixsock"
 )
 
 // openSockets exposes the agent's chat port and the router's admin port as
@@ -27,7 +28,7 @@ func (s *Substrate) openSockets(sb *karsv1.KarsSandbox, e *entry) error {
 	for name, port := range map[string]uint16{"agent.sock": e.agentPort, "admin.sock": uint16(render.RouterAdminPort)} {
 		p := filepath.Join(dir, name)
 		_ = os.Remove(p)
-		l, err := net.Listen("unix", p)
+		l, err := unixsock.Listen(p)
 		if err != nil {
 			return fmt.Errorf("socket %s: %w", p, err)
 		}

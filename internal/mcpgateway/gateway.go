@@ -60,6 +60,8 @@ type Governor interface {
 	// not be written; the gateway calls it exactly once, before it
 	// answers the agent. An error means the call cannot be put on record
 	// at all (the audit log is failing), and the call is not forwarded.
+	// It may hold the call — a require_approval decision awaiting a
+	// person — until the decision, a timeout or the end of ctx.
 	Decide(ctx context.Context, c *Call) (d governance.Decision, durable func() error, err error)
 	// Finished reports what became of a decided call, for metrics and the
 	// log: Outcome* constants.

@@ -173,6 +173,8 @@ func (r *Router) AdminHandler(tokenFile string, b AdminBackends) http.Handler {
 	mux.Handle("GET /admin/v1/mcp", auth(func(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"servers": r.gen.Load().mcp.Status(req.Context())})
 	}))
+	mux.Handle("GET /admin/v1/approvals", auth(r.serveApprovals))
+	mux.Handle("POST /admin/v1/approvals/{id}", auth(r.serveApprovalDecision))
 	mux.Handle("GET /admin/v1/memory", auth(func(w http.ResponseWriter, req *http.Request) {
 		st, ok := r.memoryStatus(req.Context())
 		if !ok {

@@ -43,6 +43,9 @@ type decideRequest struct {
 	args   map[string]any
 	// payload is the SHA-256 of the args exactly as sent, or empty.
 	payload string
+	// await asks the router to hold a require_approval decision until a
+	// person decides it (approvals.go), and answer allow or deny then.
+	await bool
 }
 
 // badDecide is a decide body the router refuses; action reports whether
@@ -83,9 +86,12 @@ func parseDecide(body []byte) (decideRequest, error) {
 	}
 	// From here on the body named an action, so a refusal is audited.
 	for k := range fields {
-		if k != "action" && k != "args" {
-			return req, &badDecide{msg: fmt.Sprintf("unknown member %q: the body has only \"action\" and \"args\"", k), action: true}
+		if k != "action" && k != "args" && k != "awaitApproval" {
+			return req, &badDecide{msg: fmt.Sprintf("unknown member %q: the body has only \"action\", \"args\" and \"awaitApproval\"", k), action: true}
 		}
+	}
+	if raw, ok := fields["awaitApproval"]; ok && json.Unmarshal(raw, &req.await) != nil {
+		return req, &badDecide{msg: `"awaitApproval" must be true or false`, action: true}
 	}
 	if rawArgs, ok := fields["args"]; ok {
 		req.payload = payloadHash(rawArgs)
@@ -181,7 +187,15 @@ func (r *Router) serveDecide(w http.ResponseWriter, req *http.Request) {
 	r.metrics.decisions.WithLabelValues(verdict).Inc()
 	rec.Decision, rec.Rule, rec.Reason, rec.Latency = verdict, d.Rule, d.Reason, time.Since(start)
 	rec.Attrs["status"] = strconv.Itoa(http.StatusOK)
-	if err := r.appendAudit(req.Context(), rec); err != nil {
+	if d.Verdict == governance.RequireApproval && dr.await {
+		// Held until a person decides; the pending and the final entries
+		// are durable when it returns (approvals.go).
+		d, err = r.holdForApproval(req.Context(), g, held{start: start, action: dr.action, payload: dr.payload, args: dr.args}, d, rec)
+		verdict = d.Verdict.String()
+	} else {
+		err = r.appendAudit(req.Context(), rec)
+	}
+	if err != nil {
 		// Not on record, so not decided: the agent must not act on it.
 		r.decideError(w, g, start, http.StatusServiceUnavailable, "kars_audit_unavailable",
 			"kars-router could not write the decision to its audit log: "+err.Error(), "refused")

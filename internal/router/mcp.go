@@ -30,13 +30,13 @@ type mcpGovernor struct {
 }
 
 // Visible implements mcpgateway.Governor: with a ToolPolicy, whatever one
-// of its rules could allow; without one (the default policy allows only
-// inference), nothing.
+// of its rules could allow or hold for approval (approvals.go); without
+// one (the default policy allows only inference), nothing.
 func (m mcpGovernor) Visible(action string) bool {
 	if m.g.snap.Config.Governance == nil {
 		return false
 	}
-	return m.r.engine.Profile().MayAllow(m.g.agent, action)
+	return m.r.engine.Profile().MayRun(m.g.agent, action)
 }
 
 // Decide implements mcpgateway.Governor. The decision is made at once;
@@ -68,6 +68,15 @@ func (m mcpGovernor) Decide(ctx context.Context, c *mcpgateway.Call) (governance
 	m.r.metrics.decisions.WithLabelValues(verdict).Inc()
 	rec.Decision, rec.Rule, rec.Reason, rec.Latency = verdict, d.Rule, d.Reason, time.Since(c.Start)
 	rec.Attrs["status"] = strconv.Itoa(http.StatusOK)
+	if d.Verdict == governance.RequireApproval && c.Refused == nil {
+		// Held until a person decides (approvals.go); its entries are
+		// durable when it returns.
+		d, err := m.holdForApproval(ctx, c, d, rec)
+		if err != nil {
+			return d, nil, err
+		}
+		return d, func() error { return nil }, nil
+	}
 	done := make(chan error, 1)
 	go func() { done <- m.r.appendAudit(ctx, rec) }()
 	return d, func() error { return <-done }, nil

@@ -189,15 +189,18 @@ func TestMCPGatewayThroughRouter(t *testing.T) {
 
 // Rate limits and approval rules govern MCP tools as they govern every
 // other action: the call over the rule's budget is refused as
-// rate_limited, the call that needs approval as require_approval (the
-// gateway holds no call for a human), neither reaches the server, and
-// each is audited with its verdict.
+// rate_limited, the call that needs approval is held and, with no one to
+// approve it, refused when its timeout passes (approvals_test.go covers
+// the approval itself); neither reaches the server, and each is audited
+// with its verdict.
 func TestMCPRateLimitAndApproval(t *testing.T) {
 	up := startMCPUpstream(t, "")
 	h := mcpHarness(t, up, "",
 		governance.Rule{Name: "echo-twice", Effect: governance.EffectAllow, Actions: []string{"mcp:everything.echo"},
 			RateLimit: &governance.RuleRateLimit{Requests: 2, WindowSeconds: 3600}},
 		governance.Rule{Name: "deletes-need-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"mcp:everything.delete_repo"}})
+	// No one approves here: hold the call for a millisecond (set before any call).
+	h.router.gen.Load().snap.Config.Approvals = &routerconfig.Approvals{TimeoutMillis: 1}
 	cs := connectMCP(t, h.agent.URL+"/mcp/everything")
 	var texts []string
 	for _, name := range []string{"echo", "echo", "echo", "delete_repo"} {
@@ -209,7 +212,7 @@ func TestMCPRateLimitAndApproval(t *testing.T) {
 	}
 	if texts[0] != "false Echo: m" || texts[1] != "false Echo: m" ||
 		!strings.HasPrefix(texts[2], "true kars policy: mcp:everything.echo is rate_limited (rule echo-twice)") ||
-		!strings.HasPrefix(texts[3], "true kars policy: mcp:everything.delete_repo is require_approval (rule deletes-need-a-human)") {
+		!strings.HasPrefix(texts[3], "true kars policy: mcp:everything.delete_repo is deny (rule deletes-need-a-human): approval timed out after 1ms") {
 		t.Fatalf("results:\n%s", strings.Join(texts, "\n"))
 	}
 	up.mu.Lock()
@@ -224,7 +227,7 @@ func TestMCPRateLimitAndApproval(t *testing.T) {
 			got = append(got, e.Decision+" "+e.Rule)
 		}
 	}
-	want := []string{"allow echo-twice", "allow echo-twice", "rate_limited echo-twice", "require_approval deletes-need-a-human"}
+	want := []string{"allow echo-twice", "allow echo-twice", "rate_limited echo-twice", "require_approval deletes-need-a-human", "deny deletes-need-a-human"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("audit entries %q, want %q", got, want)
 	}

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kars-io/kars/internal/approval"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/budget"
 	"github.com/kars-io/kars/internal/credential"
@@ -79,6 +80,9 @@ type Router struct {
 	pending       sync.WaitGroup // trust penalties still being written
 	engine        *governance.Engine
 	mcpPool       *mcpgateway.Pool
+	// approvals holds the calls awaiting a person's decision (approvals.go).
+	approvals        *approval.Queue
+	approvalOutcomes *prometheus.CounterVec
 
 	mu     sync.Mutex
 	creds  map[string]credential.Source
@@ -125,6 +129,7 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 	}
 	r.giveAllowance = func() { r.buffers.give(answerAllowance) }
 	registerAuditSyncs(opts.Registry, opts.Audit)
+	r.approvals, r.approvalOutcomes = newApprovals(opts.Registry, snap.Config.MaxPendingApprovals())
 	r.chain = NewChain(
 		observeStage{r},
 		parseStage{r},

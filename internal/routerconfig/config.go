@@ -94,6 +94,9 @@ type Config struct {
 	// Mesh, when set, makes the router the agent's AgentMesh endpoint;
 	// nil leaves the mesh off.
 	Mesh *Mesh `json:"mesh,omitempty"`
+	// Approvals bounds the calls held for a person's approval; nil
+	// applies the defaults (approvals.go).
+	Approvals *Approvals `json:"approvals,omitempty"`
 }
 
 // Sandbox names the sandbox the router belongs to.

@@ -74,6 +74,7 @@ func (c *Config) Validate() error {
 	}
 	validateMCP(c.MCP, bad)
 	validateMemory(c.Memory, bad)
+	c.Approvals.validate(bad)
 	c.Egress.validate(bad)
 	validateCredentials(c.Credentials, bad)
 	if c.Audit.Dir == "" {

@@ -1,0 +1,308 @@
+// Package approval holds tool calls that a policy decided require_approval
+// until a person approves or denies them, they time out, or the caller
+// goes away. It is the router's approval queue: pure Go, no I/O — the
+// router writes the audit entries and serves the admin API around it.
+//
+// A Queue is bounded: Open refuses with ErrFull beyond its capacity, so a
+// misbehaving agent cannot pin unbounded memory or requests in the router.
+// Each pending call has an id of a strict form (ValidID), is decided at
+// most once (a second decision is ErrDecided), and disappears from the
+// queue when its Wait returns, whatever ended it.
+package approval
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Outcome is how a held call ended.
+type Outcome string
+
+// The outcomes of Wait.
+const (
+	Approved  Outcome = "approved"
+	Denied    Outcome = "denied"
+	TimedOut  Outcome = "timeout"
+	Abandoned Outcome = "abandoned" // the caller's request ended first
+)
+
+// Errors of Open and Decide.
+var (
+	ErrFull        = errors.New("too many calls are awaiting approval")
+	ErrUnknown     = errors.New("no pending approval with this id")
+	ErrDecided     = errors.New("this approval is already decided")
+	ErrNotApprover = errors.New("not one of the rule's approvers")
+)
+
+// Request describes the call to hold.
+type Request struct {
+	Action string
+	Rule   string
+	Reason string
+	// ArgsSHA256 is the hex SHA-256 of the arguments as sent ("" for none);
+	// Args is a short summary of them for the person deciding (never the
+	// whole arguments: they may be large or sensitive).
+	ArgsSHA256 string
+	Args       string
+	// Approvers may decide; empty means anyone holding the admin token.
+	Approvers []string
+	// Timeout is how long the call is held; it must be positive.
+	Timeout time.Duration
+}
+
+// Pending is a held call as the admin API lists it.
+type Pending struct {
+	ID         string    `json:"id"`
+	Action     string    `json:"action"`
+	Rule       string    `json:"rule"`
+	Reason     string    `json:"reason"`
+	ArgsSHA256 string    `json:"argsSha256,omitempty"`
+	Args       string    `json:"args,omitempty"`
+	Approvers  []string  `json:"approvers,omitempty"`
+	Requested  time.Time `json:"requested"`
+	Expires    time.Time `json:"expires"`
+	// AgeSeconds is how long the call has been held when listed.
+	AgeSeconds float64 `json:"ageSeconds"`
+}
+
+// Result is how a held call ended and, when a person decided, who.
+type Result struct {
+	Outcome Outcome
+	By      string
+}
+
+// Queue is the bounded set of held calls. The zero value is not usable;
+// call New.
+type Queue struct {
+	mu      sync.Mutex
+	max     int
+	entries map[string]*entry
+	// ended remembers the ids of the last calls that left the queue, so
+	// that a late decision on one is ErrDecided (it was decided, timed out
+	// or abandoned) rather than ErrUnknown; bounded by keepEnded.
+	ended     map[string]Pending
+	endedFIFO []string
+	now       func() time.Time
+}
+
+// keepEnded is how many ended calls a queue remembers per place.
+const keepEnded = 4
+
+type entry struct {
+	p       Pending
+	visible bool
+	done    chan Result // buffered 1; written once, by whoever decides
+	decided bool
+}
+
+// New returns a queue holding at most max calls (at least 1).
+func New(capacity int) *Queue {
+	return &Queue{max: max(capacity, 1), entries: map[string]*entry{}, ended: map[string]Pending{}, now: time.Now}
+}
+
+// Ticket is one held call.
+type Ticket struct {
+	q *Queue
+	e *entry
+}
+
+// Open reserves a place for req and returns its ticket, or ErrFull. The
+// call is not listed nor decidable until Publish: the router first makes
+// the pending entry durable in the audit log.
+func (q *Queue) Open(req Request) (*Ticket, error) {
+	if req.Timeout <= 0 {
+		return nil, errors.New("approval: a positive timeout is required")
+	}
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	now := q.now()
+	e := &entry{done: make(chan Result, 1), p: Pending{ID: id, Action: req.Action, Rule: req.Rule, Reason: req.Reason,
+		ArgsSHA256: req.ArgsSHA256, Args: req.Args, Approvers: slices.Clone(req.Approvers), Requested: now, Expires: now.Add(req.Timeout)}}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.entries) >= q.max {
+		return nil, fmt.Errorf("%w (%d pending, the router's bound)", ErrFull, len(q.entries))
+	}
+	q.entries[id] = e
+	return &Ticket{q: q, e: e}, nil
+}
+
+// ID is the ticket's approval id.
+func (t *Ticket) ID() string { return t.e.p.ID }
+
+// Expires is when the held call times out.
+func (t *Ticket) Expires() time.Time { return t.e.p.Expires }
+
+// Publish lists the call and lets it be decided.
+func (t *Ticket) Publish() {
+	t.q.mu.Lock()
+	t.e.visible = true
+	t.q.mu.Unlock()
+}
+
+// Close drops a ticket that was never waited on (its pending entry could
+// not be recorded).
+func (t *Ticket) Close() {
+	t.q.mu.Lock()
+	delete(t.q.entries, t.e.p.ID)
+	t.q.mu.Unlock()
+}
+
+// Wait holds the caller until the call is decided, its timeout passes or
+// ctx ends, and removes it from the queue. Whichever comes first wins: a
+// decision that arrives after the timeout fired is ErrDecided to the
+// person who made it.
+func (t *Ticket) Wait(ctx context.Context) Result {
+	timer := time.NewTimer(time.Until(t.e.p.Expires))
+	defer timer.Stop()
+	var res Result
+	select {
+	case res = <-t.e.done:
+	case <-timer.C:
+		res = t.settle(Result{Outcome: TimedOut})
+	case <-ctx.Done():
+		res = t.settle(Result{Outcome: Abandoned})
+	}
+	q := t.q
+	q.mu.Lock()
+	delete(q.entries, t.e.p.ID)
+	q.ended[t.e.p.ID] = t.e.p
+	q.endedFIFO = append(q.endedFIFO, t.e.p.ID)
+	if len(q.endedFIFO) > keepEnded*q.max {
+		delete(q.ended, q.endedFIFO[0])
+		q.endedFIFO = q.endedFIFO[1:]
+	}
+	q.mu.Unlock()
+	return res
+}
+
+// settle ends the wait with r unless a decision got there first.
+func (t *Ticket) settle(r Result) Result {
+	t.q.mu.Lock()
+	decided := t.e.decided
+	t.e.decided = true
+	t.q.mu.Unlock()
+	if decided {
+		return <-t.e.done
+	}
+	return r
+}
+
+// Decide approves or denies the pending call id on behalf of by.
+func (q *Queue) Decide(id string, approve bool, by string) (Pending, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	e := q.entries[id]
+	if e == nil || !e.visible {
+		if p, ok := q.ended[id]; ok {
+			return p, ErrDecided
+		}
+		return Pending{}, ErrUnknown
+	}
+	if e.decided {
+		return e.p, ErrDecided
+	}
+	if len(e.p.Approvers) > 0 && !slices.Contains(e.p.Approvers, by) {
+		return e.p, ErrNotApprover
+	}
+	e.decided = true
+	out := Denied
+	if approve {
+		out = Approved
+	}
+	e.done <- Result{Outcome: out, By: by}
+	return e.p, nil
+}
+
+// List returns the pending calls, oldest first.
+func (q *Queue) List() []Pending {
+	now := q.now()
+	q.mu.Lock()
+	out := make([]Pending, 0, len(q.entries))
+	for _, e := range q.entries {
+		if e.visible && !e.decided {
+			p := e.p
+			p.Approvers = slices.Clone(p.Approvers)
+			p.AgeSeconds = now.Sub(p.Requested).Seconds()
+			out = append(out, p)
+		}
+	}
+	q.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Requested.Equal(out[j].Requested) {
+			return out[i].Requested.Before(out[j].Requested)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// Len is how many calls hold a place (listed or not yet published).
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.entries)
+}
+
+// idPrefix and idHex make the id form: "apv-" and 16 lowercase hex digits.
+const (
+	idPrefix = "apv-"
+	idHex    = 16
+)
+
+func newID() (string, error) {
+	var b [idHex / 2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return idPrefix + hex.EncodeToString(b[:]), nil
+}
+
+// ValidID reports whether s has the form of an approval id. The admin API
+// checks ids before it looks them up, so that nothing else reaches the
+// queue or the log.
+func ValidID(s string) bool {
+	if len(s) != len(idPrefix)+idHex || s[:len(idPrefix)] != idPrefix {
+		return false
+	}
+	for _, c := range s[len(idPrefix):] {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// MaxNameLen bounds the name of the person deciding.
+const MaxNameLen = 128
+
+// CheckName checks who decides, as given to the admin API: it is written
+// to the audit log and echoed to the agent, so it is a short token of
+// letters, digits and ._@:/+- (a user name, an e-mail address, a
+// Kubernetes user such as system:serviceaccount:ns:name).
+func CheckName(s string) error {
+	if s == "" {
+		return errors.New("say who decides: by=<name>")
+	}
+	if len(s) > MaxNameLen {
+		return fmt.Errorf("the name is longer than %d bytes", MaxNameLen)
+	}
+	for _, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '.' || c == '_' || c == '@' || c == ':' || c == '/' || c == '+' || c == '-':
+		default:
+			return fmt.Errorf("the name may hold only letters, digits and ._@:/+- (found %q)", c)
+		}
+	}
+	return nil
+}

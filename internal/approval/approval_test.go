@@ -1,0 +1,132 @@
+package approval
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func open(t *testing.T, q *Queue, timeout time.Duration) *Ticket {
+	t.Helper()
+	tk, err := q.Open(Request{Action: "mcp:s.t", Rule: "r", Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.Publish()
+	return tk
+}
+
+// Exactly one of a decision and the timeout ends a call, however they
+// race, and whoever lost is told so.
+func TestDecisionRacesTimeout(t *testing.T) {
+	q := New(64)
+	for i := range 200 {
+		tk := open(t, q, time.Duration(i%5)*time.Microsecond+time.Microsecond)
+		var res Result
+		var wg sync.WaitGroup
+		wg.Go(func() { res = tk.Wait(context.Background()) })
+		_, err := q.Decide(tk.ID(), true, "alice")
+		wg.Wait()
+		switch {
+		case err == nil && res.Outcome != Approved:
+			t.Fatalf("decision accepted but the call ended %v", res)
+		case err != nil && (!errors.Is(err, ErrDecided) && !errors.Is(err, ErrUnknown) || res.Outcome != TimedOut):
+			t.Fatalf("decision refused (%v) but the call ended %v", err, res)
+		}
+		if _, err := q.Decide(tk.ID(), false, "bob"); !errors.Is(err, ErrDecided) {
+			t.Fatalf("a second decision: %v", err)
+		}
+	}
+	if q.Len() != 0 || len(q.List()) != 0 {
+		t.Fatalf("queue not empty: %d", q.Len())
+	}
+}
+
+// Unpublished calls are neither listed nor decidable but hold a place;
+// the queue's bound counts them; ended ids are remembered boundedly.
+func TestBoundsAndVisibility(t *testing.T) {
+	q := New(2)
+	a, _ := q.Open(Request{Action: "a", Timeout: time.Hour})
+	if _, err := q.Decide(a.ID(), true, "x"); !errors.Is(err, ErrUnknown) || len(q.List()) != 0 {
+		t.Fatalf("unpublished call decided or listed: %v", err)
+	}
+	b := open(t, q, time.Hour)
+	if _, err := q.Open(Request{Action: "c", Timeout: time.Hour}); !errors.Is(err, ErrFull) {
+		t.Fatalf("third call: %v", err)
+	}
+	a.Close()
+	if l := q.List(); len(l) != 1 || l[0].ID != b.ID() {
+		t.Fatalf("list %+v", l)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if r := b.Wait(ctx); r.Outcome != Abandoned {
+		t.Fatalf("cancelled wait: %v", r)
+	}
+	for range keepEnded * 2 * 3 {
+		tk := open(t, q, time.Nanosecond)
+		tk.Wait(context.Background())
+	}
+	if len(q.ended) > keepEnded*2 || len(q.endedFIFO) != len(q.ended) {
+		t.Fatalf("remembers %d ended calls", len(q.ended))
+	}
+}
+
+func TestApprovers(t *testing.T) {
+	q := New(1)
+	tk, _ := q.Open(Request{Action: "a", Approvers: []string{"alice"}, Timeout: time.Hour})
+	tk.Publish()
+	if _, err := q.Decide(tk.ID(), true, "bob"); !errors.Is(err, ErrNotApprover) {
+		t.Fatalf("bob: %v", err)
+	}
+	if _, err := q.Decide(tk.ID(), false, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if r := tk.Wait(context.Background()); r != (Result{Outcome: Denied, By: "alice"}) {
+		t.Fatalf("result %v", r)
+	}
+}
+
+func TestIDsAndNames(t *testing.T) {
+	q := New(1)
+	tk, _ := q.Open(Request{Timeout: time.Second})
+	if !ValidID(tk.ID()) {
+		t.Fatalf("own id %q invalid", tk.ID())
+	}
+	for _, s := range []string{"", "apv-", "apv-0123456789abcde", "apv-0123456789abcdeg", "APV-0123456789abcdef", "apv-0123456789abcdef0"} {
+		if ValidID(s) {
+			t.Fatalf("%q valid", s)
+		}
+	}
+	for _, s := range []string{"alice", "a.b@example.com", "system:serviceaccount:ns:sa", "u+1/x_y-z"} {
+		if err := CheckName(s); err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+	}
+	for _, s := range []string{"", "al ice", "a\nb", "ä", fmt.Sprintf("%0129d", 0), "a\"b"} {
+		if CheckName(s) == nil {
+			t.Fatalf("%q accepted", s)
+		}
+	}
+}
+
+func FuzzValidIDAndName(f *testing.F) {
+	f.Add("apv-0123456789abcdef")
+	f.Add("alice@example.com")
+	f.Add("apv-0123456789abcdeF")
+	f.Fuzz(func(t *testing.T, s string) {
+		if ValidID(s) && (len(s) != 20 || s[:4] != "apv-") {
+			t.Fatalf("%q valid", s)
+		}
+		if CheckName(s) == nil {
+			for _, c := range []byte(s) {
+				if c <= ' ' || c >= 0x7f || c == '"' || c == '\\' {
+					t.Fatalf("name %q accepted", s)
+				}
+			}
+		}
+	})
+}
