@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,7 +43,9 @@ func main() {
 	role := flag.String("role", "", "internal: upstream, bare, kars, load, fsync or config")
 	duration := flag.Duration("duration", 5*time.Second, "length of each fixed-rate and throughput step")
 	rates := flag.String("rates", "100,500,1000,2000", "open-loop request rates to measure")
-	steps := flag.String("steps", "latency,throughput,streams,reload", "steps to run, comma-separated")
+	steps := flag.String("steps", "latency,throughput,streams,reload", "steps to run, comma-separated (also: cpu)")
+	flag.IntVar(&cpuRounds, "cpu-rounds", 8, "rounds of the cpu step")
+	flag.StringVar(&otherRouter, "other-router", "", "cpu step: another kars-router binary (e.g. main's) measured in the same rounds")
 	streams := flag.Int("streams", 1000, "concurrent streams in the streams step")
 	flag.Func("kars-env", "extra NAME=value for kars-router's environment, e.g. GOGC=50 (repeatable)", func(v string) error {
 		karsEnv = append(karsEnv, v)
@@ -147,7 +150,10 @@ var (
 // startKars starts kars-router on cfgPath, pinned to CPU 1, with extra
 // environment variables, logging to router.log beside the config as it
 // would log to its container's stdout, and waits until it is healthy.
-func startKars(env []string, cfgPath string) *child {
+func startKars(env []string, cfgPath string) *child { return startKarsBinary(karsBinary, env, cfgPath) }
+
+// startKarsBinary is startKars for the kars-router binary karsBinary.
+func startKarsBinary(karsBinary string, env []string, cfgPath string) *child {
 	env = append(env, karsEnv...)
 	if karsBinary == "role" {
 		return startEnv("1", env, "-role", "kars", cfgPath)
@@ -266,6 +272,8 @@ func orchestrate(duration time.Duration, rates, steps []string, nStreams int) {
 			streamsStep(work, upstream, cfgPath, nStreams)
 		case "reload":
 			reloadStep(duration, work, upstream, cfgPath)
+		case "cpu":
+			cpuStep(duration, warm, work, upstream)
 		default:
 			log.Fatalf("unknown step %q", step)
 		}
@@ -612,4 +620,95 @@ func rssKB(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// cpuRounds and otherRouter configure the cpu step.
+var (
+	cpuRounds   int
+	otherRouter string
+)
+
+// cpuStep measures CPU time per call, the figure other load on a shared
+// machine disturbs least: round after round, the same 64-connection closed
+// loop against bare, kars with its audit log on tmpfs (the router's own
+// cost, without the disk's) and, with -other-router, another kars-router
+// build the same way, so that every path sees the same moments of the
+// machine. It prints each round and the medians.
+func cpuStep(duration time.Duration, warm, work string, upstream *child) {
+	fmt.Println("## CPU per call (closed loop, 64 connections, rounds alternating between the paths)")
+	fmt.Println()
+	shm, err := os.MkdirTemp("/dev/shm", "kars-bench-")
+	if err != nil {
+		log.Fatalf("cpu step: needs /dev/shm: %v", err)
+	}
+	defer os.RemoveAll(shm)
+	type path struct {
+		name string
+		c    *child
+		mode string
+		cpu  []float64
+		rps  []float64
+	}
+	paths := []*path{{name: "bare", c: start("1", "-role", "bare", upstream.addr), mode: "azure"}}
+	kars := func(name, bin, dir string) *path {
+		wd := filepath.Join(work, dir)
+		os.Mkdir(wd, 0o700)
+		return &path{name: name, c: startKarsBinary(bin, nil, writeKarsConfigAudit(wd, upstream.addr, 0, filepath.Join(shm, dir))), mode: "openai"}
+	}
+	paths = append(paths, kars("kars, audit log on tmpfs", karsBinary, "cpu-kars"))
+	if otherRouter != "" {
+		paths = append(paths, kars("other kars-router ("+otherRouter+"), audit log on tmpfs", otherRouter, "cpu-other"))
+	}
+	defer func() {
+		for _, p := range paths {
+			p.c.stop()
+		}
+	}()
+	fmt.Print("| round |")
+	for _, p := range paths {
+		fmt.Printf(" %s µs/call (rps) |", p.name)
+	}
+	fmt.Println()
+	fmt.Println("|---:|" + strings.Repeat("---:|", len(paths)))
+	for r := range cpuRounds {
+		fmt.Printf("| %d |", r+1)
+		for _, p := range paths {
+			res := loadCounted(p.c, "max", p.c.addr, p.mode, "64", duration.String(), warm)
+			p.cpu, p.rps = append(p.cpu, res.CPUPerCall), append(p.rps, res.RPS)
+			fmt.Printf(" %.1f (%.0f) |", res.CPUPerCall, res.RPS)
+		}
+		fmt.Println()
+	}
+	fmt.Print("| median |")
+	for _, p := range paths {
+		fmt.Printf(" **%.1f** (%.0f) |", median(p.cpu), median(p.rps))
+	}
+	fmt.Println()
+	fmt.Println()
+	bare := median(paths[0].cpu)
+	for _, p := range paths[1:] {
+		fmt.Printf("- %s: %.2f× bare's CPU per call (median of rounds)\n", p.name, median(p.cpu)/bare)
+	}
+	if len(paths) == 3 {
+		wins := 0
+		for i := range paths[1].cpu {
+			if paths[1].cpu[i] < paths[2].cpu[i] {
+				wins++
+			}
+		}
+		fmt.Printf("- kars below the other build in %d of %d rounds\n", wins, len(paths[1].cpu))
+	}
+	fmt.Println()
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -45,15 +45,20 @@ const maxBatchBytes = 1 << 20
 // It commits in groups, the way databases commit transactions. Append
 // encodes the record on the caller's goroutine, then, under a mutex held
 // only to take a sequence number and a timestamp, stages the bytes in the
-// batch that is filling and waits. One goroutine, the committer, owns the
-// files: it takes the whole filling batch, links each entry to its
-// predecessor and hashes it, writes the batch with one write and makes it
-// durable with one fdatasync, wakes its callers, and at once takes the
-// batch that filled meanwhile. So an append that finds the committer idle
-// is synced straight away, entries that arrive while a sync is in flight
-// ride the next one, and batches grow with the load — no timer, window or
-// rate estimate decides when to commit, so no entry waits for company: the
-// longest any entry waits is the rest of the sync in flight plus its own.
+// batch that is filling. Whoever commits owns the files; one commit runs at
+// a time. An append that finds nobody committing commits its own batch
+// there and then, on its own goroutine: it links the entry to its
+// predecessor, hashes it, writes it and makes it durable with one
+// fdatasync — a lone caller pays one sync and no hand-over to another
+// goroutine. Appends that arrive while a commit is in flight stage their
+// entries in the next batch and wait; when that commit ends, the
+// committer goroutine takes the whole batch that filled meanwhile, commits
+// it with one write and one fdatasync, wakes its callers and takes the
+// next, for as long as batches keep coming. So batches grow with the load —
+// no timer, window or rate estimate decides when to commit, so no entry
+// waits for company: the longest any entry waits is the rest of the commit
+// in flight plus its own. The committer goroutine also writes checkpoints
+// and recovers a failing log.
 //
 // A failed write or sync fails its batch, the entries staged behind it and
 // every Append until the log has recovered (see recoverLog): the committer
@@ -77,6 +82,18 @@ type Writer struct {
 	headSeq uint64 // last durable entry, for Head
 	headHex string
 	syncs   atomic.Uint64
+	// owner is who owns the files: nobody, an appender committing its own
+	// batch, or the committer goroutine. The queue is empty whenever
+	// nobody does.
+	owner owner
+	// handOver asks an appender that commits to hand the files to the
+	// committer goroutine when it is done (a checkpoint is due on the
+	// timer, or Close was called).
+	handOver bool
+	// cpPending tells the committer goroutine that an appender's commit
+	// brought a checkpoint due: it is written before the next batch, as
+	// after the committer's own batches.
+	cpPending bool
 
 	kick   chan struct{} // a batch was started, or Close was called
 	exited chan struct{}
@@ -93,6 +110,15 @@ type Writer struct {
 	cpSeq   uint64
 	cpTime  time.Time
 }
+
+// owner says who owns a Writer's files.
+type owner uint8
+
+const (
+	ownerNone      owner = iota // idle: the next Append commits its own entry
+	ownerAppender               // an Append commits its own batch
+	ownerCommitter              // the committer goroutine
+)
 
 // filePos is the end of the last entry made durable: a log file's name and
 // its size up to that entry. Bytes past it were never acknowledged.
@@ -244,9 +270,11 @@ func openLogFile(dir, day string) (*os.File, error) {
 }
 
 // Append implements Sink. It returns once the entry is on stable storage.
-// It does not retain r. If ctx ends first Append returns its error, but the
-// entry, already part of the chain, is still written. While the log is
-// failing Append returns the failure at once.
+// It does not retain r. If ctx ends while the entry waits for a commit in
+// flight Append returns its error, but the entry, already part of the
+// chain, is still written; an Append that commits its own entry returns
+// when that commit ends. While the log is failing Append returns the
+// failure at once.
 func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 	if err := ctx.Err(); err != nil {
 		return Receipt{}, err
@@ -270,17 +298,20 @@ func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 		return Receipt{}, err
 	}
 	b, seq, idx := w.stage(body)
+	lead := w.owner == ownerNone
+	if lead {
+		// Nobody is committing, so b is the only batch: commit it here.
+		w.owner = ownerAppender
+		w.queue = w.queue[:0]
+	}
 	w.mu.Unlock()
 	*bp = body
 	bodies.Put(bp)
 
-	if idx == 0 {
-		// A new batch: the committer may be idle.
-		select {
-		case w.kick <- struct{}{}:
-		default:
-		}
+	if lead {
+		w.commitOwn(b)
 	}
+	// Otherwise whoever commits now takes b when its commit ends.
 	if done := ctx.Done(); done == nil {
 		<-b.done // a context that never ends: skip the select
 	} else {
@@ -294,6 +325,32 @@ func (w *Writer) Append(ctx context.Context, r Record) (Receipt, error) {
 		return Receipt{}, b.err
 	}
 	return Receipt{Seq: seq, Hash: b.hashes[idx]}, nil
+}
+
+// commitOwn commits b, the batch of an appender that found nobody
+// committing, on that appender's goroutine, then passes the files on: to
+// nobody, or to the committer goroutine when entries arrived meanwhile or
+// it has work of its own (a checkpoint, recovery, Close).
+func (w *Writer) commitOwn(b *batch) {
+	// Once committed, b's buffers are the next batch's (w.spare).
+	n, last := len(b.spans), b.spans[len(b.spans)-1].seq
+	err := w.commit(b)
+	if err != nil {
+		w.fail(err, n)
+	}
+	cpDue := err == nil && w.cpFile != nil && last-w.cpSeq >= w.opts.CheckpointEvery
+	w.mu.Lock()
+	if len(w.queue) > 0 || w.handOver || w.closed || w.err != nil || cpDue {
+		w.owner, w.handOver, w.cpPending = ownerCommitter, false, cpDue
+		w.mu.Unlock()
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	w.owner = ownerNone
+	w.mu.Unlock()
 }
 
 // stage gives an encoded body the next sequence number and the time, and
@@ -351,9 +408,11 @@ const (
 	maxRetry   = 5 * time.Second
 )
 
-// run is the committer: it commits batches one after the other, as long as
-// there are any, and otherwise waits for a new batch, a checkpoint timer,
-// a recovery attempt or Close.
+// run is the committer goroutine. Whenever it owns the files it commits
+// the batches that filled while another commit was in flight, one after
+// the other, as long as there are any, writes a checkpoint when one is
+// due, and gives the files up. Otherwise it waits to be handed the files,
+// for the checkpoint timer, a recovery attempt or Close.
 func (w *Writer) run() {
 	defer close(w.exited)
 	defer w.closeFiles()
@@ -362,15 +421,37 @@ func (w *Writer) run() {
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	backoff, retrying := time.Duration(0), false
+	timerDue, retryDue := false, false
 	for {
 		w.mu.Lock()
+		if w.owner == ownerAppender {
+			// An appender is committing; it hands the files over when
+			// it is done if there is work here.
+			w.handOver = w.handOver || timerDue || retryDue || w.closed
+			w.mu.Unlock()
+			select {
+			case <-w.kick:
+			case <-tick.C:
+				timerDue = true
+			case <-retry.C:
+				retrying, retryDue = false, true
+			}
+			continue
+		}
+		w.owner = ownerCommitter
+		cpNow := w.cpPending && w.err == nil
+		w.cpPending = false
 		var b *batch
-		if w.err == nil && len(w.queue) > 0 {
+		if !cpNow && w.err == nil && len(w.queue) > 0 {
 			b = w.queue[0]
 			w.queue = w.queue[:copy(w.queue, w.queue[1:])]
 		}
 		failing, closing := w.err != nil, w.closed
 		w.mu.Unlock()
+		if cpNow {
+			w.checkpoint(cpAfterBatch)
+			continue
+		}
 		if b != nil {
 			if err := w.commit(b); err != nil {
 				w.fail(err, len(b.spans))
@@ -383,7 +464,19 @@ func (w *Writer) run() {
 			if !failing {
 				w.checkpoint(cpOnClose)
 			}
-			return
+			return // owning the files for good: Append refuses after Close
+		}
+		if timerDue {
+			timerDue = false
+			if !failing {
+				w.checkpoint(cpOnTimer)
+			}
+			continue
+		}
+		if retryDue {
+			retryDue = false
+			w.recoverLog()
+			continue
 		}
 		if !failing {
 			backoff, retrying = 0, false
@@ -392,15 +485,19 @@ func (w *Writer) run() {
 			retry.Reset(backoff)
 			retrying = true
 		}
+		w.mu.Lock()
+		if len(w.queue) > 0 && w.err == nil || w.closed {
+			w.mu.Unlock()
+			continue
+		}
+		w.owner = ownerNone
+		w.mu.Unlock()
 		select {
 		case <-w.kick:
 		case <-tick.C:
-			if !failing {
-				w.checkpoint(cpOnTimer)
-			}
+			timerDue = true
 		case <-retry.C:
-			retrying = false
-			w.recoverLog()
+			retrying, retryDue = false, true
 		}
 	}
 }

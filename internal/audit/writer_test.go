@@ -419,3 +419,76 @@ func TestSecondWriterIsRefused(t *testing.T) {
 	}
 	w3.Close()
 }
+
+// TestHandOver mixes lone appends (each finds nobody committing and commits
+// its own entry) with bursts (entries wait for the commit in flight and the
+// committer goroutine takes them), with checkpoints due by count and by
+// timer and Close racing the last appends: every acknowledged entry must be
+// in a log that verifies, with a checkpoint over its last entry, and every
+// append must be acknowledged exactly once with its own sequence number.
+func TestHandOver(t *testing.T) {
+	dir := t.TempDir()
+	key := testKey(t, 11)
+	w, err := Open(Options{Dir: dir, SigningKey: key, CheckpointEvery: 7, CheckpointInterval: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	ack := func(r Receipt) {
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[r.Seq] {
+			t.Errorf("sequence number %d acknowledged twice", r.Seq)
+		}
+		seen[r.Seq] = true
+	}
+	for round := range 20 {
+		// A lone append.
+		r, err := w.Append(context.Background(), record(round))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack(r)
+		if round%3 == 0 {
+			time.Sleep(3 * time.Millisecond) // let the checkpoint timer fire
+		}
+		// A burst.
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Go(func() {
+				r, err := w.Append(context.Background(), record(1000*round+g))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ack(r)
+			})
+		}
+		wg.Wait()
+	}
+	// Close racing appends: each either is acknowledged or gets ErrClosed.
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			r, err := w.Append(context.Background(), record(99000+g))
+			if err == nil {
+				ack(r)
+			} else if !errors.Is(err, ErrClosed) {
+				t.Error(err)
+			}
+		})
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	rep := mustVerify(t, dir, VerifyOptions{TrustedKeys: []ed25519.PublicKey{key.Public().(ed25519.PublicKey)}})
+	// Entry 1 is the writer's own audit:open entry.
+	if int(rep.Entries) != len(seen)+1 {
+		t.Fatalf("%d entries in the log, %d acknowledged (+1 open)", rep.Entries, len(seen))
+	}
+	if rep.SignedSeq != rep.LastSeq || rep.Checkpoints < 2 {
+		t.Fatalf("report %+v: checkpoints should be written along the way and cover the last entry at Close", rep)
+	}
+}

@@ -65,6 +65,14 @@ type Ledger struct {
 	month    window
 	lifetime int64
 	now      func() time.Time
+	// keyCache holds the window keys of one UTC day, formatted once
+	// rather than on every call.
+	keyCache struct {
+		day      int64 // days since the Unix epoch; valid with ok
+		ok       bool
+		dayKey   string
+		monthKey string
+	}
 
 	store *store // nil for an in-memory ledger
 }
@@ -88,6 +96,20 @@ func keys(t time.Time) (day, month string) {
 	return t.Format("2006-01-02"), t.Format("2006-01")
 }
 
+// keys is keys(t), cached for t's UTC day. l.mu must be held.
+func (l *Ledger) keys(t time.Time) (day, month string) {
+	d := t.Unix() / 86400
+	if t.Unix() < 0 && t.Unix()%86400 != 0 {
+		d-- // floor, for days before the epoch
+	}
+	c := &l.keyCache
+	if !c.ok || c.day != d {
+		c.dayKey, c.monthKey = keys(t)
+		c.day, c.ok = d, true
+	}
+	return c.dayKey, c.monthKey
+}
+
 // Reservation is tokens held for one in-flight call. Settle or Release it
 // exactly once; later calls are no-ops.
 type Reservation struct {
@@ -109,7 +131,7 @@ func (l *Ledger) Reserve(n int64) (*Reservation, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	day, month := keys(now)
+	day, month := l.keys(now)
 	l.day.roll(day)
 	l.month.roll(month)
 	if l.limits.PerRequest > 0 && n > l.limits.PerRequest {
@@ -145,7 +167,7 @@ func (r *Reservation) Settle(actual int64) {
 	if actual < 0 {
 		actual = 0
 	}
-	day, month := keys(l.now())
+	day, month := l.keys(l.now())
 	l.day.roll(day)
 	l.month.roll(month)
 	// A reservation from a window that has since rolled over was dropped
@@ -185,7 +207,7 @@ type State struct {
 func (l *Ledger) State() State {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	day, month := keys(l.now())
+	day, month := l.keys(l.now())
 	l.day.roll(day)
 	l.month.roll(month)
 	return State{Day: l.day.key, DayUsed: l.day.used, DayReserved: l.day.reserved,

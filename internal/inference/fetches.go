@@ -60,25 +60,55 @@ func refuseFetch(where, format string, args ...any) error {
 // kars cannot govern: a URL that is not absolute http(s) or data, a remote
 // MCP server without a tool list, or more than MaxFetches actions.
 func ProviderFetches(d Dialect, op Op, body []byte) ([]Fetch, error) {
-	f := fetchFinder{seen: map[string]bool{}}
-	root := gjson.ParseBytes(body)
+	var f fetchFinder
+	// The top-level members, found in one pass (as root.Get would find
+	// each: the first of a name) rather than one pass per member, each of
+	// which would skip the whole conversation again.
+	var m struct{ system, messages, tools, mcpServers, webSearch, dataSources, input, prompt gjson.Result }
+	gjson.ParseBytes(body).ForEach(func(k, v gjson.Result) bool {
+		var dst *gjson.Result
+		switch k.Str {
+		case "system":
+			dst = &m.system
+		case "messages":
+			dst = &m.messages
+		case "tools":
+			dst = &m.tools
+		case "mcp_servers":
+			dst = &m.mcpServers
+		case "web_search_options":
+			dst = &m.webSearch
+		case "data_sources":
+			dst = &m.dataSources
+		case "input":
+			dst = &m.input
+		case "prompt":
+			dst = &m.prompt
+		default:
+			return true
+		}
+		if !dst.Exists() {
+			*dst = v
+		}
+		return true
+	})
 	switch {
 	case d == DialectAnthropic && op == OpMessages:
-		f.content(root.Get("system"), "system")
-		f.content(root.Get("messages"), "messages")
-		f.tools(root.Get("tools"), "tools")
-		f.anthropicMCP(root.Get("mcp_servers"))
+		f.content(m.system, "system")
+		f.content(m.messages, "messages")
+		f.tools(m.tools, "tools")
+		f.anthropicMCP(m.mcpServers)
 	case op == OpChat:
-		f.content(root.Get("messages"), "messages")
-		f.tools(root.Get("tools"), "tools")
-		if ws := root.Get("web_search_options"); ws.Exists() && ws.Type != gjson.Null {
+		f.content(m.messages, "messages")
+		f.tools(m.tools, "tools")
+		if ws := m.webSearch; ws.Exists() && ws.Type != gjson.Null {
 			f.add("tool:provider.web_search", "web_search_options")
 		}
-		f.dataSources(root.Get("data_sources"))
+		f.dataSources(m.dataSources)
 	case op == OpResponses:
-		f.content(root.Get("input"), "input")
-		f.content(root.Get("prompt"), "prompt")
-		f.tools(root.Get("tools"), "tools")
+		f.content(m.input, "input")
+		f.content(m.prompt, "prompt")
+		f.tools(m.tools, "tools")
 	}
 	if f.err == nil && len(f.out) > MaxFetches {
 		f.err = refuseFetch("request", "more than %d provider-side fetches and tools", MaxFetches)
@@ -102,6 +132,9 @@ func (f *fetchFinder) add(action, where string) {
 	if len(action) > maxActionLen {
 		f.fail(refuseFetch(where, "the action %.40q… is longer than %d bytes", action, maxActionLen))
 		return
+	}
+	if f.seen == nil {
+		f.seen = map[string]bool{}
 	}
 	f.seen[action] = true
 	f.out = append(f.out, Fetch{Action: action, Where: where})

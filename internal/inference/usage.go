@@ -28,6 +28,12 @@ func ParseUsage(d Dialect, op Op, body []byte) Usage {
 	if !gjson.ValidBytes(body) {
 		return Usage{}
 	}
+	return ParseValidUsage(d, op, body)
+}
+
+// ParseValidUsage is ParseUsage for a body the caller has already found to
+// be valid JSON with gjson.ValidBytes, which it does not check again.
+func ParseValidUsage(d Dialect, op Op, body []byte) Usage {
 	return usageFrom(d, op, gjson.GetBytes(body, "usage"))
 }
 

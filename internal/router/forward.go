@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -92,11 +93,15 @@ func (s forwardStage) try(c *Call, u *upstream) (*http.Response, []byte, error) 
 		return nil, nil, err
 	}
 	t0 := time.Now()
-	resp, err := u.client.Do(req)
+	resp, err := u.rt.RoundTrip(req)
 	c.UpstreamLatency = time.Since(t0)
-	s.r.metrics.upstreamLatency.WithLabelValues(u.ID()).Observe(c.UpstreamLatency.Seconds())
+	u.latency.Observe(c.UpstreamLatency.Seconds())
 	if err != nil {
-		return nil, nil, err
+		// As http.Client reports it: the method and URL, then the cause.
+		return nil, nil, &url.Error{Op: "Post", URL: req.URL.Redacted(), Err: err}
+	}
+	if resp.Body == nil {
+		resp.Body = http.NoBody
 	}
 	// The request (its body, headers and URL) is not kept for the
 	// response's life, which for a stream is minutes.
@@ -127,6 +132,9 @@ func retryAfter(h http.Header) time.Duration {
 // healthOrder puts healthy targets first, keeping configured order within
 // each group; if all are cooling down they are all still tried.
 func healthOrder(us []*upstream, now time.Time) []*upstream {
+	if len(us) == 1 {
+		return us // one target is tried whatever its health
+	}
 	out := make([]*upstream, 0, len(us))
 	for _, u := range us {
 		if u.health.healthy(now) {

@@ -16,6 +16,7 @@ import (
 	"github.com/kars-io/kars/internal/mcpgateway"
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/kars-io/kars/internal/safety"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // generation is everything derived from one config snapshot. A call holds
@@ -40,12 +41,37 @@ type generation struct {
 	memory *memoryBinding
 }
 
-// upstream is a callable target with its HTTP client and health.
+// upstream is a callable target with its transport, health and what the
+// router derives from its target once per generation rather than per call.
 type upstream struct {
 	inference.Upstream
-	client *http.Client
+	// rt carries the upstream request. It is a RoundTripper, not an
+	// http.Client: the router sends each request exactly where the config
+	// says and relays the answer as it is, redirects included (a client
+	// following a redirect would send the target's key to whatever host the
+	// Location names), and a client's per-request redirect and deadline
+	// machinery (a header copy, a request clone) is a cost on every call.
+	rt     http.RoundTripper
 	health *health
+	// id is Upstream.ID(), which builds the string on every call.
+	id string
+	// latency is the upstream latency histogram's series for id.
+	latency prometheus.Observer
+	// actions are the governance actions "inference:<op>:<model>" of
+	// calling this target, by operation.
+	actions map[inference.Op]string
 }
+
+// action is the governance action of calling u for op.
+func (u *upstream) action(op inference.Op) string {
+	if a, ok := u.actions[op]; ok {
+		return a
+	}
+	return "inference:" + string(op) + ":" + u.Target.Model
+}
+
+// ID names the target in metrics, logs and the audit log.
+func (u *upstream) ID() string { return u.id }
 
 // health tracks a target's recent failures for failover ordering. It is
 // keyed by target ID and shared across generations, so a reload does not
@@ -98,11 +124,17 @@ func (r *Router) buildGeneration(snap *routerconfig.Snapshot) (*generation, erro
 		if err != nil {
 			return nil, fmt.Errorf("target %d (%s %s): %w", i, t.Provider, t.Model, err)
 		}
-		u := &upstream{Upstream: inference.Upstream{Target: t, Cred: cred}, client: r.upstreamClient}
+		u := &upstream{Upstream: inference.Upstream{Target: t, Cred: cred}, rt: r.opts.Transport}
 		if t.Provider == routerconfig.ProviderOffline {
-			u.client = offlineClient
+			u.rt = inference.OfflineTransport{}
 		}
-		u.health = r.healthFor(u.ID())
+		u.id = u.Upstream.ID()
+		u.actions = map[inference.Op]string{}
+		for _, op := range []inference.Op{inference.OpChat, inference.OpCompletions, inference.OpResponses, inference.OpEmbeddings, inference.OpModels, inference.OpMessages} {
+			u.actions[op] = "inference:" + string(op) + ":" + t.Model
+		}
+		u.latency = r.metrics.upstreamLatency.WithLabelValues(u.id)
+		u.health = r.healthFor(u.id)
 		g.upstreams = append(g.upstreams, u)
 	}
 	if c.Behavior != nil {
@@ -156,8 +188,6 @@ func (r *Router) monitorFor(b routerconfig.Behavior, stateDir string) (*behavior
 	}
 	return m, nil
 }
-
-var offlineClient = &http.Client{Transport: inference.OfflineTransport{}}
 
 func (r *Router) credentialFor(t routerconfig.Target) (credential.Source, error) {
 	key, _ := json.Marshal(struct {

@@ -2,9 +2,11 @@ package router
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/kars-io/kars/internal/budget"
+	"github.com/kars-io/kars/internal/governance"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -28,6 +30,33 @@ type metrics struct {
 	// admissionRefused counts calls refused at a bound ("inflight",
 	// "buffer").
 	admissionRefused *prometheus.CounterVec
+
+	// Series every inference call updates, looked up once rather than by
+	// label values on each call (a hash and a map lookup each). They are
+	// created on first use, so that /metrics shows no budget before there
+	// is one and no verdict before it has been given.
+	verdicts    [4]lazy[prometheus.Counter] // by governance.Verdict
+	budgetGauge [4]lazy[prometheus.Gauge]   // remaining daily, monthly; used daily, monthly
+}
+
+// lazy is a metric series created on first use.
+type lazy[M any] struct {
+	once sync.Once
+	m    M
+}
+
+func (l *lazy[M]) get(create func() M) M {
+	l.once.Do(func() { l.m = create() })
+	return l.m
+}
+
+// decided counts one governance decision.
+func (m *metrics) decided(v governance.Verdict) {
+	if int(v) >= len(m.verdicts) {
+		m.decisions.WithLabelValues(v.String()).Inc()
+		return
+	}
+	m.verdicts[v].get(func() prometheus.Counter { return m.decisions.WithLabelValues(v.String()) }).Inc()
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -99,8 +128,16 @@ func (m *metrics) observe(c *Call, decision, model string, lat time.Duration) {
 
 func (m *metrics) budget(s budget.State) {
 	d, mo := s.Remaining()
-	m.budgetRemaining.WithLabelValues("daily").Set(float64(d))
-	m.budgetRemaining.WithLabelValues("monthly").Set(float64(mo))
-	m.budgetUsed.WithLabelValues("daily").Set(float64(s.DayUsed))
-	m.budgetUsed.WithLabelValues("monthly").Set(float64(s.MonthUsed))
+	for i, v := range [4]int64{d, mo, s.DayUsed, s.MonthUsed} {
+		m.budgetGauge[i].get(func() prometheus.Gauge {
+			vec, window := m.budgetRemaining, "daily"
+			if i >= 2 {
+				vec = m.budgetUsed
+			}
+			if i%2 == 1 {
+				window = "monthly"
+			}
+			return vec.WithLabelValues(window)
+		}).Set(float64(v))
+	}
 }

@@ -42,6 +42,9 @@ type Call struct {
 	Candidates []*upstream
 	Action     string
 	Decision   governance.Decision
+	// govReq is the governance request being decided, kept here so that
+	// deciding allocates nothing of its own.
+	govReq governance.Request
 	// Fetches are the provider-side actions the request carries, with
 	// their decisions (fetchStage).
 	Fetches []fetchDecision

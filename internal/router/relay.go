@@ -8,9 +8,11 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/kars-io/kars/internal/inference"
 	"github.com/kars-io/kars/internal/safety"
+	"github.com/tidwall/gjson"
 )
 
 // MaxResponseBytes bounds a non-streamed upstream response the router
@@ -24,7 +26,7 @@ var redacted = []byte("[redacted by kars-router]")
 // credential scrubber.
 func (s forwardStage) relay(c *Call, resp *http.Response, secret []byte) {
 	defer resp.Body.Close()
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	mt := mediaType(resp.Header.Get("Content-Type"))
 	if c.Req.Stream && resp.StatusCode == http.StatusOK && mt == "text/event-stream" {
 		// The request body (a whole conversation, often tens of KiB) is
 		// not needed for the stream's life, only its hash for the entry.
@@ -59,14 +61,17 @@ func (s forwardStage) relayBody(c *Call, resp *http.Response, mt string, secret 
 		return
 	}
 	c.release = append(c.release, release)
-	if len(secret) > 0 {
+	if len(secret) > 0 && bytes.Contains(body, secret) {
 		body = bytes.ReplaceAll(body, secret, redacted)
 	}
-	if resp.StatusCode < 300 {
-		c.Usage = inference.ParseUsage(c.Route.Dialect, c.Route.Op, body)
+	// One validation serves the usage and the content-safety check; an
+	// answer that is not JSON has neither.
+	valid := (resp.StatusCode < 300 || mt == "application/json") && gjson.ValidBytes(body)
+	if resp.StatusCode < 300 && valid {
+		c.Usage = inference.ParseValidUsage(c.Route.Dialect, c.Route.Op, body)
 	}
-	if mt == "application/json" {
-		v := c.Gen.safety.CheckBody(body)
+	if mt == "application/json" && valid {
+		v := c.Gen.safety.CheckValidBody(body)
 		c.Findings = append(c.Findings, v.Findings...)
 		if v.Block && resp.StatusCode < 300 {
 			c.Refuse(safetyRefusal(v.Reason))
@@ -86,6 +91,22 @@ func (s forwardStage) relayBody(c *Call, resp *http.Response, mt string, secret 
 	// Push the answer out now: settlement follows, and the agent need not
 	// wait for it.
 	http.NewResponseController(c.W).Flush()
+}
+
+// mediaType is the media type of a Content-Type value, as
+// mime.ParseMediaType reads it ("" for one it refuses), without parsing
+// the parameters of the plain values upstreams send.
+func mediaType(v string) string {
+	plain := true
+	for i := 0; i < len(v) && plain; i++ {
+		c := v[i]
+		plain = c == '/' || c == '-' || c == '.' || c == '+' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9'
+	}
+	if plain && strings.Count(v, "/") == 1 && v[0] != '/' && v[len(v)-1] != '/' {
+		return v
+	}
+	mt, _, _ := mime.ParseMediaType(v)
+	return mt
 }
 
 func safetyRefusal(reason string) *inference.APIError {

@@ -70,12 +70,16 @@ type Router struct {
 	upstreamClient *http.Client
 	tokenClient    *http.Client
 	auditFailing   atomic.Bool
+	auditCtx       atomic.Pointer[auditDeadline]
 	inflight       atomic.Int64
 	maxInflight    int64
 	buffers        *byteBudget
-	pending        sync.WaitGroup // trust penalties still being written
-	engine         *governance.Engine
-	mcpPool        *mcpgateway.Pool
+	// giveAllowance gives an answer allowance back to buffers; made once,
+	// not per call.
+	giveAllowance func()
+	pending       sync.WaitGroup // trust penalties still being written
+	engine        *governance.Engine
+	mcpPool       *mcpgateway.Pool
 	// approvals holds the calls awaiting a person's decision (approvals.go).
 	approvals        *approval.Queue
 	approvalOutcomes *prometheus.CounterVec
@@ -123,6 +127,7 @@ func New(snap *routerconfig.Snapshot, opts Options) (*Router, error) {
 		buffers:        newByteBudget(opts.BufferBytes),
 		mcpPool:        mcpgateway.NewPool(opts.Transport, opts.TokenClient),
 	}
+	r.giveAllowance = func() { r.buffers.give(answerAllowance) }
 	registerAuditSyncs(opts.Registry, opts.Audit)
 	r.approvals, r.approvalOutcomes = newApprovals(opts.Registry, snap.Config.MaxPendingApprovals())
 	r.chain = NewChain(

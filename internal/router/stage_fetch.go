@@ -36,7 +36,7 @@ func (s fetchStage) Serve(c *Call, next func(*Call)) {
 	}
 	for i, f := range fetches {
 		d := c.Gen.gov.Decide(&governance.Request{Agent: c.Gen.agent, Action: f.Action})
-		s.r.metrics.decisions.WithLabelValues(d.Verdict.String()).Inc()
+		s.r.metrics.decided(d.Verdict)
 		c.Fetches = append(c.Fetches, fetchDecision{Fetch: f, Decision: d})
 		if d.Allowed() {
 			continue

@@ -26,22 +26,29 @@ func (s governStage) Serve(c *Call, next func(*Call)) {
 // decide keeps the allowed candidates, or refuses the call and reports
 // false.
 func (s governStage) decide(c *Call) bool {
-	allowed := c.Candidates[:0:0]
-	var first *governance.Decision
+	var allowed []*upstream // built only once a candidate is denied
+	var first governance.Decision
 	var firstAction string
-	for _, u := range c.Candidates {
-		action := "inference:" + string(c.Route.Op) + ":" + u.Target.Model
-		d := c.Gen.gov.Decide(&governance.Request{Agent: c.Gen.agent, Action: action})
-		s.r.metrics.decisions.WithLabelValues(d.Verdict.String()).Inc()
-		if first == nil || (!first.Allowed() && d.Allowed()) {
-			dd := d
-			first, firstAction = &dd, action
+	for i, u := range c.Candidates {
+		action := u.action(c.Route.Op)
+		// The request lives in the call, which is on the heap already.
+		c.govReq = governance.Request{Agent: c.Gen.agent, Action: action}
+		d := c.Gen.gov.Decide(&c.govReq)
+		s.r.metrics.decided(d.Verdict)
+		if i == 0 || (!first.Allowed() && d.Allowed()) {
+			first, firstAction = d, action
 		}
-		if d.Allowed() {
+		switch {
+		case !d.Allowed() && allowed == nil:
+			allowed = append(make([]*upstream, 0, len(c.Candidates)), c.Candidates[:i]...)
+		case d.Allowed() && allowed != nil:
 			allowed = append(allowed, u)
 		}
 	}
-	c.Decision, c.Action = *first, firstAction
+	if allowed == nil {
+		allowed = c.Candidates // every one allowed
+	}
+	c.Decision, c.Action = first, firstAction
 	if len(allowed) == 0 {
 		status, typ, code := http.StatusForbidden, "permission_denied", "kars_policy_denied"
 		switch c.Decision.Verdict {

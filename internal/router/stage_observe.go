@@ -74,7 +74,9 @@ func payloadHash(body []byte) string {
 		return ""
 	}
 	sum := sha256.Sum256(body)
-	return hex.EncodeToString(sum[:])
+	var hx [2 * sha256.Size]byte
+	hex.Encode(hx[:], sum[:])
+	return string(hx[:])
 }
 
 // commit appends the call's audit entry and waits until it is durable.
@@ -165,18 +167,38 @@ func (s observeStage) record(c *Call) {
 		slog.String("payload_sha256", c.payload))
 }
 
-// auditTimeout bounds one append: a log that cannot commit in this long is
-// treated as failing.
+// auditTimeout bounds one append: a log that cannot commit in this long
+// (up to a second more) is treated as failing.
 const auditTimeout = 10 * time.Second
+
+// auditDeadline is a context that ends auditTimeout and a second after it
+// was made. The appends that start within that second share it, so that
+// bounding an append costs no context, timer and channel of its own.
+type auditDeadline struct {
+	ctx    context.Context
+	cancel context.CancelFunc // left to the deadline: appends still use ctx
+	made   time.Time
+}
+
+// auditContext returns the shared context for an append starting now.
+func (r *Router) auditContext() context.Context {
+	now := time.Now()
+	if d := r.auditCtx.Load(); d != nil && now.Sub(d.made) < time.Second && now.Sub(d.made) >= 0 {
+		return d.ctx
+	}
+	d := &auditDeadline{made: now}
+	d.ctx, d.cancel = context.WithDeadline(context.Background(), now.Add(auditTimeout+time.Second))
+	r.auditCtx.Store(d)
+	return d.ctx
+}
 
 // appendAudit appends rec and waits until it is durable. A failure puts the
 // router in the failing state, in which calls are refused until an append
 // succeeds again; a success after failures leaves it. The append is not
-// tied to ctx's cancellation: an entry is written even if its caller left.
-func (r *Router) appendAudit(ctx context.Context, rec audit.Record) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-	_, err := r.opts.Audit.Append(ctx, rec)
-	cancel()
+// tied to the call's cancellation: an entry is written even if its caller
+// left.
+func (r *Router) appendAudit(_ context.Context, rec audit.Record) error {
+	_, err := r.opts.Audit.Append(r.auditContext(), rec)
 	if err != nil {
 		if !r.auditFailing.Swap(true) {
 			r.log.Error("audit append failed; refusing calls until it recovers", "err", err)

@@ -37,7 +37,7 @@ func (s parseStage) Serve(c *Call, next func(*Call)) {
 			release()
 			err = errNoBuffer
 		} else if err == nil {
-			c.release = append(c.release, func() { s.r.buffers.give(answerAllowance) })
+			c.release = append(c.release, s.r.giveAllowance)
 		}
 		if err != nil {
 			var tooBig errTooLarge

@@ -13,9 +13,9 @@
 package safety
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/kars-io/kars/internal/routerconfig"
 	"github.com/tidwall/gjson"
@@ -91,64 +91,289 @@ func severityRank(s string) int {
 	return -1
 }
 
-// scan reads one content_filter_results object into v. It reports whether the
-// object carries a Prompt Shields (jailbreak) annotation.
-func (p *Policy) scan(where string, r gjson.Result, v *Verdict) (shielded bool) {
-	if !r.IsObject() {
-		return false
+// The checks read a body or event in one walk: doc walks a JSON text that
+// gjson.ValidBytes has accepted, checking the members the checks read where
+// they stand and skipping everything else without decoding it (gjson's
+// ForEach and Get walked each annotation again for every level it is
+// nested in). Member names and strings are compared as gjson reads them
+// (escapes decoded); where a member is repeated, the first counts, as with
+// gjson.Get, except that every category of an annotation object is read.
+// FuzzWalkerMatchesGJSON holds it to the verdicts of the gjson
+// implementation it replaced. Values are named by the index of their first
+// byte, -1 for none.
+
+// doc is a JSON text already validated by gjson.ValidBytes.
+type doc []byte
+
+func (b doc) space(i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
 	}
-	r.ForEach(func(k, cat gjson.Result) bool {
-		if cat.IsObject() && p.category(where, k.Str, cat, v) {
-			shielded = true
+	return i
+}
+
+// strEnd returns the index past the string whose opening quote is at i.
+func (b doc) strEnd(i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
 		}
-		return true
+	}
+	return len(b)
+}
+
+// end returns the index past the value that starts at i.
+func (b doc) end(i int) int {
+	switch b[i] {
+	case '"':
+		return b.strEnd(i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = b.strEnd(i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return len(b)
+	case 't', 'n':
+		return i + 4
+	case 'f':
+		return i + 5
+	}
+	for i < len(b) && (b[i] >= '0' && b[i] <= '9' || b[i] == '-' || b[i] == '+' || b[i] == '.' || b[i] == 'e' || b[i] == 'E') {
+		i++
+	}
+	return i
+}
+
+// is reports whether the value at i starts with c.
+func (b doc) is(i int, c byte) bool { return i >= 0 && b[i] == c }
+
+// members calls fn with each member's name (raw, between its quotes) and
+// the index of its value, for the object at i, in order; fn returns the
+// index past the value (b.end of it, when it does not read it). It returns
+// the index past the object.
+func (b doc) members(i int, fn func(name []byte, val int) int) int {
+	i++
+	for {
+		i = b.space(i)
+		if i >= len(b) || b[i] != '"' {
+			return i + 1 // past the closing brace
+		}
+		ke := b.strEnd(i)
+		name := b[i+1 : ke-1]
+		i = b.space(fn(name, b.space(b.space(ke)+1)))
+		if i < len(b) && b[i] == ',' {
+			i++
+		}
+	}
+}
+
+// elements calls fn with each element of the array at i, or each member
+// value of the object at i (gjson's ForEach over values); fn returns the
+// index past the value. Anything else has none. It returns the index past
+// the value at i.
+func (b doc) elements(i int, fn func(val int) int) int {
+	switch {
+	case b.is(i, '{'):
+		return b.members(i, func(_ []byte, val int) int { return fn(val) })
+	case b.is(i, '['):
+		for i++; ; {
+			i = b.space(i)
+			if i >= len(b) || b[i] == ']' {
+				return i + 1
+			}
+			i = b.space(fn(i))
+			if i < len(b) && b[i] == ',' {
+				i++
+			}
+		}
+	case i < 0:
+		return i
+	}
+	return b.end(i)
+}
+
+// get returns the first member named name of the object at i (-1 for none
+// or for anything but an object).
+func (b doc) get(i int, name string) int {
+	out := -1
+	if b.is(i, '{') {
+		b.members(i, func(n []byte, val int) int {
+			if out < 0 && nameIs(n, name) {
+				out = val
+			}
+			return b.end(val)
+		})
+	}
+	return out
+}
+
+// path returns what gjson.Get finds at path in the value at i.
+func (b doc) path(i int, path string) int {
+	if i < 0 {
+		return -1
+	}
+	r := gjson.GetBytes(b[i:b.end(i)], path)
+	if !r.Exists() || r.Index <= 0 {
+		return -1
+	}
+	return i + r.Index
+}
+
+// str returns the string at i as gjson's Str reads it: decoded, and "" for
+// a value that is not a string.
+func (b doc) str(i int) string {
+	if !b.is(i, '"') {
+		return ""
+	}
+	e := b.strEnd(i)
+	if raw := b[i+1 : e-1]; bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw)
+	}
+	return gjson.ParseBytes(b[i:e]).Str
+}
+
+// strIs reports whether the value at i reads as s with gjson's Str,
+// without a copy.
+func (b doc) strIs(i int, s string) bool {
+	if !b.is(i, '"') {
+		return s == "" // gjson's Str of a missing value or a non-string
+	}
+	e := b.strEnd(i)
+	if raw := b[i+1 : e-1]; bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw) == s
+	}
+	return gjson.ParseBytes(b[i:e]).Str == s
+}
+
+// nameIs reports whether a raw member name reads as s.
+func nameIs(raw []byte, s string) bool {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw) == s
+	}
+	return unquote(raw) == s
+}
+
+// unquote decodes a raw string with escapes as gjson does.
+func unquote(raw []byte) string {
+	q := make([]byte, 0, len(raw)+2)
+	q = append(append(append(q, '"'), raw...), '"')
+	return gjson.ParseBytes(q).Str
+}
+
+// severityOf ranks the severity string at i as severityRank(strings.ToLower
+// of it) does, copying nothing for the plain ASCII spellings Azure sends.
+func (b doc) severityOf(i int) int {
+	if !b.is(i, '"') {
+		return severityRank("")
+	}
+	raw := b[i+1 : b.strEnd(i)-1]
+	var lower [6]byte
+	if len(raw) <= len(lower) {
+		n := 0
+		for _, c := range raw {
+			if c >= 0x80 || c == '\\' {
+				n = -1
+				break
+			}
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			lower[n] = c
+			n++
+		}
+		if n >= 0 {
+			return severityRank(string(lower[:n]))
+		}
+	}
+	return severityRank(strings.ToLower(b.str(i)))
+}
+
+// scan reads one content_filter_results object at r into v. It returns
+// the index past it and whether it carries a Prompt Shields (jailbreak)
+// annotation.
+func (p *Policy) scan(b doc, where string, r int, v *Verdict) (end int, shielded bool) {
+	if !b.is(r, '{') {
+		if r < 0 {
+			return r, false
+		}
+		return b.end(r), false
+	}
+	end = b.members(r, func(name []byte, cat int) int {
+		if !b.is(cat, '{') {
+			return b.end(cat)
+		}
+		end, sh := p.category(b, where, name, cat, v)
+		shielded = shielded || sh
+		return end
 	})
-	return shielded
+	return end, shielded
 }
 
 // category reads one annotation, {"filtered":…,"detected":…,"severity":…},
 // into v, in one pass over its members (the first of a repeated member
-// counts, as with gjson.Get). It reports whether it is a Prompt Shields
-// annotation.
-func (p *Policy) category(where, name string, cat gjson.Result, v *Verdict) (shielded bool) {
-	f := Finding{Where: where, Category: name}
-	var seen uint8
-	cat.ForEach(func(k, val gjson.Result) bool {
+// counts, as with gjson.Get). It returns the index past the annotation and
+// whether it is a Prompt Shields annotation.
+func (p *Policy) category(b doc, where string, rawName []byte, cat int, v *Verdict) (end int, shielded bool) {
+	filtered, detected, severity := -1, -1, -1
+	end = b.members(cat, func(n []byte, val int) int {
 		switch {
-		case k.Str == "filtered" && seen&1 == 0:
-			seen |= 1
-			f.Filtered = val.Type == gjson.True
-		case k.Str == "detected" && seen&2 == 0:
-			seen |= 2
-			f.Detected = val.Type == gjson.True
-		case k.Str == "severity" && seen&4 == 0:
-			seen |= 4
-			f.Severity = strings.ToLower(val.Str)
+		case filtered < 0 && nameIs(n, "filtered"):
+			filtered = val
+		case detected < 0 && nameIs(n, "detected"):
+			detected = val
+		case severity < 0 && nameIs(n, "severity"):
+			severity = val
 		}
-		return true
+		return b.end(val)
 	})
-	if floor, ok := p.floors[name]; ok {
-		rank := severityRank(f.Severity)
+	f := Finding{Where: where, Filtered: b.is(filtered, 't'), Detected: b.is(detected, 't')}
+	var floor int
+	var floored bool
+	if bytes.IndexByte(rawName, '\\') < 0 {
+		floor, floored = p.floors[string(rawName)]
+	} else {
+		floor, floored = p.floors[unquote(rawName)]
+	}
+	if floored {
+		rank := b.severityOf(severity)
 		f.Blocking = rank > floor || f.Filtered
 		if rank <= 0 && !f.Filtered {
-			return false // safe: nothing to record
+			return end, false // safe: nothing to record
 		}
-	} else {
-		f.Severity = ""
-		switch name {
-		case "jailbreak":
+		f.Severity = strings.ToLower(b.str(severity))
+	}
+	if !floored {
+		switch {
+		case nameIs(rawName, "jailbreak"):
 			shielded = true
 			f.Blocking = f.Detected && (p.blockJailbreak || f.Filtered)
-		case "indirect_attack":
+		case nameIs(rawName, "indirect_attack"):
 			shielded = true
 			f.Blocking = f.Detected && (p.blockIndirect || f.Filtered)
 		default: // protected material, profanity, custom blocklists
 			f.Blocking = f.Filtered
 		}
 		if !f.Detected && !f.Filtered {
-			return shielded
+			return end, shielded
 		}
 	}
+	name := string(rawName)
+	if bytes.IndexByte(rawName, '\\') >= 0 {
+		name = unquote(rawName)
+	}
+	f.Category = name
 	v.Findings = append(v.Findings, f)
 	if f.Blocking && !v.Block {
 		v.Block = true
@@ -158,100 +383,148 @@ func (p *Policy) category(where, name string, cat gjson.Result, v *Verdict) (shi
 			v.Reason = fmt.Sprintf("content safety: %s %s detected", where, name)
 		}
 	}
-	return shielded
+	return end, shielded
 }
 
 // members are the top-level members of a body or event that the checks
-// read, found in one pass (the first of a repeated member, as with
-// gjson.Get).
+// read (the first of a repeated member, as with gjson.Get), by the index of
+// their values.
 type members struct {
-	promptFilter, promptAnnotations, choices, err, typ gjson.Result
+	promptFilter, promptAnnotations, choices, err, typ int
 }
 
-// read fills m from doc.
-func (m *members) read(doc gjson.Result) {
-	*m = members{}
-	doc.ForEach(func(k, val gjson.Result) bool {
-		var dst *gjson.Result
-		switch k.Str {
-		case "prompt_filter_results":
-			dst = &m.promptFilter
-		case "prompt_annotations":
-			dst = &m.promptAnnotations
-		case "choices":
-			dst = &m.choices
-		case "error":
-			dst = &m.err
-		case "type":
-			dst = &m.typ
-		default:
-			return true
-		}
-		if !dst.Exists() {
-			*dst = val
-		}
-		return true
-	})
-}
+// Sections of a body, in the order the checks report them.
+const (
+	secPromptFilter = iota
+	secPromptAnnotations
+	secChoices
+	nSections
+)
 
-// annotations reads every content-safety annotation of a body or event.
-func (p *Policy) annotations(m *members, v *Verdict) (shielded bool) {
-	shielded = p.prompt(m.promptFilter, v)
-	if p.prompt(m.promptAnnotations, v) {
-		shielded = true
+// annotations reads every content-safety annotation of a body or event
+// into v, in one walk of the document: the prompt annotations and the
+// choices are checked where they stand, each into its own section, and the
+// sections are joined in a fixed order — prompt_filter_results,
+// prompt_annotations, choices, then Azure's refusal — whatever the order of
+// the members. It returns the top-level members and whether a Prompt
+// Shields annotation was seen.
+func (p *Policy) annotations(b doc, v *Verdict) (m members, shielded bool) {
+	m = members{-1, -1, -1, -1, -1}
+	var sec [nSections]Verdict
+	top := b.space(0)
+	if b.is(top, '{') {
+		b.members(top, func(n []byte, val int) int {
+			switch {
+			case nameIs(n, "prompt_filter_results"):
+				if m.promptFilter < 0 {
+					m.promptFilter = val
+					end, sh := p.prompt(b, val, &sec[secPromptFilter])
+					shielded = shielded || sh
+					return end
+				}
+			case nameIs(n, "prompt_annotations"):
+				if m.promptAnnotations < 0 {
+					m.promptAnnotations = val
+					end, sh := p.prompt(b, val, &sec[secPromptAnnotations])
+					shielded = shielded || sh
+					return end
+				}
+			case nameIs(n, "choices"):
+				if m.choices < 0 {
+					m.choices = val
+					return b.elements(val, func(c int) int { return p.choice(b, c, &sec[secChoices]) })
+				}
+			case nameIs(n, "error"):
+				if m.err < 0 {
+					m.err = val
+				}
+			case nameIs(n, "type"):
+				if m.typ < 0 {
+					m.typ = val
+				}
+			}
+			return b.end(val)
+		})
 	}
-	m.choices.ForEach(func(_, c gjson.Result) bool {
-		p.choice(c, v)
-		return true
-	})
-	// Azure's refusal: error.innererror.content_filter_result.
-	if inner := m.err.Get("innererror.content_filter_result"); inner.Exists() {
-		if p.scan("prompt", inner, v) {
+	for i := range sec {
+		v.Findings = append(v.Findings, sec[i].Findings...)
+		if sec[i].Block && !v.Block {
+			v.Block, v.Reason = true, sec[i].Reason
+		}
+	}
+	// Azure's refusal: error.innererror.content_filter_result. Rare, so
+	// gjson finds it, with its rules for a path through repeated members.
+	if inner := b.path(m.err, "innererror.content_filter_result"); inner >= 0 {
+		if _, sh := p.scan(b, "prompt", inner, v); sh {
 			shielded = true
 		}
 	}
-	return shielded
+	return m, shielded
 }
 
-// prompt reads a prompt_filter_results (or prompt_annotations) array.
-func (p *Policy) prompt(results gjson.Result, v *Verdict) (shielded bool) {
-	results.ForEach(func(_, pr gjson.Result) bool {
-		if p.scan("prompt", pr.Get("content_filter_results"), v) {
-			shielded = true
+// prompt reads a prompt_filter_results (or prompt_annotations) array at
+// results: the first content_filter_results of each element. It returns
+// the index past the array and whether a Prompt Shields annotation was
+// seen.
+func (p *Policy) prompt(b doc, results int, v *Verdict) (end int, shielded bool) {
+	end = b.elements(results, func(pr int) int {
+		if !b.is(pr, '{') {
+			return b.end(pr)
 		}
-		return true
+		seen := false
+		return b.members(pr, func(n []byte, val int) int {
+			if seen || !nameIs(n, "content_filter_results") {
+				return b.end(val)
+			}
+			seen = true
+			end, sh := p.scan(b, "prompt", val, v)
+			shielded = shielded || sh
+			return end
+		})
 	})
-	return shielded
+	return end, shielded
 }
 
-// choice reads a choice's completion annotations and its finish reason.
-func (p *Policy) choice(c gjson.Result, v *Verdict) {
-	var results, finish gjson.Result
-	c.ForEach(func(k, val gjson.Result) bool {
+// choice reads a choice's completion annotations (its first
+// content_filter_results) and its finish reason, and returns the index
+// past the choice.
+func (p *Policy) choice(b doc, c int, v *Verdict) int {
+	if !b.is(c, '{') {
+		return b.end(c)
+	}
+	seen, finish := false, -1
+	end := b.members(c, func(n []byte, val int) int {
 		switch {
-		case k.Str == "content_filter_results" && !results.Exists():
-			results = val
-		case k.Str == "finish_reason" && !finish.Exists():
+		case !seen && nameIs(n, "content_filter_results"):
+			seen = true
+			end, _ := p.scan(b, "completion", val, v)
+			return end
+		case finish < 0 && nameIs(n, "finish_reason"):
 			finish = val
 		}
-		return true
+		return b.end(val)
 	})
-	p.scan("completion", results, v)
-	if finish.Str == "content_filter" && !v.Block {
+	if b.strIs(finish, "content_filter") && !v.Block {
 		v.Block = true
 		v.Reason = "content safety: the upstream filtered the completion"
 	}
+	return end
 }
 
 // CheckBody checks a complete response body (success or error).
 func (p *Policy) CheckBody(body []byte) Verdict {
-	var v Verdict
 	if !gjson.ValidBytes(body) {
-		return v
+		return Verdict{}
 	}
-	var m members
-	m.read(gjson.ParseBytes(body))
-	shielded := p.annotations(&m, &v)
+	return p.CheckValidBody(body)
+}
+
+// CheckValidBody is CheckBody for a body the caller has already found to
+// be valid JSON with gjson.ValidBytes, which it does not check again (the
+// router validates an answer once for this check and for its usage).
+func (p *Policy) CheckValidBody(body []byte) Verdict {
+	var v Verdict
+	_, shielded := p.annotations(doc(body), &v)
 	if p.requireShields && !shielded && !v.Block {
 		v.Block = true
 		v.Reason = "content safety: the response carries no Prompt Shields annotation and requirePromptShields is set"
@@ -267,11 +540,6 @@ type StreamCheck struct {
 	shielded bool
 }
 
-// eventMembers holds the members of the events being checked: kept off the
-// stack (a stream's checks run at the bottom of a deep one) and off the
-// checker (which lives as long as its stream, a thousand at once).
-var eventMembers = sync.Pool{New: func() any { return new(members) }}
-
 // NewStream starts checking one stream.
 func (p *Policy) NewStream() *StreamCheck { return &StreamCheck{p: p} }
 
@@ -282,16 +550,12 @@ func (s *StreamCheck) Event(data []byte) Verdict {
 	if len(data) == 0 || data[0] != '{' || !gjson.ValidBytes(data) {
 		return v
 	}
-	m := eventMembers.Get().(*members)
-	defer func() {
-		*m = members{} // let go of the event's parsed copy
-		eventMembers.Put(m)
-	}()
-	m.read(gjson.ParseBytes(data))
-	if s.p.annotations(m, &v) {
+	b := doc(data)
+	m, shielded := s.p.annotations(b, &v)
+	if shielded {
 		s.shielded = true
 	}
-	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(m) {
+	if !v.Block && s.p.requireShields && !s.shielded && carriesContent(b, &m) {
 		v.Block = true
 		v.Reason = "content safety: the stream produced content before any Prompt Shields annotation and requirePromptShields is set"
 	}
@@ -299,17 +563,16 @@ func (s *StreamCheck) Event(data []byte) Verdict {
 }
 
 // carriesContent reports whether a chunk would show the agent model output.
-func carriesContent(m *members) bool {
+func carriesContent(b doc, m *members) bool {
 	found := false
-	m.choices.ForEach(func(_, c gjson.Result) bool {
-		d := c.Get("delta")
-		if d.Get("content").Str != "" || d.Get("tool_calls").Exists() || c.Get("text").Str != "" {
+	b.elements(m.choices, func(c int) int {
+		d := b.get(c, "delta")
+		if !found && (!b.strIs(b.get(d, "content"), "") || b.get(d, "tool_calls") >= 0 || !b.strIs(b.get(c, "text"), "")) {
 			found = true
-			return false
 		}
-		return true
+		return b.end(c)
 	})
-	if t := m.typ.Str; t == "content_block_delta" || t == "response.output_text.delta" {
+	if t := m.typ; b.strIs(t, "content_block_delta") || b.strIs(t, "response.output_text.delta") {
 		found = true
 	}
 	return found
