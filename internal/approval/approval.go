@@ -100,7 +100,16 @@ type entry struct {
 	visible bool
 	done    chan Result // buffered 1; written once, by whoever decides
 	decided bool
+	// settled is closed when the entry is published or dropped unpublished:
+	// its pending audit entry can be read (and its id known) a moment before
+	// Publish, and a decision in that moment waits for it.
+	settled       chan struct{}
+	settledClosed bool
 }
+
+// publishWait bounds how long a decision on a call not yet published
+// waits for it (the pending entry's audit append is bounded at ~10 s).
+const publishWait = 15 * time.Second
 
 // New returns a queue holding at most max calls (at least 1).
 func New(capacity int) *Queue {
@@ -125,7 +134,7 @@ func (q *Queue) Open(req Request) (*Ticket, error) {
 		return nil, err
 	}
 	now := q.now()
-	e := &entry{done: make(chan Result, 1), p: Pending{ID: id, Action: req.Action, Rule: req.Rule, Reason: req.Reason,
+	e := &entry{done: make(chan Result, 1), settled: make(chan struct{}), p: Pending{ID: id, Action: req.Action, Rule: req.Rule, Reason: req.Reason,
 		ArgsSHA256: req.ArgsSHA256, Args: req.Args, Approvers: slices.Clone(req.Approvers), Requested: now, Expires: now.Add(req.Timeout)}}
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -146,7 +155,16 @@ func (t *Ticket) Expires() time.Time { return t.e.p.Expires }
 func (t *Ticket) Publish() {
 	t.q.mu.Lock()
 	t.e.visible = true
+	t.e.settle()
 	t.q.mu.Unlock()
+}
+
+// settle closes settled once; the queue's lock is held.
+func (e *entry) settle() {
+	if !e.settledClosed {
+		e.settledClosed = true
+		close(e.settled)
+	}
 }
 
 // Close drops a ticket that was never waited on (its pending entry could
@@ -154,6 +172,7 @@ func (t *Ticket) Publish() {
 func (t *Ticket) Close() {
 	t.q.mu.Lock()
 	delete(t.q.entries, t.e.p.ID)
+	t.e.settle()
 	t.q.mu.Unlock()
 }
 
@@ -198,8 +217,22 @@ func (t *Ticket) settle(r Result) Result {
 }
 
 // Decide approves or denies the pending call id on behalf of by.
+//
+// The id of a held call is known from its pending audit entry, which is
+// durable (and can be read) just before the call is published; a decision
+// arriving in between waits for the publication, up to publishWait, rather
+// than answering that no such call exists.
 func (q *Queue) Decide(id string, approve bool, by string) (Pending, error) {
 	q.mu.Lock()
+	if e := q.entries[id]; e != nil && !e.visible {
+		settled := e.settled
+		q.mu.Unlock()
+		select {
+		case <-settled:
+		case <-time.After(publishWait):
+		}
+		q.mu.Lock()
+	}
 	defer q.mu.Unlock()
 	e := q.entries[id]
 	if e == nil || !e.visible {

@@ -50,14 +50,21 @@ func TestDecisionRacesTimeout(t *testing.T) {
 func TestBoundsAndVisibility(t *testing.T) {
 	q := New(2)
 	a, _ := q.Open(Request{Action: "a", Timeout: time.Hour})
-	if _, err := q.Decide(a.ID(), true, "x"); !errors.Is(err, ErrUnknown) || len(q.List()) != 0 {
-		t.Fatalf("unpublished call decided or listed: %v", err)
+	early := make(chan error, 1)
+	go func() { _, err := q.Decide(a.ID(), true, "x"); early <- err }()
+	if len(q.List()) != 0 {
+		t.Fatal("unpublished call listed")
 	}
 	b := open(t, q, time.Hour)
 	if _, err := q.Open(Request{Action: "c", Timeout: time.Hour}); !errors.Is(err, ErrFull) {
 		t.Fatalf("third call: %v", err)
 	}
 	a.Close()
+	// The decision that came before publication waited, and the call was
+	// dropped unpublished: nothing was decided.
+	if err := <-early; !errors.Is(err, ErrUnknown) {
+		t.Fatalf("decision on a call dropped unpublished: %v", err)
+	}
 	if l := q.List(); len(l) != 1 || l[0].ID != b.ID() {
 		t.Fatalf("list %+v", l)
 	}
@@ -129,4 +136,29 @@ func FuzzValidIDAndName(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A decision that arrives between the pending audit entry and Publish
+// (the id is readable in the audit log a moment before the call is
+// listed) waits for the publication and then decides the call.
+func TestDecisionBeforePublishWaits(t *testing.T) {
+	q := New(1)
+	tk, _ := q.Open(Request{Action: "a", Timeout: time.Hour})
+	done := make(chan error, 1)
+	go func() { _, err := q.Decide(tk.ID(), true, "alice"); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("decided before publication: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	tk.Publish()
+	if err := <-done; err != nil {
+		t.Fatalf("decision after publication: %v", err)
+	}
+	if r := tk.Wait(context.Background()); r != (Result{Outcome: Approved, By: "alice"}) {
+		t.Fatalf("result %v", r)
+	}
+	if _, err := q.Decide("apv-0000000000000000", true, "alice"); !errors.Is(err, ErrUnknown) {
+		t.Fatalf("unknown id: %v", err)
+	}
 }
