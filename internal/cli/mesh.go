@@ -26,6 +26,7 @@ import (
 	"github.com/kars-io/kars/internal/controller"
 	"github.com/kars-io/kars/internal/devenv"
 	"github.com/kars-io/kars/internal/mesh/bridge"
+	"github.com/kars-io/kars/internal/offload"
 	"github.com/kars-io/kars/internal/pairing"
 	"github.com/kars-io/kars/internal/render"
 )
@@ -168,9 +169,67 @@ func newMeshListCmd(c *cluster) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", sb.Name, sb.Namespace, did, conn, peers, sessions, dash(sb.Labels["kars.io/offload"]))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			var pairings karsv1.KarsPairingList
+			opts := []client.ListOption{}
+			if c.namespace != "" {
+				opts = append(opts, client.InNamespace(c.namespace))
+			}
+			if err := cl.List(ctx, &pairings, opts...); err != nil {
+				// The sandboxes are listed already; a user who may not
+				// list pairings still sees them.
+				fmt.Fprintf(cmd.OutOrStdout(), "\n(offload pairings not listed: %v)\n", describeGetError(err, "pairings", "the cluster"))
+				return nil
+			}
+			return offloadTable(cmd.OutOrStdout(), pairings.Items, sbs, time.Now())
 		},
 	}
+}
+
+// offloadTable prints each offload pairing (one with an offload template)
+// with its slots, today's tokens, expiry, state and its live offload
+// sandboxes (those labelled with its name); nothing when there is none.
+func offloadTable(w io.Writer, pairings []karsv1.KarsPairing, sbs []*karsv1.KarsSandbox, now time.Time) error {
+	live := map[string][]string{}
+	for _, sb := range sbs {
+		if sb.Labels[offload.LabelOffload] == "true" {
+			p := sb.Labels[offload.LabelPairing]
+			live[p] = append(live[p], sb.Namespace+"/"+sb.Name)
+		}
+	}
+	sort.Slice(pairings, func(i, j int) bool {
+		return pairings[i].Namespace+"/"+pairings[i].Name < pairings[j].Namespace+"/"+pairings[j].Name
+	})
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	header := false
+	for _, p := range pairings {
+		if p.Spec.Offload == nil {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(w)
+			fmt.Fprintln(tw, "OFFLOAD PAIRING\tNAMESPACE\tSLOTS\tTOKENS TODAY\tEXPIRES\tSTATE\tOFFLOADS")
+			header = true
+		}
+		state := "active"
+		switch {
+		case p.Spec.Revoked:
+			state = "revoked"
+		case !p.Spec.ExpiresAt.IsZero() && !now.Before(p.Spec.ExpiresAt.Time):
+			state = "expired"
+		}
+		tokens := fmt.Sprint(p.Status.TokensUsed)
+		if p.Status.TokensReserved > 0 {
+			tokens += fmt.Sprintf(" (+%d held)", p.Status.TokensReserved)
+		}
+		offloads := live[p.Name]
+		sort.Strings(offloads)
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%s\t%s\n", p.Name, p.Namespace, p.Status.SlotsInUse, p.Spec.Slots, tokens,
+			p.Spec.ExpiresAt.UTC().Format(time.DateOnly), state, dash(strings.Join(offloads, ",")))
+	}
+	return tw.Flush()
 }
 
 func newMeshPromoteCmd(c *cluster) *cobra.Command {

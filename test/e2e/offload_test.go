@@ -153,8 +153,19 @@ func TestKarsDevOffload(t *testing.T) {
 	if _, err := h.WaitReady(wctx, info2.ID); err != nil {
 		t.Fatalf("second offload not ready: %v", err)
 	}
-	if out := k.must("mesh", "list"); !strings.Contains(out, offload.SandboxName(info2.ID)) {
+	out := k.must("mesh", "list")
+	if !strings.Contains(out, offload.SandboxName(info2.ID)) {
 		t.Errorf("kars mesh list does not show the live offload: %q", out)
+	}
+	// … and under its pairing.
+	var row string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "alice-laptop ") {
+			row = l
+		}
+	}
+	if !strings.Contains(row, offload.SandboxName(info2.ID)) || !strings.Contains(row, "active") {
+		t.Errorf("kars mesh list: the pairing's row %q lacks its live offload: %q", row, out)
 	}
 	eventuallyOut(t, k, 30*time.Second, []string{"pair", "list"}, "1/1")
 	k.must("pair", "revoke", "alice-laptop")
