@@ -1,7 +1,6 @@
 package mcpgateway
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,50 +21,6 @@ import (
 
 const sandboxSubject = "system:serviceaccount:team-a:kars-sandbox-bot"
 
-// wire records everything that crosses the agent-facing side of the
-// gateway: request bodies and headers, response bodies and headers.
-type wire struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-type teeWriter struct {
-	http.ResponseWriter
-	w *wire
-}
-
-func (t teeWriter) Write(b []byte) (int, error) {
-	t.w.mu.Lock()
-	t.w.buf.Write(b)
-	t.w.mu.Unlock()
-	return t.ResponseWriter.Write(b)
-}
-
-func (t teeWriter) WriteHeader(code int) {
-	t.w.mu.Lock()
-	t.ResponseWriter.Header().Write(&t.w.buf)
-	t.w.mu.Unlock()
-	t.ResponseWriter.WriteHeader(code)
-}
-
-func (w *wire) wrap(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		w.mu.Lock()
-		r.Header.Write(&w.buf)
-		w.buf.Write(body)
-		w.mu.Unlock()
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		h.ServeHTTP(teeWriter{rw, w}, r)
-	})
-}
-
-func (w *wire) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
-
 // exchangeSetup is an authorization server, an MCP server it protects, a
 // subject token for the sandbox, and a gateway toward the server whose
 // agent-facing side is recorded.
@@ -76,7 +30,7 @@ type exchangeSetup struct {
 	subject string
 	g       *Gateway
 	rec     *recorder
-	wire    *wire
+	wire    *mcpauthtest.Wire
 	agent   *httptest.Server
 }
 
@@ -101,8 +55,8 @@ func newExchangeSetup(t *testing.T, mutate func(*routerconfig.MCPAuth)) *exchang
 	t.Cleanup(pool.Close)
 	rec := newRecorder(t, governance.Rule{Name: "tools", Effect: governance.EffectAllow, Actions: []string{"mcp:protected.*"}})
 	g := New([]routerconfig.MCPServer{{Name: "protected", URL: up.Endpoint, Tools: []string{"*"}, Auth: a}}, pool, rec, nil)
-	w := &wire{}
-	agent := httptest.NewServer(w.wrap(g))
+	w := &mcpauthtest.Wire{}
+	agent := httptest.NewServer(w.Wrap(g))
 	t.Cleanup(agent.Close)
 	return &exchangeSetup{as: as, up: up, subject: subject, g: g, rec: rec, wire: w, agent: agent}
 }

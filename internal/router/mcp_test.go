@@ -332,52 +332,6 @@ func BenchmarkMCPToolsCall(b *testing.B) {
 	}
 }
 
-// agentWire records the agent-facing side of the router: request headers
-// and bodies, response headers and bodies.
-type agentWire struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-type agentTee struct {
-	http.ResponseWriter
-	w *agentWire
-}
-
-func (t agentTee) Write(b []byte) (int, error) {
-	t.w.mu.Lock()
-	t.w.buf.Write(b)
-	t.w.mu.Unlock()
-	return t.ResponseWriter.Write(b)
-}
-
-func (t agentTee) WriteHeader(code int) {
-	t.w.mu.Lock()
-	t.ResponseWriter.Header().Write(&t.w.buf)
-	t.w.mu.Unlock()
-	t.ResponseWriter.WriteHeader(code)
-}
-
-func (w *agentWire) serve(t testing.TB, h http.Handler) string {
-	hs := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		w.mu.Lock()
-		r.Header.Write(&w.buf)
-		w.buf.Write(body)
-		w.mu.Unlock()
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		h.ServeHTTP(agentTee{rw, w}, r)
-	}))
-	t.Cleanup(hs.Close)
-	return hs.URL
-}
-
-func (w *agentWire) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
-
 // Token exchange through the whole router, over TLS to a real RFC 8693
 // authorization server and an MCP server that validates the exchanged
 // token: the call runs as the sandbox's identity, and neither the subject
@@ -408,8 +362,10 @@ func TestMCPTokenExchangeThroughRouter(t *testing.T) {
 		o.TokenClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 10 * time.Second}
 		o.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 	})
-	var wire agentWire
-	cs := connectMCP(t, wire.serve(t, h.router.AgentHandler())+"/mcp/protected")
+	var wire mcpauthtest.Wire
+	agentSide := httptest.NewServer(wire.Wrap(h.router.AgentHandler()))
+	t.Cleanup(agentSide.Close)
+	cs := connectMCP(t, agentSide.URL+"/mcp/protected")
 	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "whoami", Arguments: map[string]any{}})
 	if err != nil || res.IsError || res.Content[0].(*mcp.TextContent).Text != "acting for "+sub {
 		t.Fatalf("whoami: %v %+v", err, res)
