@@ -20,7 +20,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
@@ -192,11 +191,7 @@ func TestKarsDevOpenClaw(t *testing.T) {
 	k, _ := startDev(t, "KARS_PAIRING_TOKEN=")
 	ctx := context.Background()
 	cl := devClient(t, k)
-	ip := &karsv1.InferencePolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-system", Name: "offload-model"},
-		Spec: karsv1.InferencePolicySpec{ModelPreference: karsv1.ModelPreference{Primary: karsv1.ModelTarget{Provider: karsv1.ProviderOffline, Model: "offline-small"}}}}
-	if err := cl.Create(ctx, ip); err != nil {
-		t.Fatal(err)
-	}
+	createOffloadModel(t, cl)
 	tok := mintOffloadToken(t, k, "alice-laptop", "--slots", "1", "--expires", "1h", "--capabilities", "offload,handoff")
 	pairingNamed(t, cl, "alice-laptop", func(kp *karsv1.KarsPairing) {
 		kp.Spec.Offload.Runtime = &karsv1.RuntimeSpec{Kind: karsv1.RuntimeBYO, BYO: &karsv1.BYORuntime{Image: devenv.AgentImage(), ContractVersion: "v1"}}

@@ -81,6 +81,18 @@ func mintOffloadToken(t *testing.T, k *kars, name string, args ...string) string
 	}
 }
 
+// createOffloadModel creates the offload template's InferencePolicy
+// (kars-system/offload-model, the offline model) that mintOffloadToken's
+// --offload-inference names.
+func createOffloadModel(t *testing.T, cl client.Client) {
+	t.Helper()
+	ip := &karsv1.InferencePolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-system", Name: "offload-model"},
+		Spec: karsv1.InferencePolicySpec{ModelPreference: karsv1.ModelPreference{Primary: karsv1.ModelTarget{Provider: karsv1.ProviderOffline, Model: "offline-small"}}}}
+	if err := cl.Create(context.Background(), ip); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func offloadNamespaces(t *testing.T, cl client.Client) []string {
 	t.Helper()
 	var l corev1.NamespaceList
@@ -164,11 +176,7 @@ func TestKarsDevOffloadPlugin(t *testing.T) {
 	k, _ := startDev(t, "KARS_PAIRING_TOKEN=")
 	ctx := context.Background()
 	cl := devClient(t, k)
-	ip := &karsv1.InferencePolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-system", Name: "offload-model"},
-		Spec: karsv1.InferencePolicySpec{ModelPreference: karsv1.ModelPreference{Primary: karsv1.ModelTarget{Provider: karsv1.ProviderOffline, Model: "offline-small"}}}}
-	if err := cl.Create(ctx, ip); err != nil {
-		t.Fatal(err)
-	}
+	createOffloadModel(t, cl)
 	byo := func(kp *karsv1.KarsPairing) {
 		kp.Spec.Offload.Runtime = &karsv1.RuntimeSpec{Kind: karsv1.RuntimeBYO, BYO: &karsv1.BYORuntime{Image: devenv.AgentImage(), ContractVersion: "v1"}}
 		kp.Spec.Offload.Isolation = karsv1.IsolationStandard

@@ -11,7 +11,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	karsv1 "github.com/kars-io/kars/api/v1alpha1"
@@ -35,25 +34,8 @@ func TestKarsDevOffload(t *testing.T) {
 	cl := devClient(t, k)
 
 	// The operator's side: the offline model as the offload template.
-	ip := &karsv1.InferencePolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "kars-system", Name: "offload-model"},
-		Spec: karsv1.InferencePolicySpec{ModelPreference: karsv1.ModelPreference{Primary: karsv1.ModelTarget{Provider: karsv1.ProviderOffline, Model: "offline-small"}}}}
-	if err := cl.Create(ctx, ip); err != nil {
-		t.Fatal(err)
-	}
-	var tok string
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		out, code := k.run("pair", "generate", "--name", "alice-laptop", "--slots", "1", "--expires", "1h", "--capabilities", "offload,handoff",
-			"--offload-inference", "offload-model", "--offload-ttl", "10m", "--token-budget", "100000")
-		if code == 0 {
-			tok = strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:])
-			break
-		}
-		if !strings.Contains(out, "has not published its identity") || time.Now().After(deadline) {
-			t.Fatalf("kars pair generate: %q", out)
-		}
-		time.Sleep(time.Second)
-	}
+	createOffloadModel(t, cl)
+	tok := mintOffloadToken(t, k, "alice-laptop", "--slots", "1", "--expires", "1h", "--capabilities", "offload,handoff", "--token-budget", "100000")
 	p, err := pairing.Parse(tok)
 	if err != nil || p.Issuer == "" || p.Sandbox != "" {
 		t.Fatalf("token %+v, %v", p, err)
