@@ -310,13 +310,7 @@ func (s *server) callTool(ctx context.Context, req *mcp.CallToolRequest) (mcp.Re
 	}
 	up, modern, err := s.up.callTool(ctx, p.Name, p.Arguments)
 	if err != nil {
-		var werr *jsonrpc.Error
-		var cerr *CredentialError
-		if !errors.As(err, &cerr) && errors.As(err, &werr) {
-			err = &jsonrpc.Error{Code: werr.Code, Message: werr.Message, Data: werr.Data}
-		} else {
-			err = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
-		}
+		err = s.agentError(err)
 		return nil, s.settle(c, d, durable, OutcomeUpstreamError, err)
 	}
 	if up.NeedsInput() {
@@ -410,6 +404,19 @@ func (s *server) settle(c *Call, d governance.Decision, durable func() error, ou
 func errUnaudited(what string) *jsonrpc.Error {
 	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError,
 		Message: "kars_audit_unavailable: kars-router could not write the call to its audit log, so it " + what}
+}
+
+// agentError is the JSON-RPC error the agent gets for a failed call
+// toward the server: the server's own error as it sent it, or, for
+// anything else (a credential, the connection), the gateway's account of
+// it (agentMessage).
+func (s *server) agentError(err error) error {
+	var werr *jsonrpc.Error
+	var cerr *CredentialError
+	if !errors.As(err, &cerr) && errors.As(err, &werr) {
+		return &jsonrpc.Error{Code: werr.Code, Message: werr.Message, Data: werr.Data}
+	}
+	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
 }
 
 // agentMessage is what the agent is told of a failure toward the server.

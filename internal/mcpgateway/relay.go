@@ -212,13 +212,7 @@ func (s *server) relay(w http.ResponseWriter, r *http.Request) bool {
 		}
 	}
 	if err != nil {
-		var werr *jsonrpc.Error
-		var cerr *CredentialError
-		if !errors.As(err, &cerr) && errors.As(err, &werr) {
-			err = &jsonrpc.Error{Code: werr.Code, Message: werr.Message, Data: werr.Data}
-		} else {
-			err = &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: "kars MCP gateway: " + s.agentMessage(err)}
-		}
+		err = s.agentError(err)
 		writeRPCError(w, id, s.settle(c, d, durable, OutcomeUpstreamError, err), agentModern)
 		return true
 	}
