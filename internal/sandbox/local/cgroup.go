@@ -48,7 +48,7 @@ func findHierarchies() ([]hierarchy, error) {
 		if len(pf) < 5 || len(qf) < 3 {
 			continue
 		}
-		mount := unescapeMount(pf[4])
+		mount := UnescapeMountPath(pf[4])
 		switch qf[0] {
 		case "cgroup":
 			var ctrls []string
@@ -85,11 +85,6 @@ func findHierarchies() ([]hierarchy, error) {
 		}
 	}
 	return out, nil
-}
-
-func unescapeMount(s string) string {
-	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
-	return r.Replace(s)
 }
 
 // cgroupRoles are the children of a pod's cgroup. "init" holds the pod

@@ -306,16 +306,16 @@ func isMountPoint(p string) (bool, error) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMountPath(fields[4]) == p {
+		if len(fields) > 4 && UnescapeMountPath(fields[4]) == p {
 			return true, nil
 		}
 	}
 	return false, sc.Err()
 }
 
-// unescapeMountPath decodes the octal escapes (\040 for a space) of
-// /proc/self/mountinfo.
-func unescapeMountPath(s string) string {
+// UnescapeMountPath decodes the octal escapes (\040 for a space, \134 for
+// a backslash) of a path in /proc/*/mountinfo.
+func UnescapeMountPath(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}
