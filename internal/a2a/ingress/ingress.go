@@ -15,8 +15,10 @@
 // method, payload SHA-256, gateway and router latency, decision) before any
 // byte of the answer leaves.
 //
-// The A2A protocol itself (JSON-RPC bindings of 1.0 and 0.3, tasks,
-// streaming) is the official Go SDK, github.com/a2aproject/a2a-go/v2.
+// The A2A protocol itself (tasks, streaming, the 1.0 JSON-RPC binding) is
+// the official Go SDK, github.com/a2aproject/a2a-go/v2; the 0.3 JSON-RPC
+// binding over the same handler is kars's own (internal/a2a/v03), as the
+// SDK's pulls the v0 SDK and gRPC into kars-router.
 //
 // Security: this package must not import internal/credential, the router,
 // or anything else that can reach a credential; a test checks it with
@@ -44,11 +46,11 @@ import (
 	"time"
 
 	"github.com/a2aproject/a2a-go/v2/a2a"
-	"github.com/a2aproject/a2a-go/v2/a2acompat/a2av0"
 	"github.com/a2aproject/a2a-go/v2/a2asrv"
 
 	"github.com/kars-io/kars/internal/a2a/card"
 	"github.com/kars-io/kars/internal/a2a/rpc"
+	"github.com/kars-io/kars/internal/a2a/v03"
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/ratelimit"
@@ -129,7 +131,7 @@ func New(o Options) *Ingress {
 		a2asrv.WithLogger(o.Logger),
 	)
 	i.v10 = a2asrv.NewJSONRPCHandler(h)
-	i.v03 = a2av0.NewJSONRPCHandler(h)
+	i.v03 = v03.NewHandler(h)
 	return i
 }
 
