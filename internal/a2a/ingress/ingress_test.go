@@ -330,6 +330,11 @@ func TestRefusalsReachNothing(t *testing.T) {
 		return []byte(`{"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"messageId":"m1","role":"ROLE_USER","parts":[{"text":"` +
 			strings.Repeat("x", size) + `"}]` + md + `}}}`)
 	}
+	// body03 is the same call in A2A 0.3's shapes.
+	body03 := func(method, skill string) []byte {
+		return []byte(`{"jsonrpc":"2.0","id":1,"method":"` + method + `","params":{"message":{"kind":"message","messageId":"m1","role":"user",` +
+			`"parts":[{"kind":"text","text":"x"}],"metadata":{"skill":"` + skill + `"}}}}`)
+	}
 	post := func(hc *http.Client, version string, b []byte) (int, string) {
 		req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/", bytes.NewReader(b))
 		req.Header.Set("Content-Type", "application/json")
@@ -376,6 +381,12 @@ func TestRefusalsReachNothing(t *testing.T) {
 		{name: "skill not advertised", hc: f.goodClient(), version: "1.0", body: body("delete.everything", 1), status: 200, reason: "kars_skill_not_advertised"},
 		{name: "no skill named", hc: f.goodClient(), version: "1.0", body: body("", 1), status: 200, reason: "kars_skill_missing"},
 		{name: "governance denies", hc: f.goodClient(), version: "1.0", body: body("forbidden", 1), status: 200, reason: "kars_policy_deny"},
+		{name: "governance denies, 0.3", hc: f.goodClient(), version: "0.3", body: body03("message/send", "forbidden"), status: 200, reason: "kars_policy_deny"},
+		// The stream's audit entry is written when its answer starts, which
+		// the 0.3 binding holds until the call's first event or error: the
+		// entry carries the denial, not the "allow" the call had before
+		// governance saw it.
+		{name: "governance denies a 0.3 stream", hc: f.goodClient(), version: "0.3", body: body03("message/stream", "forbidden"), status: 200, reason: "kars_policy_deny"},
 		{name: "body over the cap", hc: f.goodClient(), version: "1.0", body: body("search.web", 5000), status: 413, reason: "kars_body_too_large"},
 		{name: "unknown version", hc: f.goodClient(), version: "2.0", body: body("search.web", 1), status: 400, reason: "kars_version_not_supported"},
 		{name: "1.0 method under 0.3", hc: f.goodClient(), version: "0.3", body: body("search.web", 1), status: 200, reason: "kars_method_not_served"},

@@ -69,7 +69,10 @@ func parse(body []byte) (call, error) {
 	}
 	switch c.method {
 	case MethodSend, MethodStream:
-		c.params, err = parseSend(env.Params)
+		var p *a2a.SendMessageRequest
+		if p, err = parseSend(env.Params); err == nil {
+			c.params = p
+		}
 	case MethodGetTask:
 		var p struct {
 			ID            *string `json:"id"`
