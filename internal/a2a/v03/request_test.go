@@ -1,7 +1,10 @@
 package v03
 
 import (
+	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"slices"
 	"strings"
@@ -9,6 +12,7 @@ import (
 	"time"
 
 	"github.com/a2aproject/a2a-go/v2/a2a"
+	"github.com/a2aproject/a2a-go/v2/a2asrv"
 )
 
 // TestParseSend: a 0.3 MessageSendParams becomes the v1 request the
@@ -140,4 +144,26 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("params %T", p)
 		}
 	})
+}
+
+// extensionsSeen is a handler that answers tasks/get with the A2A
+// extensions the call named, as the handler's service parameters hold them.
+type extensionsSeen struct{ a2asrv.RequestHandler }
+
+func (extensionsSeen) GetTask(ctx context.Context, _ *a2a.GetTaskRequest) (*a2a.Task, error) {
+	cc, _ := a2asrv.CallContextFrom(ctx)
+	ext, _ := cc.ServiceParams().Get(a2a.SvcParamExtensions)
+	return nil, a2a.NewError(a2a.ErrTaskNotFound, strings.Join(ext, ","))
+}
+
+// TestExtensionsHeader: a 0.3 client names its extensions in
+// X-A2A-Extensions; the handler reads them where 1.0 puts them.
+func TestExtensionsHeader(t *testing.T) {
+	req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"id":"t"}}`))
+	req.Header.Set("X-A2A-Extensions", "https://example.com/ext/v1")
+	rec := httptest.NewRecorder()
+	NewHandler(extensionsSeen{}).ServeHTTP(rec, req)
+	if !strings.Contains(rec.Body.String(), `"message":"https://example.com/ext/v1"`) {
+		t.Fatalf("the handler did not see the extensions: %s", rec.Body)
+	}
 }
