@@ -62,10 +62,13 @@ func parse(body []byte) (call, error) {
 	}
 	if err != nil {
 		var e *rpc.Error
-		if errors.As(err, &e) && e.Code == rpc.CodeParseError {
+		if !errors.As(err, &e) {
+			return c, fmt.Errorf("%w: %v", a2a.ErrInvalidRequest, err)
+		}
+		if e.Code == rpc.CodeParseError {
 			return c, fmt.Errorf("%w: %s", a2a.ErrParseError, e.Message)
 		}
-		return c, fmt.Errorf("%w: %v", a2a.ErrInvalidRequest, err)
+		return c, fmt.Errorf("%w: %s", a2a.ErrInvalidRequest, e.Message)
 	}
 	switch c.method {
 	case MethodSend, MethodStream:
@@ -121,7 +124,7 @@ func decode(params json.RawMessage, v any) error {
 	if err := json.Unmarshal(params, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return invalid("params.%s: a JSON %s where %s belongs", te.Field, te.Value, te.Type)
+			return invalid("params.%s cannot be a JSON %s", te.Field, te.Value)
 		}
 		return invalid("params: %v", err)
 	}
