@@ -566,3 +566,21 @@ func TestStreamEndsWhenTheCallerLeaves(t *testing.T) {
 		t.Fatal("the handler kept serving a stream whose caller left")
 	}
 }
+
+// TestDifferentialExtendedCardNotConfigured: a handler without capability
+// checks and without a card answers agent/getAuthenticatedExtendedCard
+// with -32007 (0.3 §8.2), through both bindings alike.
+func TestDifferentialExtendedCardNotConfigured(t *testing.T) {
+	h := a2asrv.NewHandler(&testExecutor{}, a2asrv.WithLogger(slog.New(slog.DiscardHandler)))
+	body := `{"jsonrpc":"2.0","id":1,"method":"agent/getAuthenticatedExtendedCard"}`
+	var got [2][]any
+	for i, hd := range []http.Handler{a2av0.NewJSONRPCHandler(h), NewHandler(h)} {
+		rec := httptest.NewRecorder()
+		hd.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/", strings.NewReader(body)))
+		got[i] = normalise(t, []json.RawMessage{rec.Body.Bytes()})
+	}
+	if !reflect.DeepEqual(got[0], got[1]) {
+		t.Fatalf("answers differ\na2av0: %s\nkars:  %s", dump(got[0]), dump(got[1]))
+	}
+	wantError(-32007)(t, got[1])
+}

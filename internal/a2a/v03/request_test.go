@@ -3,6 +3,7 @@ package v03
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -165,5 +166,28 @@ func TestExtensionsHeader(t *testing.T) {
 	NewHandler(extensionsSeen{}).ServeHTTP(rec, req)
 	if !strings.Contains(rec.Body.String(), `"message":"https://example.com/ext/v1"`) {
 		t.Fatalf("the handler did not see the extensions: %s", rec.Body)
+	}
+}
+
+// TestErrorCodes: each a2a error, however wrapped, answers with its
+// JSON-RPC code (JSON-RPC 2.0 §5.1, A2A 0.3 §8.2) and names its reason.
+func TestErrorCodes(t *testing.T) {
+	for err, code := range map[error]int{
+		a2a.ErrParseError: -32700, a2a.ErrInvalidRequest: -32600, a2a.ErrMethodNotFound: -32601,
+		a2a.ErrInvalidParams: -32602, a2a.ErrInternalError: -32603,
+		a2a.ErrTaskNotFound: -32001, a2a.ErrTaskNotCancelable: -32002, a2a.ErrPushNotificationNotSupported: -32003,
+		a2a.ErrUnsupportedOperation: -32004, a2a.ErrUnsupportedContentType: -32005, a2a.ErrInvalidAgentResponse: -32006,
+		a2a.ErrExtendedCardNotConfigured: -32007, a2a.ErrUnauthenticated: -31401, a2a.ErrUnauthorized: -31403,
+		errors.New("no sentinel"): -32603,
+	} {
+		wrapped := fmt.Errorf("context: %w", a2a.NewError(err, "said so"))
+		e := toRPCError(wrapped, time.Unix(0, 0))
+		if e.Code != code || e.Message != "context: said so" {
+			t.Errorf("%v: code %d message %q, want %d", err, e.Code, e.Message, code)
+		}
+		last := e.Data[len(e.Data)-1]
+		if last.Value["reason"] != a2a.ErrorReason(err) || last.Value["domain"] != a2a.ProtocolDomain {
+			t.Errorf("%v: error info %v", err, last.Value)
+		}
 	}
 }
