@@ -302,6 +302,7 @@ type result struct {
 	// syncs and entries a second, and its CPU time per call in µs.
 	SyncsPerSec   float64 `json:"-"`
 	EntriesPerSec float64 `json:"-"`
+	SyncMeanUs    float64 `json:"-"` // the router's own mean fdatasync`
 	CPUPerCall    float64 `json:"-"`
 }
 
@@ -309,6 +310,7 @@ type result struct {
 type fsyncResult struct {
 	N             int
 	P50, P90, P99 int64
+	Mean          int64
 }
 
 // runFsync is the durability baseline: for d, it writes one line the size
@@ -340,7 +342,11 @@ func runFsync(dir, d string) {
 	}
 	slices.Sort(lat)
 	q := func(p float64) int64 { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	json.NewEncoder(os.Stdout).Encode(fsyncResult{N: len(lat), P50: q(0.5), P90: q(0.9), P99: q(0.99)})
+	var sum int64
+	for _, l := range lat {
+		sum += l
+	}
+	json.NewEncoder(os.Stdout).Encode(fsyncResult{N: len(lat), P50: q(0.5), P90: q(0.9), P99: q(0.99), Mean: sum / int64(len(lat))})
 }
 
 const prompt = `{"model":"gpt-4.1","max_tokens":16,"messages":[{"role":"system","content":"You are a benchmark."},{"role":"user","content":"Summarise the kars trust boundary in one sentence.%s"}]%s}`

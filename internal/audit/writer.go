@@ -82,6 +82,7 @@ type Writer struct {
 	headSeq uint64 // last durable entry, for Head
 	headHex string
 	syncs   atomic.Uint64
+	syncNs  atomic.Int64 // time spent in syncData, for SyncTime
 	// owner is who owns the files: nobody, an appender committing its own
 	// batch, or the committer goroutine. The queue is empty whenever
 	// nobody does.
@@ -542,11 +543,19 @@ func (w *Writer) fail(err error, entries int) {
 	w.queue = w.queue[:0]
 }
 
-// syncFile is syncData, counted for Syncs.
+// syncFile is syncData, counted for Syncs and timed for SyncTime.
 func (w *Writer) syncFile(f *os.File) error {
 	w.syncs.Add(1)
-	return syncData(f)
+	t0 := time.Now()
+	err := syncData(f)
+	w.syncNs.Add(int64(time.Since(t0)))
+	return err
 }
+
+// SyncTime returns the time the Writer has spent in fdatasync. Against
+// Syncs it is the disk's price of one commit as the log sees it, which a
+// latency budget can be compared with.
+func (w *Writer) SyncTime() time.Duration { return time.Duration(w.syncNs.Load()) }
 
 // Syncs returns how many fdatasync calls the Writer has made on its files
 // (batches, rotations and checkpoints). Against the number of entries it

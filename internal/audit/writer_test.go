@@ -95,6 +95,10 @@ func TestAppendReceiptsAndChain(t *testing.T) {
 		}
 		receipts = append(receipts, r)
 	}
+	// Five lone appends, each its own commit; the log's open entry too.
+	if n, d := w.Syncs(), w.SyncTime(); n < 6 || d <= 0 {
+		t.Fatalf("Syncs %d, SyncTime %v after 5 appends", n, d)
+	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -84,18 +84,32 @@ func errBusy(what string) *inference.APIError {
 // admit counts a call in flight, or refuses it when MaxInflight calls are
 // already in flight. done must be called when the call is finished.
 func (r *Router) admit(w http.ResponseWriter, d inference.Dialect) (done func(), ok bool) {
+	if !r.admitCall(w, d) {
+		return nil, false
+	}
+	return func() { admission{r}.finish(nil) }, true
+}
+
+// admitCall is admit for an inference call, which ends with the finisher
+// admission instead of a func.
+func (r *Router) admitCall(w http.ResponseWriter, d inference.Dialect) bool {
 	if n := r.inflight.Add(1); n > r.maxInflight {
 		r.inflight.Add(-1)
 		r.metrics.admissionRefused.WithLabelValues("inflight").Inc()
 		w.Header().Set("Retry-After", "1")
 		errBusy("calls in flight ("+strconv.FormatInt(r.maxInflight, 10)+")").Write(w, d)
-		return nil, false
+		return false
 	}
 	r.metrics.inflight.Inc()
-	return func() {
-		r.metrics.inflight.Dec()
-		r.inflight.Add(-1)
-	}, true
+	return true
+}
+
+// admission ends an admitted call: it is no longer in flight.
+type admission struct{ r *Router }
+
+func (a admission) finish(*Call) {
+	a.r.metrics.inflight.Dec()
+	a.r.inflight.Add(-1)
 }
 
 // errTooLarge is returned by readBounded for a body over its limit.

@@ -48,7 +48,7 @@ func (s forwardStage) call(c *Call) (*http.Response, []byte) {
 			lastErr = err
 			u.health.fail(time.Now(), 0)
 			s.r.metrics.upstreamErrors.WithLabelValues(u.ID(), "transport").Inc()
-			if c.R.Context().Err() != nil {
+			if c.Context().Err() != nil {
 				c.Status = 499 // the agent went away; nothing to answer
 				return nil, nil
 			}
@@ -88,7 +88,11 @@ func (s forwardStage) try(c *Call, u *upstream) (*http.Response, []byte, error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	req, err := u.NewRequest(c.R.Context(), c.Route.Op, body, c.R.Header)
+	ctx := c.R.Context()
+	if c.Req.Stream {
+		ctx = c.streamContext()
+	}
+	req, err := u.NewRequest(ctx, c.Route.Op, body, c.R.Header)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -106,6 +106,11 @@ func registerAuditSyncs(reg *prometheus.Registry, sink any) {
 			Help: "fdatasync calls made by the audit log (one per group commit, plus rotations and checkpoints)."},
 			func() float64 { return float64(s.Syncs()) }))
 	}
+	if s, ok := sink.(interface{ SyncTime() time.Duration }); ok {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "kars_router", Name: "audit_sync_seconds_total",
+			Help: "Time the audit log has spent in fdatasync; over audit_syncs_total, the mean price of one commit."},
+			func() float64 { return s.SyncTime().Seconds() }))
+	}
 }
 
 func (m *metrics) configInfo(digest string, old *generation) {

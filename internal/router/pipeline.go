@@ -15,6 +15,7 @@
 package router
 
 import (
+	"context"
 	"net/http"
 	"time"
 
@@ -78,6 +79,79 @@ type Call struct {
 	// payload (the request body's SHA-256) and outcome (the audited
 	// decision) are set by the commit.
 	payload, outcome string
+
+	// finishers are what stages do once the call is over — settle the
+	// rate limit and the budget, count and log the call, give back what
+	// it holds — run last-added first by end. They are kept here rather
+	// than run as each stage's chain returns so that a stream can outlive
+	// the handler that started it (see detach).
+	finishers [maxFinishers]finisher
+	nfinish   int
+	detached  bool
+	// ctx, when set, is the context upstream requests are made with
+	// (Context): a stream's, which can be detached from the agent
+	// request's (streamContext).
+	ctx      context.Context
+	cancel   context.CancelFunc
+	unfollow func() bool
+}
+
+// finisher is a stage's (or the admission's) part in ending a call.
+type finisher interface{ finish(c *Call) }
+
+// maxFinishers bounds the finishers of one call: admission, observe, rate
+// limit and budget.
+const maxFinishers = 4
+
+// onFinish adds f to what end runs. Stages pass themselves: a stage is a
+// struct holding one pointer, so this allocates nothing.
+func (c *Call) onFinish(f finisher) {
+	c.finishers[c.nfinish] = f
+	c.nfinish++
+}
+
+// end runs the finishers, last added first, unless the call was detached:
+// then the goroutine relaying its stream ends it.
+func (c *Call) end() {
+	if c.detached {
+		return
+	}
+	c.runFinishers()
+}
+
+func (c *Call) runFinishers() {
+	for c.nfinish > 0 {
+		c.nfinish--
+		f := c.finishers[c.nfinish]
+		c.finishers[c.nfinish] = nil
+		f.finish(c)
+	}
+	if c.cancel != nil {
+		c.cancel()
+	}
+}
+
+// Context is the context of the call's upstream requests: the agent
+// request's, or for a stream, one that follows it until the stream is
+// detached from the handler (streamContext).
+func (c *Call) Context() context.Context {
+	if c.ctx != nil {
+		return c.ctx
+	}
+	return c.R.Context()
+}
+
+// streamContext makes the call's context one that is cancelled when the
+// agent request's is — until detach — or when the call ends. net/http
+// cancels a request's context when its handler returns, also for a
+// connection taken over; a detached stream must outlive that.
+func (c *Call) streamContext() context.Context {
+	if c.ctx == nil {
+		parent := c.R.Context()
+		c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(parent))
+		c.unfollow = context.AfterFunc(parent, c.cancel)
+	}
+	return c.ctx
 }
 
 // Commit makes the call's audit entry durable, once, and returns the
@@ -120,7 +194,9 @@ func (c *Call) Refuse(err *inference.APIError) {
 }
 
 // Stage is one step of the pipeline. Serve either calls next to pass the call
-// on, or answers (usually with Call.Refuse) and returns.
+// on, or answers (usually with Call.Refuse) and returns. What a stage does
+// once the call is over belongs in a finisher (Call.onFinish), not after
+// next returns: a stream is relayed on after the chain has returned.
 type Stage interface {
 	Name() string
 	Serve(c *Call, next func(*Call))

@@ -25,22 +25,71 @@ var redacted = []byte("[redacted by kars-router]")
 // anything else whole, both through the content-safety checks and the
 // credential scrubber.
 func (s forwardStage) relay(c *Call, resp *http.Response, secret []byte) {
-	defer resp.Body.Close()
 	mt := mediaType(resp.Header.Get("Content-Type"))
-	if c.Req.Stream && resp.StatusCode == http.StatusOK && mt == "text/event-stream" {
-		// The request body (a whole conversation, often tens of KiB) is
-		// not needed for the stream's life, only its hash for the entry.
-		c.payload, c.Body = payloadHash(c.Body), nil
-		ok := startStream(c, resp.Header)
-		if sw, taken := c.W.(*streamWriter); taken {
-			defer sw.close()
-		}
-		if ok {
-			s.relayStream(c, resp, secret)
-		}
+	if !c.Req.Stream || resp.StatusCode != http.StatusOK || mt != "text/event-stream" {
+		defer resp.Body.Close()
+		s.relayBody(c, resp, mt, secret)
 		return
 	}
-	s.relayBody(c, resp, mt, secret)
+	// The request body (a whole conversation, often tens of KiB) is not
+	// needed for the stream's life, only its hash for the entry.
+	c.payload, c.Body = payloadHash(c.Body), nil
+	ok := startStream(c, resp.Header)
+	sw, taken := c.W.(*streamWriter)
+	if ok && taken && c.unfollow != nil && c.unfollow() {
+		c.detached = true
+		d := &detachedStream{r: s.r, c: c, body: resp.Body, sw: sw, relay: newStreamRelay(c, resp, secret)}
+		go d.run()
+		return
+	}
+	defer resp.Body.Close()
+	if taken {
+		defer sw.close()
+	}
+	if ok {
+		newStreamRelay(c, resp, secret).run()
+	}
+}
+
+// detachedStream is a stream relayed on a goroutine of its own, which
+// then ends the call, while the handler that started it returns.
+//
+// It exists for memory. A stream lives for seconds to minutes, and
+// relayed on the handler's goroutine it would keep that goroutine's stack
+// for all of it: net/http's connection loop, the middleware and every
+// stage's frame, grown to 16–32 KiB by parsing and deciding the request.
+// A goroutine that only waits for the upstream's next event needs a few
+// KiB; with a thousand open streams that is the difference between ~17 MB
+// and ~4–9 MB of stacks (bench/router). Only a connection taken over from
+// net/http can be left by its handler (streamWriter); the call's context
+// was made to outlive the handler's (Call.streamContext), and detaching
+// stops it following the agent request's, which net/http cancels when the
+// handler returns.
+type detachedStream struct {
+	r     *Router
+	c     *Call
+	body  io.Closer
+	sw    *streamWriter
+	relay *streamRelay
+}
+
+// run relays the stream. Its frame, with end's, is what the goroutine
+// holds while it waits for the upstream, so it does nothing else.
+func (d *detachedStream) run() {
+	defer d.end()
+	d.relay.run()
+}
+
+// end closes both connections, answers a panic as the observe stage would
+// (the stream is cut; the call is recorded with a 500), and ends the call.
+func (d *detachedStream) end() {
+	d.sw.close()
+	d.body.Close()
+	if p := recover(); p != nil {
+		d.r.log.Error("router panic", "panic", p, "path", d.c.R.URL.Path)
+		d.c.Refuse(&inference.APIError{Status: http.StatusInternalServerError, Type: "server_error", Code: "kars_internal", Message: "kars-router internal error"})
+	}
+	d.c.runFinishers()
 }
 
 // relayBody relays a whole (non-streamed) answer after inspecting it.
@@ -134,6 +183,13 @@ func startStream(c *Call, upstream http.Header) bool {
 	c.Status = http.StatusOK
 	if sw, ok := takeOverStream(c.W, c.R); ok {
 		c.W = sw
+		// The request's body reaches net/http's connection state — its
+		// buffers, the response and its chunking buffer, ~10 KiB — which
+		// the call would keep for the stream's life; the body was read
+		// long ago.
+		r := *c.R
+		r.Body, r.GetBody = http.NoBody, nil
+		c.R = &r
 		if sw.err != nil {
 			c.Status = 499
 			return false
@@ -148,20 +204,23 @@ func startStream(c *Call, upstream http.Header) bool {
 	return true
 }
 
-// relayStream forwards a Server-Sent Events stream. Each event is parsed,
+// newStreamRelay relays a Server-Sent Events stream (run). Each event is parsed,
 // metered and checked before it is written; a blocking safety verdict ends
 // the stream with an error event, so nothing after the offending chunk
 // reaches the agent. The upstream's usage chunk (which the router always
 // asks for) is passed on only if the agent asked for it too.
 //
 // The loop that waits for the upstream's next event is kept apart from the
-// handling of an event (streamRelay.event): the waiting frame is what a
-// stream's goroutine holds on its stack for the stream's life, and the
-// runtime sizes every new goroutine's stack from the average such frame
-// (see docs/router.md, Memory).
-func (s forwardStage) relayStream(c *Call, resp *http.Response, secret []byte) {
-	r := &streamRelay{c: c, rc: http.NewResponseController(c.W), meter: inference.NewStreamMeter(c.Route.Dialect, c.Route.Op),
+// handling of an event (streamRelay.event): the waiting frames are what a
+// stream's goroutine holds on its stack for the stream's life (see
+// docs/router.md, Memory).
+func newStreamRelay(c *Call, resp *http.Response, secret []byte) *streamRelay {
+	return &streamRelay{c: c, rc: http.NewResponseController(c.W), meter: inference.NewStreamMeter(c.Route.Dialect, c.Route.Op),
 		check: c.Gen.safety.NewStream(), events: inference.NewSSEReader(resp.Body), secret: secret}
+}
+
+// run relays the stream to its end.
+func (r *streamRelay) run() {
 	defer r.settle()
 	for r.next() {
 	}
@@ -215,7 +274,7 @@ func (r *streamRelay) event() bool {
 		}
 		c.Status = http.StatusBadGateway
 		r.commit()
-		if c.R.Context().Err() == nil {
+		if c.Context().Err() == nil {
 			writeStreamError(c, "server_error", "kars_upstream_stream_broken", "the upstream stream ended unexpectedly: "+err.Error())
 		}
 		return false

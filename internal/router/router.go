@@ -225,12 +225,13 @@ func (r *Router) serveInference(w http.ResponseWriter, req *http.Request) {
 		notFound(w, req)
 		return
 	}
-	done, ok := r.admit(w, route.Dialect)
-	if !ok {
+	if !r.admitCall(w, route.Dialect) {
 		return
 	}
-	defer done()
-	r.chain.Run(&Call{W: w, R: req, Start: time.Now(), Gen: r.gen.Load(), Route: route})
+	c := &Call{W: w, R: req, Start: time.Now(), Gen: r.gen.Load(), Route: route}
+	c.onFinish(admission{r})
+	defer c.end()
+	r.chain.Run(c)
 }
 
 // Wait blocks until the trust penalties started so far are written. Call it

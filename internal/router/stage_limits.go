@@ -88,9 +88,12 @@ func (s rateLimitStage) Serve(c *Call, next func(*Call)) {
 		}
 	}
 	c.RateTokens = n
+	c.onFinish(s)
 	next(c)
-	s.r.limiter.Settle(n, charge(c, n))
 }
+
+// finish settles the tokens taken to the call's usage.
+func (s rateLimitStage) finish(c *Call) { s.r.limiter.Settle(c.RateTokens, charge(c, c.RateTokens)) }
 
 // budgetStage reserves the worst case against the per-request, daily and
 // monthly budgets before forwarding, and settles to the upstream's usage
@@ -109,9 +112,12 @@ func (s budgetStage) Serve(c *Call, next func(*Call)) {
 		}
 	}
 	c.Reservation = res
-	defer func() {
-		res.Settle(charge(c, res.Tokens()))
-		s.r.metrics.budget(s.r.ledger.State())
-	}()
+	c.onFinish(s)
 	next(c)
+}
+
+// finish settles the reservation to the call's usage.
+func (s budgetStage) finish(c *Call) {
+	c.Reservation.Settle(charge(c, c.Reservation.Tokens()))
+	s.r.metrics.budget(s.r.ledger.State())
 }

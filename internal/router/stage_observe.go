@@ -25,25 +25,39 @@ func (observeStage) Name() string { return "observe" }
 
 func (s observeStage) Serve(c *Call, next func(*Call)) {
 	c.commit = s.commit
-	defer func() {
-		if p := recover(); p != nil {
-			if p == http.ErrAbortHandler {
-				panic(p)
-			}
-			s.r.log.Error("router panic", "panic", p, "path", c.R.URL.Path)
-			c.Refuse(&inference.APIError{Status: http.StatusInternalServerError, Type: "server_error", Code: "kars_internal", Message: "kars-router internal error"})
-		}
-		s.record(c)
-		for _, release := range c.release {
-			release()
-		}
-	}()
+	c.onFinish(s)
+	defer s.recoverPanic(c)
 	if s.r.auditFailing.Load() {
 		// Probe: if this refusal can be audited, the log is back.
 		c.Refuse(errAuditUnavailable)
 		return
 	}
 	next(c)
+}
+
+// finish records the call (record) and gives back what it holds of the
+// router's buffer budget.
+func (s observeStage) finish(c *Call) {
+	s.record(c)
+	for _, release := range c.release {
+		release()
+	}
+}
+
+// recoverPanic answers a call whose handling panicked with a 500; end
+// records it as usual. It runs deferred, in the handler or in a detached
+// stream's goroutine. http.ErrAbortHandler goes on up: net/http uses it
+// to drop a connection on purpose.
+func (s observeStage) recoverPanic(c *Call) {
+	p := recover()
+	if p == nil {
+		return
+	}
+	if p == http.ErrAbortHandler && !c.detached {
+		panic(p)
+	}
+	s.r.log.Error("router panic", "panic", p, "path", c.R.URL.Path)
+	c.Refuse(&inference.APIError{Status: http.StatusInternalServerError, Type: "server_error", Code: "kars_internal", Message: "kars-router internal error"})
 }
 
 // outcome names the call's decision for the audit entry and metrics.

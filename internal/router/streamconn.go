@@ -43,13 +43,15 @@ func takeOverStream(w http.ResponseWriter, r *http.Request) (*streamWriter, bool
 		return nil, false
 	}
 	h := w.Header().Clone()
-	conn, brw, err := hj.Hijack()
+	conn, _, err := hj.Hijack()
 	if err != nil {
 		return nil, false
 	}
 	// Anything the agent sent after this request (HTTP/1.1 pipelining)
-	// is dropped with the connection; its client sends it again.
-	s := &streamWriter{conn: conn, bw: brw.Writer, header: h, chunked: r.ProtoAtLeast(1, 1)}
+	// is dropped with the connection; its client sends it again. The
+	// connection's own 4 KiB buffers are left behind (a stream's events
+	// are a few hundred bytes; a larger one is written past the buffer).
+	s := &streamWriter{conn: conn, bw: bufio.NewWriterSize(conn, streamWriteBuffer), header: h, chunked: r.ProtoAtLeast(1, 1)}
 	h.Del("Content-Length")
 	h.Del("Transfer-Encoding")
 	h.Set("Connection", "close")
@@ -63,6 +65,9 @@ func takeOverStream(w http.ResponseWriter, r *http.Request) (*streamWriter, bool
 	s.err = s.bw.Flush()
 	return s, true
 }
+
+// streamWriteBuffer is the size of a taken-over stream's write buffer.
+const streamWriteBuffer = 1024
 
 func (s *streamWriter) Header() http.Header { return s.header }
 

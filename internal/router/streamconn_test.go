@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -130,5 +131,103 @@ func TestShutdownWaitsForStreams(t *testing.T) {
 	rep, err := audit.Verify(c.Audit.Dir, audit.VerifyOptions{})
 	if err != nil || !rep.OK() || rep.Entries != 2 {
 		t.Fatalf("audit after shutdown: %+v %v (want the open entry and the stream)", rep, err)
+	}
+}
+
+// goroutineStacks returns every goroutine's stack.
+func goroutineStacks() string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// TestStreamOutlivesItsHandler: once a stream starts on a taken-over
+// connection it is relayed on a goroutine of its own and the handler
+// returns, giving back its deep stack; the streams still complete, and each
+// is counted in flight, on record and settled until it ends.
+func TestStreamOutlivesItsHandler(t *testing.T) {
+	h := newHarness(t, nil)
+	addr := strings.TrimPrefix(h.agent.URL, "http://")
+	const n = 4
+	bodies := make(chan string, n)
+	for range n {
+		go func() {
+			_, body, _ := rawStream(t, addr, "HTTP/1.1", "slowly #fake:slow=250ms")
+			bodies <- body
+		}()
+	}
+	var stacks string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		stacks = goroutineStacks()
+		relayed := strings.Count(stacks, ".(*detachedStream).run(")
+		if relayed == n && !strings.Contains(stacks, ".(*Router).serveInference(") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want %d streams relayed apart from their handlers, none inside one; got %d relayed:\n%s", n, relayed, stacks)
+		}
+	}
+	if got := h.router.InFlight(); got != n {
+		t.Fatalf("in flight while the streams run: %d, want %d", got, n)
+	}
+	for range n {
+		if b := <-bodies; !strings.HasSuffix(b, "data: [DONE]\n\n") {
+			t.Fatalf("stream cut: it ends %q", b[max(0, len(b)-200):])
+		}
+	}
+	recs := h.auditRecords() // waits for nothing in flight
+	if len(recs) != n {
+		t.Fatalf("audit: %d entries, want %d", len(recs), n)
+	}
+	for _, r := range recs {
+		if r.Attrs["stream"] != "true" || r.Attrs["status"] != "200" || r.Attrs["completion_tokens"] == "0" {
+			t.Fatalf("stream entry %+v", r.Attrs)
+		}
+	}
+	if st := h.ledgerState(); st.DayReserved != 0 || st.DayUsed == 0 {
+		t.Fatalf("budget after the streams: %+v (want nothing reserved, the usage charged)", st)
+	}
+}
+
+// TestDetachedStreamNoticesTheAgentLeave: an agent that closes its
+// connection mid-stream ends the relay at the next event, not at the end
+// of the stream; the call is recorded as 499 and stops counting in flight.
+func TestDetachedStreamNoticesTheAgentLeave(t *testing.T) {
+	h := newHarness(t, nil)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.agent.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"gpt-4.1","stream":true,"max_tokens":40,"messages":[{"role":"user","content":"long #fake:slow=200ms"}]}`
+	io.WriteString(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: "+
+		strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	first := make([]byte, 64)
+	if _, err := io.ReadAtLeast(resp.Body, first, 1); err != nil {
+		t.Fatal(err)
+	}
+	left := time.Now()
+	conn.Close()
+	h.quiesce()
+	// The whole stream takes ~8 s (40 chunks 200 ms apart); its end is
+	// noticed at the next write or two.
+	if took := time.Since(left); took > 3*time.Second {
+		t.Fatalf("the relay ran on for %v after the agent left", took)
+	}
+	recs := h.auditRecords()
+	if len(recs) != 1 || recs[0].Attrs["status"] != "499" {
+		t.Fatalf("audit: %+v", recs)
+	}
+	if st := h.ledgerState(); st.DayReserved != 0 {
+		t.Fatalf("budget still reserves %d after the agent left", st.DayReserved)
 	}
 }
