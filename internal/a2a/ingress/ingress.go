@@ -27,6 +27,7 @@ package ingress
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -42,6 +43,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -212,7 +214,13 @@ func (i *Ingress) TLSConfig() *tls.Config {
 
 // call is one JSON-RPC call's state, shared by the HTTP layer, the SDK
 // interceptor, the task store and the executor through the context.
+//
+// Once serveRPC hands the call to a binding, the interceptor and the task
+// store may run on a goroutine of the SDK's (its streams) while the HTTP
+// layer commits the audit entry, so the fields they share are guarded by
+// mu: decision, rule, reason, refusal, skill and committed.
 type call struct {
+	mu              sync.Mutex
 	start           time.Time
 	cfg             *routerconfig.A2A
 	caller, subject string
@@ -225,12 +233,13 @@ type call struct {
 	skill           string
 	sessionMax      time.Duration
 	agentURL        string
+	// decision is "" while the call is with a binding and not yet decided:
+	// the interceptor decides it, or commit records it as refused.
 	decision, rule  string
 	reason, refusal string
 	committed       bool
 	commitErr       error
 	status          int
-	decidedAt       time.Duration
 	// replyAsMessage: a blocking SendMessage that starts no task is
 	// answered with the agent's reply as a Message (A2A's simple
 	// interaction): no task to store, get or cancel.
@@ -329,7 +338,7 @@ func (i *Ingress) serveRPC(w http.ResponseWriter, r *http.Request, cfg *routerco
 	}
 	c.sessionMax = time.Duration(cfg.SessionMaxSeconds) * time.Second
 	c.agentURL = cfg.AgentURL
-	c.decision = "allow" // the SDK's interceptor may still deny
+	c.decision = "" // the interceptor's to decide
 	r2 := r.Clone(context.WithValue(r.Context(), callKey{}, c))
 	r2.Body = io.NopCloser(bytes.NewReader(body))
 	r2.ContentLength = int64(len(body))
@@ -339,7 +348,7 @@ func (i *Ingress) serveRPC(w http.ResponseWriter, r *http.Request, cfg *routerco
 	} else {
 		i.v03.ServeHTTP(aw, r2)
 	}
-	aw.commit() // an answer the SDK never wrote is still on record
+	aw.finish()
 }
 
 // identify reads the caller the gateway vouches for and re-verifies its
@@ -403,15 +412,29 @@ func payloadHash(b []byte) string {
 
 // interceptor runs inside the SDK with the typed request: it binds the
 // call to its caller (task ownership), and decides messages: skill,
-// session age, governance.
+// session age, governance. A call the SDK's handler refuses as malformed
+// after the interceptor allowed it is recorded as refused (After).
 type interceptor struct{ i *Ingress }
 
-// Before implements a2asrv.CallInterceptor.
+// errRecordedUndecided refuses a call whose audit entry was committed
+// before the interceptor saw it (its caller went away first): the entry
+// says it was refused, so it must not go on.
+var errRecordedUndecided = fmt.Errorf("%w: the call was recorded as refused before it was decided", a2a.ErrInternalError)
+
+// Before implements a2asrv.CallInterceptor. It decides under the call's
+// lock, so that an audit entry committed meanwhile (its caller gone)
+// waits for the decision and records it.
 func (it interceptor) Before(ctx context.Context, cc *a2asrv.CallContext, req *a2asrv.Request) (context.Context, any, error) {
 	c := callFrom(ctx)
 	if c == nil {
 		return ctx, nil, a2a.ErrUnauthenticated
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.committed {
+		return ctx, nil, errRecordedUndecided
+	}
+	c.decision = "allow"
 	cc.User = a2asrv.NewAuthenticatedUser(c.caller, nil)
 	m, ok := req.Payload.(*a2a.SendMessageRequest)
 	if !ok {
@@ -437,7 +460,7 @@ func (it interceptor) Before(ctx context.Context, cc *a2asrv.CallContext, req *a
 	d := it.i.o.Decide(ctx, Action(skill), map[string]any{
 		"caller": c.caller, "caller_subject": c.subject, "trust": c.trust, "method": c.op.String(),
 	})
-	c.rule, c.decidedAt = d.Rule, it.i.now().Sub(c.start)
+	c.rule = d.Rule
 	if !d.Allowed() {
 		c.decision, c.reason, c.refusal = d.Verdict.String(), d.Reason, "kars_policy_"+d.Verdict.String()
 		return ctx, nil, a2a.NewError(a2a.ErrUnauthorized, "kars governance: "+d.Verdict.String()+": "+d.Reason).
@@ -447,8 +470,28 @@ func (it interceptor) Before(ctx context.Context, cc *a2asrv.CallContext, req *a
 	return ctx, nil, nil
 }
 
-// After implements a2asrv.CallInterceptor.
-func (interceptor) After(context.Context, *a2asrv.CallContext, *a2asrv.Response) error { return nil }
+// After implements a2asrv.CallInterceptor: a call the handler refused as
+// malformed after the interceptor allowed it (the SDK checks a message's
+// id, role and parts only then; the task store, a list's page) reached
+// nothing, and is recorded as refused, not allowed. An answer already
+// committed is not revised: its entry is on record.
+func (interceptor) After(ctx context.Context, _ *a2asrv.CallContext, resp *a2asrv.Response) error {
+	c := callFrom(ctx)
+	if c == nil || !errors.Is(resp.Err, a2a.ErrInvalidParams) {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.committed && c.decision == "allow" {
+		c.decision, c.rule, c.refusal, c.reason = "refused", "", refusalBadParams, resp.Err.Error()
+	}
+	return nil
+}
+
+// refusalBadParams records a call a binding or the SDK's handler refused
+// as malformed: the caller gets the binding's own invalid-params (or
+// parse) error, not a kars one.
+const refusalBadParams = "kars_bad_params"
 
 // Action is the governance action of an inbound call to skill.
 func Action(skill string) string { return "a2a:receive:" + skill }
@@ -495,34 +538,59 @@ func skillOf(m *a2a.SendMessageRequest) (string, error) {
 // byte of the answer: the answer (or the first event of a stream) waits
 // for it, and an entry that cannot be written replaces the answer with a
 // 503.
+//
+// The entry is committed when the answer's first byte is about to leave
+// (its first Write or Flush), not when a handler sets the status: the
+// SDK's 1.0 binding sets a stream's headers before its interceptor has
+// decided the call, and an entry committed then would record the call as
+// undecided. The status line waits with the entry, so nothing leaves
+// before it.
 type auditWriter struct {
 	http.ResponseWriter
-	ing      *Ingress
-	c        *call
-	r        *http.Request
-	failed   bool
-	wroteHdr bool
+	ing     *Ingress
+	c       *call
+	r       *http.Request
+	status  int // set by WriteHeader, sent by start
+	started bool
+	failed  bool
 }
 
+// WriteHeader records the status; start sends it.
 func (a *auditWriter) WriteHeader(status int) {
-	if a.wroteHdr {
+	if a.status == 0 {
+		a.status = status
+	}
+}
+
+// start commits the entry and sends the status line, or a 503 in place of
+// the answer when the entry cannot be written.
+func (a *auditWriter) start() {
+	if a.started {
 		return
 	}
-	a.wroteHdr = true
-	a.c.status = status
+	a.started = true
+	a.c.status = cmp.Or(a.status, http.StatusOK)
 	if err := a.commit(); err != nil {
 		a.failed = true
 		(&rpc.Error{Code: rpc.CodeInternalError, Message: "kars-router could not write the call to its audit log: " + err.Error(),
 			Reason: "kars_audit_unavailable"}).Write(a.ResponseWriter, http.StatusServiceUnavailable, nil)
 		return
 	}
-	a.ResponseWriter.WriteHeader(status)
+	a.ResponseWriter.WriteHeader(a.c.status)
+}
+
+// finish ends the answer once the binding has returned: a status it set
+// without writing a body is sent, and an answer it never started is still
+// on record.
+func (a *auditWriter) finish() {
+	if a.status != 0 {
+		a.start()
+	}
+	a.commit()
 }
 
 func (a *auditWriter) Write(b []byte) (int, error) {
-	if !a.wroteHdr {
-		a.WriteHeader(http.StatusOK)
-	}
+	a.start()
 	if a.failed {
 		return len(b), nil
 	}
@@ -531,9 +599,7 @@ func (a *auditWriter) Write(b []byte) (int, error) {
 
 // Flush implements http.Flusher for the SDK's Server-Sent Events writer.
 func (a *auditWriter) Flush() {
-	if !a.wroteHdr {
-		a.WriteHeader(http.StatusOK)
-	}
+	a.start()
 	if f, ok := a.ResponseWriter.(http.Flusher); ok && !a.failed {
 		f.Flush()
 	}
@@ -543,17 +609,31 @@ func (a *auditWriter) Flush() {
 func (a *auditWriter) Unwrap() http.ResponseWriter { return a.ResponseWriter }
 
 // commit appends the call's audit entry once and sets the answer's
-// decision and latency headers.
+// decision and latency headers. A call still undecided was answered by its
+// binding without reaching the interceptor: the binding refused its params
+// as malformed, or the caller went away first (the interceptor then
+// refuses it, should it still run).
 func (a *auditWriter) commit() error {
 	c := a.c
+	c.mu.Lock()
 	if c.committed {
+		c.mu.Unlock()
 		return c.commitErr
 	}
 	c.committed = true
+	if c.decision == "" {
+		c.decision, c.refusal = "refused", refusalBadParams
+		c.reason = "the A2A " + c.version.String() + " binding refused the call's params as malformed before any handler saw them"
+		if a.r.Context().Err() != nil {
+			c.refusal, c.reason = "kars_caller_gone", "the caller went away before the call was decided"
+		}
+	}
+	decision, rule, reason, refusal, skill := c.decision, c.rule, c.reason, c.refusal, c.skill
+	c.mu.Unlock()
 	lat := a.ing.now().Sub(c.start)
 	action := "a2a:" + c.op.String()
-	if c.skill != "" {
-		action = Action(c.skill)
+	if skill != "" {
+		action = Action(skill)
 	}
 	attrs := map[string]string{
 		"op":                "a2a",
@@ -572,20 +652,20 @@ func (a *auditWriter) commit() error {
 	if c.op.Streams() {
 		attrs["stream"] = "true"
 	}
-	if c.refusal != "" {
-		attrs["refusal"] = c.refusal
+	if refusal != "" {
+		attrs["refusal"] = refusal
 	}
 	attrs["router_latency_us"] = strconv.FormatInt(lat.Microseconds(), 10)
 	c.commitErr = a.ing.o.Audit(a.r.Context(), audit.Record{
-		Sandbox: a.ing.o.Sandbox, Agent: a.ing.o.Agent, Action: action, Decision: c.decision, Rule: c.rule,
-		Reason: c.reason, PayloadSHA256: c.payload, Latency: lat, Attrs: attrs,
+		Sandbox: a.ing.o.Sandbox, Agent: a.ing.o.Agent, Action: action, Decision: decision, Rule: rule,
+		Reason: reason, PayloadSHA256: c.payload, Latency: lat, Attrs: attrs,
 	})
 	h := a.ResponseWriter.Header()
 	h.Set(rpc.HeaderRouterLatency, strconv.FormatInt(lat.Microseconds(), 10))
-	h.Set(rpc.HeaderDecision, c.decision)
+	h.Set(rpc.HeaderDecision, decision)
 	a.ing.log.LogAttrs(a.r.Context(), slog.LevelInfo, "a2a",
-		slog.String("action", action), slog.String("decision", c.decision), slog.String("method", c.method),
+		slog.String("action", action), slog.String("decision", decision), slog.String("method", c.method),
 		slog.String("caller", c.caller), slog.Int("status", c.status), slog.Duration("latency", lat),
-		slog.String("payload_sha256", c.payload), slog.String("refusal", c.refusal))
+		slog.String("payload_sha256", c.payload), slog.String("refusal", refusal))
 	return c.commitErr
 }

@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -46,6 +48,11 @@ type fixture struct {
 	skew                    atomic.Int64
 	mu                      sync.Mutex
 	records                 []audit.Record
+	// beforeDecide and beforeAudit, when set, run as the ingress asks
+	// governance and as it appends an entry (the entry is kept when
+	// beforeAudit returns nil, and the append fails with its error).
+	beforeDecide atomic.Pointer[func()]
+	beforeAudit  atomic.Pointer[func() error]
 }
 
 func newFixture(t *testing.T, mod func(*routerconfig.A2A)) *fixture {
@@ -82,9 +89,17 @@ func newFixture(t *testing.T, mod func(*routerconfig.A2A)) *fixture {
 		Sandbox: "ns/research-bot", Agent: "ns/research-bot", Version: "1.0.0",
 		Config: func() *routerconfig.A2A { return f.cfg.Load() },
 		Decide: func(_ context.Context, action string, args map[string]any) governance.Decision {
+			if hook := f.beforeDecide.Load(); hook != nil {
+				(*hook)()
+			}
 			return eng.Decide(&governance.Request{Agent: "ns/research-bot", Action: action, Args: args})
 		},
 		Audit: func(_ context.Context, rec audit.Record) error {
+			if hook := f.beforeAudit.Load(); hook != nil {
+				if err := (*hook)(); err != nil {
+					return err
+				}
+			}
 			f.mu.Lock()
 			f.records = append(f.records, rec)
 			f.mu.Unlock()
@@ -162,6 +177,23 @@ func (f *fixture) recordCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.records)
+}
+
+// post sends body to the ingress as A2A version (none when ""), and
+// returns the answer's status and body, or 0 and the error.
+func (f *fixture) post(hc *http.Client, version string, body []byte) (int, string) {
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if version != "" {
+		req.Header.Set(rpc.HeaderVersion, version)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(rb)
 }
 
 func taskOf(t *testing.T, r a2a.SendMessageResult) *a2a.Task {
@@ -335,20 +367,7 @@ func TestRefusalsReachNothing(t *testing.T) {
 		return []byte(`{"jsonrpc":"2.0","id":1,"method":"` + method + `","params":{"message":{"kind":"message","messageId":"m1","role":"user",` +
 			`"parts":[{"kind":"text","text":"x"}],"metadata":{"skill":"` + skill + `"}}}}`)
 	}
-	post := func(hc *http.Client, version string, b []byte) (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/", bytes.NewReader(b))
-		req.Header.Set("Content-Type", "application/json")
-		if version != "" {
-			req.Header.Set(rpc.HeaderVersion, version)
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		rb, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(rb)
-	}
+	post := f.post
 	// The control: the same request with a good identity reaches the agent.
 	if status, out := post(f.goodClient(), "1.0", body("search.web", 10)); status != 200 || !strings.Contains(out, "echo: ") || f.agent.Turns() != 1 {
 		t.Fatalf("control: %d %s (turns %d)", status, out, f.agent.Turns())
@@ -370,6 +389,12 @@ func TestRefusalsReachNothing(t *testing.T) {
 		after   func()
 		status  int
 		reason  string // "" for a TLS failure
+		// decision is the audited decision: "deny" for policy (skill,
+		// governance, session), "refused" (the default) for the ingress's
+		// own limits and protocol checks.
+		decision string
+		// action is the audited action, when the test names one.
+		action string
 	}{
 		{name: "no client certificate", hc: f.client(nil, f.caller, f.callerCard, 700), body: body("search.web", 1)},
 		{name: "not the gateway's certificate", hc: f.client(impostorGW, f.caller, f.callerCard, 700), body: body("search.web", 1)},
@@ -378,15 +403,22 @@ func TestRefusalsReachNothing(t *testing.T) {
 		{name: "card signed by another key", hc: f.client(f.gateway, f.caller, strangerCard, 700), version: "1.0", body: body("search.web", 1), status: 401, reason: "kars_caller_card_key_mismatch"},
 		{name: "thumbprint not allowed", hc: f.client(f.gateway, stranger, strangerCard, 700), version: "1.0", body: body("search.web", 1), status: 403, reason: "kars_caller_not_allowed"},
 		{name: "trust too low", hc: f.client(f.gateway, f.caller, f.callerCard, 499), version: "1.0", body: body("search.web", 1), status: 403, reason: "kars_trust_too_low"},
-		{name: "skill not advertised", hc: f.goodClient(), version: "1.0", body: body("delete.everything", 1), status: 200, reason: "kars_skill_not_advertised"},
-		{name: "no skill named", hc: f.goodClient(), version: "1.0", body: body("", 1), status: 200, reason: "kars_skill_missing"},
-		{name: "governance denies", hc: f.goodClient(), version: "1.0", body: body("forbidden", 1), status: 200, reason: "kars_policy_deny"},
-		{name: "governance denies, 0.3", hc: f.goodClient(), version: "0.3", body: body03("message/send", "forbidden"), status: 200, reason: "kars_policy_deny"},
-		// The stream's audit entry is written when its answer starts, which
-		// the 0.3 binding holds until the call's first event or error: the
-		// entry carries the denial, not the "allow" the call had before
-		// governance saw it.
-		{name: "governance denies a 0.3 stream", hc: f.goodClient(), version: "0.3", body: body03("message/stream", "forbidden"), status: 200, reason: "kars_policy_deny"},
+		{name: "skill not advertised", hc: f.goodClient(), version: "1.0", body: body("delete.everything", 1), status: 200, reason: "kars_skill_not_advertised",
+			decision: "deny", action: "a2a:receive:delete.everything"},
+		{name: "no skill named", hc: f.goodClient(), version: "1.0", body: body("", 1), status: 200, reason: "kars_skill_missing", decision: "deny"},
+		{name: "governance denies", hc: f.goodClient(), version: "1.0", body: body("forbidden", 1), status: 200, reason: "kars_policy_deny",
+			decision: "deny", action: "a2a:receive:forbidden"},
+		{name: "governance denies, 0.3", hc: f.goodClient(), version: "0.3", body: body03("message/send", "forbidden"), status: 200, reason: "kars_policy_deny",
+			decision: "deny", action: "a2a:receive:forbidden"},
+		// A stream's audit entry is written when the first byte of its
+		// answer leaves, after governance has decided, not when a binding
+		// sets the stream's headers: the entry carries the denial, not the
+		// "allow" the call had before governance saw it.
+		{name: "governance denies a 1.0 stream", hc: f.goodClient(), version: "1.0",
+			body:   bytes.Replace(body("forbidden", 1), []byte(`"SendMessage"`), []byte(`"SendStreamingMessage"`), 1),
+			status: 200, reason: "kars_policy_deny", decision: "deny", action: "a2a:receive:forbidden"},
+		{name: "governance denies a 0.3 stream", hc: f.goodClient(), version: "0.3", body: body03("message/stream", "forbidden"), status: 200, reason: "kars_policy_deny",
+			decision: "deny", action: "a2a:receive:forbidden"},
 		{name: "body over the cap", hc: f.goodClient(), version: "1.0", body: body("search.web", 5000), status: 413, reason: "kars_body_too_large"},
 		{name: "unknown version", hc: f.goodClient(), version: "2.0", body: body("search.web", 1), status: 400, reason: "kars_version_not_supported"},
 		{name: "1.0 method under 0.3", hc: f.goodClient(), version: "0.3", body: body("search.web", 1), status: 200, reason: "kars_method_not_served"},
@@ -429,6 +461,10 @@ func TestRefusalsReachNothing(t *testing.T) {
 			if f.recordCount() != records+1 || f.lastRecord().Attrs["refusal"] != tc.reason {
 				t.Fatalf("audit: %d new records, last %+v", f.recordCount()-records, f.lastRecord())
 			}
+			want := cmp.Or(tc.decision, "refused")
+			if rec := f.lastRecord(); rec.Decision != want || tc.action != "" && rec.Action != tc.action {
+				t.Fatalf("audited as %s %s, want %s %s: %+v", rec.Decision, rec.Action, want, tc.action, rec)
+			}
 		})
 	}
 	// Rate: a burst of 3 at 60/min.
@@ -445,6 +481,161 @@ func TestRefusalsReachNothing(t *testing.T) {
 	}
 	if !limited {
 		t.Fatal("the rate limit never refused")
+	}
+}
+
+// TestMalformedParamsAuditedAsRefused: a call whose params a binding
+// (1.0's, the SDK's; 0.3's, kars's) or the SDK's handler refuses as
+// malformed is answered as the binding answers it, reaches nothing, and
+// is audited as refused, never as allowed: whether the binding refused it
+// before the interceptor saw it (no skill known) or the handler after
+// governance allowed it (the skill's action, but no allowing rule).
+func TestMalformedParamsAuditedAsRefused(t *testing.T) {
+	f := newFixture(t, nil)
+	req := func(method, params string) []byte {
+		return []byte(`{"jsonrpc":"2.0","id":7,"method":"` + method + `","params":` + params + `}`)
+	}
+	const (
+		notAMessage = `{"message":"hello","metadata":{"skill":"search.web"}}`
+		noMessageID = `{"message":{"role":"ROLE_USER","parts":[{"text":"x"}],"metadata":{"skill":"search.web"}}}`
+		noID03      = `{"message":{"kind":"message","role":"user","parts":[{"kind":"text","text":"x"}],"metadata":{"skill":"search.web"}}}`
+		partsNotArr = `{"message":{"kind":"message","messageId":"m1","role":"user","parts":"x","metadata":{"skill":"search.web"}}}`
+	)
+	for _, tc := range []struct {
+		name, version string
+		body          []byte
+		action        string
+	}{
+		{"1.0 send, message not an object", "1.0", req("SendMessage", notAMessage), "a2a:SendMessage"},
+		{"1.0 stream, message not an object", "1.0", req("SendStreamingMessage", notAMessage), "a2a:SendStreamingMessage"},
+		{"1.0 get, id not a string", "1.0", req("GetTask", `{"id":5}`), "a2a:GetTask"},
+		{"1.0 send without a message id", "1.0", req("SendMessage", noMessageID), "a2a:receive:search.web"},
+		{"1.0 stream without a message id", "1.0", req("SendStreamingMessage", noMessageID), "a2a:receive:search.web"},
+		{"1.0 list, page size out of range", "1.0", req("ListTasks", `{"pageSize":1000}`), "a2a:ListTasks"},
+		{"0.3 send, parts not an array", "0.3", req("message/send", partsNotArr), "a2a:SendMessage"},
+		{"0.3 stream without a message id", "0.3", req("message/stream", noID03), "a2a:SendStreamingMessage"},
+		{"0.3 get without an id", "0.3", req("tasks/get", `{}`), "a2a:GetTask"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			turns, records := f.agent.Turns(), f.recordCount()
+			status, out := f.post(f.goodClient(), tc.version, tc.body)
+			if f.agent.Turns() != turns {
+				t.Fatalf("the agent was reached: %d %s", status, out)
+			}
+			// The client's answer is the binding's own invalid-params error.
+			if status != 200 || !strings.Contains(out, `"code":-32602`) {
+				t.Fatalf("answer %d %s", status, out)
+			}
+			if f.recordCount() != records+1 {
+				t.Fatalf("%d new records", f.recordCount()-records)
+			}
+			rec := f.lastRecord()
+			if rec.Decision != "refused" || rec.Attrs["refusal"] != "kars_bad_params" || rec.Rule != "" || rec.Reason == "" || rec.Action != tc.action {
+				t.Fatalf("audited as %+v", rec)
+			}
+		})
+	}
+}
+
+// TestEntryBeforeFirstByte: whichever binding answers and whether the
+// answer is one response or a stream, the call's entry is durable before
+// the answer's first byte reaches the caller (here the append takes
+// 100 ms, and the first byte must come after it returned), and an entry
+// that cannot be written turns the answer into a 503.
+func TestEntryBeforeFirstByte(t *testing.T) {
+	f := newFixture(t, nil)
+	send := `{"message":{"messageId":"m1","role":"ROLE_USER","parts":[{"text":"x"}],"metadata":{"skill":"search.web"}}}`
+	send03 := `{"message":{"kind":"message","messageId":"m1","role":"user","parts":[{"kind":"text","text":"x"}],"metadata":{"skill":"search.web"}}}`
+	for _, tc := range []struct{ version, method, params string }{
+		{"1.0", "SendMessage", send},
+		{"1.0", "SendStreamingMessage", send},
+		{"0.3", "message/send", send03},
+		{"0.3", "message/stream", send03},
+	} {
+		body := []byte(`{"jsonrpc":"2.0","id":1,"method":"` + tc.method + `","params":` + tc.params + `}`)
+		t.Run(tc.method, func(t *testing.T) {
+			var appended atomic.Int64 // when the append returned, in ns since the epoch
+			slow := func() error {
+				time.Sleep(100 * time.Millisecond)
+				appended.Store(time.Now().UnixNano())
+				return nil
+			}
+			f.beforeAudit.Store(&slow)
+			defer f.beforeAudit.Store(nil)
+			var firstByte time.Time
+			req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/", bytes.NewReader(body))
+			req.Header.Set(rpc.HeaderVersion, tc.version)
+			req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+				GotFirstResponseByte: func() { firstByte = time.Now() },
+			}))
+			resp, err := f.goodClient().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(out), "echo: x") || resp.Header.Get(rpc.HeaderDecision) != "allow" {
+				t.Fatalf("answer %d %v %s", resp.StatusCode, resp.Header, out)
+			}
+			if at := appended.Load(); at == 0 || firstByte.UnixNano() < at {
+				t.Fatalf("the first byte came %s before the entry was appended", time.Unix(0, at).Sub(firstByte))
+			}
+			if rec := f.lastRecord(); rec.Decision != "allow" || rec.Action != "a2a:receive:search.web" {
+				t.Fatalf("audited as %+v", rec)
+			}
+
+			failing := func() error { return errors.New("disk full") }
+			f.beforeAudit.Store(&failing)
+			status, answer := f.post(f.goodClient(), tc.version, body)
+			if status != http.StatusServiceUnavailable || !strings.Contains(answer, "kars_audit_unavailable") || strings.Contains(answer, "echo") {
+				t.Fatalf("with the audit log failing: %d %s", status, answer)
+			}
+		})
+	}
+}
+
+// TestCallerGoneWhileDeciding: a stream whose caller leaves while
+// governance decides it is recorded with the decision, once it is made,
+// not as allowed before it.
+func TestCallerGoneWhileDeciding(t *testing.T) {
+	f := newFixture(t, nil)
+	entered, release := make(chan struct{}), make(chan struct{})
+	hold := func() { entered <- struct{}{}; <-release }
+	f.beforeDecide.Store(&hold)
+	body := []byte(`{"jsonrpc":"2.0","id":1,"method":"SendStreamingMessage","params":{"message":{"messageId":"m1","role":"ROLE_USER",` +
+		`"parts":[{"text":"x"}],"metadata":{"skill":"forbidden"}}}}`)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.srv.URL+"/", bytes.NewReader(body))
+	req.Header.Set(rpc.HeaderVersion, "1.0")
+	done := make(chan error, 1)
+	go func() {
+		resp, err := f.goodClient().Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = errors.New("answered while governance was deciding")
+		}
+		done <- err
+	}()
+	<-entered
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	// The caller is gone; the binding's handler has returned or will.
+	time.Sleep(50 * time.Millisecond)
+	if n := f.recordCount(); n != 0 {
+		t.Fatalf("%d entries before the decision: %+v", n, f.lastRecord())
+	}
+	close(release)
+	deadline := time.Now().Add(5 * time.Second)
+	for f.recordCount() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if rec := f.lastRecord(); rec.Decision != "deny" || rec.Action != "a2a:receive:forbidden" || rec.Attrs["refusal"] != "kars_policy_deny" {
+		t.Fatalf("audited as %+v", rec)
+	}
+	if f.agent.Turns() != 0 {
+		t.Fatal("the agent was reached")
 	}
 }
 

@@ -108,8 +108,12 @@ func (s *taskStore) Get(ctx context.Context, id a2a.TaskID) (*taskstore.StoredTa
 	if st == nil || !visible(ctx, &cp) {
 		return nil, a2a.ErrTaskNotFound
 	}
-	if c := callFrom(ctx); c != nil && c.skill == "" {
-		c.skill = cp.skill // audit GetTask/CancelTask under the task's skill
+	if c := callFrom(ctx); c != nil {
+		c.mu.Lock()
+		if c.skill == "" {
+			c.skill = cp.skill // audit GetTask/CancelTask under the task's skill
+		}
+		c.mu.Unlock()
 	}
 	var t a2a.Task
 	if err := json.Unmarshal(cp.task, &t); err != nil {
