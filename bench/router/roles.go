@@ -313,14 +313,18 @@ type fsyncResult struct {
 	Mean          int64
 }
 
-// runFsync is the durability baseline: for d, it writes one line the size
-// of a kars audit entry to a file in dir and fdatasyncs it, again and again,
-// as an audit log with no batching would, and prints the latency of each
-// write+fdatasync.
-func runFsync(dir, d string) {
+// runFsync is the durability baseline: for d, at most rate times a second
+// (0: back to back), it writes one line the size of a kars audit entry to
+// a file in dir and fdatasyncs it, as an audit log with no batching would,
+// and prints the latency of each write+fdatasync.
+func runFsync(dir, d, rate string) {
 	dur, err := time.ParseDuration(d)
 	if err != nil {
 		log.Fatal(err)
+	}
+	var every time.Duration // 0: back to back
+	if n, _ := strconv.Atoi(rate); n > 0 {
+		every = time.Second / time.Duration(n)
 	}
 	f, err := os.CreateTemp(dir, "fsync-baseline-")
 	if err != nil {
@@ -330,7 +334,12 @@ func runFsync(dir, d string) {
 	defer f.Close()
 	line := append(bytes.Repeat([]byte("x"), 520), '\n')
 	var lat []int64
+	next := time.Now()
 	for end := time.Now().Add(dur); time.Now().Before(end); {
+		if every > 0 {
+			next = next.Add(every)
+			time.Sleep(time.Until(next))
+		}
 		t0 := time.Now()
 		if _, err := f.Write(line); err != nil {
 			log.Fatal(err)
