@@ -194,14 +194,38 @@ func (t *Ticket) Wait(ctx context.Context) Result {
 	q := t.q
 	q.mu.Lock()
 	delete(q.entries, t.e.p.ID)
-	q.ended[t.e.p.ID] = t.e.p
-	q.endedFIFO = append(q.endedFIFO, t.e.p.ID)
+	q.remember(t.e.p)
+	q.mu.Unlock()
+	return res
+}
+
+// remember keeps p among the ended calls, forgetting the oldest beyond
+// keepEnded per place; the queue's lock is held.
+func (q *Queue) remember(p Pending) {
+	if _, ok := q.ended[p.ID]; ok {
+		return
+	}
+	q.ended[p.ID] = p
+	q.endedFIFO = append(q.endedFIFO, p.ID)
 	if len(q.endedFIFO) > keepEnded*q.max {
 		delete(q.ended, q.endedFIFO[0])
 		q.endedFIFO = q.endedFIFO[1:]
 	}
-	q.mu.Unlock()
-	return res
+}
+
+// Ended records calls that ended before this queue existed — held by a
+// router that stopped before they were decided, and closed out in its
+// audit log at the next start — so that a decision on one is ErrDecided,
+// as for a call abandoned here, rather than ErrUnknown. The same bound
+// applies: the oldest are forgotten first.
+func (q *Queue) Ended(ps ...Pending) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, p := range ps {
+		if _, held := q.entries[p.ID]; !held {
+			q.remember(p)
+		}
+	}
 }
 
 // settle ends the wait with r unless a decision got there first.

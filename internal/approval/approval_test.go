@@ -162,3 +162,33 @@ func TestDecisionBeforePublishWaits(t *testing.T) {
 		t.Fatalf("unknown id: %v", err)
 	}
 }
+
+// Calls a previous router left undecided, once recorded as ended, answer
+// a decision ErrDecided, are not listed, do not take a place, and are
+// forgotten oldest first beyond the bound; a held call is never shadowed.
+func TestEndedBeforeThisQueue(t *testing.T) {
+	q := New(1)
+	held := open(t, q, time.Hour)
+	var old []Pending
+	for i := range keepEnded + 1 {
+		old = append(old, Pending{ID: fmt.Sprintf("apv-%016x", i), Action: "mcp:s.t", Rule: "r"})
+	}
+	q.Ended(append(old, Pending{ID: held.ID()})...)
+	if _, err := q.Decide(old[0].ID, true, "alice"); !errors.Is(err, ErrUnknown) {
+		t.Fatalf("the oldest beyond the bound: %v, want ErrUnknown", err)
+	}
+	for _, p := range old[1:] {
+		if got, err := q.Decide(p.ID, true, "alice"); !errors.Is(err, ErrDecided) || got.Rule != "r" {
+			t.Fatalf("%s: %+v %v, want ErrDecided", p.ID, got, err)
+		}
+	}
+	if l := q.List(); len(l) != 1 || l[0].ID != held.ID() || q.Len() != 1 {
+		t.Fatalf("listed %+v, len %d", l, q.Len())
+	}
+	if _, err := q.Decide(held.ID(), false, "alice"); err != nil {
+		t.Fatalf("the held call: %v", err)
+	}
+	if r := held.Wait(context.Background()); r.Outcome != Denied {
+		t.Fatalf("held call ended %v", r)
+	}
+}

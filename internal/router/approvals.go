@@ -24,7 +24,9 @@ import (
 // ends. Every step is in the audit log: the pending entry is durable
 // before the call is listed, and the call's outcome — approved (then the
 // call goes the way of any allowed call), denied, timed out, abandoned —
-// is its own entry with the approval id and who decided.
+// is its own entry with the approval id and who decided. A call whose
+// router process ended before its outcome gets it from the next start
+// (approvalrestart.go).
 
 // newApprovals builds the router's approval queue, bounded by capacity,
 // and its metrics.

@@ -103,6 +103,12 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer sink.Close()
+	// Before anything else is appended or served: the calls the previous
+	// process held for approval ended with it (approvalrestart.go).
+	closedOut, err := closeOutApprovals(ctx, cfg.Audit.Dir, sink, log)
+	if err != nil {
+		return err
+	}
 	// Recovery read up to the last 16 MiB of the log; that buffer is
 	// garbage now. Hand it back to the OS rather than carry it as the
 	// router's resident baseline for hours.
@@ -118,6 +124,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer r.Wait() // before the trust store closes: no penalty is dropped
+	r.approvals.Ended(closedOut...)
 	var resolvers []string
 	if cfg.Egress != nil {
 		resolvers = cfg.Egress.Resolvers
