@@ -7,7 +7,8 @@
 // misbehaving agent cannot pin unbounded memory or requests in the router.
 // Each pending call has an id of a strict form (ValidID), is decided at
 // most once (a second decision is ErrDecided), and disappears from the
-// queue when its Wait returns, whatever ended it.
+// queue when its Wait returns, whatever ended it. Stop ends every held
+// call at once when the router shuts down.
 package approval
 
 import (
@@ -39,6 +40,7 @@ var (
 	ErrUnknown     = errors.New("no pending approval with this id")
 	ErrDecided     = errors.New("this approval is already decided")
 	ErrNotApprover = errors.New("not one of the rule's approvers")
+	ErrStopped     = errors.New("the router is stopping and holds no new calls")
 )
 
 // Request describes the call to hold.
@@ -76,6 +78,9 @@ type Pending struct {
 type Result struct {
 	Outcome Outcome
 	By      string
+	// Stopped is set on an Abandoned call that Stop ended: the router
+	// shut down, not the caller.
+	Stopped bool
 }
 
 // Queue is the bounded set of held calls. The zero value is not usable;
@@ -89,7 +94,9 @@ type Queue struct {
 	// or abandoned) rather than ErrUnknown; bounded by keepEnded.
 	ended     map[string]Pending
 	endedFIFO []string
-	now       func() time.Time
+	// stopped is set by Stop: no call is held from then on.
+	stopped bool
+	now     func() time.Time
 }
 
 // keepEnded is how many ended calls a queue remembers per place.
@@ -138,6 +145,9 @@ func (q *Queue) Open(req Request) (*Ticket, error) {
 		ArgsSHA256: req.ArgsSHA256, Args: req.Args, Approvers: slices.Clone(req.Approvers), Requested: now, Expires: now.Add(req.Timeout)}}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.stopped {
+		return nil, ErrStopped
+	}
 	if len(q.entries) >= q.max {
 		return nil, fmt.Errorf("%w (%d pending, the router's bound)", ErrFull, len(q.entries))
 	}
@@ -213,6 +223,24 @@ func (q *Queue) remember(p Pending) {
 	}
 }
 
+// Stop ends every held call, published or not, as abandoned with Stopped
+// set — unless a decision got there first, which stands — and makes Open
+// refuse with ErrStopped from then on, so that a router shutting down
+// answers its held calls at once instead of waiting out their timeouts.
+// A decision after Stop is ErrDecided, as on any ended call. Stop may be
+// called more than once.
+func (q *Queue) Stop() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.stopped = true
+	for _, e := range q.entries {
+		if !e.decided {
+			e.decided = true
+			e.done <- Result{Outcome: Abandoned, Stopped: true}
+		}
+	}
+}
+
 // Ended records calls that ended before this queue existed — held by a
 // router that stopped before they were decided, and closed out in its
 // audit log at the next start — so that a decision on one is ErrDecided,
@@ -248,6 +276,12 @@ func (t *Ticket) settle(r Result) Result {
 // than answering that no such call exists.
 func (q *Queue) Decide(id string, approve bool, by string) (Pending, error) {
 	q.mu.Lock()
+	if e := q.entries[id]; e != nil && e.decided {
+		// Ended by Stop, perhaps before it was published: nothing to
+		// wait for.
+		defer q.mu.Unlock()
+		return e.p, ErrDecided
+	}
 	if e := q.entries[id]; e != nil && !e.visible {
 		settled := e.settled
 		q.mu.Unlock()

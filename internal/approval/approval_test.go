@@ -192,3 +192,77 @@ func TestEndedBeforeThisQueue(t *testing.T) {
 		t.Fatalf("held call ended %v", r)
 	}
 }
+
+// Stop ends every held call at once — published and waiting, or not yet
+// published (its Wait returns at once) — as abandoned with Stopped, except
+// one already decided, whose decision stands; it is not listed, a
+// decision on it is ErrDecided without waiting for a publication, and
+// nothing is held after it.
+func TestStopEndsHeldCalls(t *testing.T) {
+	q := New(4)
+	waiting := open(t, q, time.Hour)
+	approved := open(t, q, time.Hour)
+	unpublished, _ := q.Open(Request{Action: "a", Timeout: time.Hour})
+	if _, err := q.Decide(approved.ID(), true, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan Result, 1)
+	go func() { ended <- waiting.Wait(context.Background()) }()
+	q.Stop()
+	q.Stop()
+	stopped := Result{Outcome: Abandoned, Stopped: true}
+	select {
+	case r := <-ended:
+		if r != stopped {
+			t.Fatalf("waiting call ended %+v", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiting call outlived Stop")
+	}
+	if len(q.List()) != 0 {
+		t.Fatalf("listed after Stop: %+v", q.List())
+	}
+	start := time.Now()
+	if _, err := q.Decide(unpublished.ID(), true, "alice"); !errors.Is(err, ErrDecided) || time.Since(start) > publishWait/2 {
+		t.Fatalf("decision on an unpublished call after Stop: %v after %v", err, time.Since(start))
+	}
+	unpublished.Publish()
+	if r := unpublished.Wait(context.Background()); r != stopped {
+		t.Fatalf("unpublished call ended %+v", r)
+	}
+	if r := approved.Wait(context.Background()); r != (Result{Outcome: Approved, By: "alice"}) {
+		t.Fatalf("a call approved before Stop ended %+v", r)
+	}
+	for _, tk := range []*Ticket{waiting, unpublished} {
+		if _, err := q.Decide(tk.ID(), true, "alice"); !errors.Is(err, ErrDecided) {
+			t.Fatalf("decision on %s after it ended: %v", tk.ID(), err)
+		}
+	}
+	if _, err := q.Open(Request{Action: "a", Timeout: time.Hour}); !errors.Is(err, ErrStopped) {
+		t.Fatalf("Open after Stop: %v", err)
+	}
+	if q.Len() != 0 {
+		t.Fatalf("%d places held after Stop", q.Len())
+	}
+}
+
+// Exactly one of a decision and Stop ends a call, however they race, and
+// the loser is told so.
+func TestDecisionRacesStop(t *testing.T) {
+	for range 200 {
+		q := New(1)
+		tk := open(t, q, time.Hour)
+		var res Result
+		var wg sync.WaitGroup
+		wg.Go(func() { res = tk.Wait(context.Background()) })
+		wg.Go(q.Stop)
+		_, err := q.Decide(tk.ID(), true, "alice")
+		wg.Wait()
+		switch {
+		case err == nil && res != (Result{Outcome: Approved, By: "alice"}):
+			t.Fatalf("decision accepted but the call ended %+v", res)
+		case err != nil && (!errors.Is(err, ErrDecided) || res != (Result{Outcome: Abandoned, Stopped: true})):
+			t.Fatalf("decision refused (%v) but the call ended %+v", err, res)
+		}
+	}
+}

@@ -16,9 +16,9 @@ import (
 
 // Approvals a restart cut off. A held call lives in the router's memory
 // and in the agent's open request; a router that stops without ending it
-// (killed, crashed, its node lost, or shut down while the call still
-// waited) leaves the call's pending entry in the audit log with no
-// outcome. The agent's request died with that process, and an approved
+// (killed, crashed, its node lost — a clean stop ends its held calls
+// first, see Serve — or unable to write the outcome as it stopped) leaves
+// the call's pending entry in the audit log with no outcome. The agent's request died with that process, and an approved
 // call goes on only once its outcome entry is durable, so such a call
 // never ran. On start, before it serves anything, the router
 // says so in the log: for each pending entry without an outcome it appends

@@ -247,25 +247,7 @@ func TestApprovalSurvivesRouterCrash(t *testing.T) {
 		t.Skip("re-executes the test binary")
 	}
 	up := startMCPUpstream(t, "")
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-test", Name: "bot", AgentID: "kars-test/bot"},
-		Listen:        "127.0.0.1:0",
-		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:         routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
-		StateDir:      filepath.Join(dir, "state"),
-		Governance: &governance.Policy{Name: "tools", Rules: []governance.Rule{
-			{Name: "deletes-need-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"mcp:everything.delete_repo"}},
-		}},
-		MCP:       []routerconfig.MCPServer{{Name: "everything", URL: up.url, Tools: []string{"delete_repo"}}},
-		Approvals: &routerconfig.Approvals{TimeoutMillis: 60_000},
-	}
-	b, _ := routerconfig.Marshal(c)
-	cfgPath := filepath.Join(dir, routerconfig.FileName)
-	os.WriteFile(cfgPath, b, 0o600)
+	cfgPath, c := approvalServeConfig(t, up.url)
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestApprovalCrashChild$")
 	cmd.Env = append(os.Environ(), approvalCrashEnv+"="+cfgPath)
@@ -291,39 +273,7 @@ func TestApprovalSurvivesRouterCrash(t *testing.T) {
 	a := &approvalHarness{harness: &harness{t: t}, up: up}
 	a.cs = connectMCP(t, "http://"+addrs["agent"]+"/mcp/everything")
 	done := a.callAsync(context.Background(), "delete_repo", map[string]any{"repo": "kars"})
-	adminAt := func(addr string) func(method, path string) (int, []byte) {
-		return func(method, path string) (int, []byte) {
-			req, _ := http.NewRequest(method, "http://"+addr+path, nil)
-			req.Header.Set("Authorization", "Bearer admin-token")
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			b, _ := io.ReadAll(resp.Body)
-			return resp.StatusCode, b
-		}
-	}
-	listed := func(admin func(string, string) (int, []byte)) []string {
-		st, b := admin("GET", "/admin/v1/approvals")
-		var out struct{ Approvals []struct{ ID string } }
-		if st != http.StatusOK || json.Unmarshal(b, &out) != nil {
-			t.Fatalf("GET approvals: %d %s", st, b)
-		}
-		var ids []string
-		for _, p := range out.Approvals {
-			ids = append(ids, p.ID)
-		}
-		return ids
-	}
-	var id string
-	for deadline := time.Now().Add(10 * time.Second); id == ""; time.Sleep(5 * time.Millisecond) {
-		if ids := listed(adminAt(addrs["admin"])); len(ids) == 1 {
-			id = ids[0]
-		} else if time.Now().After(deadline) {
-			t.Fatal("the call was not held within 10s")
-		}
-	}
+	id := awaitListed(t, addrs["admin"], 1)[0]
 
 	// The crash: no shutdown, no abandon path, no outcome.
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -360,11 +310,10 @@ func TestApprovalSurvivesRouterCrash(t *testing.T) {
 	if len(entries) != before+2 {
 		t.Fatalf("the restart added %d entries, want its audit:open and one close-out", len(entries)-before)
 	}
-	admin2 := adminAt(addrs2["admin"])
-	if ids := listed(admin2); len(ids) != 0 {
+	if ids := listedAt(t, addrs2["admin"]); len(ids) != 0 {
 		t.Fatalf("listed after the restart: %v", ids)
 	}
-	if st, b := admin2("POST", "/admin/v1/approvals/"+id+"?decision=approve&by=alice"); st != http.StatusConflict ||
+	if st, b, _ := decideAt(addrs2["admin"], id, "approve"); st != http.StatusConflict ||
 		!strings.Contains(string(b), "already decided") {
 		t.Fatalf("approving the closed-out call: %d %s", st, b)
 	}
@@ -385,6 +334,81 @@ func TestApprovalSurvivesRouterCrash(t *testing.T) {
 		t.Fatalf("a third start added %d entries (want its audit:open only), %d outcomes", len(again)-len(entries), len(outcomesOf(again, id)))
 	}
 	verifyLog(t, c.Audit.Dir)
+}
+
+// approvalServeConfig writes a router.json for Serve (admin token
+// "admin-token") whose policy holds the MCP server's delete_repo, and the
+// decide endpoint's shell:* when the agent asks, for a minute, and returns
+// its path and the config.
+func approvalServeConfig(t *testing.T, mcpURL string) (string, *routerconfig.Config) {
+	t.Helper()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
+	c := &routerconfig.Config{
+		SchemaVersion: routerconfig.SchemaVersion,
+		Sandbox:       routerconfig.Sandbox{Namespace: "kars-test", Name: "bot", AgentID: "kars-test/bot"},
+		Listen:        "127.0.0.1:0",
+		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
+		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
+		Admin:         routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
+		StateDir:      filepath.Join(dir, "state"),
+		Governance: &governance.Policy{Name: "tools", Rules: []governance.Rule{
+			{Name: "deletes-need-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"mcp:everything.delete_repo"}},
+			{Name: "shell-needs-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"shell:*"}},
+		}},
+		MCP:       []routerconfig.MCPServer{{Name: "everything", URL: mcpURL, Tools: []string{"delete_repo"}}},
+		Approvals: &routerconfig.Approvals{TimeoutMillis: 60_000},
+	}
+	b, _ := routerconfig.Marshal(c)
+	path := filepath.Join(dir, routerconfig.FileName)
+	os.WriteFile(path, b, 0o600)
+	return path, c
+}
+
+// adminAt calls the admin API at addr with the token "admin-token".
+func adminAt(addr, method, path string) (int, []byte, error) {
+	req, _ := http.NewRequest(method, "http://"+addr+path, nil)
+	req.Header.Set("Authorization", "Bearer admin-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, nil
+}
+
+// decideAt posts decision (approve or deny) by alice on approval id.
+func decideAt(addr, id, decision string) (int, []byte, error) {
+	return adminAt(addr, "POST", "/admin/v1/approvals/"+id+"?decision="+decision+"&by=alice")
+}
+
+// listedAt is the ids of the calls the router at addr holds.
+func listedAt(t *testing.T, addr string) []string {
+	t.Helper()
+	st, b, err := adminAt(addr, "GET", "/admin/v1/approvals")
+	var out struct{ Approvals []struct{ ID string } }
+	if err != nil || st != http.StatusOK || json.Unmarshal(b, &out) != nil {
+		t.Fatalf("GET approvals: %d %s %v", st, b, err)
+	}
+	var ids []string
+	for _, p := range out.Approvals {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}
+
+// awaitListed polls the router at addr until it holds n calls, and
+// returns their ids.
+func awaitListed(t *testing.T, addr string, n int) []string {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if ids := listedAt(t, addr); len(ids) == n {
+			return ids
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%d calls held after 10s, want %d", len(ids), n)
+		}
+	}
 }
 
 // FuzzCloseOutScan feeds the scan logs of any shape — lives, calls,

@@ -24,9 +24,10 @@ import (
 // ends. Every step is in the audit log: the pending entry is durable
 // before the call is listed, and the call's outcome — approved (then the
 // call goes the way of any allowed call), denied, timed out, abandoned —
-// is its own entry with the approval id and who decided. A call whose
-// router process ended before its outcome gets it from the next start
-// (approvalrestart.go).
+// is its own entry with the approval id and who decided. A router that
+// stops cleanly ends the calls it holds as it begins shutting down
+// (Serve); a call whose router process ended before its outcome
+// gets it from the next start (approvalrestart.go).
 
 // newApprovals builds the router's approval queue, bounded by capacity,
 // and its metrics.
@@ -63,9 +64,9 @@ type held struct {
 // (require_approval), as the MCP gateway's version above says; the decide
 // endpoint holds the calls whose agent asked it to (awaitApproval).
 func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d governance.Decision, rec audit.Record) (governance.Decision, error) {
-	refuse := func(outcome, reason string) (governance.Decision, error) {
+	refuse := func(outcome, reason string, kv ...string) (governance.Decision, error) {
 		out := governance.Decision{Verdict: governance.Deny, Rule: d.Rule, Reason: reason}
-		rec := withAttrs(rec, "approval", outcome)
+		rec := withAttrs(rec, append([]string{"approval", outcome}, kv...)...)
 		rec.Decision, rec.Reason, rec.Latency = out.Verdict.String(), reason, time.Since(c.start)
 		return out, r.appendAudit(ctx, rec)
 	}
@@ -80,7 +81,12 @@ func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d g
 	req.Timeout = g.snap.Config.ApprovalTimeout(req.Timeout)
 	req.Args = argsSummary(c.args)
 	t, err := r.approvals.Open(req)
-	if err != nil {
+	switch {
+	case errors.Is(err, approval.ErrStopped):
+		// Never held (as over the bound), so not counted as an outcome.
+		return refuse(string(approval.Abandoned), d.Reason+"; kars-router is stopping, so the call is not held for approval and was not forwarded",
+			"abandoned_because", stopAbandoned)
+	case err != nil:
 		return refuse("full", d.Reason+"; "+err.Error()+", so it is refused")
 	}
 	pend := withAttrs(rec, "approval", "pending", "approval_id", t.ID(), "approval_expires", t.Expires().UTC().Format(time.RFC3339Nano))
@@ -108,15 +114,25 @@ func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d g
 		out.Reason = "approval timed out after " + req.Timeout.String() + " (" + t.ID() + "): " + d.Reason
 	default:
 		out.Reason = "the agent's request ended while awaiting approval " + t.ID()
+		if res.Stopped {
+			out.Reason = "kars-router stopped while approval " + t.ID() + " awaited a decision, so the call was not forwarded"
+		}
 	}
 	fin := withAttrs(rec, "approval", outcome, "approval_id", t.ID())
 	if res.By != "" {
 		fin.Attrs["decided_by"] = res.By
 	}
+	if res.Stopped {
+		fin.Attrs["abandoned_because"] = stopAbandoned
+	}
 	fin.Decision, fin.Reason, fin.Latency = out.Verdict.String(), out.Reason, time.Since(c.start)
 	r.approvalOutcomes.WithLabelValues(outcome).Inc()
 	return out, r.appendAudit(ctx, fin)
 }
+
+// stopAbandoned is attrs.abandoned_because of a call ended because the
+// router was stopping.
+const stopAbandoned = "router_stopping"
 
 // argsSummary is the arguments' JSON cut to argsSummaryLen bytes, between
 // characters; "" for none.

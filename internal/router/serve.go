@@ -67,9 +67,9 @@ const EnvNoEgressListeners = "KARS_ROUTER_NO_EGRESS_LISTENERS"
 
 // Serve runs kars-router until ctx is done: it loads and watches the
 // config, opens the budget ledger and the audit log, and serves the agent
-// and admin APIs. On shutdown it stops accepting, lets in-flight calls
-// (streams included) finish for up to 30 s, then flushes the ledger and
-// closes the audit log.
+// and admin APIs. On shutdown it ends the calls held for approval, stops
+// accepting, lets in-flight calls (streams included) finish for up to
+// 30 s, then flushes the ledger and closes the audit log.
 func Serve(ctx context.Context, o ServeOptions) error {
 	log := o.Logger
 	if log == nil {
@@ -241,7 +241,11 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	passed = nil
 	log.Info("kars-router starting", "sandbox", cfg.Sandbox.Namespace+"/"+cfg.Sandbox.Name, "digest", snap.Digest,
 		"agent", cfg.AgentListen(), "admin", cfg.AdminListen(), "activated", activated, "stages", r.Stages())
-	err = ServeListeners(ctx, log, listeners, o.Ready)
+	// A held call would wait out its timeout (minutes) past the grace
+	// period and be cut off with no outcome: as shutdown begins, each is
+	// ended with its abandoned outcome (abandoned_because=router_stopping)
+	// and the agent answered, and no more are held.
+	err = ServeListeners(ctx, log, listeners, o.Ready, r.approvals.Stop)
 	// Streams run on connections taken over from the HTTP servers
 	// (streamWriter), which their Shutdown does not wait for: wait for the
 	// calls themselves before the audit log and the ledger close.
@@ -268,8 +272,9 @@ func waitIdle(r *Router, d time.Duration) bool {
 }
 
 // ServeListeners serves every listener until ctx is done or one fails, then
-// shuts all down gracefully.
-func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready func(map[string]string)) error {
+// shuts all down gracefully. stopping, if set, is called as shutdown
+// begins, before the servers wait for their calls.
+func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready func(map[string]string), stopping func()) error {
 	servers := make([]*http.Server, len(ls))
 	errc := make(chan error, len(ls))
 	addrs := map[string]string{}
@@ -304,6 +309,9 @@ func ServeListeners(ctx context.Context, log *slog.Logger, ls []Listener, ready 
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	}
+	if stopping != nil {
+		stopping()
 	}
 	shutdown, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
