@@ -47,6 +47,19 @@ func stopAsync(stop func() error) <-chan error {
 	return ch
 }
 
+// servingApprovals runs Serve on approvalServeConfig and returns an agent
+// connected to its MCP gateway, the config's path, the config, the bound
+// addresses and the stop function.
+func servingApprovals(t *testing.T) (*approvalHarness, string, *routerconfig.Config, map[string]string, func() error) {
+	t.Helper()
+	up := startMCPUpstream(t, "")
+	cfgPath, c := approvalServeConfig(t, up.url)
+	addrs, stop := serving(t, ServeOptions{ConfigPath: cfgPath})
+	a := &approvalHarness{harness: &harness{t: t}, up: up}
+	a.cs = connectMCP(t, "http://"+addrs["agent"]+"/mcp/everything")
+	return a, cfgPath, c, addrs, stop
+}
+
 // assertNextStartClosesNothing starts the router on cfgPath again and
 // checks that it adds only its audit:open entry (no pending entry was
 // left without an outcome) and that the log verifies.
@@ -72,11 +85,7 @@ func assertNextStartClosesNothing(t *testing.T, cfgPath string, c *routerconfig.
 // abandoned_because=router_stopping) before the log closes, nothing ran,
 // the chain verifies, and the next start has nothing to close out.
 func TestApprovalEndsWhenRouterStops(t *testing.T) {
-	up := startMCPUpstream(t, "")
-	cfgPath, c := approvalServeConfig(t, up.url)
-	addrs, stop := serving(t, ServeOptions{ConfigPath: cfgPath})
-	a := &approvalHarness{harness: &harness{t: t}, up: up}
-	a.cs = connectMCP(t, "http://"+addrs["agent"]+"/mcp/everything")
+	a, cfgPath, c, addrs, stop := servingApprovals(t)
 	mcpDone := a.callAsync(context.Background(), "delete_repo", map[string]any{"repo": "kars"})
 	decideDone := heldDecide(t, addrs["agent"])
 	ids := awaitListed(t, addrs["admin"], 2)
@@ -141,11 +150,7 @@ func TestApprovalEndsWhenRouterStops(t *testing.T) {
 // the chain verifies and the next start closes nothing out. Run it with
 // -race -count=20.
 func TestApprovalDecisionRacesRouterStop(t *testing.T) {
-	up := startMCPUpstream(t, "")
-	cfgPath, c := approvalServeConfig(t, up.url)
-	addrs, stop := serving(t, ServeOptions{ConfigPath: cfgPath})
-	a := &approvalHarness{harness: &harness{t: t}, up: up}
-	a.cs = connectMCP(t, "http://"+addrs["agent"]+"/mcp/everything")
+	a, cfgPath, c, addrs, stop := servingApprovals(t)
 	done := a.callAsync(context.Background(), "delete_repo", map[string]any{"repo": "kars"})
 	id := awaitListed(t, addrs["admin"], 1)[0]
 
