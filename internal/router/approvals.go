@@ -124,6 +124,7 @@ func (r *Router) holdForApproval(ctx context.Context, g *generation, c held, d g
 	}
 	if res.Stopped {
 		fin.Attrs["abandoned_because"] = stopAbandoned
+		r.log.Warn("approval ended: the router is stopping; the call did not run", "approval_id", t.ID(), "action", c.action)
 	}
 	fin.Decision, fin.Reason, fin.Latency = out.Verdict.String(), out.Reason, time.Since(c.start)
 	r.approvalOutcomes.WithLabelValues(outcome).Inc()
