@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,29 +14,16 @@ import (
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/budget"
 	"github.com/kars-io/kars/internal/router"
-	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // adminRouter serves a real router's admin API (Offline model, no MCP
 // server) and counts the requests that reach it.
 func adminRouter(t *testing.T) (*endpoint, *atomic.Int64) {
 	t.Helper()
-	dir := t.TempDir()
-	tok := filepath.Join(dir, "admin-token")
-	os.WriteFile(tok, []byte("tok"), 0o600)
-	c := &routerconfig.Config{SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox: routerconfig.Sandbox{Namespace: "kars-bot", Name: "bot", AgentID: "kars-bot/bot"},
-		Models:  routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "offline"}},
-		Audit:   routerconfig.Audit{Dir: filepath.Join(dir, "audit")}, Admin: routerconfig.Admin{TokenFile: tok},
-		StateDir: filepath.Join(dir, "state")}
-	b, err := routerconfig.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := routerconfig.Parse(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := routerconfigtest.Offline(t, t.TempDir())
+	c.Sandbox = routerconfigtest.Sandbox("kars-bot", "bot")
+	snap := routerconfigtest.Snapshot(t, c)
 	sink, err := audit.Open(audit.Options{Dir: c.Audit.Dir, Sandbox: "bot"})
 	if err != nil {
 		t.Fatal(err)
@@ -53,13 +38,13 @@ func adminRouter(t *testing.T) (*endpoint, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	var hits atomic.Int64
-	h := r.AdminHandler(tok, router.AdminBackends{})
+	h := r.AdminHandler(c.Admin.TokenFile, router.AdminBackends{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		hits.Add(1)
 		h.ServeHTTP(w, req)
 	}))
 	t.Cleanup(srv.Close)
-	return &endpoint{http: srv.Client(), base: srv.URL, token: "tok", close: func() {}}, &hits
+	return &endpoint{http: srv.Client(), base: srv.URL, token: routerconfigtest.AdminToken, close: func() {}}, &hits
 }
 
 // The command lists and decides through the router's admin API; bad

@@ -23,6 +23,7 @@ import (
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/router"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // httpAdmin reaches a router's admin API over plain HTTP with its bearer
@@ -69,28 +70,14 @@ func (httpAdmin) Close() {}
 func startRouter(t testing.TB, edit ...func(*routerconfig.Config)) (agent, admin string) {
 	t.Helper()
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
 	os.WriteFile(filepath.Join(dir, "blocklist.txt"), []byte("blocked.test\n"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-dev", Name: "demo", AgentID: "kars-dev/demo"},
-		Listen:        "127.0.0.1:0",
-		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:         routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
-		StateDir:      filepath.Join(dir, "state"),
-		Egress: &routerconfig.Egress{Mode: "Strict",
-			Blocklist: &routerconfig.Blocklist{Sources: []routerconfig.BlocklistSource{{File: filepath.Join(dir, "blocklist.txt")}}}},
-	}
+	c := routerconfigtest.Offline(t, dir)
+	c.Egress = &routerconfig.Egress{Mode: "Strict",
+		Blocklist: &routerconfig.Blocklist{Sources: []routerconfig.BlocklistSource{{File: filepath.Join(dir, "blocklist.txt")}}}}
 	for _, f := range edit {
 		f(c)
 	}
-	b, err := routerconfig.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, routerconfig.FileName)
-	os.WriteFile(path, b, 0o600)
+	path := routerconfigtest.Write(t, dir, c)
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs, done := make(chan map[string]string, 1), make(chan error, 1)
 	go func() {

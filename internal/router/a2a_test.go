@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // TestA2AIngressServed runs kars-router from a config with an a2a section
@@ -32,29 +32,21 @@ func TestA2AIngressServed(t *testing.T) {
 	for _, withToolPolicy := range []bool{false, true} {
 		t.Run("toolpolicy="+strconv.FormatBool(withToolPolicy), func(t *testing.T) {
 			dir := t.TempDir()
-			os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
 			agent := a2atest.NewAgent(t)
 			routerID := a2atest.NewIdentity(t, "router", "router.test")
 			gw := a2atest.NewIdentity(t, "gateway")
 			caller := a2atest.NewIdentity(t, "partner")
 			certFile, keyFile := routerID.WriteFiles(t, dir, "admin")
-			c := &routerconfig.Config{
-				SchemaVersion: routerconfig.SchemaVersion,
-				Sandbox:       routerconfig.Sandbox{Namespace: "kars-rb", Name: "research-bot", AgentID: "kars-rb/research-bot"},
-				Listen:        "127.0.0.1:0",
-				Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-				Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-				Admin:         routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
-				StateDir:      filepath.Join(dir, "state"),
-				A2A: &routerconfig.A2A{
-					Listen: "127.0.0.1:0", TLSCertFile: certFile, TLSKeyFile: keyFile,
-					GatewayPins: []string{ingress.SPKIPin(gw.Cert)},
-					PublicURL:   "https://gw.example/a2a/kars-rb/research-bot", AgentURL: agent.URL,
-					ExpiresAt: time.Now().Add(time.Hour),
-					Callers:   []routerconfig.A2ACaller{{Thumbprint: caller.Thumbprint(t)}},
-					Skills:    []routerconfig.A2ASkill{{Name: "search.web"}},
-					RateLimit: routerconfig.A2ARateLimit{RPM: 600}, BodyCapBytes: 65536, SessionMaxSeconds: 60,
-				},
+			c := routerconfigtest.Offline(t, dir)
+			c.Sandbox = routerconfigtest.Sandbox("kars-rb", "research-bot")
+			c.A2A = &routerconfig.A2A{
+				Listen: "127.0.0.1:0", TLSCertFile: certFile, TLSKeyFile: keyFile,
+				GatewayPins: []string{ingress.SPKIPin(gw.Cert)},
+				PublicURL:   "https://gw.example/a2a/kars-rb/research-bot", AgentURL: agent.URL,
+				ExpiresAt: time.Now().Add(time.Hour),
+				Callers:   []routerconfig.A2ACaller{{Thumbprint: caller.Thumbprint(t)}},
+				Skills:    []routerconfig.A2ASkill{{Name: "search.web"}},
+				RateLimit: routerconfig.A2ARateLimit{RPM: 600}, BodyCapBytes: 65536, SessionMaxSeconds: 60,
 			}
 			if withToolPolicy {
 				// A policy that says nothing about A2A: the advertised
@@ -63,9 +55,7 @@ func TestA2AIngressServed(t *testing.T) {
 					{Name: "tools", Effect: governance.EffectAllow, Actions: []string{"tool:*"}},
 				}}
 			}
-			path := filepath.Join(dir, routerconfig.FileName)
-			b, _ := routerconfig.Marshal(c)
-			os.WriteFile(path, b, 0o600)
+			path := routerconfigtest.Write(t, dir, c)
 			addrs, stop := serving(t, ServeOptions{ConfigPath: path})
 			if addrs["a2a"] == "" {
 				t.Fatalf("no a2a listener: %v", addrs)

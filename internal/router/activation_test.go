@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // activationChildEnv makes the test binary act as a socket-activated
@@ -53,20 +53,11 @@ func TestSocketActivation(t *testing.T) {
 		files = append(files, f)
 		ports[i] = strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 	}
-	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-dev", Name: "demo", AgentID: "kars-dev/demo"},
-		// The router must not bind these: the sockets are already bound.
-		Listen:   "127.0.0.1:" + ports[0],
-		Models:   routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Audit:    routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:    routerconfig.Admin{Listen: "127.0.0.1:" + ports[1], TokenFile: filepath.Join(dir, "token")},
-		StateDir: filepath.Join(dir, "state"),
-	}
-	b, _ := routerconfig.Marshal(c)
-	cfgPath := filepath.Join(dir, routerconfig.FileName)
-	os.WriteFile(cfgPath, b, 0o600)
+	c := routerconfigtest.Offline(t, dir)
+	// The router must not bind these: the sockets are already bound.
+	c.Listen = "127.0.0.1:" + ports[0]
+	c.Admin.Listen = "127.0.0.1:" + ports[1]
+	cfgPath := routerconfigtest.Write(t, dir, c)
 
 	// The names are out of order on purpose: the router goes by name,
 	// not by position.

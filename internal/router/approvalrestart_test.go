@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // outcomesOf are the outcome entries of approval id (every entry with its
@@ -343,26 +343,15 @@ func TestApprovalSurvivesRouterCrash(t *testing.T) {
 func approvalServeConfig(t *testing.T, mcpURL string) (string, *routerconfig.Config) {
 	t.Helper()
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-test", Name: "bot", AgentID: "kars-test/bot"},
-		Listen:        "127.0.0.1:0",
-		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:         routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
-		StateDir:      filepath.Join(dir, "state"),
-		Governance: &governance.Policy{Name: "tools", Rules: []governance.Rule{
-			{Name: "deletes-need-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"mcp:everything.delete_repo"}},
-			{Name: "shell-needs-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"shell:*"}},
-		}},
-		MCP:       []routerconfig.MCPServer{{Name: "everything", URL: mcpURL, Tools: []string{"delete_repo"}}},
-		Approvals: &routerconfig.Approvals{TimeoutMillis: 60_000},
-	}
-	b, _ := routerconfig.Marshal(c)
-	path := filepath.Join(dir, routerconfig.FileName)
-	os.WriteFile(path, b, 0o600)
-	return path, c
+	c := routerconfigtest.Offline(t, dir)
+	c.Sandbox = routerconfigtest.Sandbox("kars-test", "bot")
+	c.Governance = &governance.Policy{Name: "tools", Rules: []governance.Rule{
+		{Name: "deletes-need-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"mcp:everything.delete_repo"}},
+		{Name: "shell-needs-a-human", Effect: governance.EffectRequireApproval, Actions: []string{"shell:*"}},
+	}}
+	c.MCP = []routerconfig.MCPServer{{Name: "everything", URL: mcpURL, Tools: []string{"delete_repo"}}}
+	c.Approvals = &routerconfig.Approvals{TimeoutMillis: 60_000}
+	return routerconfigtest.Write(t, dir, c), c
 }
 
 // adminAt calls the admin API at addr with the token "admin-token".

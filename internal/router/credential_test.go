@@ -9,6 +9,7 @@ import (
 
 	"github.com/kars-io/kars/internal/credential"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 	"github.com/openai/openai-go/v3"
 )
 
@@ -65,7 +66,7 @@ func TestManagedIdentityEndToEnd(t *testing.T) {
 // follow-up answer with the official SDK, streaming and not.
 func TestOfflineToolLoop(t *testing.T) {
 	h := newHarness(t, func(h *harness, c *routerconfig.Config) {
-		c.Models.Primary = routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}
+		c.Models.Primary = routerconfigtest.OfflineTarget()
 		c.Budget = &routerconfig.Budget{Daily: 1_000_000}
 	})
 	ctx := context.Background()

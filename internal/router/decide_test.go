@@ -20,6 +20,7 @@ import (
 	"github.com/kars-io/kars/internal/behavior"
 	"github.com/kars-io/kars/internal/governance/toolpolicy"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -350,7 +351,7 @@ func TestDecideFailsClosedWithoutAudit(t *testing.T) {
 func TestReferenceAgentToolCalls(t *testing.T) {
 	h := newHarness(t, func(h *harness, c *routerconfig.Config) {
 		withToolPolicy(h, c)
-		c.Models.Primary = routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}
+		c.Models.Primary = routerconfigtest.OfflineTarget()
 	})
 	a, err := agent.New(agent.Config{AgentID: "kars-test/bot", RouterURL: h.agent.URL, Model: "any",
 		Workspace: t.TempDir(), Tools: []string{"calculator", "list_files"}})

@@ -5,14 +5,12 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/kars-io/kars/internal/governance"
-	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // The evaluation relay on a serving router: behind the admin token, chat
@@ -33,24 +31,12 @@ func TestEvalRelay(t *testing.T) {
 	defer agent.Close()
 
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-t", Name: "t", AgentID: "kars-t/t"},
-		Listen:        "127.0.0.1:0",
-		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Governance: &governance.Policy{Name: "tp", Rules: []governance.Rule{
-			{Name: "calc", Effect: governance.EffectAllow, Actions: []string{"tool:calculator"}},
-		}},
-		AgentURL: agent.URL,
-		Audit:    routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:    routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
-		StateDir: filepath.Join(dir, "state"),
-	}
-	path := filepath.Join(dir, routerconfig.FileName)
-	b, _ := routerconfig.Marshal(c)
-	os.WriteFile(path, b, 0o600)
-	addrs, _ := serving(t, ServeOptions{ConfigPath: path})
+	c := routerconfigtest.Offline(t, dir)
+	c.Governance = &governance.Policy{Name: "tp", Rules: []governance.Rule{
+		{Name: "calc", Effect: governance.EffectAllow, Actions: []string{"tool:calculator"}},
+	}}
+	c.AgentURL = agent.URL
+	addrs, _ := serving(t, ServeOptions{ConfigPath: routerconfigtest.Write(t, dir, c)})
 	admin := "http://" + addrs["admin"]
 	do := func(method, p, token, body string) (int, string) {
 		t.Helper()

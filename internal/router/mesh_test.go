@@ -30,6 +30,7 @@ import (
 	"github.com/kars-io/kars/internal/mesh/x3dh"
 	"github.com/kars-io/kars/internal/pairing"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // meshNet is an in-process kars-mesh on loopback.
@@ -80,27 +81,14 @@ var meshGov = &governance.Policy{Name: "mesh-test", Rules: []governance.Rule{
 func startMeshRouter(t *testing.T, m *meshNet, name string, gov *governance.Policy, tune ...func(*routerconfig.Config)) *meshRouter {
 	t.Helper()
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-" + name, Name: name, AgentID: "kars-" + name + "/" + name},
-		Listen:        "127.0.0.1:0",
-		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Governance:    gov,
-		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:         routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
-		StateDir:      filepath.Join(dir, "state"),
-		Mesh:          &routerconfig.Mesh{Registry: m.url, Relay: m.relayURL(), TrustThreshold: 500},
-	}
+	c := routerconfigtest.Offline(t, dir)
+	c.Sandbox = routerconfigtest.Sandbox("kars-"+name, name)
+	c.Governance = gov
+	c.Mesh = &routerconfig.Mesh{Registry: m.url, Relay: m.relayURL(), TrustThreshold: 500}
 	for _, f := range tune {
 		f(c)
 	}
-	path := filepath.Join(dir, routerconfig.FileName)
-	b, _ := routerconfig.Marshal(c)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r := &meshRouter{t: t, name: name, cfg: c, path: path}
+	r := &meshRouter{t: t, name: name, cfg: c, path: routerconfigtest.Write(t, dir, c)}
 	r.start()
 	return r
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/azure"
 	"github.com/openai/openai-go/v3/option"
@@ -195,7 +196,7 @@ func TestSDKAzureClientEmbeddingsCompletionsResponses(t *testing.T) {
 
 func TestSDKModelsAndUnknownPath(t *testing.T) {
 	h := newHarness(t, func(h *harness, c *routerconfig.Config) {
-		c.Models.Fallbacks = []routerconfig.Target{{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}}
+		c.Models.Fallbacks = []routerconfig.Target{routerconfigtest.OfflineTarget()}
 	})
 	page, err := h.client().Models.List(context.Background())
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/kars-io/kars/internal/credential"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // serving runs Serve with o (its logs discarded) and returns the bound
@@ -108,17 +109,8 @@ func auditSyncs(t *testing.T, addrs map[string]string) float64 {
 // back.
 func TestServeLifecycle(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-dev", Name: "demo", AgentID: "kars-dev/demo"},
-		Listen:        "127.0.0.1:0",
-		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Budget:        &routerconfig.Budget{Daily: 100000},
-		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:         routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
-		StateDir:      filepath.Join(dir, "state"),
-	}
+	c := routerconfigtest.Offline(t, dir)
+	c.Budget = &routerconfig.Budget{Daily: 100000}
 	path := filepath.Join(dir, routerconfig.FileName)
 	write := func(c *routerconfig.Config) {
 		b, _ := routerconfig.Marshal(c)

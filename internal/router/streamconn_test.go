@@ -18,6 +18,7 @@ import (
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // rawStream sends a streaming chat request on a raw connection with the
@@ -96,21 +97,10 @@ func TestShutdownWaitsForStreams(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "key")
 	os.WriteFile(keyFile, []byte(fake.APIKey), 0o600)
-	os.WriteFile(filepath.Join(dir, "token"), []byte("admin-token"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-dev", Name: "demo", AgentID: "kars-dev/demo"},
-		Listen:        "127.0.0.1:0",
-		Models: routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1",
-			Deployment: "gpt-41", Endpoint: fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: keyFile}}},
-		Audit:    routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:    routerconfig.Admin{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "token")},
-		StateDir: filepath.Join(dir, "state"),
-	}
-	b, _ := routerconfig.Marshal(c)
-	path := filepath.Join(dir, routerconfig.FileName)
-	os.WriteFile(path, b, 0o600)
-	a, stop := serving(t, ServeOptions{ConfigPath: path})
+	c := routerconfigtest.Offline(t, dir)
+	c.Models.Primary = routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1",
+		Deployment: "gpt-41", Endpoint: fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: keyFile}}
+	a, stop := serving(t, ServeOptions{ConfigPath: routerconfigtest.Write(t, dir, c)})
 	type result struct {
 		body   string
 		closed bool

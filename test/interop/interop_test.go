@@ -23,6 +23,7 @@ import (
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/router"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 const agentKey = "sk-agent-key-that-must-never-leave"
@@ -37,30 +38,16 @@ func startRouter(t *testing.T, b *routerconfig.Budget, completionTokens int64) (
 	t.Cleanup(fake.Close)
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "key")
-	tokenFile := filepath.Join(dir, "admin-token")
 	os.WriteFile(keyFile, []byte(fake.APIKey), 0o600)
-	os.WriteFile(tokenFile, []byte("admin"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-interop", Name: "bot", AgentID: "kars-interop/bot"},
-		Models: routerconfig.Models{
-			Primary: routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1", Deployment: "gpt-41",
-				Endpoint: fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: keyFile}},
-			Fallbacks: []routerconfig.Target{{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		},
-		Budget:   b,
-		Audit:    routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:    routerconfig.Admin{TokenFile: tokenFile},
-		StateDir: filepath.Join(dir, "state"),
+	c := routerconfigtest.Offline(t, dir)
+	c.Sandbox = routerconfigtest.Sandbox("kars-interop", "bot")
+	c.Models = routerconfig.Models{
+		Primary: routerconfig.Target{Provider: routerconfig.ProviderAzureOpenAI, Model: "gpt-4.1", Deployment: "gpt-41",
+			Endpoint: fake.URL(), Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: keyFile}},
+		Fallbacks: []routerconfig.Target{routerconfigtest.OfflineTarget()},
 	}
-	raw, err := routerconfig.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := routerconfig.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c.Budget = b
+	snap := routerconfigtest.Snapshot(t, c)
 	sink, err := audit.Open(audit.Options{Dir: c.Audit.Dir, Sandbox: "kars-interop/bot"})
 	if err != nil {
 		t.Fatal(err)

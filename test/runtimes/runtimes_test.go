@@ -39,6 +39,7 @@ import (
 	"github.com/kars-io/kars/internal/governance/toolpolicy"
 	"github.com/kars-io/kars/internal/router"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 	"github.com/kars-io/kars/internal/runtimeenv"
 	"github.com/kars-io/kars/runtimes"
 )
@@ -121,34 +122,19 @@ func newHarness(t *testing.T, anthropic bool) *harness {
 	if err := os.WriteFile(keyFile, []byte(upstreamKey), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "admin-token"), []byte("admin"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	target := routerconfig.Target{Provider: routerconfig.ProviderOpenAI, Model: "gpt-4.1", Endpoint: h.up.srv.URL + "/v1",
 		Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: keyFile}}
 	if anthropic {
 		target = routerconfig.Target{Provider: routerconfig.ProviderAnthropic, Model: "claude-sonnet-4-5", Endpoint: h.up.srv.URL,
 			Auth: &routerconfig.Auth{Mode: routerconfig.AuthAPIKey, KeyFile: keyFile}}
 	}
-	h.auditDir = filepath.Join(dir, "audit")
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-rt", Name: "bot", AgentID: "kars-rt/bot"},
-		Models:        routerconfig.Models{Primary: target},
-		Budget:        &routerconfig.Budget{Daily: 10_000_000},
-		Governance:    toolpolicy.FromSpec("kars-rt/bot-policy", policy()),
-		Audit:         routerconfig.Audit{Dir: h.auditDir},
-		Admin:         routerconfig.Admin{TokenFile: filepath.Join(dir, "admin-token")},
-		StateDir:      filepath.Join(dir, "state"),
-	}
-	raw, err := routerconfig.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := routerconfig.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := routerconfigtest.Offline(t, dir)
+	c.Sandbox = routerconfigtest.Sandbox("kars-rt", "bot")
+	c.Models.Primary = target
+	c.Budget = &routerconfig.Budget{Daily: 10_000_000}
+	c.Governance = toolpolicy.FromSpec("kars-rt/bot-policy", policy())
+	h.auditDir = c.Audit.Dir
+	snap := routerconfigtest.Snapshot(t, c)
 	sink, err := audit.Open(audit.Options{Dir: h.auditDir, Sandbox: "kars-rt/bot"})
 	if err != nil {
 		t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/router"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // TestKarsCallsKars: sandbox A's agent calls a registered agent — here
@@ -42,31 +43,18 @@ func TestKarsCallsKars(t *testing.T) {
 	caPEM, _ := os.ReadFile(b.ca)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-a", Name: "a", AgentID: "kars-a/a"},
-		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:         routerconfig.Admin{TokenFile: filepath.Join(dir, "token")},
-		StateDir:      filepath.Join(dir, "state"),
-		// A ToolPolicy that says nothing of A2A, and one that forbids the
-		// other registered agent.
-		Governance: &governance.Policy{Name: "tp", Rules: []governance.Rule{
-			{Name: "no-c", Effect: governance.EffectDeny, Actions: []string{"a2a:call:c-agent"}},
-		}},
-		A2APeers: []routerconfig.A2APeer{
-			{Name: "b-agent", Endpoint: b.url, ProtocolVersion: "1.0", Thumbprint: b.cardKey, Skills: []string{"search.web"}},
-			{Name: "c-agent", Endpoint: b.url, ProtocolVersion: "1.0", Thumbprint: b.cardKey},
-		},
+	c := routerconfigtest.Offline(t, dir)
+	c.Sandbox = routerconfigtest.Sandbox("kars-a", "a")
+	// A ToolPolicy that says nothing of A2A, and one that forbids the
+	// other registered agent.
+	c.Governance = &governance.Policy{Name: "tp", Rules: []governance.Rule{
+		{Name: "no-c", Effect: governance.EffectDeny, Actions: []string{"a2a:call:c-agent"}},
+	}}
+	c.A2APeers = []routerconfig.A2APeer{
+		{Name: "b-agent", Endpoint: b.url, ProtocolVersion: "1.0", Thumbprint: b.cardKey, Skills: []string{"search.web"}},
+		{Name: "c-agent", Endpoint: b.url, ProtocolVersion: "1.0", Thumbprint: b.cardKey},
 	}
-	raw, err := routerconfig.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := routerconfig.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := routerconfigtest.Snapshot(t, c)
 	sink, err := audit.Open(audit.Options{Dir: c.Audit.Dir, Sandbox: "kars-a/a"})
 	if err != nil {
 		t.Fatal(err)

@@ -35,6 +35,7 @@ import (
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/router"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 const (
@@ -126,27 +127,11 @@ func (g *guard) front(t *testing.T, target string) string {
 // audit directory.
 func startRouter(t *testing.T, s routerconfig.MCPServer, rules ...governance.Rule) (string, string) {
 	t.Helper()
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "admin-token")
-	os.WriteFile(tokenFile, []byte("admin"), 0o600)
-	c := &routerconfig.Config{
-		SchemaVersion: routerconfig.SchemaVersion,
-		Sandbox:       routerconfig.Sandbox{Namespace: "kars-interop", Name: "bot", AgentID: "kars-interop/bot"},
-		Models:        routerconfig.Models{Primary: routerconfig.Target{Provider: routerconfig.ProviderOffline, Model: "kars-offline"}},
-		Governance:    &governance.Policy{Name: "mcp-interop", Rules: rules},
-		MCP:           []routerconfig.MCPServer{s},
-		Audit:         routerconfig.Audit{Dir: filepath.Join(dir, "audit")},
-		Admin:         routerconfig.Admin{TokenFile: tokenFile},
-		StateDir:      filepath.Join(dir, "state"),
-	}
-	raw, err := routerconfig.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap, err := routerconfig.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := routerconfigtest.Offline(t, t.TempDir())
+	c.Sandbox = routerconfigtest.Sandbox("kars-interop", "bot")
+	c.Governance = &governance.Policy{Name: "mcp-interop", Rules: rules}
+	c.MCP = []routerconfig.MCPServer{s}
+	snap := routerconfigtest.Snapshot(t, c)
 	sink, err := audit.Open(audit.Options{Dir: c.Audit.Dir, Sandbox: "kars-interop/bot"})
 	if err != nil {
 		t.Fatal(err)
