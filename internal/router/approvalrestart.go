@@ -62,12 +62,15 @@ type closeOutScan struct {
 	window time.Duration
 	max    int
 
-	outcomes map[string]bool        // approval ids with an outcome entry
-	open     map[string]audit.Entry // pending entries without one, by id
-	read     int
-	lives    int // audit:open entries passed
-	lifeEnd  time.Time
-	served   bool // the life being read served calls
+	outcomes map[string]bool // approval ids with an outcome entry
+	// decided are the outcome entries read, newest first: calls that
+	// ended in the lives read, which a late decision should find ended.
+	decided []approval.Pending
+	open    map[string]audit.Entry // pending entries without one, by id
+	read    int
+	lives   int // audit:open entries passed
+	lifeEnd time.Time
+	served  bool // the life being read served calls
 	// truncated is set when the walk stopped at max with more to read.
 	truncated bool
 }
@@ -113,6 +116,9 @@ func (s *closeOutScan) add(e audit.Entry) bool {
 			s.pending(e, id)
 		}
 	case isApproval:
+		if !s.outcomes[id] && approval.ValidID(id) {
+			s.decided = append(s.decided, approval.Pending{ID: id, Action: e.Action, Rule: e.Rule})
+		}
 		s.outcomes[id] = true
 		if e.Attrs["abandoned_because"] != restartAbandoned {
 			s.served = true
@@ -188,11 +194,14 @@ func closeOutRecord(p audit.Entry) audit.Record {
 
 // closeOutApprovals appends the outcome of every pending approval entry in
 // the log in dir that has none (see above), through sink, and returns the
-// calls it closed out. An error means an outcome could not be written:
-// the router does not start, as it serves nothing it cannot audit. A log
-// it cannot read to the end of the window is logged, not fatal: what it
-// read is closed out.
-func closeOutApprovals(ctx context.Context, dir string, sink audit.Sink, log *slog.Logger) ([]approval.Pending, error) {
+// calls it closed out. It also returns, oldest first, the calls whose
+// outcome it read (the previous life's decided, timed-out and stopped
+// calls): the queue remembers both as ended, so that a late decision on
+// one is "already decided" whether the last router crashed or stopped
+// cleanly. An error means an outcome could not be written: the router does
+// not start, as it serves nothing it cannot audit. A log it cannot read to
+// the end of the window is logged, not fatal: what it read is closed out.
+func closeOutApprovals(ctx context.Context, dir string, sink audit.Sink, log *slog.Logger) (closed, decided []approval.Pending, err error) {
 	s := newCloseOutScan(log)
 	if err := audit.ReadBackward(dir, s.add); err != nil {
 		log.Error("reading the audit log for approvals a restart cut off stopped early; closing out those found", "err", err)
@@ -200,15 +209,16 @@ func closeOutApprovals(ctx context.Context, dir string, sink audit.Sink, log *sl
 	if s.truncated {
 		log.Warn("stopped reading the audit log for approvals a restart cut off at the bound; older pending entries are not checked", "entries", s.read)
 	}
-	var closed []approval.Pending
+	decided = slices.Clone(s.decided)
+	slices.Reverse(decided)
 	for _, rec := range s.closeOuts() {
 		id := rec.Attrs["approval_id"]
 		if _, err := sink.Append(ctx, rec); err != nil {
-			return closed, fmt.Errorf("recording that approval %s ended with the previous router: %w", id, err)
+			return closed, decided, fmt.Errorf("recording that approval %s ended with the previous router: %w", id, err)
 		}
 		log.Warn("approval closed out: the router restarted while the call awaited a decision; the call did not run",
 			"approval_id", id, "action", rec.Action, "pending_seq", rec.Attrs["pending_seq"])
 		closed = append(closed, approval.Pending{ID: id, Action: rec.Action, Rule: rec.Rule})
 	}
-	return closed, nil
+	return closed, decided, nil
 }

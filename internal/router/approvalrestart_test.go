@@ -78,7 +78,7 @@ func (l *lifeLog) start() ([]string, string) {
 	}
 	defer w.Close()
 	var logged bytes.Buffer
-	closed, err := closeOutApprovals(context.Background(), l.dir, w, slog.New(slog.NewTextHandler(&logged, nil)))
+	closed, _, err := closeOutApprovals(context.Background(), l.dir, w, slog.New(slog.NewTextHandler(&logged, nil)))
 	if err != nil {
 		l.t.Fatal(err)
 	}

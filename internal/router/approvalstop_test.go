@@ -62,11 +62,18 @@ func servingApprovals(t *testing.T) (*approvalHarness, string, *routerconfig.Con
 
 // assertNextStartClosesNothing starts the router on cfgPath again and
 // checks that it adds only its audit:open entry (no pending entry was
-// left without an outcome) and that the log verifies.
-func assertNextStartClosesNothing(t *testing.T, cfgPath string, c *routerconfig.Config) {
+// left without an outcome), that a late decision on any of ended (calls
+// the stopped router ended) is "already decided", 409, and runs nothing,
+// and that the log verifies.
+func assertNextStartClosesNothing(t *testing.T, cfgPath string, c *routerconfig.Config, ended ...string) {
 	t.Helper()
 	before, _ := AuditTail(c.Audit.Dir, 1<<20)
-	_, stop := serving(t, ServeOptions{ConfigPath: cfgPath})
+	addrs, stop := serving(t, ServeOptions{ConfigPath: cfgPath})
+	for _, id := range ended {
+		if st, b, err := decideAt(addrs["admin"], id, "approve"); err != nil || st != http.StatusConflict {
+			t.Fatalf("a late decision on %s at the next router: %d %s %v (want 409: it ended with the last router)", id, st, b, err)
+		}
+	}
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +146,7 @@ func TestApprovalEndsWhenRouterStops(t *testing.T) {
 		t.Fatalf("the MCP server ran %v", a.ran())
 	}
 	verifyLog(t, c.Audit.Dir)
-	assertNextStartClosesNothing(t, cfgPath, c)
+	assertNextStartClosesNothing(t, cfgPath, c, ids...)
 }
 
 // A decision and the router's stop, racing: exactly one of them ends the
@@ -201,7 +208,7 @@ func TestApprovalDecisionRacesRouterStop(t *testing.T) {
 		t.Logf("the stop won (%v after the decision; decision %d %v)", lag, dec.status, dec.err)
 	}
 	verifyLog(t, c.Audit.Dir)
-	assertNextStartClosesNothing(t, cfgPath, c)
+	assertNextStartClosesNothing(t, cfgPath, c, id)
 }
 
 // Once the router has begun stopping, a decision on a call it held is

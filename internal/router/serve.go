@@ -105,7 +105,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	defer sink.Close()
 	// Before anything else is appended or served: the calls the previous
 	// process held for approval ended with it (approvalrestart.go).
-	closedOut, err := closeOutApprovals(ctx, cfg.Audit.Dir, sink, log)
+	closedOut, decided, err := closeOutApprovals(ctx, cfg.Audit.Dir, sink, log)
 	if err != nil {
 		return err
 	}
@@ -124,7 +124,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return err
 	}
 	defer r.Wait() // before the trust store closes: no penalty is dropped
-	r.approvals.Ended(closedOut...)
+	r.approvals.Ended(append(decided, closedOut...)...)
 	var resolvers []string
 	if cfg.Egress != nil {
 		resolvers = cfg.Egress.Resolvers
