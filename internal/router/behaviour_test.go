@@ -20,6 +20,7 @@ import (
 	"github.com/kars-io/kars/internal/audit"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 	"github.com/kars-io/kars/internal/trust"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -424,7 +425,7 @@ func (s *slowSink) Append(ctx context.Context, r audit.Record) (audit.Receipt, e
 func TestAuditDurableBeforeAnswerCompletes(t *testing.T) {
 	h := newHarness(t, nil)
 	sink := &slowSink{inner: h.sink, delay: 50 * time.Millisecond}
-	r, err := New(mustSnapshot(t, h.cfg), Options{Audit: sink, Ledger: h.router.Ledger(), Logger: h.router.log})
+	r, err := New(routerconfigtest.Snapshot(t, h.cfg), Options{Audit: sink, Ledger: h.router.Ledger(), Logger: h.router.log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/kars-io/kars/internal/egress/resolve"
 	"github.com/kars-io/kars/internal/egress/sandboxca"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 const (
@@ -393,7 +394,7 @@ func TestCredentialRevokedWithinOneReload(t *testing.T) {
 	}
 	next := *h.cfg
 	next.Credentials = next.Credentials[1:]
-	if err := h.router.Apply(mustSnapshot(t, &next)); err != nil {
+	if err := h.router.Apply(routerconfigtest.Snapshot(t, &next)); err != nil {
 		t.Fatal(err)
 	}
 	_, before := h.lastSeen()

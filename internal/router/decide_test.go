@@ -261,7 +261,7 @@ func TestDecideQuarantine(t *testing.T) {
 	}
 
 	// A restart keeps the quarantine: it is persisted in the state dir.
-	r2, err := New(mustSnapshot(t, h.cfg), Options{Audit: h.sink, Ledger: h.router.Ledger(), Logger: h.router.log})
+	r2, err := New(routerconfigtest.Snapshot(t, h.cfg), Options{Audit: h.sink, Ledger: h.router.Ledger(), Logger: h.router.log})
 	if err != nil {
 		t.Fatal(err)
 	}

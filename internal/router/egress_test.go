@@ -22,6 +22,7 @@ import (
 	"github.com/kars-io/kars/internal/egress/resolve"
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 )
 
 // egressHarness is a router with its egress side, an upstream TLS server
@@ -264,7 +265,7 @@ func TestLearnModeRecordsAndReloadRechecks(t *testing.T) {
 	eg := *strict.Egress
 	eg.Mode = routerconfig.EgressStrict
 	strict.Egress = &eg
-	if err := e.router.Apply(mustSnapshot(t, &strict)); err != nil {
+	if err := e.router.Apply(routerconfigtest.Snapshot(t, &strict)); err != nil {
 		t.Fatal(err)
 	}
 	if code, _, _ := e.connect(t, "unlisted.test"); code != 403 {

@@ -13,6 +13,7 @@ import (
 	"github.com/kars-io/kars/internal/budget"
 	"github.com/kars-io/kars/internal/inference/fakeprovider"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 	"github.com/kars-io/kars/internal/trust"
 )
 
@@ -92,7 +93,7 @@ func newHarness(t testing.TB, mutate func(h *harness, c *routerconfig.Config), o
 		mutate(h, c)
 	}
 	h.cfg = c
-	snap := mustSnapshot(t, c)
+	snap := routerconfigtest.Snapshot(t, c)
 	led, err := budget.Open(c.StateDir, budget.Limits{})
 	if err != nil {
 		t.Fatal(err)
@@ -122,19 +123,6 @@ func newHarness(t testing.TB, mutate func(h *harness, c *routerconfig.Config), o
 	h.agent = httptest.NewServer(r.AgentHandler())
 	t.Cleanup(h.agent.Close)
 	return h
-}
-
-func mustSnapshot(t testing.TB, c *routerconfig.Config) *routerconfig.Snapshot {
-	t.Helper()
-	b, err := routerconfig.Marshal(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := routerconfig.Parse(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // ledgerState is the ledger once every call has settled.

@@ -27,6 +27,7 @@ import (
 	"github.com/kars-io/kars/internal/governance"
 	"github.com/kars-io/kars/internal/mcpgateway/mcpauthtest"
 	"github.com/kars-io/kars/internal/routerconfig"
+	"github.com/kars-io/kars/internal/routerconfig/routerconfigtest"
 	"github.com/kars-io/kars/internal/upstreamhttp"
 )
 
@@ -264,7 +265,7 @@ func TestMCPReloadRemovesServer(t *testing.T) {
 	}
 	c := *h.cfg
 	c.MCP = nil
-	if err := h.router.Apply(mustSnapshot(t, &c)); err != nil {
+	if err := h.router.Apply(routerconfigtest.Snapshot(t, &c)); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := http.Post(h.agent.URL+"/mcp/everything", "application/json", strings.NewReader(`{}`))
