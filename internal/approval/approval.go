@@ -241,10 +241,10 @@ func (q *Queue) Stop() {
 	}
 }
 
-// Ended records calls that ended before this queue existed — held by a
-// router that stopped before they were decided, and closed out in its
+// Ended records calls that ended before this queue existed — held by the
+// previous router, and decided, timed out, stopped or closed out in its
 // audit log at the next start — so that a decision on one is ErrDecided,
-// as for a call abandoned here, rather than ErrUnknown. The same bound
+// as for a call ended here, rather than ErrUnknown. The same bound
 // applies: the oldest are forgotten first.
 func (q *Queue) Ended(ps ...Pending) {
 	q.mu.Lock()
@@ -276,13 +276,7 @@ func (t *Ticket) settle(r Result) Result {
 // than answering that no such call exists.
 func (q *Queue) Decide(id string, approve bool, by string) (Pending, error) {
 	q.mu.Lock()
-	if e := q.entries[id]; e != nil && e.decided {
-		// Ended by Stop, perhaps before it was published: nothing to
-		// wait for.
-		defer q.mu.Unlock()
-		return e.p, ErrDecided
-	}
-	if e := q.entries[id]; e != nil && !e.visible {
+	if e := q.entries[id]; e != nil && !e.visible && !e.decided {
 		settled := e.settled
 		q.mu.Unlock()
 		select {
@@ -293,14 +287,15 @@ func (q *Queue) Decide(id string, approve bool, by string) (Pending, error) {
 	}
 	defer q.mu.Unlock()
 	e := q.entries[id]
+	if e != nil && e.decided {
+		// Decided, or ended by Stop (perhaps before it was published).
+		return e.p, ErrDecided
+	}
 	if e == nil || !e.visible {
 		if p, ok := q.ended[id]; ok {
 			return p, ErrDecided
 		}
 		return Pending{}, ErrUnknown
-	}
-	if e.decided {
-		return e.p, ErrDecided
 	}
 	if len(e.p.Approvers) > 0 && !slices.Contains(e.p.Approvers, by) {
 		return e.p, ErrNotApprover

@@ -86,8 +86,7 @@ func (d *detachedStream) end() {
 	d.sw.close()
 	d.body.Close()
 	if p := recover(); p != nil {
-		d.r.log.Error("router panic", "panic", p, "path", d.c.R.URL.Path)
-		d.c.Refuse(&inference.APIError{Status: http.StatusInternalServerError, Type: "server_error", Code: "kars_internal", Message: "kars-router internal error"})
+		panicked(d.r, d.c, p)
 	}
 	d.c.runFinishers()
 }

@@ -44,19 +44,25 @@ func (s observeStage) finish(c *Call) {
 	}
 }
 
-// recoverPanic answers a call whose handling panicked with a 500; end
-// records it as usual. It runs deferred, in the handler or in a detached
-// stream's goroutine. http.ErrAbortHandler goes on up: net/http uses it
-// to drop a connection on purpose.
+// recoverPanic, deferred in the handler, answers a call whose handling
+// panicked (panicked); end records it as usual. http.ErrAbortHandler goes
+// on up: net/http uses it to drop a connection on purpose.
 func (s observeStage) recoverPanic(c *Call) {
 	p := recover()
 	if p == nil {
 		return
 	}
-	if p == http.ErrAbortHandler && !c.detached {
+	if p == http.ErrAbortHandler {
 		panic(p)
 	}
-	s.r.log.Error("router panic", "panic", p, "path", c.R.URL.Path)
+	panicked(s.r, c, p)
+}
+
+// panicked logs a panic in c's handling and answers c with a 500 (or, once
+// something was written, records it as one). A detached stream's goroutine
+// recovers its own (detachedStream.end).
+func panicked(r *Router, c *Call, p any) {
+	r.log.Error("router panic", "panic", p, "path", c.R.URL.Path)
 	c.Refuse(&inference.APIError{Status: http.StatusInternalServerError, Type: "server_error", Code: "kars_internal", Message: "kars-router internal error"})
 }
 
